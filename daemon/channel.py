@@ -1,0 +1,75 @@
+"""The extension point: what the engine needs from a channel adapter, and nothing more.
+
+An adapter is one module in `adapters/` with three parts in this order: its settings model,
+a class implementing `Channel`, and a `ChannelSpec` the registry points at. Adapters do not
+retry, sleep, rate-limit or record metrics: the dispatcher does that, once, for every channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from pydantic import BaseModel
+
+from daemon.models import ItemValue, PushResult
+
+__all__ = ["Channel", "ChannelContext", "ChannelSpec", "Shape"]
+
+
+class Channel(Protocol):
+    """One sales channel. Holds its settings and an injected aiohttp session; nothing else."""
+
+    name: str
+    max_batch: int
+
+    async def push(self, items: Sequence[ItemValue]) -> list[PushResult]:
+        """Set these items' absolute values. Idempotent: pushing the same values twice is harmless.
+
+        Returns one result per item (per-item rejections and retries are results). A failure of
+        the whole call raises a `ChannelError` subclass: `ChannelRetryable` (with `retry_after`
+        when the channel gave one), `ChannelRejected` or `ChannelFatal`. Never raises anything
+        else for an answer the channel gave; network errors are raised as `ChannelRetryable`.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """How a channel's items are cut from keyCRM records: the adapter's part of planning.
+
+    `key_parts` are key templates (see `daemon.plan`); `location` appends one fixed part (a store
+    code) to every key; `locations` instead splits each record per keyCRM warehouse, one item per
+    mapped warehouse. `price` says whether the channel takes a price; `live_threshold` turns the
+    value into a live flag (live while available stock is above it) instead of a quantity.
+    """
+
+    key_parts: tuple[str, ...]
+    location: str | None = None
+    locations: Mapping[int, str] | None = None
+    price: bool = False
+    live_threshold: int | None = None
+    needs_warehouses: bool = field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelContext:
+    """What the engine hands an adapter when it builds one."""
+
+    name: str
+    session: aiohttp.ClientSession
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """A registry entry: how to validate, plan and build one channel type."""
+
+    settings: type[BaseModel]
+    max_batch: int
+    shape: Callable[[Any, str | None], Shape]
+    build: Callable[[Any, ChannelContext], Channel]
+    default_rate: str = "5/s"
+    default_key: str | None = None

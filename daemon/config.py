@@ -1,0 +1,398 @@
+"""TOML configuration to frozen, typed settings, with every fault reported at once.
+
+`load_config` returns a `Config` or raises `ConfigError` whose `faults` are `(key, problem)`
+pairs such as `("channel[1].rate_limit", "'5/x' is not a rate ...")`: `check-config` prints them
+one per line, and a SIGHUP reload logs them while the old config keeps running.
+
+Keys of a `[[channel]]` table that the engine does not know (credentials, `match`, `store_map`...)
+belong to the channel type, whose adapter validates them with its own model.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from daemon.channel import ChannelSpec, Shape
+from daemon.errors import ConfigError
+from daemon.plan import Rules, compile_template
+from daemon.secrets import EnvSecret, FileSecret, pick
+from daemon.units import parse_duration, parse_rate
+
+__all__ = [
+    "BaseUrl",
+    "ChannelConfig",
+    "Config",
+    "DaemonSettings",
+    "Duration",
+    "KeycrmSettings",
+    "Settings",
+    "SyncSettings",
+    "load_config",
+    "secret_values",
+]
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def _base_url(value: object) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _listen(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string such as 127.0.0.1:9108")
+    match = re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$", value)
+    if match is None or not 0 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9108 or [::1]:9108)")
+    return value
+
+
+#: Seconds, written with a unit; must be above zero.
+Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+#: Seconds, written with a unit; zero allowed.
+DurationOrZero = Annotated[float, BeforeValidator(parse_duration)]
+#: Events per second, written "N/s" or "N/m".
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+BaseUrl = Annotated[str, BeforeValidator(_base_url)]
+
+
+class Settings(BaseModel):
+    """Base of every settings table: immutable, and unknown keys are faults, not silence."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class DaemonSettings(Settings):
+    """`[daemon]`: the process itself."""
+
+    state: Path = Path("stocksync.db")
+    listen: Annotated[str, BeforeValidator(_listen)] = "127.0.0.1:9108"
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout: Duration = 20.0
+    admin_token_env: EnvSecret | None = None
+    admin_token_file: FileSecret | None = None
+
+    @model_validator(mode="after")
+    def _one_admin_token(self) -> DaemonSettings:
+        pick(self.admin_token_env, self.admin_token_file, "admin_token", required=False)
+        return self
+
+    @property
+    def admin_token(self) -> SecretStr | None:
+        """The token `POST /admin/resync` wants; None disables the route."""
+        return self.admin_token_env or self.admin_token_file
+
+
+class KeycrmSettings(Settings):
+    """`[keycrm]`: the source of truth."""
+
+    base_url: BaseUrl = "https://openapi.keycrm.app/v1"
+    api_key_env: EnvSecret | None = None
+    api_key_file: FileSecret | None = None
+    requests_per_minute: int = Field(default=60, gt=0, le=6000)
+    poll_interval: Duration = 300.0
+    catalog_interval: Duration = 6 * 3600.0
+    timeout: Duration = 30.0
+    webhook_token_env: EnvSecret | None = None
+    webhook_token_file: FileSecret | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_key_variable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key_env" not in data and "api_key_file" not in data:
+            return {**data, "api_key_env": "KEYCRM_API_KEY"}
+        return data
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> KeycrmSettings:
+        pick(self.api_key_env, self.api_key_file, "api_key", required=True)
+        pick(self.webhook_token_env, self.webhook_token_file, "webhook_token", required=False)
+        return self
+
+    @property
+    def api_key(self) -> SecretStr:
+        key = self.api_key_env or self.api_key_file
+        assert key is not None
+        return key
+
+    @property
+    def webhook_token(self) -> SecretStr | None:
+        """The secret path segment of the webhook route; None disables the route."""
+        return self.webhook_token_env or self.webhook_token_file
+
+
+class SyncSettings(Settings):
+    """`[sync]`: debounce and guards, shared by every channel."""
+
+    debounce: DurationOrZero = 2.0
+    max_delay: Duration = 30.0
+    guard_fraction: float = Field(default=0.3, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _delay_after_debounce(self) -> SyncSettings:
+        if self.max_delay < self.debounce:
+            raise ValueError("max_delay must not be shorter than debounce")
+        return self
+
+
+class ChannelCommon(Settings):
+    """The engine's keys of a `[[channel]]` table: naming, planning and dispatch."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    type: str
+    key: str | None = None
+    key_map: Path | None = None
+    buffer: int = Field(default=0, ge=0)
+    cap: int | None = Field(default=None, gt=0)
+    warehouses: tuple[int, ...] = ()
+    subtract_reserve: bool = True
+    concurrency: int = Field(default=4, gt=0, le=256)
+    rate_limit: Rate | None = None
+    timeout: Duration = 10.0
+    batch_size: int | None = Field(default=None, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """One channel, validated: the engine's settings, the adapter's settings and its rules."""
+
+    name: str
+    type: str
+    spec: ChannelSpec
+    options: BaseModel
+    rules: Rules
+    concurrency: int
+    rate: float
+    timeout: float
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole, valid configuration."""
+
+    path: Path
+    daemon: DaemonSettings
+    keycrm: KeycrmSettings
+    sync: SyncSettings
+    channels: tuple[ChannelConfig, ...]
+
+    @property
+    def needs_warehouses(self) -> bool:
+        """Whether any channel counts per warehouse, so scans must ask for `filter[details]`."""
+        return any(c.rules.needs_warehouses for c in self.channels)
+
+
+def _key_text(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + part
+    return text
+
+
+def _faults(exc: ValidationError, prefix: tuple[int | str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if not str(p).startswith("function-"))
+        message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        out.append((_key_text(prefix + loc) or "config", message))
+    return out
+
+
+def _load_key_map(path: Path) -> dict[str, str]:
+    """`sku,key` rows, an optional header; a ValueError naming the line of any bad row."""
+    mapping: dict[str, str] = {}
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            for number, row in enumerate(csv.reader(handle), start=1):
+                if not row or (number == 1 and [c.strip().lower() for c in row] == ["sku", "key"]):
+                    continue
+                if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                    raise ValueError(f"{path}:{number}: want two non-empty columns, sku,key")
+                sku = row[0].strip()
+                if sku in mapping:
+                    raise ValueError(f"{path}:{number}: sku {sku!r} is mapped twice")
+                mapping[sku] = row[1].strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text") from exc
+    return mapping
+
+
+def _channel(
+    index: int,
+    table: Mapping[str, Any],
+    registry: Mapping[str, ChannelSpec],
+    base_dir: Path,
+    faults: list[tuple[str, str]],
+) -> ChannelConfig | None:
+    where: tuple[int | str, ...] = ("channel", index)
+    before = len(faults)
+    engine_keys = ChannelCommon.model_fields.keys()
+    common_part = {k: v for k, v in table.items() if k in engine_keys}
+    adapter_part = {k: v for k, v in table.items() if k not in engine_keys}
+    common: ChannelCommon | None = None
+    try:
+        common = ChannelCommon.model_validate(common_part)
+    except ValidationError as exc:
+        faults.extend(_faults(exc, where))
+    type_name = table.get("type")
+    spec = registry.get(type_name) if isinstance(type_name, str) else None
+    if spec is None:
+        if isinstance(type_name, str):
+            known = ", ".join(sorted(registry))
+            faults.append(
+                (_key_text((*where, "type")), f"unknown type {type_name!r}; known: {known}")
+            )
+        return None
+    options: BaseModel | None = None
+    try:
+        options = spec.settings.model_validate(adapter_part)
+    except ValidationError as exc:
+        faults.extend(_faults(exc, where))
+    if common is None or options is None:
+        return None
+
+    key_map = None
+    if common.key_map is not None:
+        if common.key is not None:
+            faults.append((_key_text((*where, "key")), "give key or key_map, not both"))
+        path = common.key_map if common.key_map.is_absolute() else base_dir / common.key_map
+        try:
+            key_map = _load_key_map(path)
+        except ValueError as exc:
+            faults.append((_key_text((*where, "key_map")), str(exc)))
+    shape: Shape | None = None
+    try:
+        shape = spec.shape(options, common.key)
+        templates = tuple(compile_template(part) for part in shape.key_parts)
+    except ValueError as exc:
+        faults.append((_key_text((*where, "key")), str(exc)))
+    if common.batch_size is not None and common.batch_size > spec.max_batch:
+        limit = f"must be at most {spec.max_batch} for type {common.type}"
+        faults.append((_key_text((*where, "batch_size")), limit))
+    if len(faults) > before or shape is None:
+        return None
+    rules = Rules(
+        key_parts=templates,
+        key_map=key_map,
+        location=shape.location,
+        locations=shape.locations,
+        warehouses=frozenset(common.warehouses),
+        subtract_reserve=common.subtract_reserve,
+        buffer=common.buffer,
+        cap=common.cap,
+        price=shape.price,
+        live_threshold=shape.live_threshold,
+    )
+    return ChannelConfig(
+        name=common.name,
+        type=common.type,
+        spec=spec,
+        options=options,
+        rules=rules,
+        concurrency=common.concurrency,
+        rate=common.rate_limit if common.rate_limit is not None else parse_rate(spec.default_rate),
+        timeout=common.timeout,
+        batch_size=common.batch_size or spec.max_batch,
+    )
+
+
+def load_config(path: Path, registry: Mapping[str, ChannelSpec]) -> Config:
+    """Read, validate and resolve the whole file, or raise ConfigError with every fault."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([("config", f"cannot read {path}: {exc.strerror or exc}")]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([("config", f"{path} is not valid TOML: {exc}")]) from exc
+    base_dir = path.resolve().parent
+    faults: list[tuple[str, str]] = []
+    for unknown in sorted(set(document) - {"daemon", "keycrm", "sync", "channel"}):
+        faults.append((unknown, "unknown section"))
+
+    def section(name: str, model: type[Settings]) -> Any:
+        raw = document.get(name, {})
+        if not isinstance(raw, dict):
+            faults.append((name, "must be a table"))
+            return None
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            faults.extend(_faults(exc, (name,)))
+            return None
+
+    daemon = section("daemon", DaemonSettings)
+    keycrm = section("keycrm", KeycrmSettings)
+    sync = section("sync", SyncSettings)
+
+    tables = document.get("channel", [])
+    channels: list[ChannelConfig] = []
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        faults.append(("channel", "must be an array of tables: [[channel]]"))
+        tables = []
+    if not tables:
+        faults.append(("channel", "at least one [[channel]] is required"))
+    seen: set[str] = set()
+    for index, table in enumerate(tables):
+        channel = _channel(index, table, registry, base_dir, faults)
+        if channel is None:
+            continue
+        if channel.name in seen:
+            faults.append((f"channel[{index}].name", f"{channel.name!r} is used twice"))
+        seen.add(channel.name)
+        channels.append(channel)
+    if faults:
+        raise ConfigError(faults)
+    if not daemon.state.is_absolute():
+        daemon = daemon.model_copy(update={"state": base_dir / daemon.state})
+    return Config(path=path, daemon=daemon, keycrm=keycrm, sync=sync, channels=tuple(channels))
+
+
+def secret_values(config: Config) -> list[str]:
+    """Every secret the config resolved, for the log redactor and the tests that hunt leaks."""
+    found: list[str] = []
+
+    def walk(model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                walk(value)
+
+    for model in (config.daemon, config.keycrm, config.sync, *(c.options for c in config.channels)):
+        walk(model)
+    return found

@@ -1,0 +1,166 @@
+"""`stocksync demo`: fake keyCRM and channels on loopback, the real daemon against them.
+
+Everything runs in one process: the simulators, a "shop floor" that sells and restocks a few
+SKUs every couple of seconds and fires keyCRM's webhook, and the daemon itself with a state file
+in a temporary folder. The log shows each change travelling to the channels.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import sys
+import tempfile
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+import anyio
+import structlog
+from aiohttp import web
+
+from daemon.channel import ChannelSpec
+from daemon.config import load_config
+from daemon.logs import configure_logging
+from daemon.pipeline import Daemon
+from daemon.simulator import FakeInventoryApi, FakeKeycrm
+
+__all__ = ["run_demo"]
+
+log = structlog.get_logger("stocksync.demo")
+
+_CONFIG = """\
+[daemon]
+state = "{state}"
+listen = "127.0.0.1:{port}"
+log_format = "console"
+admin_token_env = "STOCKSYNC_DEMO_ADMIN_TOKEN"
+shutdown_timeout = "5s"
+
+[keycrm]
+base_url = "{keycrm}/v1"
+api_key_env = "STOCKSYNC_DEMO_KEYCRM_KEY"
+requests_per_minute = 600
+poll_interval = "30s"
+webhook_token_env = "STOCKSYNC_DEMO_WEBHOOK_TOKEN"
+
+[sync]
+debounce = "1s"
+max_delay = "5s"
+
+[[channel]]
+name = "shop-pos"
+type = "inventory_api"
+base_url = "{pos}"
+token_env = "STOCKSYNC_DEMO_POS_TOKEN"
+match = "upc"
+store_map = {{ "1" = "WH-MAIN", "2" = "SHOP-7" }}
+rate_limit = "20/s"
+concurrency = 4
+"""
+
+
+async def _serve(stack: AsyncExitStack, app: web.Application) -> str:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def _shop_floor(keycrm: FakeKeycrm, webhook_url: str, every: float) -> None:
+    """Sell and restock a few SKUs now and then, and tell the daemon as keyCRM would."""
+    rng = random.Random(42)  # noqa: S311
+    offers = [o for o in keycrm.offers.values() if o.sku]
+    async with aiohttp.ClientSession() as session:
+        while True:
+            await anyio.sleep(every)
+            changed = []
+            for offer in rng.sample(offers, 3):
+                warehouse = rng.choice(sorted(offer.stock))
+                quantity, reserve = offer.stock[warehouse]
+                quantity = max(0.0, quantity + rng.choice((-3, -2, -1, -1, 5, 10)))
+                offer.stock[warehouse] = (quantity, min(reserve, quantity))
+                changed.append(
+                    {
+                        "offer_id": offer.id,
+                        "sku": offer.sku,
+                        "in_stock": offer.quantity,
+                        "in_reserve": offer.reserve,
+                    }
+                )
+                log.info(
+                    "demo.stock_changed", sku=offer.sku, warehouse=warehouse, quantity=quantity
+                )
+            try:
+                async with session.post(webhook_url, json=changed) as response:
+                    await response.read()
+            except aiohttp.ClientError:
+                log.warning("demo.webhook_failed")
+
+
+async def run_demo(
+    registry: dict[str, ChannelSpec],
+    *,
+    port: int = 9108,
+    skus: int = 60,
+    duration: float | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run the demo until Ctrl-C (or `duration` seconds)."""
+    tokens = {
+        "STOCKSYNC_DEMO_KEYCRM_KEY": secrets.token_urlsafe(16),
+        "STOCKSYNC_DEMO_POS_TOKEN": secrets.token_urlsafe(16),
+        "STOCKSYNC_DEMO_WEBHOOK_TOKEN": secrets.token_urlsafe(16),
+        "STOCKSYNC_DEMO_ADMIN_TOKEN": secrets.token_urlsafe(16),
+    }
+    os.environ.update(tokens)
+    keycrm = FakeKeycrm(tokens["STOCKSYNC_DEMO_KEYCRM_KEY"], limit=600)
+    keycrm.populate(skus, warehouses=(1, 2))
+    pos = FakeInventoryApi(tokens["STOCKSYNC_DEMO_POS_TOKEN"])
+    pos.on_update = lambda body: log.info("demo.pos_updated", **body)
+    with tempfile.TemporaryDirectory(prefix="stocksync-demo-") as folder:
+        async with AsyncExitStack() as stack:
+            keycrm_url = await _serve(stack, keycrm.app())
+            pos_url = await _serve(stack, pos.app())
+            path = Path(folder) / "stocksync.toml"
+            path.write_text(
+                _CONFIG.format(
+                    state=Path(folder) / "stocksync.db", port=port, keycrm=keycrm_url, pos=pos_url
+                ),
+                encoding="utf-8",
+            )
+            config = load_config(path, registry)
+            configure_logging(fmt="console", level="info", secrets=tokens.values())
+            daemon = Daemon(config, reload=lambda: load_config(path, registry))
+            base = f"http://127.0.0.1:{port}"
+            webhook = f"{base}/webhooks/keycrm/{tokens['STOCKSYNC_DEMO_WEBHOOK_TOKEN']}"
+            print(
+                f"stocksync demo: {skus} SKUs in a fake keyCRM ({keycrm_url}), "
+                f"one Inventory Update API channel ({pos_url})\n"
+                f"  state file   {config.daemon.state}\n"
+                f"  config       {path}\n"
+                f"  status       curl -s {base}/status\n"
+                f"  metrics      curl -s {base}/metrics | grep ^stocksync_\n"
+                f"  resync       kill -USR1 {os.getpid()}\n"
+                f"  stop         Ctrl-C\n",
+                file=out,
+                flush=True,
+            )
+            async with anyio.create_task_group() as group:
+
+                async def run_then_end_demo() -> None:
+                    await daemon.run()
+                    group.cancel_scope.cancel()  # the shop floor stops with the daemon
+
+                group.start_soon(run_then_end_demo)
+                await daemon.started.wait()
+                group.start_soon(_shop_floor, keycrm, webhook, 2.0)
+                if duration is not None:
+                    await anyio.sleep(duration)
+                    daemon.stop()
+    return 0

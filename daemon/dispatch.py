@@ -1,0 +1,300 @@
+"""One worker per channel: batches due items, paces them, bounds concurrency, settles outcomes.
+
+Per channel: a leaky-bucket limiter (aiolimiter, capacity 1 so requests go out evenly, never a
+second's allowance at once), a bounded number of requests in flight, a timeout per request.
+Retries are not loops around a request: a retryable item goes back to the store with its next
+attempt time (exponential backoff, full jitter, or the channel's Retry-After), so a restart keeps
+the schedule and a failing item never blocks a worker. A 429/503 with Retry-After, or a 401/403,
+pauses the whole channel; the others never notice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import structlog
+from aiolimiter import AsyncLimiter
+
+from daemon.channel import Channel
+from daemon.config import ChannelConfig
+from daemon.debounce import Debouncer
+from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
+from daemon.models import ItemValue, Outcome, PushResult, Value
+from daemon.retry_after import MAX_RETRY_AFTER
+from daemon.store import Pending, Store, Verdict
+from daemon.telemetry import Metrics
+
+__all__ = ["Dispatcher", "backoff_delay"]
+
+log = structlog.get_logger("stocksync.dispatch")
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+PROBE_BASE = 15.0
+PROBE_CAP = 300.0
+
+
+def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(cap, base * math.pow(2, min(attempt, 32)))
+    return random.uniform(0, ceiling)  # noqa: S311 (jitter, not a secret)
+
+
+@dataclass(slots=True)
+class ChannelHealth:
+    """What `/status` shows about a channel's own state."""
+
+    paused_until: float = 0.0
+    down: bool = False
+    last_error: str | None = None
+    failures_in_a_row: int = 0
+
+
+class Dispatcher:
+    """Pushes one channel's due items until cancelled, or until drained when asked to stop."""
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        channel: Channel,
+        store: Store,
+        debouncer: Debouncer,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._channel = channel
+        self._store = store
+        self.debouncer = debouncer
+        self._metrics = metrics
+        self._clock = clock
+        self._limiter = AsyncLimiter(1, 1.0 / config.rate)
+        self._slots = anyio.Semaphore(config.concurrency)
+        self._wake = anyio.Event()
+        self.health = ChannelHealth()
+        self._tally: Counter[str] = Counter()
+        self._log = log.bind(channel=self.name)
+
+    async def report(self, every: float = 10.0) -> None:
+        """One info line per `every` seconds while pushes happen: counts, not a line per SKU."""
+        while True:
+            await anyio.sleep(every)
+            done, self._tally = self._tally, Counter()
+            if done:
+                self._log.info(
+                    "channel.progress",
+                    acknowledged=done["ok"],
+                    retried=done["retry"],
+                    rejected=done["rejected"],
+                    waiting=len(self.debouncer),
+                    up=not self.health.down,
+                )
+
+    def notify(self) -> None:
+        """New work may be due: wake the worker."""
+        self._wake.set()
+
+    def touch(self, items: Sequence[Pending]) -> None:
+        for item in items:
+            self.debouncer.touch(item)
+        if items:
+            self.notify()
+
+    async def _sleep_until_work(self) -> None:
+        now = self._clock()
+        wake_at = self.debouncer.next_due()
+        if self.health.paused_until > now:
+            wake_at = (
+                self.health.paused_until
+                if wake_at is None
+                else max(wake_at, self.health.paused_until)
+            )
+        if wake_at is not None and wake_at <= now:
+            return
+        event = self._wake
+        with anyio.move_on_after(None if wake_at is None else wake_at - now):
+            await event.wait()
+        if event.is_set():
+            self._wake = anyio.Event()
+
+    async def run(self) -> None:
+        """The worker loop; runs until cancelled."""
+        async with anyio.create_task_group() as group:
+            while True:
+                await self._sleep_until_work()
+                now = self._clock()
+                if self.health.paused_until > now:
+                    continue
+                await self._slots.acquire()
+                keys = self.debouncer.take(now, self.config.batch_size)
+                if not keys:
+                    self._slots.release()
+                    continue
+                group.start_soon(self._send, keys)
+
+    async def drain(self, deadline: float) -> bool:
+        """Send what is debounced now and wait for it, until `deadline`; True if all went out."""
+        self.debouncer.flush(self._clock())
+        self.notify()
+        while self._clock() < deadline:
+            due = self.debouncer.next_due()
+            idle = self.debouncer.in_flight == 0 and (due is None or due > deadline)
+            if idle:
+                return True
+            await anyio.sleep(0.05)
+        return False
+
+    async def _send(self, keys: list[str]) -> None:
+        still: list[Pending] = []
+        try:
+            values = await self._store.desired(self.name, keys)
+            items = [ItemValue(key, values[key]) for key in keys if key in values]
+            if items:
+                still = await self._push(items)
+        except Exception:
+            self._log.exception("channel.settle_failed")
+            now = self._clock()
+            still = [Pending(self.name, k, now, now, now + backoff_delay(3)) for k in keys]
+        finally:
+            for key in keys:
+                self.debouncer.done(key)
+            for item in still:
+                self.debouncer.touch(item)
+            self._slots.release()
+            self.notify()
+
+    async def _push(self, items: list[ItemValue]) -> list[Pending]:
+        await self._limiter.acquire()
+        started = self._clock()
+        results: list[PushResult] | None = None
+        failure: ChannelError | None = None
+        try:
+            with anyio.fail_after(self.config.timeout):
+                results = await self._channel.push(items)
+        except ChannelError as exc:
+            failure = exc
+        except TimeoutError:
+            failure = ChannelRetryable(f"{self.name}: no answer within {self.config.timeout:g}s")
+        except Exception as exc:
+            self._log.exception("channel.push_crashed")
+            failure = ChannelRetryable(f"{self.name}: unexpected {type(exc).__name__}")
+        now = self._clock()
+        duration = now - started
+        self._metrics.push_duration.labels(channel=self.name).observe(duration)
+        verdicts = self._verdicts(items, results, failure, now)
+        outcome = self._request_outcome(verdicts, failure)
+        self._metrics.push_requests.labels(channel=self.name, outcome=outcome).inc()
+        self._log_outcome(items, verdicts, failure, outcome, duration)
+        settled = await self._store.settle(self.name, verdicts, now, backoff_delay)
+        for changed_at in settled.propagated:
+            self._metrics.propagation.labels(channel=self.name).observe(max(0.0, now - changed_at))
+        return settled.still
+
+    def _verdicts(
+        self,
+        items: list[ItemValue],
+        results: list[PushResult] | None,
+        failure: ChannelError | None,
+        now: float,
+    ) -> list[Verdict]:
+        sent: dict[str, Value] = {item.key: item.value for item in items}
+        if failure is not None:
+            return self._fail(items, failure, now)
+        assert results is not None
+        self._healthy()
+        by_key = {r.key: r for r in results if r.key in sent}
+        verdicts = []
+        for item in items:
+            result = by_key.get(item.key)
+            if result is None:
+                verdicts.append(
+                    Verdict(
+                        item.key, item.value, Outcome.RETRY, "the channel did not answer for it"
+                    )
+                )
+            else:
+                verdicts.append(
+                    Verdict(item.key, item.value, result.outcome, result.reason, result.retry_after)
+                )
+        return verdicts
+
+    def _fail(self, items: list[ItemValue], failure: ChannelError, now: float) -> list[Verdict]:
+        message = str(failure)
+        self.health.last_error = message
+        if isinstance(failure, ChannelRejected):
+            return [Verdict(i.key, i.value, Outcome.REJECTED, message) for i in items]
+        if isinstance(failure, ChannelFatal):
+            self.health.failures_in_a_row += 1
+            probe = min(PROBE_CAP, PROBE_BASE * 2 ** min(self.health.failures_in_a_row - 1, 16))
+            self._pause(now + probe, down=True)
+            return [Verdict(i.key, i.value, Outcome.RETRY, message, probe) for i in items]
+        retry_after = failure.retry_after if isinstance(failure, ChannelRetryable) else None
+        if retry_after is not None:
+            # 429/503 with Retry-After is about the whole channel, not these items: pause it.
+            self._pause(now + min(retry_after, MAX_RETRY_AFTER), down=False)
+        return [Verdict(i.key, i.value, Outcome.RETRY, message, retry_after) for i in items]
+
+    def _pause(self, until: float, *, down: bool) -> None:
+        self.health.paused_until = max(self.health.paused_until, until)
+        if down and not self.health.down:
+            self.health.down = True
+            self._metrics.channel_up.labels(channel=self.name).set(0)
+            self._log.error("channel.paused", reason=self.health.last_error, until=until)
+
+    def _healthy(self) -> None:
+        self.health.failures_in_a_row = 0
+        if self.health.down:
+            self.health.down = False
+            self._metrics.channel_up.labels(channel=self.name).set(1)
+            self._log.info("channel.resumed")
+
+    @staticmethod
+    def _request_outcome(verdicts: list[Verdict], failure: ChannelError | None) -> str:
+        if isinstance(failure, ChannelFatal):
+            return "failed"
+        outcomes = {v.outcome for v in verdicts}
+        if Outcome.RETRY in outcomes:
+            return "retry"
+        if Outcome.REJECTED in outcomes:
+            return "rejected"
+        return "ok"
+
+    def _log_outcome(
+        self,
+        items: list[ItemValue],
+        verdicts: list[Verdict],
+        failure: ChannelError | None,
+        outcome: str,
+        duration: float,
+    ) -> None:
+        duration_ms = round(duration * 1000, 1)
+        self._tally.update(str(v.outcome) for v in verdicts)
+        if outcome == "ok":
+            self._log.debug(
+                "channel.pushed",
+                items=len(items),
+                keys=[f"{i.key} {i.value.describe()}" for i in items[:10]],
+                duration_ms=duration_ms,
+            )
+            return
+        for verdict in verdicts:
+            if verdict.outcome is Outcome.ACKNOWLEDGED:
+                continue
+            self._log.warning(
+                "channel.push_rejected"
+                if verdict.outcome is Outcome.REJECTED
+                else "channel.push_retry",
+                key=verdict.key,
+                value=verdict.sent.describe(),
+                status=getattr(failure, "status", None),
+                error=verdict.error,
+                duration_ms=duration_ms,
+            )

@@ -1,0 +1,89 @@
+"""Every error stocksync raises, grouped by what the caller should do about it.
+
+    StocksyncError
+    ├── ConfigError              the file or a secret is wrong: report every fault, exit 2
+    ├── SourceError              keyCRM could not give us a page
+    │   ├── SourceRetryable      network, 5xx, 429, a malformed page: try again (Retry-After)
+    │   └── SourceFatal          401/403/404: retrying will not help until an operator acts
+    └── ChannelError             a push failed as a whole (per-item outcomes are PushResults)
+        ├── ChannelRetryable     network, 5xx, 429: schedule the items again, never drop them
+        ├── ChannelRejected      the channel refused the request's content: park its items
+        └── ChannelFatal         401/403, missing scope: pause the channel, probe it later
+
+Messages never carry a secret: adapters build them from status codes and response bodies only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChannelError",
+    "ChannelFatal",
+    "ChannelRejected",
+    "ChannelRetryable",
+    "ConfigError",
+    "SourceError",
+    "SourceFatal",
+    "SourceRetryable",
+    "StocksyncError",
+]
+
+
+class StocksyncError(Exception):
+    """Base of every error stocksync raises on purpose."""
+
+
+class ConfigError(StocksyncError):
+    """The configuration has faults; `faults` holds one `(key, problem)` pair per fault."""
+
+    def __init__(self, faults: list[tuple[str, str]]) -> None:
+        self.faults = faults
+        super().__init__("; ".join(f"{key}: {problem}" for key, problem in faults))
+
+
+class SourceError(StocksyncError):
+    """keyCRM did not give us what we asked for."""
+
+    def __init__(self, message: str, *, status: str = "error") -> None:
+        super().__init__(message)
+        #: the `status` label of stocksync_keycrm_requests_total for this failure
+        self.status = status
+
+
+class SourceRetryable(SourceError):
+    """A transient keyCRM failure; `retry_after` is keyCRM's own hint in seconds, if it gave one."""
+
+    def __init__(
+        self, message: str, *, status: str = "error", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class SourceFatal(SourceError):
+    """keyCRM refused us in a way that retrying cannot fix (bad key, wrong URL)."""
+
+
+class ChannelError(StocksyncError):
+    """A whole request to a channel failed."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ChannelRetryable(ChannelError):
+    """Try the same items again later; `retry_after` (seconds) pauses the whole channel."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ChannelRejected(ChannelError):
+    """The channel refused these items for good; they wait until their value changes."""
+
+
+class ChannelFatal(ChannelError):
+    """The channel refuses us as a whole (credentials, scope): pause it and probe later."""

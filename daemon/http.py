@@ -1,0 +1,175 @@
+"""The one HTTP listener: metrics, health, readiness, status, the keyCRM webhook, admin resync.
+
+The webhook path carries a secret token, so the access log of this app prints the route's
+pattern (`/webhooks/keycrm/{token}`), never the path as it came.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
+
+from daemon.telemetry import Metrics
+
+__all__ = ["MAX_WEBHOOK_BYTES", "Controller", "build_app", "parse_webhook"]
+
+log = structlog.get_logger("stocksync.http")
+
+MAX_WEBHOOK_BYTES = 1024 * 1024
+MAX_WEBHOOK_ITEMS = 10_000
+
+
+class Controller(Protocol):
+    """What the HTTP routes need from the running daemon."""
+
+    metrics: Metrics
+
+    async def refresh_metrics(self) -> None: ...
+
+    async def readiness(self) -> str | None:
+        """None when ready, else the reason it is not."""
+        ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    def webhook(self, skus: list[str]) -> None: ...
+
+    def resync(self, trigger: str) -> None: ...
+
+
+def parse_webhook(body: bytes) -> list[str]:
+    """SKUs from keyCRM's stock webhook `[{"offer_id", "sku", "in_stock", "in_reserve"}]`.
+
+    The payload is a trigger, never the truth (totals only, no signature): we take the SKUs and
+    look their stock up. Raises ValueError, with a reason fit for the 400 body, if malformed.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("body is not JSON") from exc
+    if isinstance(data, dict):
+        data = [data]  # tolerate a single object
+    if not isinstance(data, list) or not data:
+        raise ValueError("body must be a non-empty JSON array of stock changes")
+    if len(data) > MAX_WEBHOOK_ITEMS:
+        raise ValueError(f"more than {MAX_WEBHOOK_ITEMS} items")
+    skus: list[str] = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"item {index} is not an object")
+        sku = item.get("sku")
+        if isinstance(sku, int | float) and not isinstance(sku, bool):
+            sku = str(sku)
+        if not isinstance(sku, str) or not sku.strip():
+            raise ValueError(f"item {index} has no sku")
+        for field in ("in_stock", "in_reserve"):
+            value = item.get(field)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ValueError(f"item {index}: {field} is not a number")
+        skus.append(sku.strip())
+    return skus
+
+
+def _same(given: str, secret: SecretStr) -> bool:
+    return hmac.compare_digest(given.encode(), secret.get_secret_value().encode())
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+        status=status,
+        content_type="application/json",
+    )
+
+
+@web.middleware
+async def _access_log(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+        raise
+    finally:
+        info = request.match_info.route.resource
+        path = info.canonical if info is not None else "(unmatched)"
+        log.debug("http.request", method=request.method, route=path, status=response.status)
+    return response
+
+
+def build_app(
+    controller: Controller,
+    *,
+    webhook_token: SecretStr | None,
+    admin_token: SecretStr | None,
+) -> web.Application:
+    """The aiohttp application; the caller runs it with access logging off (see module doc)."""
+    app = web.Application(middlewares=[_access_log], client_max_size=MAX_WEBHOOK_BYTES)
+
+    async def metrics(_request: web.Request) -> web.Response:
+        await controller.refresh_metrics()
+        body = generate_latest(controller.metrics.registry)
+        response = web.Response(body=body)
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        response.charset = "utf-8"
+        return response
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_request: web.Request) -> web.Response:
+        reason = await controller.readiness()
+        if reason is None:
+            return web.Response(text="ready\n")
+        return web.Response(text=f"not ready: {reason}\n", status=503)
+
+    async def status(_request: web.Request) -> web.Response:
+        return _json(await controller.status())
+
+    async def webhook(request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        if webhook_token is None or not _same(token, webhook_token):
+            raise web.HTTPNotFound
+        try:
+            body = await request.read()
+            skus = parse_webhook(body)
+        except web.HTTPRequestEntityTooLarge:
+            controller.metrics.webhook_events.labels(outcome="rejected").inc()
+            log.warning("webhook.rejected", problem="body too large")
+            return _json({"error": "body too large"}, status=400)
+        except ValueError as exc:
+            controller.metrics.webhook_events.labels(outcome="rejected").inc()
+            log.warning("webhook.rejected", problem=str(exc))
+            return _json({"error": str(exc)}, status=400)
+        controller.metrics.webhook_events.labels(outcome="accepted").inc()
+        controller.webhook(skus)
+        log.info("webhook.accepted", skus=len(skus))
+        return _json({"accepted": len(skus)}, status=202)
+
+    async def admin_resync(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if admin_token is None:
+            raise web.HTTPNotFound
+        if scheme.lower() != "bearer" or not _same(token.strip(), admin_token):
+            return _json({"error": "a valid admin bearer token is required"}, status=401)
+        controller.resync("http")
+        return _json({"resync": "started"}, status=202)
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_post("/webhooks/keycrm/{token}", webhook)
+    app.router.add_post("/admin/resync", admin_resync)
+    return app

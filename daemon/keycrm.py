@@ -1,0 +1,184 @@
+"""The keyCRM client: one request budget, strict paging, retries that honour Retry-After.
+
+Every request (retries included) takes a slot of the shared `RequestBudget`. Pages are built from
+our own parameters rather than by following `next_page_url`, which carries only `?page=N` and
+would drop `limit` and the filters. A scan stops at `last_page`, or when `next_page_url` is null,
+never because a page came back short.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+import stamina
+import structlog
+
+from daemon.budget import Priority, RequestBudget
+from daemon.config import KeycrmSettings
+from daemon.errors import SourceFatal, SourceRetryable
+from daemon.keycrm_payloads import MalformedPage, Page, parse_catalog_page, parse_stock_page
+from daemon.models import CatalogEntry, StockLevel
+from daemon.retry_after import parse_retry_after
+from daemon.telemetry import Metrics
+
+__all__ = ["PAGE_SIZE", "KeycrmClient"]
+
+PAGE_SIZE = 50  # the most keyCRM's `limit` takes
+MAX_PAGES = 100_000  # a scan this long means keyCRM's paging is broken; stop rather than loop
+_DEFAULT_429_PAUSE = 10.0
+_ATTEMPTS = 6
+
+T = TypeVar("T")
+log = structlog.get_logger("stocksync.keycrm")
+
+
+def _backoff_hook(exc: Exception) -> bool | float:
+    """stamina's `on=`: retry source errors that say so, waiting keyCRM's Retry-After if given."""
+    if isinstance(exc, SourceRetryable):
+        return exc.retry_after if exc.retry_after is not None else True
+    return False
+
+
+class KeycrmClient:
+    """Reads stock and catalog from keyCRM within one request budget."""
+
+    def __init__(
+        self,
+        settings: KeycrmSettings,
+        session: aiohttp.ClientSession,
+        budget: RequestBudget,
+        metrics: Metrics,
+        *,
+        details: bool,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self.budget = budget
+        self._metrics = metrics
+        self.details = details
+        self.last_success: float | None = None
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._settings.api_key.get_secret_value()}",
+            "Accept": "application/json",
+        }
+
+    async def _fetch(
+        self,
+        path: str,
+        params: dict[str, str],
+        kind: str,
+        priority: Priority,
+        parse: Callable[[Any], Page[T]],
+    ) -> Page[T]:
+        """GET one page, parse it whole, retrying transient faults within the budget."""
+        async for attempt in stamina.retry_context(
+            on=_backoff_hook, attempts=_ATTEMPTS, timeout=None, wait_initial=1.0, wait_max=60.0
+        ):
+            with attempt:
+                return await self._fetch_once(path, params, kind, priority, parse)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch_once(
+        self,
+        path: str,
+        params: dict[str, str],
+        kind: str,
+        priority: Priority,
+        parse: Callable[[Any], Page[T]],
+    ) -> Page[T]:
+        await self.budget.acquire(priority)
+        url = f"{self._settings.base_url}{path}"
+        timeout = aiohttp.ClientTimeout(total=self._settings.timeout)
+        try:
+            async with self._session.get(
+                url, params=params, headers=self._headers(), timeout=timeout
+            ) as response:
+                status = response.status
+                body = await response.read()
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._metrics.keycrm_requests.labels(kind=kind, status="network").inc()
+            log.warning("keycrm.request_failed", kind=kind, path=path, error=type(exc).__name__)
+            raise SourceRetryable(f"keyCRM {path}: {type(exc).__name__}", status="network") from exc
+        self._metrics.keycrm_requests.labels(kind=kind, status=str(status)).inc()
+        if status == 429:
+            pause = retry_after if retry_after is not None else _DEFAULT_429_PAUSE
+            self.budget.pause(pause)
+            log.warning("keycrm.rate_limited", kind=kind, retry_after=pause)
+            raise SourceRetryable("keyCRM: 429 Too Many Attempts", status="429", retry_after=pause)
+        if status >= 500:
+            log.warning("keycrm.server_error", kind=kind, status=status, path=path)
+            raise SourceRetryable(f"keyCRM {path}: HTTP {status}", status=str(status))
+        if status in (401, 403):
+            raise SourceFatal(f"keyCRM refused the API key (HTTP {status})", status=str(status))
+        if status != 200:
+            raise SourceFatal(f"keyCRM {path}: HTTP {status}", status=str(status))
+        try:
+            page = parse(orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
+            self._count_malformed(kind, path, "the body is not JSON")
+            raise MalformedPage("the body is not JSON") from exc
+        except MalformedPage as exc:
+            self._count_malformed(kind, path, str(exc))
+            raise
+        self.last_success = time.time()
+        if page.no_sku:
+            self._metrics.offers_skipped.labels(reason="no_sku").inc(page.no_sku)
+        return page
+
+    def _count_malformed(self, kind: str, path: str, problem: str) -> None:
+        self._metrics.keycrm_requests.labels(kind=kind, status="malformed").inc()
+        log.error("keycrm.malformed_page", kind=kind, path=path, problem=problem)
+
+    def _stock_params(self, page: int) -> dict[str, str]:
+        params = {"limit": str(PAGE_SIZE), "page": str(page)}
+        if self.details:
+            params["filter[details]"] = "true"
+        return params
+
+    async def _pages(
+        self,
+        path: str,
+        base: dict[str, str],
+        kind: str,
+        priority: Priority,
+        parse: Callable[[Any], Page[T]],
+    ) -> AsyncIterator[Page[T]]:
+        number = 1
+        while True:
+            page = await self._fetch(path, {**base, "page": str(number)}, kind, priority, parse)
+            yield page
+            if not page.has_next or number >= MAX_PAGES:
+                return
+            number += 1
+
+    def scan(self) -> AsyncIterator[Page[StockLevel]]:
+        """Every page of `/offers/stocks`, in order."""
+        params = self._stock_params(1)
+        return self._pages("/offers/stocks", params, "scan", Priority.SCAN, parse_stock_page)
+
+    def catalog(self) -> AsyncIterator[Page[CatalogEntry]]:
+        """Every page of `/offers?include=product`."""
+        params = {"limit": str(PAGE_SIZE), "include": "product"}
+        return self._pages("/offers", params, "catalog", Priority.CATALOG, parse_catalog_page)
+
+    async def lookup(self, skus: Sequence[str]) -> list[StockLevel]:
+        """Current stock of these SKUs, 50 a request, ahead of the scan in the budget."""
+        # keyCRM's filter takes a comma list, so a SKU with a comma cannot be asked for: the
+        # next scan will carry it instead.
+        wanted = sorted({s for s in skus if s and "," not in s})
+        found: list[StockLevel] = []
+        for start in range(0, len(wanted), PAGE_SIZE):
+            chunk = wanted[start : start + PAGE_SIZE]
+            params = {**self._stock_params(1), "filter[offers_sku]": ",".join(chunk)}
+            async for page in self._pages(
+                "/offers/stocks", params, "lookup", Priority.LOOKUP, parse_stock_page
+            ):
+                found.extend(level for level in page.items if level.sku in chunk)
+        return found

@@ -1,0 +1,178 @@
+"""The values that flow through the pipeline: immutable, slotted, cheap to compare."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import orjson
+
+__all__ = [
+    "CatalogEntry",
+    "ItemValue",
+    "Outcome",
+    "PushResult",
+    "StockLevel",
+    "StockRecord",
+    "Value",
+    "WarehouseStock",
+    "join_key",
+    "split_key",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WarehouseStock:
+    """One warehouse's share of an offer's stock, as keyCRM reports it with `filter[details]`."""
+
+    id: int
+    quantity: Decimal
+    reserve: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class StockLevel:
+    """The stock half of a record: what `/offers/stocks` (or a look-up) says about one SKU."""
+
+    sku: str
+    offer_id: int
+    quantity: Decimal
+    reserve: Decimal
+    price: Decimal | None
+    warehouses: tuple[WarehouseStock, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """The catalog half of a record: what `/offers?include=product` says about one SKU."""
+
+    sku: str
+    offer_id: int
+    product_id: int | None = None
+    product_name: str | None = None
+    barcode: str | None = None
+    properties: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StockRecord:
+    """Everything keyCRM told us about one SKU: its stock, and its catalog fields when known."""
+
+    stock: StockLevel
+    catalog: CatalogEntry | None = None
+
+    @property
+    def sku(self) -> str:
+        return self.stock.sku
+
+    def field(self, name: str) -> str | None:
+        """The text of one key-template field, or None when keyCRM has no value for it."""
+        cat = self.catalog
+        if name == "sku":
+            return self.stock.sku
+        if name == "offer_id":
+            return str(self.stock.offer_id)
+        if cat is None:
+            return None
+        if name == "barcode":
+            return cat.barcode
+        if name == "product_name":
+            return cat.product_name
+        if name == "product_id":
+            return None if cat.product_id is None else str(cat.product_id)
+        if name.startswith("prop[") and name.endswith("]"):
+            wanted = name[5:-1]
+            return next((value for key, value in cat.properties if key == wanted), None)
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """What a channel should hold for one item. Only the parts the channel takes are set."""
+
+    quantity: int | None = None
+    price: Decimal | None = None
+    live: bool | None = None
+
+    def encode(self) -> str:
+        """Canonical text form: equal values encode equally, so the store compares text."""
+        parts: dict[str, object] = {}
+        if self.quantity is not None:
+            parts["q"] = self.quantity
+        if self.price is not None:
+            parts["p"] = str(self.price.normalize())
+        if self.live is not None:
+            parts["l"] = self.live
+        return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> Value:
+        parts = orjson.loads(text)
+        price = parts.get("p")
+        return cls(
+            quantity=parts.get("q"),
+            price=None if price is None else Decimal(price),
+            live=parts.get("l"),
+        )
+
+    def describe(self) -> str:
+        """Short human form for logs, --dry-run and history: `qty=3 price=9.5`."""
+        bits = []
+        if self.quantity is not None:
+            bits.append(f"qty={self.quantity}")
+        if self.price is not None:
+            bits.append(f"price={self.price.normalize()}")
+        if self.live is not None:
+            bits.append(f"live={str(self.live).lower()}")
+        return " ".join(bits) or "-"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemValue:
+    """One item of one channel with the value to push. `key` is what the store knows it by."""
+
+    key: str
+    value: Value
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The key's components (e.g. UPC and store code), as the adapter needs them."""
+        return split_key(self.key)
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one item of a push."""
+
+    ACKNOWLEDGED = "ok"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """The channel's answer for one item."""
+
+    key: str
+    outcome: Outcome
+    reason: str | None = None
+    retry_after: float | None = field(default=None)
+
+
+def join_key(parts: tuple[str, ...]) -> str:
+    """One part is the key itself; several become a JSON array, which no part can break."""
+    if len(parts) == 1:
+        return parts[0]
+    return orjson.dumps(list(parts)).decode()
+
+
+def split_key(key: str) -> tuple[str, ...]:
+    """Inverse of `join_key`."""
+    if key.startswith('["'):
+        try:
+            parts = orjson.loads(key)
+        except orjson.JSONDecodeError:
+            return (key,)
+        if isinstance(parts, list) and all(isinstance(p, str) for p in parts):
+            return tuple(parts)
+    return (key,)

@@ -1,0 +1,125 @@
+"""`stocksync once`: one full scan, push the differences, wait for them; and its `--dry-run`.
+
+The dry run works on a copy of the state file, so what it prints is exactly what a real run
+would push (differences from what each channel acknowledged), and the real state is untouched.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+import anyio
+import structlog
+from prometheus_client import CollectorRegistry
+
+from daemon import __version__
+from daemon.config import Config
+from daemon.errors import SourceError
+from daemon.pipeline import Parts, assemble, needs_catalog
+from daemon.store import SQLiteStore
+from daemon.telemetry import Metrics
+
+__all__ = ["dry_run", "run_once"]
+
+log = structlog.get_logger("stocksync.once")
+
+
+async def _read_keycrm(parts: Parts, config: Config) -> None:
+    if needs_catalog(config):
+        await parts.source.catalog_once()
+    await parts.source.scan_once()
+
+
+def _copy_state(source: Path, target: Path) -> None:
+    """A consistent copy of the state file (WAL included) through SQLite's backup API."""
+    if not source.exists():
+        return
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+async def dry_run(config: Config, out: TextIO = sys.stdout) -> int:
+    """Print the pushes a real run would make, one line each, and send nothing."""
+    workdir = Path(tempfile.mkdtemp(prefix="stocksync-dry-"))
+    try:
+        copy = workdir / "state.db"
+        _copy_state(config.daemon.state, copy)
+        store = SQLiteStore(copy)
+        metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
+        try:
+            async with aiohttp.ClientSession() as session:
+                parts = assemble(config, store, session, metrics)
+                parts.dispatchers.clear()  # plan only: nothing may be sent
+                try:
+                    await _read_keycrm(parts, config)
+                except SourceError as exc:
+                    print(f"keyCRM: {exc}", file=sys.stderr)
+                    return 1
+            for channel in config.channels:
+                rows = [r for r in await store.items(channel.name) if r.status == "pending"]
+                for row in rows:
+                    was = "unknown" if row.acked is None else row.acked.describe()
+                    print(
+                        f"{channel.name}\t{row.key}\t{row.desired.describe()}\t(now: {was})",
+                        file=out,
+                    )
+                print(f"# {channel.name}: {len(rows)} to push", file=out)
+        finally:
+            await store.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+async def run_once(config: Config, *, wait: float, out: TextIO = sys.stdout) -> int:
+    """Scan once, push every difference, wait; 0 if all acknowledged, else 1."""
+    store = SQLiteStore(config.daemon.state)
+    metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
+    try:
+        async with aiohttp.ClientSession() as session:
+            parts = assemble(config, store, session, metrics, debounce=0.0)
+            for item in await store.pending():
+                dispatcher = parts.dispatchers.get(item.channel)
+                if dispatcher is not None:
+                    dispatcher.debouncer.touch(item)
+            async with anyio.create_task_group() as group:
+                for dispatcher in parts.dispatchers.values():
+                    group.start_soon(dispatcher.run)
+                try:
+                    await _read_keycrm(parts, config)
+                except SourceError as exc:
+                    print(f"keyCRM: {exc}", file=sys.stderr)
+                    group.cancel_scope.cancel()
+                    return 1
+                deadline = time.time() + wait
+                while time.time() < deadline:
+                    if all(len(d.debouncer) == 0 for d in parts.dispatchers.values()):
+                        break
+                    await anyio.sleep(0.05)
+                group.cancel_scope.cancel()
+        counts = await store.counts()
+        failed = 0
+        for channel in config.channels:
+            per = counts.get(channel.name, {})
+            pending, rejected = per.get("pending", 0), per.get("rejected", 0)
+            failed += pending + rejected
+            print(
+                f"{channel.name}: {per.get('ok', 0)} acknowledged, {pending} pending, "
+                f"{rejected} rejected",
+                file=out,
+            )
+        return 0 if failed == 0 else 1
+    finally:
+        await store.close()

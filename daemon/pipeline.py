@@ -1,0 +1,413 @@
+"""Wires the stages into a running daemon: one task group, signals, reload, graceful stop.
+
+    source (scan, catalog, look-ups) -> reconciler -> store -> debouncer -> dispatcher -> channel
+
+A SIGHUP reload validates the new file whole first; if it is good, the running pipeline drains
+and a new one starts on the same store with a full resync. SIGTERM/SIGINT stop taking work, send
+what is debounced now, let in-flight requests finish within `shutdown_timeout`, and return.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import anyio
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from daemon import __version__
+from daemon.budget import RequestBudget
+from daemon.channel import ChannelContext
+from daemon.config import Config, secret_values
+from daemon.debounce import Debouncer
+from daemon.dispatch import Dispatcher
+from daemon.errors import ConfigError
+from daemon.http import build_app
+from daemon.keycrm import KeycrmClient
+from daemon.logs import scrubber
+from daemon.plan import TEMPLATE_FIELDS
+from daemon.reconcile import Reconciler
+from daemon.source import Source
+from daemon.store import SQLiteStore, Store
+from daemon.telemetry import Metrics
+
+__all__ = ["Daemon", "Parts", "assemble"]
+
+log = structlog.get_logger("stocksync.pipeline")
+
+HISTORY_RETENTION = 30 * 86400.0
+_HOUSEKEEPING_EVERY = 60.0
+_CATALOG_FIELDS = {f for f in TEMPLATE_FIELDS if f not in ("sku", "offer_id")}
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def needs_catalog(config: Config) -> bool:
+    """Whether any channel's keys use catalog fields (names, barcodes, properties)."""
+    for channel in config.channels:
+        if channel.rules.key_map is not None:
+            continue
+        for template in channel.rules.key_parts:
+            for index, piece in enumerate(template):
+                if index % 2 == 1 and (piece in _CATALOG_FIELDS or piece.startswith("prop[")):
+                    return True
+    return False
+
+
+@dataclass(slots=True)
+class Parts:
+    """One pipeline's stages, built from one config."""
+
+    config: Config
+    dispatchers: dict[str, Dispatcher]
+    reconciler: Reconciler
+    source: Source
+    client: KeycrmClient
+
+
+def assemble(
+    config: Config,
+    store: Store,
+    session: aiohttp.ClientSession,
+    metrics: Metrics,
+    *,
+    debounce: float | None = None,
+    clock: Callable[[], float] = time.time,
+    keycrm_window: float = 60.0,
+) -> Parts:
+    """Build every stage. `debounce` overrides the config's (`once` pushes without waiting)."""
+    sync = config.sync
+    dispatchers: dict[str, Dispatcher] = {}
+    for channel in config.channels:
+        adapter = channel.spec.build(
+            channel.options, ChannelContext(channel.name, session, channel.timeout)
+        )
+        quiet = sync.debounce if debounce is None else debounce
+        dispatchers[channel.name] = Dispatcher(
+            channel,
+            adapter,
+            store,
+            Debouncer(quiet, max(quiet, sync.max_delay if debounce is None else quiet)),
+            metrics,
+            clock=clock,
+        )
+    reconciler = Reconciler(store, config.channels, dispatchers, metrics, clock=clock)
+    budget = RequestBudget(config.keycrm.requests_per_minute, window=keycrm_window)
+    metrics.keycrm_budget_limit.set(config.keycrm.requests_per_minute)
+    client = KeycrmClient(config.keycrm, session, budget, metrics, details=config.needs_warehouses)
+    source = Source(
+        client,
+        store,
+        reconciler,
+        metrics,
+        poll_interval=config.keycrm.poll_interval,
+        catalog_interval=config.keycrm.catalog_interval,
+        needs_catalog=needs_catalog(config),
+        clock=clock,
+    )
+    return Parts(config, dispatchers, reconciler, source, client)
+
+
+class Daemon:
+    """The long-running daemon: `run()` until `stop()`, a signal, or a fatal error."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reload: Callable[[], Config] | None = None,
+        registry: CollectorRegistry | None = None,
+        handle_signals: bool = True,
+        notify: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        keycrm_window: float = 60.0,
+    ) -> None:
+        self.config = config
+        self._reload = reload
+        self._handle_signals = handle_signals
+        self._notify = notify or (lambda _message: None)
+        self._clock = clock
+        self._keycrm_window = keycrm_window
+        self.metrics = Metrics(
+            registry or CollectorRegistry(), [c.name for c in config.channels], __version__
+        )
+        self._scrub = scrubber(secret_values(config))
+        self.parts: Parts | None = None
+        self.store: Store | None = None
+        self._stop = anyio.Event()
+        self._stopping = False
+        self._next_config: Config | None = None
+        self._resync_wanted = anyio.Event()
+        self._resync_trigger = "signal"
+        self.started = anyio.Event()
+        self.bound_port: int | None = None
+
+    # --- control ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM, SIGINT)."""
+        self._stopping = True
+        self._stop.set()
+
+    def resync(self, trigger: str) -> None:
+        """Full resync (SIGUSR1, `POST /admin/resync`); merged with one already under way."""
+        self.metrics.resyncs.labels(trigger=trigger).inc()
+        self._resync_trigger = trigger
+        self._resync_wanted.set()
+
+    def webhook(self, skus: list[str]) -> None:
+        if self.parts is not None:
+            self.parts.source.request_lookup(skus)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read and validate the file; keep the running config if it has faults."""
+        if self._reload is None:
+            return
+        self._notify("RELOADING=1")
+        try:
+            config = self._reload()
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels(result="error").inc()
+            log.exception("config.reload_failed", faults=[f"{k}: {p}" for k, p in exc.faults])
+            self._notify("READY=1")
+            return
+        self.metrics.config_reloads.labels(result="ok").inc()
+        log.info("config.reloaded", channels=[c.name for c in config.channels])
+        self._next_config = config
+        self._stop.set()
+
+    # --- HTTP controller -------------------------------------------------------------------------
+
+    async def refresh_metrics(self) -> None:
+        if self.store is None or self.parts is None:
+            return
+        counts = await self.store.counts()
+        oldest = await self.store.oldest_pending()
+        now = self._clock()
+        for name in self.parts.dispatchers:
+            per_status = counts.get(name, {})
+            self.metrics.pending.labels(channel=name).set(per_status.get("pending", 0))
+            self.metrics.rejected.labels(channel=name).set(per_status.get("rejected", 0))
+            since = oldest.get(name)
+            self.metrics.sync_lag.labels(channel=name).set(
+                0 if since is None else max(0.0, now - since)
+            )
+        self.metrics.keycrm_budget_used.set(self.parts.client.budget.sent_in_window())
+
+    async def readiness(self) -> str | None:
+        parts = self.parts
+        if parts is None or self.store is None:
+            return "starting"
+        if self._stopping:
+            return "stopping"
+        progress = parts.source.progress
+        if progress.last_success is None:
+            return "the first keyCRM scan has not finished"
+        reached = parts.client.last_success
+        if reached is None:
+            return "keyCRM has not answered since start"
+        limit = 3 * parts.config.keycrm.poll_interval + parts.config.keycrm.timeout
+        if self._clock() - reached > limit:
+            return f"keyCRM has not answered for {self._clock() - reached:.0f}s"
+        return None
+
+    async def status(self) -> dict[str, Any]:
+        parts = self.parts
+        if parts is None or self.store is None:
+            return {"version": __version__, "ready": False, "reason": "starting"}
+        counts = await self.store.counts()
+        oldest = await self.store.oldest_pending()
+        now = self._clock()
+        channels = {}
+        for name, dispatcher in parts.dispatchers.items():
+            per_status = counts.get(name, {})
+            health = dispatcher.health
+            since = oldest.get(name)
+            channels[name] = {
+                "type": dispatcher.config.type,
+                "pending": per_status.get("pending", 0),
+                "rejected": per_status.get("rejected", 0),
+                "acknowledged": per_status.get("ok", 0),
+                "in_flight": dispatcher.debouncer.in_flight,
+                "lag_seconds": 0.0 if since is None else round(max(0.0, now - since), 3),
+                "paused": health.paused_until > now,
+                "paused_until": _iso(health.paused_until) if health.paused_until > now else None,
+                "up": not health.down,
+                "last_error": health.last_error,
+            }
+        progress = parts.source.progress
+        reason = await self.readiness()
+        report: dict[str, Any] = {
+            "version": __version__,
+            "ready": reason is None,
+            "reason": reason,
+            "source": {
+                "scan_running": progress.running,
+                "resync_running": progress.resync,
+                "scan_page": progress.page,
+                "scan_last_page": progress.last_page,
+                "scans_completed": progress.scans_completed,
+                "last_scan_success": _iso(progress.last_success),
+                "last_scan_duration_seconds": progress.last_duration,
+                "last_catalog_refresh": _iso(progress.catalog_at),
+                "last_error": progress.last_error,
+                "lookups_queued": parts.source.lookups_queued,
+                "budget_requests_per_minute": parts.config.keycrm.requests_per_minute,
+                "budget_used_last_minute": parts.client.budget.sent_in_window(),
+            },
+            "channels": channels,
+        }
+        # Errors quote channel answers; a channel that echoes our credentials must not leak them.
+        scrubbed: dict[str, Any] = self._scrub(report)
+        return scrubbed
+
+    # --- running ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stopped. Reloads replace the pipeline; the store stays open throughout."""
+        self.store = SQLiteStore(self.config.daemon.state)
+        resync_first = False
+        try:
+            while True:
+                await self._run_pipeline(self.config, resync_first=resync_first)
+                if self._next_config is None or self._stopping:
+                    break
+                self.config, self._next_config = self._next_config, None
+                self._scrub = scrubber(secret_values(self.config))
+                for channel in self.config.channels:
+                    self.metrics.add_channel(channel.name)
+                self._stop = anyio.Event()
+                resync_first = True
+        finally:
+            self._notify("STOPPING=1")
+            await self.store.close()
+            log.info("daemon.stopped")
+
+    @asynccontextmanager
+    async def _http(self, config: Config) -> AsyncIterator[None]:
+        app = build_app(
+            self,
+            webhook_token=config.keycrm.webhook_token,
+            admin_token=config.daemon.admin_token,
+        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, _, port = config.daemon.listen.rpartition(":")
+        site = web.TCPSite(runner, host.strip("[]"), int(port))
+        await site.start()
+        addresses = runner.addresses
+        self.bound_port = int(addresses[0][1]) if addresses else int(port)
+        log.info("http.listening", listen=config.daemon.listen, port=self.bound_port)
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    async def _run_pipeline(self, config: Config, *, resync_first: bool) -> None:
+        assert self.store is not None
+        store = self.store
+        async with aiohttp.ClientSession() as session:
+            parts = assemble(
+                config,
+                store,
+                session,
+                self.metrics,
+                clock=self._clock,
+                keycrm_window=self._keycrm_window,
+            )
+            self.parts = parts
+            pending = await store.pending()
+            for item in pending:
+                dispatcher = parts.dispatchers.get(item.channel)
+                if dispatcher is not None:
+                    dispatcher.debouncer.touch(item)
+            await parts.source.load_state()
+            log.info(
+                "daemon.started",
+                version=__version__,
+                channels=[c.name for c in config.channels],
+                pending=len(pending),
+                state=str(config.daemon.state),
+            )
+            async with self._http(config):
+                self._notify("READY=1")
+                self._notify(f"STATUS=syncing {len(parts.dispatchers)} channels")
+                self.started.set()
+                if resync_first:
+                    self.resync("signal")
+                await self._serve(parts)
+            self.parts = None
+
+    async def _serve(self, parts: Parts) -> None:
+        config = parts.config
+        async with anyio.create_task_group() as workers:
+            for dispatcher in parts.dispatchers.values():
+                workers.start_soon(dispatcher.run)
+            async with anyio.create_task_group() as feeders:
+                for dispatcher in parts.dispatchers.values():
+                    feeders.start_soon(dispatcher.report)
+                feeders.start_soon(parts.source.run_scans)
+                feeders.start_soon(parts.source.run_catalog)
+                feeders.start_soon(parts.source.run_lookups)
+                feeders.start_soon(self._resyncs, parts)
+                feeders.start_soon(self._housekeeping)
+                if self._handle_signals:
+                    feeders.start_soon(self._signals)
+                await self._stop.wait()
+                feeders.cancel_scope.cancel()
+            deadline = self._clock() + config.daemon.shutdown_timeout
+            log.info("daemon.draining", timeout=config.daemon.shutdown_timeout)
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as drains:
+                    for dispatcher in parts.dispatchers.values():
+                        drains.start_soon(dispatcher.drain, deadline)
+            workers.cancel_scope.cancel()
+
+    async def _resyncs(self, parts: Parts) -> None:
+        assert self.store is not None
+        while True:
+            await self._resync_wanted.wait()
+            self._resync_wanted = anyio.Event()
+            if parts.source.progress.resync and parts.source.progress.running:
+                log.info("resync.merged", trigger=self._resync_trigger)
+                continue
+            forced = await self.store.force_all(self._clock())
+            for item in forced:
+                dispatcher = parts.dispatchers.get(item.channel)
+                if dispatcher is not None:
+                    dispatcher.debouncer.touch(item)
+            for dispatcher in parts.dispatchers.values():
+                dispatcher.notify()
+            parts.source.request_scan()
+            log.info("resync.started", trigger=self._resync_trigger, items=len(forced))
+
+    async def _housekeeping(self) -> None:
+        assert self.store is not None
+        while True:
+            pruned = await self.store.prune_history(self._clock() - HISTORY_RETENTION)
+            if pruned:
+                log.info("history.pruned", rows=pruned)
+            self._notify("WATCHDOG=1")
+            await anyio.sleep(_HOUSEKEEPING_EVERY)
+
+    async def _signals(self) -> None:
+        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        with anyio.open_signal_receiver(*wanted) as received:
+            async for signum in received:
+                log.info("daemon.signal", signal=signal.Signals(signum).name)
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self.stop()
+                elif signum == signal.SIGUSR1:
+                    self.resync("signal")
+                elif signum == signal.SIGHUP:
+                    self.reload()

@@ -1,0 +1,68 @@
+"""Scripted misbehaviour shared by every fake: the next N requests answer with a fault."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import anyio
+from aiohttp import web
+
+__all__ = ["Fault", "Faults"]
+
+
+@dataclass(slots=True)
+class Fault:
+    """One scripted answer. `status=0` with `body` set sends a 200 with that (malformed) body."""
+
+    status: int
+    body: bytes = b""
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+class Faults:
+    """A queue of faults consumed one per request, plus an optional fixed delay for every answer."""
+
+    def __init__(self) -> None:
+        self._queue: deque[Fault] = deque()
+        self.delay = 0.0
+        self.gate: anyio.Event | None = None
+
+    def add(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        body: bytes = b"",
+        retry_after: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        for _ in range(times):
+            self._queue.append(Fault(status, body, retry_after, delay))
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def answer(self) -> web.Response | None:
+        """The scripted response for this request, or None to answer normally."""
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay:
+            await anyio.sleep(self.delay)
+        if not self._queue:
+            return None
+        fault = self._queue.popleft()
+        if fault.delay:
+            await anyio.sleep(fault.delay)
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        if fault.status == 0:
+            return web.Response(body=fault.body, content_type="application/json")
+        body = fault.body or b'{"message": "simulated failure"}'
+        return web.Response(
+            status=fault.status, body=body, headers=headers, content_type="application/json"
+        )

@@ -1,0 +1,224 @@
+"""Drives keyCRM reads: the periodic full scan, the catalog refresh and webhook look-ups.
+
+The scan is the safety net (it sees every SKU, one 50-offer page per request); look-ups carry
+fresh changes ahead of it within the same budget. Each page is stored and planned as it arrives,
+so a scan interrupted halfway has still done its share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+
+from daemon.errors import SourceError
+from daemon.keycrm import PAGE_SIZE, KeycrmClient
+from daemon.models import StockLevel
+from daemon.reconcile import Reconciler
+from daemon.store import Store
+from daemon.telemetry import Metrics
+
+__all__ = ["ScanProgress", "Source"]
+
+log = structlog.get_logger("stocksync.source")
+
+_FAILED_SCAN_RETRY = 60.0
+_FAILED_CATALOG_RETRY = 300.0
+
+
+@dataclass(slots=True)
+class ScanProgress:
+    """Where the current scan stands, for `/status`."""
+
+    running: bool = False
+    resync: bool = False
+    page: int = 0
+    last_page: int | None = None
+    started_at: float | None = None
+    scans_completed: int = 0
+    last_success: float | None = None
+    last_duration: float | None = None
+    last_error: str | None = None
+    catalog_at: float | None = None
+    duplicates: dict[str, int] = field(default_factory=dict)
+
+
+class Source:
+    """Reads keyCRM and feeds the reconciler."""
+
+    def __init__(
+        self,
+        client: KeycrmClient,
+        store: Store,
+        reconciler: Reconciler,
+        metrics: Metrics,
+        *,
+        poll_interval: float,
+        catalog_interval: float,
+        needs_catalog: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self._store = store
+        self._reconciler = reconciler
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._catalog_interval = catalog_interval
+        self._needs_catalog = needs_catalog
+        self._clock = clock
+        self.progress = ScanProgress()
+        self._scan_requested = anyio.Event()
+        self._lookups: set[str] = set()
+        self._lookup_wake = anyio.Event()
+        self._first_catalog_tried = anyio.Event()
+
+    @property
+    def lookups_queued(self) -> int:
+        return len(self._lookups)
+
+    def request_scan(self) -> None:
+        """Start a full scan now (a resync); requests during a scan merge into the next one."""
+        self._scan_requested.set()
+
+    def request_lookup(self, skus: list[str]) -> None:
+        """Ask keyCRM for these SKUs' stock ahead of the scan (a webhook's trigger)."""
+        self._lookups.update(skus)
+        self._lookup_wake.set()
+
+    async def load_state(self) -> None:
+        """Pick up what earlier runs recorded, so `/status` and readiness survive a restart."""
+        last = await self._store.get_meta("last_scan_success")
+        if last is not None:
+            self.progress.last_success = float(last)
+            self._metrics.last_scan_success.set(float(last))
+        catalog = await self._store.get_meta("catalog_at")
+        if catalog is not None:
+            self.progress.catalog_at = float(catalog)
+
+    async def scan_once(self) -> None:
+        """One complete pass over `/offers/stocks`; raises SourceError if keyCRM gives up on us."""
+        scan = int(await self._store.get_meta("scan_generation") or 0) + 1
+        started = self._clock()
+        progress = self.progress
+        progress.running, progress.page, progress.last_page = True, 0, None
+        progress.started_at = started
+        seen: dict[str, int] = {}
+        duplicates = 0
+        try:
+            async for page in self.client.scan():
+                levels: list[StockLevel] = []
+                for level in page.items:
+                    first = seen.setdefault(level.sku, level.offer_id)
+                    if first != level.offer_id:
+                        duplicates += 1
+                        log.error(
+                            "keycrm.duplicate_sku",
+                            sku=level.sku,
+                            offer_id=level.offer_id,
+                            kept_offer_id=first,
+                        )
+                        continue
+                    levels.append(level)
+                changed = await self._store.save_stock(levels, scan)
+                await self._reconciler.ingest(changed)
+                progress.page += 1
+                progress.last_page = page.last_page
+        finally:
+            progress.running = False
+        if duplicates:
+            self._metrics.offers_skipped.labels(reason="duplicate_sku").inc(duplicates)
+        await self._store.set_meta("scan_generation", str(scan))
+        vanished = await self._store.vanished(scan)
+        if vanished:
+            log.warning(
+                "keycrm.skus_vanished", count=len(vanished), skus=[r.sku for r in vanished[:20]]
+            )
+            await self._reconciler.ingest(vanished)
+        finished = self._clock()
+        await self._store.set_meta("last_scan_success", str(finished))
+        progress.scans_completed += 1
+        progress.last_success = finished
+        progress.last_duration = finished - started
+        progress.last_error = None
+        self._metrics.last_scan_success.set(finished)
+        self._metrics.scan_duration.set(finished - started)
+        self._metrics.skus_tracked.set(len(seen))
+        log.info(
+            "keycrm.scan_finished",
+            skus=len(seen),
+            pages=progress.page,
+            duplicates=duplicates,
+            duration_ms=round((finished - started) * 1000),
+        )
+
+    async def catalog_once(self) -> None:
+        """One pass over `/offers?include=product`: names, barcodes, properties."""
+        count = 0
+        async for page in self.client.catalog():
+            changed = await self._store.save_catalog(page.items)
+            await self._reconciler.ingest(changed)
+            count += len(page.items)
+        now = self._clock()
+        await self._store.set_meta("catalog_at", str(now))
+        self.progress.catalog_at = now
+        log.info("keycrm.catalog_refreshed", offers=count)
+
+    async def run_scans(self) -> None:
+        """Scan, then wait `poll_interval` (or a resync request), forever."""
+        if self._needs_catalog and self.progress.catalog_at is None:
+            # Keys built from names or barcodes need the catalog: fetch it before the first scan.
+            await self._guarded(self.catalog_once, "keycrm.catalog_failed")
+        self._first_catalog_tried.set()
+        while True:
+            self.progress.resync = self._scan_requested.is_set()
+            self._scan_requested = anyio.Event()
+            ok = await self._guarded(self.scan_once, "keycrm.scan_failed")
+            self.progress.resync = False
+            wait = self._poll_interval if ok else min(self._poll_interval, _FAILED_SCAN_RETRY)
+            with anyio.move_on_after(wait):
+                await self._scan_requested.wait()
+
+    async def run_catalog(self) -> None:
+        """Refresh the catalog every `catalog_interval` (only when a channel's keys need it)."""
+        if not self._needs_catalog:
+            return
+        await self._first_catalog_tried.wait()
+        while True:
+            last = self.progress.catalog_at
+            if last is None:
+                due = self._clock() + _FAILED_CATALOG_RETRY
+            else:
+                due = last + self._catalog_interval
+            await anyio.sleep(max(0.0, due - self._clock()))
+            await self._guarded(self.catalog_once, "keycrm.catalog_failed")
+
+    async def run_lookups(self) -> None:
+        """Serve look-up requests as they come, in 50-SKU requests ahead of the scan."""
+        while True:
+            if not self._lookups:
+                await self._lookup_wake.wait()
+                self._lookup_wake = anyio.Event()
+                continue
+            batch = sorted(self._lookups)[: PAGE_SIZE * 4]
+            self._lookups.difference_update(batch)
+
+            async def look(skus: list[str] = batch) -> None:
+                levels = await self.client.lookup(skus)
+                changed = await self._store.save_stock(levels, None)
+                await self._reconciler.ingest(changed)
+
+            if not await self._guarded(look, "keycrm.lookup_failed"):
+                # The scan will carry these SKUs anyway; do not spin on a failing keyCRM.
+                await anyio.sleep(_FAILED_SCAN_RETRY)
+
+    async def _guarded(self, job: Callable[[], Awaitable[None]], event: str) -> bool:
+        try:
+            await job()
+        except SourceError as exc:
+            self.progress.last_error = str(exc)
+            log.exception(event, error=str(exc), status=exc.status)
+            return False
+        return True

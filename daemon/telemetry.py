@@ -1,0 +1,161 @@
+"""Every metric stocksync exports, in one place. Names and labels are a contract (design.md).
+
+Metrics never carry a SKU or an item key as a label: per-item detail lives in the logs, in
+`/status` and in `stocksync history`. Every family is created up front with a zero-valued series
+per configured channel, so a dashboard or an alert never meets a missing series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["PUSH_OUTCOMES", "Metrics"]
+
+PUSH_OUTCOMES = ("ok", "retry", "rejected", "failed")
+_PROPAGATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+_REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The metric families, registered on the given registry (tests pass a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry, channels: Iterable[str], version: str) -> None:
+        self.registry = registry
+        r = registry
+        self.sync_lag = Gauge(
+            "stocksync_sync_lag_seconds",
+            "Age of the oldest desired value the channel has not acknowledged; 0 when in sync.",
+            ["channel"],
+            registry=r,
+        )
+        self.propagation = Histogram(
+            "stocksync_propagation_seconds",
+            "From a change seen in keyCRM to the channel's acknowledgement.",
+            ["channel"],
+            buckets=_PROPAGATION_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge(
+            "stocksync_pending_items",
+            "Items whose desired value is not acknowledged.",
+            ["channel"],
+            registry=r,
+        )
+        self.rejected = Gauge(
+            "stocksync_rejected_items",
+            "Items parked after a permanent error.",
+            ["channel"],
+            registry=r,
+        )
+        self.channel_up = Gauge(
+            "stocksync_channel_up",
+            "0 while the channel is paused (auth failure, circuit open).",
+            ["channel"],
+            registry=r,
+        )
+        self.push_requests = Counter(
+            "stocksync_push_requests",
+            "Requests to a channel, by outcome (ok, retry, rejected, failed).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.push_duration = Histogram(
+            "stocksync_push_request_duration_seconds",
+            "Duration of one request to a channel.",
+            ["channel"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.keycrm_requests = Counter(
+            "stocksync_keycrm_requests",
+            "Requests to keyCRM by kind (lookup, scan, catalog) and HTTP status (or error).",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.last_scan_success = Gauge(
+            "stocksync_keycrm_last_scan_success_timestamp_seconds",
+            "End of the last complete keyCRM scan (Unix time).",
+            registry=r,
+        )
+        self.scan_duration = Gauge(
+            "stocksync_keycrm_scan_duration_seconds",
+            "Length of the last complete keyCRM scan.",
+            registry=r,
+        )
+        self.keycrm_budget_used = Gauge(
+            "stocksync_keycrm_budget_used_requests",
+            "keyCRM requests sent in the last 60 s (the budget is requests_per_minute).",
+            registry=r,
+        )
+        self.keycrm_budget_limit = Gauge(
+            "stocksync_keycrm_budget_limit_requests",
+            "keyCRM requests allowed per 60 s (requests_per_minute).",
+            registry=r,
+        )
+        self.skus_tracked = Gauge("stocksync_skus_tracked", "SKUs known from keyCRM.", registry=r)
+        self.offers_skipped = Counter(
+            "stocksync_keycrm_offers_skipped",
+            "keyCRM offers skipped while reading, by reason (no_sku, duplicate_sku).",
+            ["reason"],
+            registry=r,
+        )
+        self.records_skipped = Counter(
+            "stocksync_records_skipped",
+            "Records that gave a channel no item, by reason (empty_key, unmapped, no_warehouses).",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.webhook_events = Counter(
+            "stocksync_webhook_events",
+            "keyCRM webhook deliveries, accepted or rejected.",
+            ["outcome"],
+            registry=r,
+        )
+        self.resyncs = Counter(
+            "stocksync_resyncs",
+            "Full resyncs by trigger (signal, http, schedule).",
+            ["trigger"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "stocksync_config_reloads",
+            "Configuration reloads by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.guard_blocked = Counter(
+            "stocksync_guard_blocked",
+            "Pushes held back by the mass-change guard.",
+            ["channel"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "stocksync_build_info", "Always 1; the version is a label.", ["version"], registry=r
+        )
+        self.build_info.labels(version=version).set(1)
+        for outcome in ("accepted", "rejected"):
+            self.webhook_events.labels(outcome=outcome)
+        for trigger in ("signal", "http", "schedule"):
+            self.resyncs.labels(trigger=trigger)
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result=result)
+        for kind in ("lookup", "scan", "catalog"):
+            self.keycrm_requests.labels(kind=kind, status="200")
+        for reason in ("no_sku", "duplicate_sku"):
+            self.offers_skipped.labels(reason=reason)
+        for channel in channels:
+            self.add_channel(channel)
+
+    def add_channel(self, channel: str) -> None:
+        """Create every per-channel series at zero (channel up until proven otherwise)."""
+        self.sync_lag.labels(channel=channel)
+        self.propagation.labels(channel=channel)
+        self.pending.labels(channel=channel)
+        self.rejected.labels(channel=channel)
+        self.channel_up.labels(channel=channel).set(1)
+        for outcome in PUSH_OUTCOMES:
+            self.push_requests.labels(channel=channel, outcome=outcome)
+        self.push_duration.labels(channel=channel)
+        self.guard_blocked.labels(channel=channel)

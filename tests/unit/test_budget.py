@@ -1,0 +1,60 @@
+"""The keyCRM budget: never more than N in any window, evenly spaced, look-ups first."""
+
+import itertools
+import time
+
+import anyio
+import pytest
+
+from daemon.budget import Priority, RequestBudget
+
+pytestmark = pytest.mark.anyio
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    return max(sum(1 for t in times if start <= t < start + window) for start in times)
+
+
+async def test_no_window_ever_holds_more_than_the_limit() -> None:
+    budget = RequestBudget(limit=8, window=0.4)
+    granted: list[float] = []
+
+    async def worker(priority: Priority) -> None:
+        for _ in range(6):
+            await budget.acquire(priority)
+            granted.append(time.monotonic())
+
+    async with anyio.create_task_group() as group:
+        for priority in (Priority.SCAN, Priority.CATALOG, Priority.LOOKUP, Priority.SCAN):
+            group.start_soon(worker, priority)
+    assert len(granted) == 24
+    assert max_in_window(granted, 0.4) <= 8
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert min(gaps) >= 0.05 * 0.9  # evenly paced: window / limit apart
+
+
+async def test_lookups_go_before_scans_and_catalog() -> None:
+    budget = RequestBudget(limit=100, window=1.0)
+    await budget.acquire(Priority.SCAN)  # the next grant must wait its spacing
+    order: list[str] = []
+
+    async def ask(name: str, priority: Priority) -> None:
+        await budget.acquire(priority)
+        order.append(name)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(ask, "catalog", Priority.CATALOG)
+        group.start_soon(ask, "scan", Priority.SCAN)
+        group.start_soon(ask, "lookup", Priority.LOOKUP)
+    assert order == ["lookup", "scan", "catalog"]
+
+
+async def test_a_pause_holds_everyone_and_cancelled_waiters_leave_the_queue() -> None:
+    budget = RequestBudget(limit=100, window=1.0)
+    budget.pause(0.2)
+    with anyio.move_on_after(0.05):
+        await budget.acquire(Priority.LOOKUP)
+    assert budget.waiting == 0
+    started = time.monotonic()
+    await budget.acquire(Priority.SCAN)
+    assert time.monotonic() - started >= 0.1

@@ -1,0 +1,131 @@
+"""Config validation: every fault at once, each named by its key; `check-config` exits 2."""
+
+from pathlib import Path
+
+import pytest
+
+from adapters import ADAPTERS
+from daemon.cli import main
+from daemon.config import load_config
+from daemon.errors import ConfigError
+
+GOOD = """
+[daemon]
+state = "state.db"
+
+[keycrm]
+api_key_env = "T_KEY"
+
+[[channel]]
+name = "pos"
+type = "inventory_api"
+base_url = "https://pos.example.com"
+token_env = "T_POS"
+store = "3"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_KEY", "secret-key-value")
+    monkeypatch.setenv("T_POS", "secret-pos-value")
+    monkeypatch.delenv("STOCKSYNC_CONFIG", raising=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def faults(tmp_path: Path, text: str) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), ADAPTERS)
+    return dict(caught.value.faults)
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), ADAPTERS)
+    assert config.daemon.state == tmp_path / "state.db"
+    assert config.daemon.listen == "127.0.0.1:9108"
+    assert config.keycrm.requests_per_minute == 60
+    assert config.keycrm.poll_interval == 300
+    assert config.sync.debounce == 2
+    (channel,) = config.channels
+    assert channel.rate == 10 and channel.concurrency == 4 and channel.batch_size == 1
+    assert "secret" not in repr(config)
+
+
+def test_every_fault_is_reported_with_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("T_POS")
+    text = GOOD.replace(
+        'state = "state.db"', 'state = "state.db"\nshutdown_timeout = "soon"\ncolour = 1'
+    )
+    text = text.replace(
+        'store = "3"', 'store = "3"\nrate_limit = "5/x"\nconcurrency = 0\nbuffer = -1'
+    )
+    text += '\n[[channel]]\nname = "x"\ntype = "carrier-pigeon"\n'
+    found = faults(tmp_path, text)
+    assert "not a duration" in found["daemon.shutdown_timeout"]
+    assert found["daemon.colour"] == "unknown key"
+    assert "not a rate" in found["channel[0].rate_limit"]
+    assert "greater than 0" in found["channel[0].concurrency"]
+    assert "greater than or equal to 0" in found["channel[0].buffer"]
+    assert "T_POS is not set" in found["channel[0].token_env"]
+    assert "unknown type 'carrier-pigeon'" in found["channel[1].type"]
+
+
+def test_secrets_in_files_and_unreadable_key_maps(tmp_path: Path) -> None:
+    text = GOOD.replace('api_key_env = "T_KEY"', 'api_key_file = "missing-key"')
+    text = text.replace('store = "3"', 'store = "3"')
+    text = text.replace('name = "pos"', 'name = "pos"\nkey_map = "nope.csv"')
+    found = faults(tmp_path, text)
+    assert "cannot read" in found["keycrm.api_key_file"]
+    assert "cannot read" in found["channel[0].key_map"]
+
+
+def test_inventory_api_needs_store_or_store_map_and_a_known_match(tmp_path: Path) -> None:
+    found = faults(tmp_path, GOOD.replace('store = "3"', 'match = "ean"'))
+    assert "match" in " ".join(found) or any("match" in v for v in found.values())
+    found = faults(tmp_path, GOOD.replace('store = "3"', ""))
+    assert any("store_map" in v for v in found.values())
+
+
+def test_no_channel_and_bad_toml(tmp_path: Path) -> None:
+    assert "at least one" in faults(tmp_path, '[keycrm]\napi_key_env = "T_KEY"\n')["channel"]
+    assert "not valid TOML" in faults(tmp_path, "[daemon\n")["config"]
+
+
+def test_check_config_exit_codes_and_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path, GOOD)
+    assert main(["check-config", "-c", str(good)]) == 0
+    bad = write(tmp_path, GOOD.replace('"3"', '"3"\nrate_limit = "fast"'))
+    assert main(["check-config", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        'channel[0].rate_limit: \'fast\' is not a rate; write e.g. "5/s" or "600/m"'
+    ]
+
+
+def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKSYNC_CONFIG", str(write(tmp_path, GOOD)))
+    assert main(["check-config"]) == 0
+    monkeypatch.delenv("STOCKSYNC_CONFIG")
+    assert main(["check-config"]) == 2
+
+
+def test_the_example_config_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[2] / "deploy" / "stocksync.example.toml"
+    for name in (
+        "KEYCRM_API_KEY",
+        "KEYCRM_WEBHOOK_TOKEN",
+        "STOCKSYNC_ADMIN_TOKEN",
+        "POS_API_TOKEN",
+    ):
+        monkeypatch.setenv(name, "x" * 16)
+    config = load_config(example, ADAPTERS)
+    assert [c.name for c in config.channels]
