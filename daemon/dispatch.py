@@ -133,12 +133,22 @@ class Dispatcher:
                 now = self._clock()
                 if self.health.paused_until > now:
                     continue
+                if self.health.down and self.debouncer.in_flight:
+                    # While down, one request at a time probes the channel; the rest wait for it.
+                    await self._one_finished()
+                    continue
                 await self._slots.acquire()
                 keys = self.debouncer.take(now, self.config.batch_size)
                 if not keys:
                     self._slots.release()
                     continue
                 group.start_soon(self._send, keys)
+
+    async def _one_finished(self) -> None:
+        event = self._wake
+        await event.wait()
+        if event.is_set():
+            self._wake = anyio.Event()
 
     async def drain(self, deadline: float) -> bool:
         """Send what is debounced now and wait for it, until `deadline`; True if all went out."""
@@ -174,6 +184,7 @@ class Dispatcher:
     async def _push(self, items: list[ItemValue]) -> list[Pending]:
         await self._limiter.acquire()
         started = self._clock()
+        probe = self.health.down
         results: list[PushResult] | None = None
         failure: ChannelError | None = None
         try:
@@ -189,7 +200,7 @@ class Dispatcher:
         now = self._clock()
         duration = now - started
         self._metrics.push_duration.labels(channel=self.name).observe(duration)
-        verdicts = self._verdicts(items, results, failure, now)
+        verdicts = self._verdicts(items, results, failure, now, probe=probe)
         outcome = self._request_outcome(verdicts, failure)
         self._metrics.push_requests.labels(channel=self.name, outcome=outcome).inc()
         self._log_outcome(items, verdicts, failure, outcome, duration)
@@ -204,10 +215,12 @@ class Dispatcher:
         results: list[PushResult] | None,
         failure: ChannelError | None,
         now: float,
+        *,
+        probe: bool,
     ) -> list[Verdict]:
         sent: dict[str, Value] = {item.key: item.value for item in items}
         if failure is not None:
-            return self._fail(items, failure, now)
+            return self._fail(items, failure, now, probe=probe)
         assert results is not None
         self._healthy()
         by_key = {r.key: r for r in results if r.key in sent}
@@ -226,16 +239,22 @@ class Dispatcher:
                 )
         return verdicts
 
-    def _fail(self, items: list[ItemValue], failure: ChannelError, now: float) -> list[Verdict]:
+    def _fail(
+        self, items: list[ItemValue], failure: ChannelError, now: float, *, probe: bool
+    ) -> list[Verdict]:
         message = str(failure)
         self.health.last_error = message
         if isinstance(failure, ChannelRejected):
             return [Verdict(i.key, i.value, Outcome.REJECTED, message) for i in items]
         if isinstance(failure, ChannelFatal):
-            self.health.failures_in_a_row += 1
-            probe = min(PROBE_CAP, PROBE_BASE * 2 ** min(self.health.failures_in_a_row - 1, 16))
-            self._pause(now + probe, down=True)
-            return [Verdict(i.key, i.value, Outcome.RETRY, message, probe) for i in items]
+            # Requests already in flight when the channel went down fail too: only the first
+            # failure and each failed probe lengthen the pause, not every straggler.
+            if probe or not self.health.down:
+                self.health.failures_in_a_row += 1
+                exponent = min(self.health.failures_in_a_row - 1, 16)
+                self._pause(now + min(PROBE_CAP, PROBE_BASE * 2**exponent), down=True)
+            wait = max(0.0, self.health.paused_until - now)
+            return [Verdict(i.key, i.value, Outcome.RETRY, message, wait) for i in items]
         retry_after = failure.retry_after if isinstance(failure, ChannelRetryable) else None
         if retry_after is not None:
             # 429/503 with Retry-After is about the whole channel, not these items: pause it.

@@ -27,6 +27,7 @@ class FakeInventoryApi:
         self.requests: list[dict[str, Any]] = []
         self.known: set[str] | None = None
         self.faults = Faults()
+        self.arrivals = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.on_update: Callable[[dict[str, Any]], None] | None = None
@@ -38,6 +39,7 @@ class FakeInventoryApi:
         return self.stock.get(key)
 
     async def inventory(self, request: web.Request) -> web.Response:
+        self.arrivals += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -1,0 +1,164 @@
+"""The daemon's HTTP listener: webhook, admin resync, health, readiness, status, metrics."""
+
+from __future__ import annotations
+
+import io
+
+import aiohttp
+import pytest
+
+from daemon.pipeline import Daemon
+from daemon.telemetry import PUSH_OUTCOMES
+from tests.conftest import World, eventually, running
+from tests.integration.test_sync import in_sync
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def synced(world: World) -> World:
+    world.keycrm.populate(10)
+    await world.add_shop("pos")
+    return world
+
+
+def base(daemon: Daemon) -> str:
+    return f"http://127.0.0.1:{daemon.bound_port}"
+
+
+async def test_webhook_tokens_bodies_and_what_they_change(synced: World) -> None:
+    world = synced
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon), aiohttp.ClientSession() as session:
+        await eventually(lambda: in_sync(world))
+        lookups = len(world.keycrm.requests)
+        hook = f"{base(daemon)}/webhooks/keycrm/{world.webhook_token}"
+        async with session.post(f"{base(daemon)}/webhooks/keycrm/wrong", json=[{"sku": "x"}]) as r:
+            assert r.status == 404
+        for bad in (
+            b"not json",
+            b"[]",
+            b'[{"offer_id": 1}]',
+            b'[{"sku": "A", "in_stock": "many"}]',
+        ):
+            async with session.post(hook, data=bad) as r:
+                assert r.status == 400
+                assert "error" in await r.json()
+        huge = io.BytesIO(b"[" + b'{"sku": "A"},' * 200_000 + b'{"sku": "A"}]')
+        async with session.post(hook, data=huge) as r:
+            assert r.status == 400
+        assert len(world.keycrm.requests) == lookups  # nothing was looked up
+        rejected = daemon.metrics.registry.get_sample_value(
+            "stocksync_webhook_events_total", {"outcome": "rejected"}
+        )
+        assert rejected == 5
+
+
+async def test_admin_resync_needs_the_bearer_token_and_pushes_everything_again(
+    synced: World,
+) -> None:
+    world = synced
+    pos = world.shops["pos"]
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon), aiohttp.ClientSession() as session:
+        await eventually(lambda: in_sync(world))
+        await eventually(lambda: len(pos.requests) == 10)
+        url = f"{base(daemon)}/admin/resync"
+        async with session.post(url) as r:
+            assert r.status == 401
+        async with session.post(url, headers={"Authorization": "Bearer nope"}) as r:
+            assert r.status == 401
+        async with session.post(url, headers={"Authorization": f"Bearer {world.admin_token}"}) as r:
+            assert r.status == 202
+        await eventually(lambda: len(pos.requests) == 20)
+    assert (
+        daemon.metrics.registry.get_sample_value("stocksync_resyncs_total", {"trigger": "http"})
+        == 1
+    )
+
+
+async def test_health_readiness_and_status(synced: World) -> None:
+    world = synced
+    world.keycrm.faults.add(503, times=100)  # keyCRM down at start
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon), aiohttp.ClientSession() as session:
+        async with session.get(f"{base(daemon)}/healthz") as r:
+            assert r.status == 200
+        async with session.get(f"{base(daemon)}/readyz") as r:
+            assert r.status == 503
+            assert "first keyCRM scan" in await r.text()
+        world.keycrm.faults.clear()
+        assert daemon.parts is not None
+        daemon.parts.source.request_scan()
+        await eventually(lambda: in_sync(world))
+        await eventually(
+            lambda: daemon.parts is not None and daemon.parts.source.progress.scans_completed == 1
+        )
+        async with session.get(f"{base(daemon)}/readyz") as r:
+            assert r.status == 200
+        async with session.get(f"{base(daemon)}/status") as r:
+            status = await r.json()
+    assert status["ready"] is True
+    assert status["channels"]["pos"]["pending"] == 0
+    assert status["source"]["budget_requests_per_minute"] == 6000
+
+
+async def test_metrics_export_every_family_with_a_series_per_channel(synced: World) -> None:
+    world = synced
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon), aiohttp.ClientSession() as session:
+        await eventually(lambda: in_sync(world))
+        async with session.get(f"{base(daemon)}/metrics") as r:
+            assert r.status == 200
+            assert r.content_type == "text/plain"
+            text = await r.text()
+    for family in (
+        'stocksync_sync_lag_seconds{channel="pos"}',
+        'stocksync_propagation_seconds_bucket{channel="pos",le="0.5"}',
+        'stocksync_pending_items{channel="pos"}',
+        'stocksync_rejected_items{channel="pos"}',
+        'stocksync_channel_up{channel="pos"} 1.0',
+        'stocksync_push_request_duration_seconds_count{channel="pos"}',
+        'stocksync_keycrm_requests_total{kind="scan",status="200"}',
+        "stocksync_keycrm_last_scan_success_timestamp_seconds ",
+        "stocksync_keycrm_scan_duration_seconds ",
+        "stocksync_skus_tracked 10.0",
+        'stocksync_webhook_events_total{outcome="accepted"}',
+        'stocksync_resyncs_total{trigger="signal"}',
+        'stocksync_config_reloads_total{result="error"}',
+        'stocksync_guard_blocked_total{channel="pos"}',
+        "stocksync_build_info{version=",
+    ):
+        assert family in text, family
+    for outcome in PUSH_OUTCOMES:
+        assert f'stocksync_push_requests_total{{channel="pos",outcome="{outcome}"}}' in text
+    assert "SKU-0" not in text  # never a SKU label
+
+
+async def test_no_secret_reaches_logs_errors_or_status(
+    synced: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.config import secret_values
+    from daemon.logs import configure_logging
+
+    world = synced
+    pos = world.shops["pos"]
+    config = world.config()
+    configure_logging(fmt="json", level="debug", secrets=secret_values(config))
+    # A channel that echoes the credentials it was sent back in its error body.
+    pos.faults.add(500, body=f'{{"error": "bad token Bearer {pos.token}"}}'.encode(), times=3)
+    daemon = Daemon(config, handle_signals=False)
+    async with running(daemon), aiohttp.ClientSession() as session:
+        await eventually(lambda: in_sync(world))
+        async with session.post(
+            f"{base(daemon)}/webhooks/keycrm/{world.webhook_token}", json=[{"sku": "SKU-00001"}]
+        ) as r:
+            assert r.status == 202
+        async with session.get(f"{base(daemon)}/status") as r:
+            status = await r.text()
+    logs = capsys.readouterr()
+    assert "channel.push_retry" in logs.out + logs.err
+    for secret in world.secrets:
+        assert secret not in status
+        assert secret not in logs.out
+        assert secret not in logs.err

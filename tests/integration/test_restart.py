@@ -1,0 +1,99 @@
+"""Stopping the daemon mid-push, gracefully or not, and starting it again loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import anyio
+import pytest
+
+from daemon.pipeline import Daemon
+from tests.conftest import World, eventually
+from tests.integration.test_sync import in_sync
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_crash_mid_push_loses_nothing(world: World) -> None:
+    world.keycrm.populate(40)
+    pos = await world.add_shop("pos")
+    pos.faults.gate = anyio.Event()  # requests hang until the gate opens
+    config = world.config()
+    first = Daemon(config, handle_signals=False)
+    async with anyio.create_task_group() as group:
+        group.start_soon(first.run)
+        await eventually(lambda: pos.in_flight >= 8)
+        group.cancel_scope.cancel()  # a crash: no drain, no settle
+    assert pos.stock == {}
+    pos.faults.gate.set()
+    # The answers to the hung requests are lost with the process; the state still says pending.
+    second = Daemon(config, handle_signals=False)
+    async with anyio.create_task_group() as group:
+        group.start_soon(second.run)
+        await eventually(lambda: in_sync(world))
+        await eventually(
+            lambda: (
+                second.parts is not None
+                and all(len(d.debouncer) == 0 for d in second.parts.dispatchers.values())
+            )
+        )
+        assert (await second.status())["channels"]["pos"]["pending"] == 0
+        second.stop()
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> anyio.abc.Process:
+    return await anyio.open_process(
+        [sys.executable, "-m", "daemon", *args],
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def test_sigterm_mid_push_finishes_in_flight_requests_then_once_completes(
+    world: World,
+) -> None:
+    world.keycrm.populate(30)
+    pos = await world.add_shop("pos")
+    pos.faults.delay = 0.2  # slow enough that SIGTERM lands mid-push
+    path = world.write_config()
+    process = await run_cli("run", "-c", str(path))
+    try:
+        await eventually(lambda: len(pos.stock) >= 8, timeout=20)
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(10):
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert code == 0
+    assert pos.in_flight == 0
+    pos.faults.delay = 0
+    done = await run_cli("once", "-c", str(path))
+    with anyio.fail_after(20):
+        assert await done.wait() == 0
+    assert in_sync(world)
+    # In-flight requests finished and were recorded before exit: `once` pushed only what was
+    # left, so every item went out exactly once over both runs.
+    assert len(pos.requests) == 30
+    assert pos.arrivals == 30  # none cut off mid-flight and sent again
+
+
+async def test_once_dry_run_prints_the_plan_and_sends_nothing(world: World) -> None:
+    world.keycrm.populate(3)
+    pos = await world.add_shop("pos")
+    path = world.write_config()
+    result = await anyio.run_process(
+        [sys.executable, "-m", "daemon", "once", "--dry-run", "-c", str(path)], check=False
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert lines[:3] == [
+        f'pos\t["40000000000{i}","S1"]\tqty={n}\t(now: unknown)'
+        for i, n in (
+            (o.id - 1000, max(0, int(o.quantity - o.reserve))) for o in world.keycrm.offers.values()
+        )
+    ]
+    assert lines[3] == "# pos: 3 to push"
+    assert pos.requests == []
+    assert not (world.tmp_path / "state.db").exists()
