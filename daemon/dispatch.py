@@ -184,6 +184,10 @@ class Dispatcher:
     async def _push(self, items: list[ItemValue]) -> list[Pending]:
         await self._limiter.acquire()
         started = self._clock()
+        if self.health.paused_until > started:
+            # The channel was paused while this batch waited for its turn: hold it, unsent.
+            until = self.health.paused_until
+            return [Pending(self.name, i.key, started, started, until) for i in items]
         probe = self.health.down
         results: list[PushResult] | None = None
         failure: ChannelError | None = None

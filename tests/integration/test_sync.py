@@ -147,11 +147,48 @@ async def test_retry_after_pauses_the_channel_then_everything_lands(world: World
                 daemon.parts is not None and daemon.parts.dispatchers["pos"].health.paused_until > 0
             )
         )
-        paused_at = len(pos.requests)
+        dispatcher = daemon.parts.dispatchers["pos"]  # type: ignore[union-attr]
+        await eventually(lambda: dispatcher.debouncer.in_flight == 0)  # under way may finish
+        paused_at = pos.arrivals
         await anyio.sleep(0.5)
-        assert len(pos.requests) == paused_at  # nothing sent while paused
+        assert pos.arrivals == paused_at  # nothing new is sent while paused
         await eventually(lambda: in_sync(world), timeout=10)
     retries = daemon.metrics.registry.get_sample_value(
         "stocksync_push_requests_total", {"channel": "pos", "outcome": "retry"}
     )
     assert retries == 1
+
+
+async def test_store_map_pushes_one_update_per_store_from_warehouse_stock(world: World) -> None:
+    world.keycrm.populate(6, warehouses=(1, 2, 3))
+    pos = await world.add_shop("pos")
+    channels = world.shop_table("pos", 'store_map = { "1" = "A", "2" = "B" }')
+    daemon = Daemon(world.config(channels=channels), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: len(pos.stock) == 12)
+    assert all(
+        q["filter[details]"] == "true" for _, p, q in world.keycrm.requests if p.endswith("stocks")
+    )
+    for offer in world.keycrm.offers.values():
+        for warehouse, store in ((1, "A"), (2, "B")):
+            quantity, reserve = offer.stock[warehouse]
+            assert pos.quantity(offer.barcode or "", store) == max(0, int(quantity - reserve))
+
+
+async def test_sku_size_width_matching_uses_keycrm_properties(world: World) -> None:
+    world.keycrm.populate(4)
+    world.keycrm.by_sku("SKU-00002").properties = {"Width": "D"}  # no size: skipped, counted
+    pos = await world.add_shop("pos")
+    channels = world.shop_table("pos", 'store = "9"\nmatch = "sku_size_width"')
+    daemon = Daemon(world.config(channels=channels), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: len(pos.stock) == 3)
+    assert pos.requests[0].keys() == {"sku", "size", "width", "store", "quantity"}
+    offer = world.keycrm.by_sku("SKU-00001")
+    assert pos.quantity("SKU-00001", "9", offer.properties["Size"], "D") == available(
+        world, "SKU-00001"
+    )
+    skipped = daemon.metrics.registry.get_sample_value(
+        "stocksync_records_skipped_total", {"channel": "pos", "reason": "empty_key"}
+    )
+    assert skipped == 1
