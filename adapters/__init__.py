@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from adapters import inventory_api
+from adapters import inventory_api, klump, marketplacer, ordergroove
 from daemon.channel import ChannelSpec
 
 __all__ = ["ADAPTERS"]
 
 ADAPTERS: Mapping[str, ChannelSpec] = {
     "inventory_api": inventory_api.SPEC,
+    "klump": klump.SPEC,
+    "marketplacer": marketplacer.SPEC,
+    "ordergroove": ordergroove.SPEC,
 }

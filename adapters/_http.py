@@ -8,6 +8,7 @@ the channel); 401 and 403 are fatal for the channel; any other 4xx rejects the r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 
 import aiohttp
 
@@ -17,9 +18,15 @@ from daemon.retry_after import parse_retry_after
 __all__ = [
     "NETWORK_ERRORS",
     "error_for_status",
+    "json_number",
     "network_error",
     "short_text",
 ]
+
+
+def json_number(value: Decimal) -> int | float:
+    """A price as a JSON number: an integer when whole, else a float (APIs reject strings)."""
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def short_text(body: bytes, limit: int = 200) -> str:

@@ -72,4 +72,6 @@ class ChannelSpec:
     shape: Callable[[Any, str | None], Shape]
     build: Callable[[Any, ChannelContext], Channel]
     default_rate: str = "5/s"
-    default_key: str | None = None
+    default_batch: int | None = None
+    #: True when no default key makes sense (Marketplacer's variant ids): `key` or `key_map` needed
+    requires_key: bool = False

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="stocksync", description="Keeps sales channels' stock in sync with keyCRM."
     )
     parser.add_argument("--version", action="version", version=f"stocksync {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)

@@ -286,6 +286,10 @@ def _channel(
         return None
 
     key_map = None
+    if spec.requires_key and common.key is None and common.key_map is None:
+        faults.append(
+            (_key_text((*where, "key")), f"type {common.type} needs key or key_map (the item ids)")
+        )
     if common.key_map is not None:
         if common.key is not None:
             faults.append((_key_text((*where, "key")), "give key or key_map, not both"))
@@ -326,7 +330,7 @@ def _channel(
         concurrency=common.concurrency,
         rate=common.rate_limit if common.rate_limit is not None else parse_rate(spec.default_rate),
         timeout=common.timeout,
-        batch_size=common.batch_size or spec.max_batch,
+        batch_size=common.batch_size or spec.default_batch or spec.max_batch,
     )
 
 

@@ -25,7 +25,14 @@ from daemon.channel import ChannelSpec
 from daemon.config import load_config
 from daemon.logs import configure_logging
 from daemon.pipeline import Daemon
-from daemon.simulator import FakeInventoryApi, FakeKeycrm
+from daemon.simulator import (
+    FakeInventoryApi,
+    FakeKeycrm,
+    FakeKlump,
+    FakeMarketplacer,
+    FakeOrdergroove,
+    variant_id,
+)
 
 __all__ = ["run_demo"]
 
@@ -59,6 +66,32 @@ match = "upc"
 store_map = {{ "1" = "WH-MAIN", "2" = "SHOP-7" }}
 rate_limit = "20/s"
 concurrency = 4
+
+[[channel]]
+name = "klump"
+type = "klump"
+base_url = "{klump}"
+secret_key_env = "STOCKSYNC_DEMO_KLUMP_KEY"
+key = "{{product_name}}"
+sync_price = true
+buffer = 1
+
+[[channel]]
+name = "marketplacer"
+type = "marketplacer"
+base_url = "{marketplacer}"
+api_key_env = "STOCKSYNC_DEMO_MARKETPLACER_KEY"
+key_map = "{key_map}"
+
+[[channel]]
+name = "ordergroove"
+type = "ordergroove"
+base_url = "{ordergroove}"
+public_id = "{og_public_id}"
+sig_field = "{og_sig_field}"
+hash_key_env = "STOCKSYNC_DEMO_ORDERGROOVE_HASH_KEY"
+key = "{{sku}}"
+live_threshold = 2
 """
 
 
@@ -117,40 +150,56 @@ async def run_demo(
         "STOCKSYNC_DEMO_POS_TOKEN": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_WEBHOOK_TOKEN": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_ADMIN_TOKEN": secrets.token_urlsafe(16),
+        "STOCKSYNC_DEMO_KLUMP_KEY": secrets.token_urlsafe(16),
+        "STOCKSYNC_DEMO_MARKETPLACER_KEY": secrets.token_urlsafe(16),
+        "STOCKSYNC_DEMO_ORDERGROOVE_HASH_KEY": secrets.token_urlsafe(16),
     }
     os.environ.update(tokens)
     keycrm = FakeKeycrm(tokens["STOCKSYNC_DEMO_KEYCRM_KEY"], limit=600)
     keycrm.populate(skus, warehouses=(1, 2))
     pos = FakeInventoryApi(tokens["STOCKSYNC_DEMO_POS_TOKEN"])
     pos.on_update = lambda body: log.info("demo.pos_updated", **body)
+    klump = FakeKlump(tokens["STOCKSYNC_DEMO_KLUMP_KEY"])
+    klump.on_update = lambda body: log.info("demo.klump_updated", **body)
+    marketplacer = FakeMarketplacer(tokens["STOCKSYNC_DEMO_MARKETPLACER_KEY"])
+    marketplacer.on_update = lambda variant, count: log.info(
+        "demo.marketplacer_updated", variant=variant, count_on_hand=count
+    )
+    ordergroove = FakeOrdergroove(tokens["STOCKSYNC_DEMO_ORDERGROOVE_HASH_KEY"])
+    ordergroove.on_update = lambda product, live: log.info(
+        "demo.ordergroove_updated", product_id=product, live=live
+    )
     with tempfile.TemporaryDirectory(prefix="stocksync-demo-") as folder:
         async with AsyncExitStack() as stack:
             keycrm_url = await _serve(stack, keycrm.app())
-            pos_url = await _serve(stack, pos.app())
+            urls = {
+                "pos": await _serve(stack, pos.app()),
+                "klump": await _serve(stack, klump.app()),
+                "marketplacer": await _serve(stack, marketplacer.app()),
+                "ordergroove": await _serve(stack, ordergroove.app()),
+            }
+            key_map = Path(folder) / "marketplacer-variants.csv"
+            key_map.write_text(
+                "sku,key\n"
+                + "".join(f"{o.sku},{variant_id(o.id)}\n" for o in keycrm.offers.values()),
+                encoding="utf-8",
+            )
             path = Path(folder) / "stocksync.toml"
             path.write_text(
                 _CONFIG.format(
-                    state=Path(folder) / "stocksync.db", port=port, keycrm=keycrm_url, pos=pos_url
+                    state=Path(folder) / "stocksync.db",
+                    port=port,
+                    keycrm=keycrm_url,
+                    key_map=key_map,
+                    og_public_id=ordergroove.public_id,
+                    og_sig_field=ordergroove.sig_field,
+                    **urls,
                 ),
                 encoding="utf-8",
             )
             config = load_config(path, registry)
             configure_logging(fmt="console", level="info", secrets=tokens.values())
             daemon = Daemon(config, reload=lambda: load_config(path, registry))
-            base = f"http://127.0.0.1:{port}"
-            webhook = f"{base}/webhooks/keycrm/{tokens['STOCKSYNC_DEMO_WEBHOOK_TOKEN']}"
-            print(
-                f"stocksync demo: {skus} SKUs in a fake keyCRM ({keycrm_url}), "
-                f"one Inventory Update API channel ({pos_url})\n"
-                f"  state file   {config.daemon.state}\n"
-                f"  config       {path}\n"
-                f"  status       curl -s {base}/status\n"
-                f"  metrics      curl -s {base}/metrics | grep ^stocksync_\n"
-                f"  resync       kill -USR1 {os.getpid()}\n"
-                f"  stop         Ctrl-C\n",
-                file=out,
-                flush=True,
-            )
             async with anyio.create_task_group() as group:
 
                 async def run_then_end_demo() -> None:
@@ -159,6 +208,21 @@ async def run_demo(
 
                 group.start_soon(run_then_end_demo)
                 await daemon.started.wait()
+                base = f"http://127.0.0.1:{daemon.bound_port}"
+                webhook = f"{base}/webhooks/keycrm/{tokens['STOCKSYNC_DEMO_WEBHOOK_TOKEN']}"
+                print(
+                    f"stocksync demo: {skus} SKUs in a fake keyCRM ({keycrm_url}) and four fake "
+                    f"channels: Inventory Update API ({urls['pos']}), Klump ({urls['klump']}), "
+                    f"Marketplacer ({urls['marketplacer']}), Ordergroove ({urls['ordergroove']})\n"
+                    f"  state file   {config.daemon.state}\n"
+                    f"  config       {path}\n"
+                    f"  status       curl -s {base}/status\n"
+                    f"  metrics      curl -s {base}/metrics | grep ^stocksync_\n"
+                    f"  resync       kill -USR1 {os.getpid()}\n"
+                    f"  stop         Ctrl-C\n",
+                    file=out,
+                    flush=True,
+                )
                 group.start_soon(_shop_floor, keycrm, webhook, 2.0)
                 if duration is not None:
                     await anyio.sleep(duration)

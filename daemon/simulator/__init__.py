@@ -7,5 +7,16 @@ malformed bodies, per-item failures.
 
 from daemon.simulator.inventory_api import FakeInventoryApi
 from daemon.simulator.keycrm import FakeKeycrm, FakeOffer
+from daemon.simulator.klump import FakeKlump
+from daemon.simulator.marketplacer import FakeMarketplacer, variant_id
+from daemon.simulator.ordergroove import FakeOrdergroove
 
-__all__ = ["FakeInventoryApi", "FakeKeycrm", "FakeOffer"]
+__all__ = [
+    "FakeInventoryApi",
+    "FakeKeycrm",
+    "FakeKlump",
+    "FakeMarketplacer",
+    "FakeOffer",
+    "FakeOrdergroove",
+    "variant_id",
+]

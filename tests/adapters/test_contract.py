@@ -28,7 +28,7 @@ pytestmark = pytest.mark.anyio
 
 
 def test_every_registered_adapter_has_a_harness() -> None:
-    assert sorted(h.type for h in HARNESSES) == sorted(ADAPTERS)
+    assert {h.type for h in HARNESSES} == set(ADAPTERS)
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Rig:
     url: str
 
 
-@pytest.fixture(params=HARNESSES, ids=lambda h: h.type)
+@pytest.fixture(params=HARNESSES, ids=lambda h: h.id)
 async def rig(
     request: pytest.FixtureRequest, serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Rig]:

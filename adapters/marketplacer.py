@@ -1,0 +1,248 @@
+"""Marketplacer: the GraphQL Seller API's `variantUpdate`, or the legacy REST inventories route.
+
+GraphQL (default): `POST {base_url}/graphql`, several variants per request as aliased
+`variantUpdate(input: {variantId, attributes: {countOnHand}})` mutations in one document; each
+alias's `errors { field messages }` (or a top-level error whose path names the alias) rejects that
+item alone, while a top-level error such as `MISSING_SCOPE` pauses the channel. Keys are variant
+global ids, from a `key_map` or a key template.
+
+REST (`api = "rest"`, multi-store adverts): `PUT {base_url}/api/v2/client/variants/{id}/inventories`
+with JSON:API records of `count_on_hand` per `seller_id` (`seller_map` maps keyCRM warehouses to
+sellers; a seller with nothing gets an explicit 0, since a seller left out keeps its old stock).
+
+Auth: `marketplacer-api-key: <key>` or `Authorization: Bearer <key>`, one of them, never both,
+with optional HTTP Basic credentials in front for protected environments (then the key must go
+in `marketplacer-api-key`). Marketplacer allows 750 requests per 10 s per key; 429 and 503 honour
+Retry-After and wait at least 60 s without it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from pydantic import SecretStr, model_validator
+
+from adapters._http import NETWORK_ERRORS, error_for_status, network_error, short_text
+from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
+from daemon.config import BaseUrl, Settings
+from daemon.errors import ChannelFatal, ChannelRejected, ChannelRetryable
+from daemon.models import ItemValue, Outcome, PushResult
+from daemon.secrets import EnvSecret, FileSecret, pick
+
+__all__ = ["SPEC", "MarketplacerChannel", "MarketplacerSettings", "mutation"]
+
+MIN_RETRY_AFTER = 60.0  # Marketplacer: "if Retry-After is absent, wait at least 60 seconds"
+FATAL_CODES = {"MISSING_SCOPE", "UNAUTHORIZED", "UNAUTHENTICATED", "FORBIDDEN"}
+_SELECTION = "variant { id countOnHand } errors { field messages }"
+
+
+class MarketplacerSettings(Settings):
+    """The channel-specific keys of a `type = "marketplacer"` table."""
+
+    base_url: BaseUrl
+    api_key_env: EnvSecret | None = None
+    api_key_file: FileSecret | None = None
+    auth_header: Literal["marketplacer-api-key", "bearer"] = "marketplacer-api-key"
+    basic_user_env: EnvSecret | None = None
+    basic_password_env: EnvSecret | None = None
+    api: Literal["graphql", "rest"] = "graphql"
+    seller_map: dict[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MarketplacerSettings:
+        pick(self.api_key_env, self.api_key_file, "api_key", required=True)
+        if (self.basic_user_env is None) != (self.basic_password_env is None):
+            raise ValueError("give both basic_user_env and basic_password_env, or neither")
+        if self.basic_user_env is not None and self.auth_header == "bearer":
+            raise ValueError(
+                "with HTTP Basic in front, Authorization is taken: use auth_header = "
+                '"marketplacer-api-key"'
+            )
+        if self.seller_map is not None and self.api != "rest":
+            raise ValueError('seller_map needs api = "rest" (GraphQL sets the variant itself)')
+        return self
+
+    @property
+    def api_key(self) -> SecretStr:
+        key = self.api_key_env or self.api_key_file
+        assert key is not None  # checked above
+        return key
+
+
+def mutation(count: int) -> str:
+    """One document updating `count` variants: aliases i0..iN over variables $i0..$iN."""
+    variables = ", ".join(f"$i{n}: VariantUpdateMutationInput!" for n in range(count))
+    fields = " ".join(f"i{n}: variantUpdate(input: $i{n}) {{ {_SELECTION} }}" for n in range(count))
+    return f"mutation StocksyncVariantUpdate({variables}) {{ {fields} }}"
+
+
+def _messages(errors: Any) -> str:
+    parts = []
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict):
+            field = error.get("field") or "input"
+            messages = error.get("messages") or [error.get("message", "")]
+            parts.append(f"{field}: {'; '.join(str(m) for m in messages)}")
+    return ", ".join(parts) or "refused"
+
+
+class MarketplacerChannel:
+    """GraphQL: one document a batch. REST: one PUT per variant in the batch."""
+
+    max_batch = 100
+
+    def __init__(self, settings: MarketplacerSettings, context: ChannelContext) -> None:
+        self.name = context.name
+        self._settings = settings
+        self._session = context.session
+        self._timeout = aiohttp.ClientTimeout(total=context.timeout)
+
+    def _headers(self, content_type: str) -> dict[str, str]:
+        settings = self._settings
+        key = settings.api_key.get_secret_value()
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if settings.auth_header == "bearer":
+            headers["Authorization"] = f"Bearer {key}"
+        else:
+            headers["marketplacer-api-key"] = key
+        user, password = settings.basic_user_env, settings.basic_password_env
+        if user is not None and password is not None:
+            pair = f"{user.get_secret_value()}:{password.get_secret_value()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        return headers
+
+    async def _send(
+        self, method: str, url: str, payload: Any, content_type: str
+    ) -> tuple[int, bytes, Any]:
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=orjson.dumps(payload),
+                headers=self._headers(content_type),
+                timeout=self._timeout,
+            ) as response:
+                return response.status, await response.read(), response.headers
+        except NETWORK_ERRORS as exc:
+            raise network_error(exc, channel=self.name) from exc
+
+    async def push(self, items: Sequence[ItemValue]) -> list[PushResult]:
+        if self._settings.api == "rest":
+            return await self._push_rest(items)
+        return await self._push_graphql(items)
+
+    # --- GraphQL -------------------------------------------------------------------------------
+
+    async def _push_graphql(self, items: Sequence[ItemValue]) -> list[PushResult]:
+        variables = {
+            f"i{n}": {
+                "variantId": item.key,
+                "attributes": {"countOnHand": item.value.quantity or 0},
+            }
+            for n, item in enumerate(items)
+        }
+        payload = {"query": mutation(len(items)), "variables": variables}
+        status, body, headers = await self._send(
+            "POST", f"{self._settings.base_url}/graphql", payload, "application/json"
+        )
+        if not 200 <= status < 300:
+            raise error_for_status(
+                status, body, headers, channel=self.name, min_retry_after=MIN_RETRY_AFTER
+            )
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ChannelRetryable(f"{self.name}: answer is not JSON: {short_text(body)}") from exc
+        if not isinstance(answer, dict):
+            raise ChannelRetryable(f"{self.name}: answer is not a JSON object")
+        per_alias = self._top_level_errors(answer.get("errors"))
+        data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+        results = []
+        for n, item in enumerate(items):
+            alias = f"i{n}"
+            result = data.get(alias) if isinstance(data, dict) else None
+            if alias in per_alias:
+                results.append(PushResult(item.key, Outcome.REJECTED, reason=per_alias[alias]))
+            elif not isinstance(result, dict):
+                results.append(PushResult(item.key, Outcome.RETRY, reason="no result for it"))
+            elif result.get("errors"):
+                reason = f"{self.name}: {_messages(result['errors'])}"
+                results.append(PushResult(item.key, Outcome.REJECTED, reason=reason))
+            else:
+                results.append(PushResult(item.key, Outcome.ACKNOWLEDGED))
+        return results
+
+    def _top_level_errors(self, errors: Any) -> dict[str, str]:
+        """Errors naming an alias reject that item; any other error is about the whole call."""
+        per_alias: dict[str, str] = {}
+        for error in errors if isinstance(errors, list) else []:
+            if not isinstance(error, dict):
+                continue
+            message = str(error.get("message", "error"))
+            path = error.get("path")
+            extensions = error.get("extensions")
+            code = extensions.get("code") if isinstance(extensions, dict) else None
+            if isinstance(path, list) and path and isinstance(path[0], str):
+                per_alias[path[0]] = f"{self.name}: {message}"
+            elif code in FATAL_CODES:
+                raise ChannelFatal(f"{self.name}: {code}: {message}")
+            else:
+                raise ChannelRetryable(f"{self.name}: GraphQL error: {message}")
+        return per_alias
+
+    # --- REST ----------------------------------------------------------------------------------
+
+    async def _push_rest(self, items: Sequence[ItemValue]) -> list[PushResult]:
+        by_variant: dict[str, list[ItemValue]] = {}
+        for item in items:
+            by_variant.setdefault(item.parts[0], []).append(item)
+        outcome: dict[str, PushResult] = {}
+        for variant, group in by_variant.items():
+            records = []
+            for item in group:
+                attributes: dict[str, Any] = {"count_on_hand": item.value.quantity or 0}
+                if len(item.parts) > 1:
+                    attributes["seller_id"] = int(item.parts[1])
+                records.append({"type": "inventories", "attributes": attributes})
+            url = f"{self._settings.base_url}/api/v2/client/variants/{variant}/inventories"
+            status, body, headers = await self._send(
+                "PUT", url, {"data": records}, "application/vnd.api+json"
+            )
+            if 200 <= status < 300:
+                result = PushResult("", Outcome.ACKNOWLEDGED)
+            else:
+                error = error_for_status(
+                    status, body, headers, channel=self.name, min_retry_after=MIN_RETRY_AFTER
+                )
+                if not isinstance(error, ChannelRejected):
+                    raise error
+                result = PushResult("", Outcome.REJECTED, reason=str(error))
+            for item in group:
+                outcome[item.key] = PushResult(item.key, result.outcome, result.reason)
+        return [outcome[item.key] for item in items]
+
+
+def _shape(settings: MarketplacerSettings, key: str | None) -> Shape:
+    locations = None
+    if settings.seller_map is not None:
+        locations = {warehouse: str(seller) for warehouse, seller in settings.seller_map.items()}
+    return Shape(key_parts=(key or "{sku}",), locations=locations)
+
+
+def _build(settings: MarketplacerSettings, context: ChannelContext) -> Channel:
+    return MarketplacerChannel(settings, context)
+
+
+SPEC = ChannelSpec(
+    settings=MarketplacerSettings,
+    max_batch=MarketplacerChannel.max_batch,
+    shape=_shape,
+    build=_build,
+    default_rate="50/s",
+    default_batch=25,
+    requires_key=True,
+)

@@ -1,0 +1,178 @@
+"""A fake Marketplacer Seller API: GraphQL `variantUpdate` and the legacy REST inventories route.
+
+Auth as Marketplacer documents it: `marketplacer-api-key` or `Authorization: Bearer`, never both
+(400), optionally behind HTTP Basic (then the key must be in `marketplacer-api-key`); a wrong key
+is `401 API Token has expired`. The GraphQL route accepts documents of aliased
+`variantUpdate(input: $var)` mutations (parsed strictly, not executed by a GraphQL engine),
+answers `errors { field messages }` per alias for unknown variants, and `MISSING_SCOPE` as a
+top-level error when the key lacks the scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from daemon.simulator.faults import Faults
+
+__all__ = ["FakeMarketplacer", "variant_id"]
+
+_DOCUMENT = re.compile(r"^\s*mutation\s+\w*\s*\((?P<vars>[^)]*)\)\s*\{(?P<body>.*)\}\s*$", re.S)
+_VARIABLE = re.compile(r"\$(\w+)\s*:\s*VariantUpdateMutationInput!")
+_FIELD = re.compile(
+    r"(\w+)\s*:\s*variantUpdate\s*\(\s*input\s*:\s*\$(\w+)\s*\)\s*\{\s*variant\s*\{\s*id\s+"
+    r"countOnHand\s*\}\s*errors\s*\{\s*field\s+messages\s*\}\s*\}"
+)
+
+
+def variant_id(legacy_id: int) -> str:
+    """The Relay global id Marketplacer gives variant `legacy_id`: base64("Variant-<id>")."""
+    return base64.b64encode(f"Variant-{legacy_id}".encode()).decode()
+
+
+def _inventory_updates(body: bytes) -> list[tuple[int | None, int]] | None:
+    """(seller id, count) pairs from a JSON:API inventories document, or None if malformed."""
+    try:
+        records = orjson.loads(body)["data"]
+        updates = []
+        for record in records:
+            attributes = record["attributes"]
+            count = attributes["count_on_hand"]
+            if record.get("type", "inventories") != "inventories" or not isinstance(count, int):
+                return None
+            updates.append((attributes.get("seller_id"), count))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return updates
+
+
+class FakeMarketplacer:
+    """The fake; `count_on_hand` is variant global id -> count, `inventories` is (legacy id,
+    seller id or None) -> count for the REST route; `known` limits which variants exist."""
+
+    def __init__(self, api_key: str, *, basic: tuple[str, str] | None = None) -> None:
+        self.api_key = api_key
+        self.basic = basic
+        self.count_on_hand: dict[str, int] = {}
+        self.inventories: dict[tuple[str, int | None], int] = {}
+        self.known: set[str] | None = None
+        self.scope_ok = True
+        self.documents: list[dict[str, Any]] = []
+        self.faults = Faults()
+        self.on_update: Callable[[str, int], None] | None = None
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        header_key = request.headers.get("marketplacer-api-key")
+        authorization = request.headers.get("Authorization", "")
+        if self.basic is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.basic).encode()).decode()
+            if authorization != expected:
+                return web.Response(status=401, text="Unauthorized")
+            bearer = None
+        else:
+            bearer = (
+                authorization.removeprefix("Bearer ")
+                if authorization.startswith("Bearer ")
+                else None
+            )
+        if header_key is not None and bearer is not None:
+            return web.json_response(
+                {"errors": [{"message": "send the key in one header, never both"}]}, status=400
+            )
+        if (header_key or bearer) != self.api_key:
+            return web.json_response({"errors": [{"message": "API Token has expired"}]}, status=401)
+        return None
+
+    async def graphql(self, request: web.Request) -> web.Response:
+        refusal = self._auth(request)
+        if refusal is not None:
+            return refusal
+        fault = await self.faults.answer()
+        if fault is not None:
+            return fault
+        try:
+            payload = orjson.loads(await request.read())
+            query, variables = payload["query"], payload.get("variables") or {}
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return web.json_response({"errors": [{"message": "Invalid request body"}]}, status=400)
+        self.documents.append(payload)
+        if not self.scope_ok:
+            return web.json_response(
+                {
+                    "data": None,
+                    "errors": [
+                        {
+                            "message": "The API key is missing the required scope",
+                            "extensions": {"code": "MISSING_SCOPE"},
+                        }
+                    ],
+                }
+            )
+        document = _DOCUMENT.match(query)
+        declared = set(_VARIABLE.findall(document.group("vars"))) if document else set()
+        fields = _FIELD.findall(document.group("body")) if document else []
+        leftover = _FIELD.sub("", document.group("body")).strip() if document else "?"
+        if not document or not fields or leftover or any(v not in declared for _, v in fields):
+            return web.json_response({"errors": [{"message": "Parse error on query document"}]})
+        data: dict[str, Any] = {}
+        for alias, variable in fields:
+            data[alias] = self._variant_update(variables.get(variable))
+        return web.json_response({"data": data})
+
+    def _variant_update(self, given: Any) -> dict[str, Any]:
+        if not isinstance(given, dict) or not isinstance(given.get("variantId"), str):
+            return {
+                "variant": None,
+                "errors": [{"field": "variantId", "messages": ["is required"]}],
+            }
+        variant = given["variantId"]
+        count = (given.get("attributes") or {}).get("countOnHand")
+        if not isinstance(count, int) or count < 0:
+            return {
+                "variant": None,
+                "errors": [{"field": "countOnHand", "messages": ["must be a whole number >= 0"]}],
+            }
+        if self.known is not None and variant not in self.known:
+            return {"variant": None, "errors": [{"field": "variantId", "messages": ["not found"]}]}
+        self.count_on_hand[variant] = count
+        if self.on_update is not None:
+            self.on_update(variant, count)
+        return {"variant": {"id": variant, "countOnHand": count}, "errors": []}
+
+    async def inventories_put(self, request: web.Request) -> web.Response:
+        refusal = self._auth(request)
+        if refusal is not None:
+            return refusal
+        fault = await self.faults.answer()
+        if fault is not None:
+            return fault
+        variant = request.match_info["variant"]
+        if self.known is not None and variant not in self.known:
+            return web.json_response(
+                {"errors": [{"status": "404", "title": "Not Found"}]}, status=404
+            )
+        updates = _inventory_updates(await request.read())
+        if updates is None:
+            return web.json_response(
+                {"errors": [{"status": "422", "title": "Invalid inventories document"}]}, status=422
+            )
+        for seller, count in updates:
+            self.inventories[(variant, seller)] = count
+        data = [
+            {"id": n, "type": "inventories", "attributes": {"count_on_hand": c, "seller_id": s}}
+            for n, (s, c) in enumerate(updates, start=1)
+        ]
+        return web.Response(
+            body=orjson.dumps({"data": data}), content_type="application/vnd.api+json"
+        )
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/graphql", self.graphql)
+        app.router.add_put("/api/v2/client/variants/{variant}/inventories", self.inventories_put)
+        return app

@@ -1,0 +1,268 @@
+"""What each channel does beyond the shared contract, against its fake over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters import ADAPTERS
+from adapters.ordergroove import OrdergrooveChannel, signature
+from daemon.channel import Channel, ChannelContext
+from daemon.errors import ChannelFatal, ChannelRetryable
+from daemon.models import ItemValue, Outcome, Value, join_key
+from daemon.simulator import FakeKlump, FakeMarketplacer, FakeOrdergroove, variant_id
+from tests.conftest import Serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def build(
+    type_name: str,
+    options: dict[str, Any],
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Channel:
+    spec = ADAPTERS[type_name]
+    settings = spec.settings.model_validate(options)
+    return spec.build(settings, ChannelContext("test", session, 5.0))
+
+
+# --- Klump -----------------------------------------------------------------------------------
+
+
+async def test_klump_409_means_already_treated(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeKlump("k-secret-1234")
+    monkeypatch.setenv("T_KLUMP", "k-secret-1234")
+    channel = build(
+        "klump",
+        {"base_url": await serve(fake.app()), "secret_key_env": "T_KLUMP"},
+        session,
+        monkeypatch,
+    )
+    fake.faults.add(409, body=b'{"status": "error", "message": "conflict"}')
+    (result,) = await channel.push([ItemValue("Shirt", Value(quantity=2, price=Decimal(10)))])
+    assert result.outcome is Outcome.ACKNOWLEDGED
+
+
+async def test_klump_without_price_sync_sends_no_price(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeKlump("k-secret-1234")
+    monkeypatch.setenv("T_KLUMP", "k-secret-1234")
+    options = {
+        "base_url": await serve(fake.app()),
+        "secret_key_env": "T_KLUMP",
+        "sync_price": False,
+    }
+    channel = build("klump", options, session, monkeypatch)
+    await channel.push([ItemValue("Shirt", Value(quantity=2))])
+    assert fake.requests == [{"name": "Shirt", "quantity": 2}]
+
+
+# --- Marketplacer ------------------------------------------------------------------------------
+
+
+async def marketplacer(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, **options: Any
+) -> tuple[FakeMarketplacer, Channel]:
+    basic = options.pop("fake_basic", None)
+    fake = FakeMarketplacer("mp-key-123456", basic=basic)
+    monkeypatch.setenv("T_MP", "mp-key-123456")
+    channel = build(
+        "marketplacer",
+        {"base_url": await serve(fake.app()), "api_key_env": "T_MP", **options},
+        session,
+        monkeypatch,
+    )
+    return fake, channel
+
+
+async def test_marketplacer_sends_a_batch_as_one_aliased_document(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    fake.known = {variant_id(1), variant_id(3)}
+    items = [ItemValue(variant_id(n), Value(quantity=n)) for n in (1, 2, 3)]
+    results = await channel.push(items)
+    assert [r.outcome for r in results] == [
+        Outcome.ACKNOWLEDGED,
+        Outcome.REJECTED,
+        Outcome.ACKNOWLEDGED,
+    ]
+    assert "variantId: not found" in (results[1].reason or "")
+    (document,) = fake.documents
+    assert document["variables"]["i2"] == {
+        "variantId": variant_id(3),
+        "attributes": {"countOnHand": 3},
+    }
+
+
+async def test_marketplacer_missing_scope_is_fatal(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    fake.scope_ok = False
+    with pytest.raises(ChannelFatal, match="MISSING_SCOPE"):
+        await channel.push([ItemValue(variant_id(1), Value(quantity=1))])
+
+
+async def test_marketplacer_waits_at_least_60s_without_retry_after(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    fake.faults.add(503)
+    with pytest.raises(ChannelRetryable) as caught:
+        await channel.push([ItemValue(variant_id(1), Value(quantity=1))])
+    assert caught.value.retry_after == 60
+
+
+async def test_marketplacer_bearer_and_basic_auth_in_front(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, bearer = await marketplacer(serve, session, monkeypatch, auth_header="bearer")
+    assert (await bearer.push([ItemValue(variant_id(1), Value(quantity=1))]))[
+        0
+    ].outcome is Outcome.ACKNOWLEDGED
+    monkeypatch.setenv("T_USER", "staging")
+    monkeypatch.setenv("T_PASS", "hunter22")
+    fake, basic = await marketplacer(
+        serve,
+        session,
+        monkeypatch,
+        basic_user_env="T_USER",
+        basic_password_env="T_PASS",
+        fake_basic=("staging", "hunter22"),
+    )
+    assert (await basic.push([ItemValue(variant_id(1), Value(quantity=4))]))[
+        0
+    ].outcome is Outcome.ACKNOWLEDGED
+    assert fake.count_on_hand == {variant_id(1): 4}
+
+
+async def test_marketplacer_rest_sets_every_seller_of_a_variant_in_one_put(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(
+        serve, session, monkeypatch, api="rest", seller_map={"1": 11, "2": 12}
+    )
+    items = [
+        ItemValue(join_key(("7137", "11")), Value(quantity=5)),
+        ItemValue(join_key(("7137", "12")), Value(quantity=0)),
+    ]
+    results = await channel.push(items)
+    assert [r.outcome for r in results] == [Outcome.ACKNOWLEDGED] * 2
+    assert fake.inventories == {("7137", 11): 5, ("7137", 12): 0}  # an explicit 0, not left out
+
+
+# --- Ordergroove -------------------------------------------------------------------------------
+
+
+PUBLIC_ID = "39bkas893740ng49023u0m23049209n2"
+
+
+async def ordergroove(
+    serve: Serve,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: Any = time.time,
+) -> tuple[FakeOrdergroove, OrdergrooveChannel]:
+    fake = FakeOrdergroove("og-hash-key-1234")
+    monkeypatch.setenv("T_OG", "og-hash-key-1234")
+    spec = ADAPTERS["ordergroove"]
+    settings = spec.settings.model_validate(
+        {
+            "base_url": await serve(fake.app()),
+            "public_id": PUBLIC_ID,
+            "sig_field": "api_user",
+            "hash_key_env": "T_OG",
+        }
+    )
+    return fake, OrdergrooveChannel(settings, ChannelContext("og", session, 5.0), clock=clock)  # type: ignore[arg-type]
+
+
+def test_ordergroove_signature_matches_the_documented_construction() -> None:
+    # base64(HMAC-SHA256(key, "sig_field|ts")), the construction of Ordergroove's JS example
+    assert (
+        signature("key", "test_user", 1488466536) == "uiusljRK9SsKXzM+9ftX0I9oWkrtGbWbL6Yma+rqrxk="
+    )
+
+
+async def test_ordergroove_signs_each_request_afresh(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [time.time()]
+    fake, channel = await ordergroove(serve, session, monkeypatch, clock=lambda: now[0])
+    await channel.push([ItemValue("P-1", Value(live=True))])
+    now[0] += 5
+    await channel.push([ItemValue("P-1", Value(live=False))])
+    assert fake.timestamps[1] - fake.timestamps[0] == 5
+    assert fake.live == {"P-1": False}
+
+
+async def test_ordergroove_stale_signature_is_refused_as_fatal(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, channel = await ordergroove(
+        serve, session, monkeypatch, clock=lambda: time.time() - 3 * 3600
+    )
+    with pytest.raises(ChannelFatal, match="expired"):
+        await channel.push([ItemValue("P-1", Value(live=True))])
+
+
+async def test_ordergroove_reads_both_documented_answer_shapes(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await ordergroove(serve, session, monkeypatch)
+    fake.guide_shape = True
+    fake.known = {"P-1"}
+    results = await channel.push(
+        [ItemValue("P-1", Value(live=True)), ItemValue("P-9", Value(live=True))]
+    )
+    assert [r.outcome for r in results] == [Outcome.ACKNOWLEDGED, Outcome.REJECTED]
+
+
+async def test_ordergroove_x_api_key_scope(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeOrdergroove("unused-hash-key")
+    fake.api_key = "app-key-98765"
+    monkeypatch.setenv("T_OGK", "app-key-98765")
+    channel = build(
+        "ordergroove",
+        {"base_url": await serve(fake.app()), "api_key_env": "T_OGK"},
+        session,
+        monkeypatch,
+    )
+    (result,) = await channel.push([ItemValue("P-1", Value(live=True))])
+    assert result.outcome is Outcome.ACKNOWLEDGED
+
+
+def test_ordergroove_needs_one_complete_auth_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("T_OG", "x" * 12)
+    spec = ADAPTERS["ordergroove"]
+    with pytest.raises(ValidationError, match="public_id, sig_field and hash_key_env"):
+        spec.settings.model_validate({"hash_key_env": "T_OG"})
+    with pytest.raises(ValidationError, match="not both"):
+        spec.settings.model_validate(
+            {
+                "api_key_env": "T_OG",
+                "public_id": PUBLIC_ID,
+                "sig_field": "u",
+                "hash_key_env": "T_OG",
+            }
+        )
