@@ -282,7 +282,7 @@ def _channel(
         options = spec.settings.model_validate(adapter_part)
     except ValidationError as exc:
         faults.extend(_faults(exc, where))
-    if common is None or options is None:
+    if common is None:
         return None
 
     key_map = None
@@ -300,14 +300,17 @@ def _channel(
             faults.append((_key_text((*where, "key_map")), str(exc)))
     shape: Shape | None = None
     try:
-        shape = spec.shape(options, common.key)
-        templates = tuple(compile_template(part) for part in shape.key_parts)
+        if options is not None:
+            shape = spec.shape(options, common.key)
+            templates = tuple(compile_template(part) for part in shape.key_parts)
+        elif common.key is not None:
+            compile_template(common.key)
     except ValueError as exc:
         faults.append((_key_text((*where, "key")), str(exc)))
     if common.batch_size is not None and common.batch_size > spec.max_batch:
         limit = f"must be at most {spec.max_batch} for type {common.type}"
         faults.append((_key_text((*where, "batch_size")), limit))
-    if len(faults) > before or shape is None:
+    if len(faults) > before or shape is None or options is None:
         return None
     rules = Rules(
         key_parts=templates,

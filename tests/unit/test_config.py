@@ -129,3 +129,50 @@ def test_the_example_config_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv(name, "x" * 16)
     config = load_config(example, ADAPTERS)
     assert [c.name for c in config.channels]
+
+
+def test_channel_specific_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_MP", "x" * 12)
+    text = GOOD + """
+[[channel]]
+name = "mp"
+type = "marketplacer"
+base_url = "https://shop.example.com"
+api_key_env = "T_MP"
+seller_map = { "1" = 11 }
+
+[[channel]]
+name = "kl"
+type = "klump"
+secret_key_env = "T_UNSET_KLUMP"
+batch_size = 5
+"""
+    found = faults(tmp_path, text)
+    assert "needs key or key_map" in found["channel[1].key"]
+    assert "seller_map needs api" in found["channel[1]"]
+    assert "T_UNSET_KLUMP is not set" in found["channel[2].secret_key_env"]
+    assert "at most 1" in found["channel[2].batch_size"]
+
+
+def test_channel_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_MP", "x" * 12)
+    monkeypatch.setenv("T_OG", "y" * 12)
+    text = GOOD + """
+[[channel]]
+name = "mp"
+type = "marketplacer"
+base_url = "https://shop.example.com"
+api_key_env = "T_MP"
+key = "{prop[Variant]}"
+
+[[channel]]
+name = "og"
+type = "ordergroove"
+public_id = "p"
+sig_field = "u"
+hash_key_env = "T_OG"
+"""
+    config = load_config(write(tmp_path, text), ADAPTERS)
+    _, mp, og = config.channels
+    assert (mp.batch_size, mp.rate) == (25, 50)
+    assert (og.batch_size, og.rate, og.rules.live_threshold) == (100, 10, 0)
