@@ -128,12 +128,19 @@ def test_the_example_config_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) 
     ):
         monkeypatch.setenv(name, "x" * 16)
     config = load_config(example, ADAPTERS)
-    assert [c.name for c in config.channels]
+    assert [c.type for c in config.channels] == [
+        "inventory_api",
+        "klump",
+        "marketplacer",
+        "ordergroove",
+    ]
 
 
 def test_channel_specific_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_MP", "x" * 12)
-    text = GOOD + """
+    text = (
+        GOOD
+        + """
 [[channel]]
 name = "mp"
 type = "marketplacer"
@@ -147,6 +154,7 @@ type = "klump"
 secret_key_env = "T_UNSET_KLUMP"
 batch_size = 5
 """
+    )
     found = faults(tmp_path, text)
     assert "needs key or key_map" in found["channel[1].key"]
     assert "seller_map needs api" in found["channel[1]"]
@@ -157,7 +165,9 @@ batch_size = 5
 def test_channel_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("T_MP", "x" * 12)
     monkeypatch.setenv("T_OG", "y" * 12)
-    text = GOOD + """
+    text = (
+        GOOD
+        + """
 [[channel]]
 name = "mp"
 type = "marketplacer"
@@ -172,6 +182,7 @@ public_id = "p"
 sig_field = "u"
 hash_key_env = "T_OG"
 """
+    )
     config = load_config(write(tmp_path, text), ADAPTERS)
     _, mp, og = config.channels
     assert (mp.batch_size, mp.rate) == (25, 50)
