@@ -125,6 +125,9 @@ def test_the_example_config_in_deploy_is_valid(monkeypatch: pytest.MonkeyPatch) 
         "KEYCRM_WEBHOOK_TOKEN",
         "STOCKSYNC_ADMIN_TOKEN",
         "POS_API_TOKEN",
+        "KLUMP_SECRET_KEY",
+        "MARKETPLACER_API_KEY",
+        "ORDERGROOVE_HASH_KEY",
     ):
         monkeypatch.setenv(name, "x" * 16)
     config = load_config(example, ADAPTERS)
