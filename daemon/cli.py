@@ -21,7 +21,7 @@ from daemon.errors import ConfigError
 from daemon.logs import configure_logging
 from daemon.oneshot import dry_run, run_once
 from daemon.pipeline import Daemon
-from daemon.sdnotify import notifier
+from daemon.sdnotify import notifier, watchdog_interval
 from daemon.store import SQLiteStore
 
 __all__ = ["main"]
@@ -171,7 +171,9 @@ async def _history(config: Config, sku: str) -> int:
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
-    daemon = Daemon(config, reload=lambda: _load(args), notify=notifier())
+    daemon = Daemon(
+        config, reload=lambda: _load(args), notify=notifier(), watchdog=watchdog_interval()
+    )
     await daemon.run()
     return 0
 

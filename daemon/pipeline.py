@@ -129,6 +129,7 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         handle_signals: bool = True,
         notify: Callable[[str], None] | None = None,
+        watchdog: float | None = None,
         clock: Callable[[], float] = time.time,
         keycrm_window: float = 60.0,
     ) -> None:
@@ -136,6 +137,7 @@ class Daemon:
         self._reload = reload
         self._handle_signals = handle_signals
         self._notify = notify or (lambda _message: None)
+        self._watchdog_every = watchdog
         self._clock = clock
         self._keycrm_window = keycrm_window
         self.metrics = Metrics(
@@ -173,7 +175,7 @@ class Daemon:
         """SIGHUP: re-read and validate the file; keep the running config if it has faults."""
         if self._reload is None:
             return
-        self._notify("RELOADING=1")
+        self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             config = self._reload()
         except ConfigError as exc:
@@ -278,16 +280,20 @@ class Daemon:
         self.store = SQLiteStore(self.config.daemon.state)
         resync_first = False
         try:
-            while True:
-                await self._run_pipeline(self.config, resync_first=resync_first)
-                if self._next_config is None or self._stopping:
-                    break
-                self.config, self._next_config = self._next_config, None
-                self._scrub = scrubber(secret_values(self.config))
-                for channel in self.config.channels:
-                    self.metrics.add_channel(channel.name)
-                self._stop = anyio.Event()
-                resync_first = True
+            async with anyio.create_task_group() as life:
+                if self._watchdog_every is not None:
+                    life.start_soon(self._watchdog, self._watchdog_every)
+                while True:
+                    await self._run_pipeline(self.config, resync_first=resync_first)
+                    if self._next_config is None or self._stopping:
+                        break
+                    self.config, self._next_config = self._next_config, None
+                    self._scrub = scrubber(secret_values(self.config))
+                    for channel in self.config.channels:
+                        self.metrics.add_channel(channel.name)
+                    self._stop = anyio.Event()
+                    resync_first = True
+                life.cancel_scope.cancel()
         finally:
             self._notify("STOPPING=1")
             await self.store.close()
@@ -332,11 +338,14 @@ class Daemon:
                 if dispatcher is not None:
                     dispatcher.debouncer.touch(item)
             await parts.source.load_state()
+            # The rules may have changed since the stored desired values were planned.
+            replanned = await parts.reconciler.replan()
             log.info(
                 "daemon.started",
                 version=__version__,
                 channels=[c.name for c in config.channels],
                 pending=len(pending),
+                replanned=replanned,
                 state=str(config.daemon.state),
             )
             async with self._http(config):
@@ -381,6 +390,7 @@ class Daemon:
             if parts.source.progress.resync and parts.source.progress.running:
                 log.info("resync.merged", trigger=self._resync_trigger)
                 continue
+            await parts.reconciler.replan()
             forced = await self.store.force_all(self._clock())
             for item in forced:
                 dispatcher = parts.dispatchers.get(item.channel)
@@ -397,8 +407,18 @@ class Daemon:
             pruned = await self.store.prune_history(self._clock() - HISTORY_RETENTION)
             if pruned:
                 log.info("history.pruned", rows=pruned)
-            self._notify("WATCHDOG=1")
             await anyio.sleep(_HOUSEKEEPING_EVERY)
+
+    async def _watchdog(self, every: float) -> None:
+        """Ping systemd from the event loop itself, so a wedged loop is restarted."""
+        while True:
+            message = "WATCHDOG=1"
+            if self.parts is not None and self.store is not None:
+                counts = await self.store.counts()
+                pending = sum(c.get("pending", 0) for c in counts.values())
+                message += f"\nSTATUS={len(self.parts.dispatchers)} channels, {pending} pending"
+            self._notify(message)
+            await anyio.sleep(every)
 
     async def _signals(self) -> None:
         wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)

@@ -16,7 +16,7 @@ from daemon.config import ChannelConfig
 from daemon.dispatch import Dispatcher
 from daemon.models import StockRecord
 from daemon.plan import Contribution, combine, contributions
-from daemon.store import Store
+from daemon.store import Store, iter_batches
 from daemon.telemetry import Metrics
 
 __all__ = ["Reconciler"]
@@ -41,6 +41,13 @@ class Reconciler:
         self._dispatchers = dispatchers
         self._metrics = metrics
         self._clock = clock
+
+    async def replan(self, batch: int = 500) -> int:
+        """Plan every stored record again: the rules may have changed (a reload, a new start)."""
+        total = 0
+        for records in iter_batches(await self._store.records(), batch):
+            total += await self.ingest(records)
+        return total
 
     async def ingest(self, records: Sequence[StockRecord]) -> int:
         """Plan changed records for every channel; return how many items became pending."""

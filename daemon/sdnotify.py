@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Callable
 
-__all__ = ["notifier"]
+__all__ = ["notifier", "watchdog_interval"]
 
 
 def notifier(environ: dict[str, str] | None = None) -> Callable[[str], None]:
@@ -28,3 +28,16 @@ def notifier(environ: dict[str, str] | None = None) -> Callable[[str], None]:
             sock.sendto(message.encode(), address)
 
     return send
+
+
+def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
+    """How often to send WATCHDOG=1 (half of `WatchdogSec`), or None when no watchdog is set."""
+    env = environ if environ is not None else dict(os.environ)
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(int(usec) / 2_000_000, 0.05)
+    except ValueError:
+        return None

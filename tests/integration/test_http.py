@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 
 import aiohttp
+import anyio
 import pytest
 
 from daemon.pipeline import Daemon
@@ -162,3 +165,25 @@ async def test_no_secret_reaches_logs_errors_or_status(
         assert secret not in status
         assert secret not in logs.out
         assert secret not in logs.err
+
+
+def tool(name: str) -> str:
+    """The path of a checker CI installs; outside CI a missing one skips the test."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; .ci/run installs it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+async def test_the_exposition_passes_promtool(synced: World) -> None:
+    promtool = tool("promtool")
+    world = synced
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon), aiohttp.ClientSession() as session:
+        await eventually(lambda: in_sync(world))
+        async with session.get(f"{base(daemon)}/metrics") as r:
+            text = await r.read()
+    result = await anyio.run_process([promtool, "check", "metrics"], input=text, check=False)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
