@@ -116,6 +116,11 @@ class Value:
             live=parts.get("l"),
         )
 
+    @property
+    def is_positive(self) -> bool:
+        """Whether the channel would show this item as in stock."""
+        return bool(self.live) or (self.quantity is not None and self.quantity > 0)
+
     def describe(self) -> str:
         """Short human form for logs, --dry-run and history: `qty=3 price=9.5`."""
         bits = []

@@ -101,7 +101,14 @@ def assemble(
             metrics,
             clock=clock,
         )
-    reconciler = Reconciler(store, config.channels, dispatchers, metrics, clock=clock)
+    reconciler = Reconciler(
+        store,
+        config.channels,
+        dispatchers,
+        metrics,
+        guard_fraction=config.sync.guard_fraction,
+        clock=clock,
+    )
     budget = RequestBudget(config.keycrm.requests_per_minute, window=keycrm_window)
     metrics.keycrm_budget_limit.set(config.keycrm.requests_per_minute)
     client = KeycrmClient(config.keycrm, session, budget, metrics, details=config.needs_warehouses)

@@ -107,6 +107,8 @@ class Source:
         progress.started_at = started
         seen: dict[str, int] = {}
         duplicates = 0
+        complete = False
+        await self._reconciler.begin_scan(scan)
         try:
             async for page in self.client.scan():
                 levels: list[StockLevel] = []
@@ -126,17 +128,18 @@ class Source:
                 await self._reconciler.ingest(changed)
                 progress.page += 1
                 progress.last_page = page.last_page
+            await self._store.set_meta("scan_generation", str(scan))
+            vanished = await self._store.vanished(scan)
+            if vanished:
+                sample = [r.sku for r in vanished[:20]]
+                log.warning("keycrm.skus_vanished", count=len(vanished), skus=sample)
+                await self._reconciler.ingest(vanished)
+            complete = True
         finally:
             progress.running = False
+            await self._reconciler.end_scan(scan, complete=complete)
         if duplicates:
             self._metrics.offers_skipped.labels(reason="duplicate_sku").inc(duplicates)
-        await self._store.set_meta("scan_generation", str(scan))
-        vanished = await self._store.vanished(scan)
-        if vanished:
-            log.warning(
-                "keycrm.skus_vanished", count=len(vanished), skus=[r.sku for r in vanished[:20]]
-            )
-            await self._reconciler.ingest(vanished)
         finished = self._clock()
         await self._store.set_meta("last_scan_success", str(finished))
         progress.scans_completed += 1

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS items (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     last_error TEXT,
+    held_scan INTEGER,
     PRIMARY KEY (channel, key)
 );
 CREATE INDEX IF NOT EXISTS items_by_status ON items (channel, status);
@@ -93,6 +94,8 @@ class Pending:
     diverged_at: float
     next_attempt: float
     fresh: bool = True
+    #: the new desired value takes a non-zero acknowledged value to zero (the guard watches these)
+    zeroing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,18 @@ class Store(Protocol):
         """Every item that needs a push, for the debouncer at start."""
         ...
 
+    async def positive_acked(self) -> dict[str, int]:
+        """Per channel, items whose acknowledged value is above zero (the guard's baseline)."""
+        ...
+
+    async def hold(self, channel: str, keys: Sequence[str], scan: int) -> None:
+        """Hold these zeroes back (the mass-change guard) until a later scan confirms them."""
+        ...
+
+    async def release_held(self, before_scan: int) -> list[Pending]:
+        """Release zeroes held by scans before `before_scan`: a later scan confirmed them."""
+        ...
+
     async def desired(self, channel: str, keys: Sequence[str]) -> dict[str, Value]:
         """The current desired value of these items."""
         ...
@@ -235,6 +250,9 @@ class SQLiteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        if "held_scan" not in columns:  # state files from before the guard
+            self._db.execute("ALTER TABLE items ADD COLUMN held_scan INTEGER")
         self._clock = time.time
 
     # --- records -------------------------------------------------------------------------------
@@ -418,7 +436,10 @@ class SQLiteStore:
                 continue
             first = diverged_at if diverged_at is not None else now
             writes.append((channel, key, text, now, first, "pending"))
-            pending.append(Pending(channel, key, now, first, 0.0))
+            zeroing = (
+                acked is not None and Value.decode(acked).is_positive and not value.is_positive
+            )
+            pending.append(Pending(channel, key, now, first, 0.0, zeroing=zeroing))
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -426,7 +447,7 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (channel, key) DO UPDATE SET "
                 "desired = excluded.desired, changed_at = excluded.changed_at, "
                 "diverged_at = excluded.diverged_at, status = excluded.status, "
-                "attempts = 0, next_attempt = 0, last_error = NULL",
+                "attempts = 0, next_attempt = 0, last_error = NULL, held_scan = NULL",
                 writes,
             )
         return pending
@@ -436,7 +457,7 @@ class SQLiteStore:
             self._db.execute("BEGIN")
             self._db.execute(
                 "UPDATE items SET forced = 1, status = 'pending', attempts = 0, next_attempt = 0, "
-                "diverged_at = COALESCE(diverged_at, ?)",
+                "held_scan = NULL, diverged_at = COALESCE(diverged_at, ?)",
                 (now,),
             )
         return [
@@ -450,6 +471,36 @@ class SQLiteStore:
             "FROM items WHERE status = 'pending'"
         )
         return [Pending(*row) for row in rows]
+
+    async def positive_acked(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT channel, COUNT(*) FROM items WHERE acked IS NOT NULL AND "
+            "(json_extract(acked, '$.q') > 0 OR json_extract(acked, '$.l') = 1) GROUP BY channel"
+        )
+        return {channel: int(count) for channel, count in rows}
+
+    async def hold(self, channel: str, keys: Sequence[str], scan: int) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE items SET status = 'held', held_scan = ? WHERE channel = ? AND key = ?",
+                [(scan, channel, key) for key in keys],
+            )
+
+    async def release_held(self, before_scan: int) -> list[Pending]:
+        rows = self._db.execute(
+            "SELECT channel, key, changed_at, COALESCE(diverged_at, changed_at) FROM items "
+            "WHERE status = 'held' AND held_scan < ?",
+            (before_scan,),
+        ).fetchall()
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE items SET status = 'pending', held_scan = NULL "
+                "WHERE status = 'held' AND held_scan < ?",
+                (before_scan,),
+            )
+        return [Pending(c, k, changed, diverged, 0.0) for c, k, changed, diverged in rows]
 
     async def desired(self, channel: str, keys: Sequence[str]) -> dict[str, Value]:
         found: dict[str, Value] = {}
