@@ -72,7 +72,7 @@ async def test_a_glitch_that_clears_by_the_next_scan_never_reaches_the_channel(
 async def test_a_few_sell_outs_are_never_held(world: World) -> None:
     world.keycrm.populate(40)
     in_stock(world)
-    pos = await world.add_shop("pos")
+    await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
         await eventually(lambda: in_sync(world))
@@ -86,7 +86,7 @@ async def test_a_few_sell_outs_are_never_held(world: World) -> None:
 async def test_an_operator_resync_releases_held_zeroes(world: World) -> None:
     world.keycrm.populate(40)
     in_stock(world)
-    pos = await world.add_shop("pos")
+    await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
         await eventually(lambda: in_sync(world))
