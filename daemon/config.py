@@ -93,6 +93,7 @@ class DaemonSettings(Settings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout: Duration = 20.0
+    history_retention: Duration = 30 * 86400.0
     admin_token_env: EnvSecret | None = None
     admin_token_file: FileSecret | None = None
 

@@ -43,7 +43,6 @@ __all__ = ["Daemon", "Parts", "assemble"]
 
 log = structlog.get_logger("stocksync.pipeline")
 
-HISTORY_RETENTION = 30 * 86400.0
 _HOUSEKEEPING_EVERY = 60.0
 _CATALOG_FIELDS = {f for f in TEMPLATE_FIELDS if f not in ("sku", "offer_id")}
 
@@ -411,7 +410,8 @@ class Daemon:
     async def _housekeeping(self) -> None:
         assert self.store is not None
         while True:
-            pruned = await self.store.prune_history(self._clock() - HISTORY_RETENTION)
+            retention = self.config.daemon.history_retention
+            pruned = await self.store.prune_history(self._clock() - retention)
             if pruned:
                 log.info("history.pruned", rows=pruned)
             await anyio.sleep(_HOUSEKEEPING_EVERY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 
 import aiohttp
 import anyio
@@ -187,3 +188,18 @@ async def test_the_exposition_passes_promtool(synced: World) -> None:
             text = await r.read()
     result = await anyio.run_process([promtool, "check", "metrics"], input=text, check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+async def test_readiness_fails_when_keycrm_has_not_answered_for_several_polls(
+    synced: World,
+) -> None:
+    world = synced
+    offset = [0.0]
+    daemon = Daemon(world.config(), handle_signals=False, clock=lambda: time.time() + offset[0])
+    async with running(daemon):
+        await eventually(lambda: in_sync(world))
+        assert await daemon.readiness() is None
+        offset[0] = 4 * 3600  # poll_interval is 1h: keyCRM silent for three polls and more
+        reason = await daemon.readiness()
+    assert reason is not None
+    assert "keyCRM has not answered" in reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import anyio
 import pytest
@@ -21,12 +22,27 @@ async def test_a_crash_mid_push_loses_nothing(world: World) -> None:
     pos = await world.add_shop("pos")
     pos.faults.gate = anyio.Event()  # requests hang until the gate opens
     config = world.config()
+    started = time.time()
     first = Daemon(config, handle_signals=False)
     async with anyio.create_task_group() as group:
         group.start_soon(first.run)
         await eventually(lambda: pos.in_flight >= 8)
         group.cancel_scope.cancel()  # a crash: no drain, no settle
     assert pos.stock == {}
+    # After the restart, before anything lands, the lag counts from the first divergence,
+    # not from the restart.
+    await anyio.sleep(0.3)
+    waiting = Daemon(config, handle_signals=False)
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiting.run)
+        await eventually(lambda: waiting.parts is not None)
+        await waiting.refresh_metrics()
+        lag = waiting.metrics.registry.get_sample_value(
+            "stocksync_sync_lag_seconds", {"channel": "pos"}
+        )
+        assert lag is not None
+        assert 0.3 <= lag <= time.time() - started
+        group.cancel_scope.cancel()
     pos.faults.gate.set()
     # The answers to the hung requests are lost with the process; the state still says pending.
     second = Daemon(config, handle_signals=False)
