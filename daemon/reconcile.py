@@ -146,7 +146,7 @@ class Reconciler:
             for reason, count in skipped.items():
                 self._metrics.records_skipped.labels(channel=channel.name, reason=reason).inc(count)
             if skipped:
-                log.info("plan.records_skipped", channel=channel.name, **dict(skipped))
+                log.debug("plan.records_skipped", channel=channel.name, **dict(skipped))
             affected = await self._store.replace_shares(channel.name, skus, shares)
             values = {key: combine(group, channel.rules) for key, group in affected.items()}
             pending = await self._guarded(

@@ -1,0 +1,1 @@
+"""stocksync benchmarks: `python -m bench`."""
