@@ -8,18 +8,24 @@ the channel); 401 and 403 are fatal for the channel; any other 4xx rejects the r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
 import aiohttp
+import orjson
 
 from daemon.errors import ChannelFatal, ChannelRejected, ChannelRetryable
+from daemon.models import Outcome, PushResult
 from daemon.retry_after import parse_retry_after
 
 __all__ = [
     "NETWORK_ERRORS",
+    "Answer",
     "error_for_status",
+    "item_result",
     "json_number",
     "network_error",
+    "send",
     "short_text",
 ]
 
@@ -62,3 +68,46 @@ def network_error(exc: BaseException, *, channel: str) -> ChannelRetryable:
 
 
 NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A channel's whole answer, read before the connection goes back to the pool."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    channel: str,
+    payload: object,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's per-request timeout, not ours
+) -> Answer:
+    """One request with a JSON body; no answer at all becomes `ChannelRetryable`."""
+    try:
+        async with session.request(
+            method, url, data=orjson.dumps(payload), headers=dict(headers), timeout=timeout
+        ) as response:
+            return Answer(response.status, await response.read(), response.headers)
+    except NETWORK_ERRORS as exc:
+        raise network_error(exc, channel=channel) from exc
+
+
+def item_result(key: str, answer: Answer, *, channel: str) -> PushResult:
+    """The outcome of a one-item request: 2xx acknowledged, a 4xx about it rejected, else raise."""
+    if answer.ok:
+        return PushResult(key, Outcome.ACKNOWLEDGED)
+    error = error_for_status(answer.status, answer.body, answer.headers, channel=channel)
+    if isinstance(error, ChannelRejected):
+        return PushResult(key, Outcome.REJECTED, reason=str(error))
+    raise error

@@ -12,14 +12,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import aiohttp
-import orjson
 from pydantic import SecretStr, model_validator
 
-from adapters._http import NETWORK_ERRORS, error_for_status, network_error
+from adapters._http import item_result, send
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
 from daemon.config import BaseUrl, Settings
-from daemon.errors import ChannelRejected
-from daemon.models import ItemValue, Outcome, PushResult
+from daemon.models import ItemValue, PushResult
 from daemon.secrets import EnvSecret, FileSecret, pick
 
 __all__ = ["SPEC", "InventoryApiChannel", "InventoryApiSettings"]
@@ -76,34 +74,23 @@ class InventoryApiChannel:
         return {"sku": sku, "size": size, "width": width, "store": store, "quantity": quantity}
 
     async def push(self, items: Sequence[ItemValue]) -> list[PushResult]:
-        results = []
-        for item in items:
-            results.append(await self._push_one(item))
-        return results
+        return [await self._push_one(item) for item in items]
 
     async def _push_one(self, item: ItemValue) -> PushResult:
         headers = {
             "Authorization": f"Bearer {self._settings.token.get_secret_value()}",
             "Content-Type": "application/json",
         }
-        try:
-            async with self._session.post(
-                self._url,
-                data=orjson.dumps(self._body(item)),
-                headers=headers,
-                timeout=self._timeout,
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except NETWORK_ERRORS as exc:
-            raise network_error(exc, channel=self.name) from exc
-        if 200 <= status < 300:
-            return PushResult(item.key, Outcome.ACKNOWLEDGED)
-        error = error_for_status(status, body, response_headers, channel=self.name)
-        if isinstance(error, ChannelRejected):
-            return PushResult(item.key, Outcome.REJECTED, reason=str(error))
-        raise error
+        answer = await send(
+            self._session,
+            "POST",
+            self._url,
+            channel=self.name,
+            payload=self._body(item),
+            headers=headers,
+            timeout=self._timeout,
+        )
+        return item_result(item.key, answer, channel=self.name)
 
 
 def _shape(settings: InventoryApiSettings, key: str | None) -> Shape:

@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import aiohttp
-import orjson
 from pydantic import SecretStr, model_validator
 
-from adapters._http import NETWORK_ERRORS, error_for_status, json_number, network_error
+from adapters._http import item_result, json_number, send
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
 from daemon.config import BaseUrl, Settings
-from daemon.errors import ChannelRejected
 from daemon.models import ItemValue, Outcome, PushResult
 from daemon.secrets import EnvSecret, FileSecret, pick
 
@@ -70,25 +68,19 @@ class KlumpChannel:
             "klump-secret-key": self._settings.secret_key.get_secret_value(),
             "Content-Type": "application/json",
         }
-        try:
-            async with self._session.patch(
-                self._url,
-                data=orjson.dumps(self._body(item)),
-                headers=headers,
-                timeout=self._timeout,
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except NETWORK_ERRORS as exc:
-            raise network_error(exc, channel=self.name) from exc
-        if 200 <= status < 300 or status == 409:
+        answer = await send(
+            self._session,
+            "PATCH",
+            self._url,
+            channel=self.name,
+            payload=self._body(item),
+            headers=headers,
+            timeout=self._timeout,
+        )
+        if answer.status == 409:
             # 409: "high likelihood that we have already treated this request".
             return PushResult(item.key, Outcome.ACKNOWLEDGED)
-        error = error_for_status(status, body, response_headers, channel=self.name)
-        if isinstance(error, ChannelRejected):
-            return PushResult(item.key, Outcome.REJECTED, reason=str(error))
-        raise error
+        return item_result(item.key, answer, channel=self.name)
 
 
 def _shape(settings: KlumpSettings, key: str | None) -> Shape:

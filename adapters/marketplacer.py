@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 from pydantic import SecretStr, model_validator
 
-from adapters._http import NETWORK_ERRORS, error_for_status, network_error, short_text
+from adapters._http import Answer, error_for_status, send, short_text
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
 from daemon.config import BaseUrl, Settings
 from daemon.errors import ChannelFatal, ChannelRejected, ChannelRetryable
@@ -115,20 +115,16 @@ class MarketplacerChannel:
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         return headers
 
-    async def _send(
-        self, method: str, url: str, payload: Any, content_type: str
-    ) -> tuple[int, bytes, Any]:
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=orjson.dumps(payload),
-                headers=self._headers(content_type),
-                timeout=self._timeout,
-            ) as response:
-                return response.status, await response.read(), response.headers
-        except NETWORK_ERRORS as exc:
-            raise network_error(exc, channel=self.name) from exc
+    async def _send(self, method: str, url: str, payload: Any, content_type: str) -> Answer:
+        return await send(
+            self._session,
+            method,
+            url,
+            channel=self.name,
+            payload=payload,
+            headers=self._headers(content_type),
+            timeout=self._timeout,
+        )
 
     async def push(self, items: Sequence[ItemValue]) -> list[PushResult]:
         if self._settings.api == "rest":
@@ -146,17 +142,22 @@ class MarketplacerChannel:
             for n, item in enumerate(items)
         }
         payload = {"query": mutation(len(items)), "variables": variables}
-        status, body, headers = await self._send(
+        reply = await self._send(
             "POST", f"{self._settings.base_url}/graphql", payload, "application/json"
         )
-        if not 200 <= status < 300:
+        if not reply.ok:
             raise error_for_status(
-                status, body, headers, channel=self.name, min_retry_after=MIN_RETRY_AFTER
+                reply.status,
+                reply.body,
+                reply.headers,
+                channel=self.name,
+                min_retry_after=MIN_RETRY_AFTER,
             )
         try:
-            answer = orjson.loads(body)
+            answer = orjson.loads(reply.body)
         except orjson.JSONDecodeError as exc:
-            raise ChannelRetryable(f"{self.name}: answer is not JSON: {short_text(body)}") from exc
+            detail = f"{self.name}: answer is not JSON: {short_text(reply.body)}"
+            raise ChannelRetryable(detail) from exc
         if not isinstance(answer, dict):
             raise ChannelRetryable(f"{self.name}: answer is not a JSON object")
         per_alias = self._top_level_errors(answer.get("errors"))
@@ -209,14 +210,16 @@ class MarketplacerChannel:
                     attributes["seller_id"] = int(item.parts[1])
                 records.append({"type": "inventories", "attributes": attributes})
             url = f"{self._settings.base_url}/api/v2/client/variants/{variant}/inventories"
-            status, body, headers = await self._send(
-                "PUT", url, {"data": records}, "application/vnd.api+json"
-            )
-            if 200 <= status < 300:
+            reply = await self._send("PUT", url, {"data": records}, "application/vnd.api+json")
+            if reply.ok:
                 result = PushResult("", Outcome.ACKNOWLEDGED)
             else:
                 error = error_for_status(
-                    status, body, headers, channel=self.name, min_retry_after=MIN_RETRY_AFTER
+                    reply.status,
+                    reply.body,
+                    reply.headers,
+                    channel=self.name,
+                    min_retry_after=MIN_RETRY_AFTER,
                 )
                 if not isinstance(error, ChannelRejected):
                     raise error

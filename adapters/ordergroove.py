@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr, model_validator
 
-from adapters._http import NETWORK_ERRORS, error_for_status, network_error, short_text
+from adapters._http import error_for_status, send, short_text
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
 from daemon.config import BaseUrl, Settings
 from daemon.errors import ChannelRetryable
@@ -131,26 +131,22 @@ class OrdergrooveChannel:
 
     async def push(self, items: Sequence[ItemValue]) -> list[PushResult]:
         payload = [{"product_id": item.key, "live": bool(item.value.live)} for item in items]
+        answer = await send(
+            self._session,
+            "PATCH",
+            self._url,
+            channel=self.name,
+            payload=payload,
+            headers=self._headers(),
+            timeout=self._timeout,
+        )
+        if not answer.ok:
+            raise error_for_status(answer.status, answer.body, answer.headers, channel=self.name)
         try:
-            async with self._session.patch(
-                self._url,
-                data=orjson.dumps(payload),
-                headers=self._headers(),
-                timeout=self._timeout,
-            ) as response:
-                body = await response.read()
-                status = response.status
-                response_headers = response.headers
-        except NETWORK_ERRORS as exc:
-            raise network_error(exc, channel=self.name) from exc
-        if not 200 <= status < 300:
-            raise error_for_status(status, body, response_headers, channel=self.name)
-        try:
-            statuses = _results(orjson.loads(body))
+            statuses = _results(orjson.loads(answer.body))
         except (orjson.JSONDecodeError, ValueError) as exc:
-            raise ChannelRetryable(
-                f"{self.name}: unreadable answer ({exc}): {short_text(body)}", status=status
-            ) from exc
+            detail = f"{self.name}: unreadable answer ({exc}): {short_text(answer.body)}"
+            raise ChannelRetryable(detail, status=answer.status) from exc
         return [self._outcome(item.key, statuses.get(item.key)) for item in items]
 
     def _outcome(self, key: str, status: int | None) -> PushResult:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from daemon.codec import decode_catalog, decode_stock, encode_catalog, encode_stock
 from daemon.models import CatalogEntry, Outcome, StockLevel, StockRecord, Value
@@ -240,6 +240,11 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
+def _in_clause(sql: str, chunk: Sequence[str]) -> str:
+    """`sql` with its `{in}` filled by one placeholder per value (values stay bound parameters)."""
+    return sql.replace("{in}", ",".join("?" * len(chunk)))
+
+
 class SQLiteStore:
     """SQLite in WAL mode, one file. Calls are short transactions run on the event loop thread."""
 
@@ -257,17 +262,17 @@ class SQLiteStore:
 
     # --- records -------------------------------------------------------------------------------
 
+    def _select_in(
+        self, sql: str, values: Sequence[str], channel: str | None = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of `sql` whose `IN ({in})` takes `values`, 500 at a time (SQLite's limits)."""
+        for chunk in _chunks(values):
+            params = tuple(chunk) if channel is None else (channel, *chunk)
+            yield from self._db.execute(_in_clause(sql, chunk), params)
+
     def _existing(self, skus: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
-        found: dict[str, tuple[str | None, str | None]] = {}
-        for chunk in _chunks(skus):
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT sku, stock, catalog FROM records WHERE sku IN ({marks})",  # noqa: S608
-                tuple(chunk),
-            )
-            for sku, stock, catalog in rows:
-                found[sku] = (stock, catalog)
-        return found
+        rows = self._select_in("SELECT sku, stock, catalog FROM records WHERE sku IN ({in})", skus)
+        return {sku: (stock, catalog) for sku, stock, catalog in rows}
 
     @staticmethod
     def _record(sku: str, stock: str | None, catalog: str | None) -> StockRecord | None:
@@ -365,19 +370,15 @@ class SQLiteStore:
         self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
     ) -> dict[str, list[Contribution]]:
         affected: set[str] = {share.key for _, share in shares}
-        for chunk in _chunks(skus):
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT key FROM shares WHERE channel = ? AND sku IN ({marks})",  # noqa: S608
-                (channel, *chunk),
-            )
-            affected.update(key for (key,) in rows)
+        rows = self._select_in(
+            "SELECT key FROM shares WHERE channel = ? AND sku IN ({in})", skus, channel
+        )
+        affected.update(key for (key,) in rows)
         with self._db:
             self._db.execute("BEGIN")
             for chunk in _chunks(skus):
-                marks = ",".join("?" * len(chunk))
                 self._db.execute(
-                    f"DELETE FROM shares WHERE channel = ? AND sku IN ({marks})",  # noqa: S608
+                    _in_clause("DELETE FROM shares WHERE channel = ? AND sku IN ({in})", chunk),
                     (channel, *chunk),
                 )
             self._db.executemany(
@@ -396,17 +397,15 @@ class SQLiteStore:
             )
         result: dict[str, list[Contribution]] = {key: [] for key in affected}
         keys = sorted(affected)
-        for chunk in _chunks(keys):
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                "SELECT key, quantity, price FROM shares "  # noqa: S608
-                f"WHERE channel = ? AND key IN ({marks})",
-                (channel, *chunk),
+        rows = self._select_in(
+            "SELECT key, quantity, price FROM shares WHERE channel = ? AND key IN ({in})",
+            keys,
+            channel,
+        )
+        for key, quantity, price in rows:
+            result[key].append(
+                Contribution(key, Decimal(quantity), None if price is None else Decimal(price))
             )
-            for key, quantity, price in rows:
-                result[key].append(
-                    Contribution(key, Decimal(quantity), None if price is None else Decimal(price))
-                )
         return result
 
     async def set_desired(
@@ -414,15 +413,14 @@ class SQLiteStore:
     ) -> list[Pending]:
         keys = list(values)
         current: dict[str, tuple[str, str | None, float | None, int]] = {}
-        for chunk in _chunks(keys):
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                "SELECT key, desired, acked, diverged_at, forced FROM items "  # noqa: S608
-                f"WHERE channel = ? AND key IN ({marks})",
-                (channel, *chunk),
-            )
-            for key, desired, acked, diverged_at, forced in rows:
-                current[key] = (desired, acked, diverged_at, forced)
+        rows = self._select_in(
+            "SELECT key, desired, acked, diverged_at, forced FROM items "
+            "WHERE channel = ? AND key IN ({in})",
+            keys,
+            channel,
+        )
+        for key, desired, acked, diverged_at, forced in rows:
+            current[key] = (desired, acked, diverged_at, forced)
         pending: list[Pending] = []
         writes: list[tuple[str, str, str, float, float | None, str]] = []
         for key, value in values.items():
@@ -503,16 +501,10 @@ class SQLiteStore:
         return [Pending(c, k, changed, diverged, 0.0) for c, k, changed, diverged in rows]
 
     async def desired(self, channel: str, keys: Sequence[str]) -> dict[str, Value]:
-        found: dict[str, Value] = {}
-        for chunk in _chunks(keys):
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT key, desired FROM items WHERE channel = ? AND key IN ({marks})",  # noqa: S608
-                (channel, *chunk),
-            )
-            for key, desired in rows:
-                found[key] = Value.decode(desired)
-        return found
+        rows = self._select_in(
+            "SELECT key, desired FROM items WHERE channel = ? AND key IN ({in})", keys, channel
+        )
+        return {key: Value.decode(desired) for key, desired in rows}
 
     # --- outcomes ------------------------------------------------------------------------------
 
@@ -525,15 +517,14 @@ class SQLiteStore:
     ) -> Settled:
         keys = [v.key for v in verdicts]
         state: dict[str, tuple[str, str | None, float, float | None, int]] = {}
-        for chunk in _chunks(keys):
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                "SELECT key, desired, acked, changed_at, diverged_at, attempts "  # noqa: S608
-                f"FROM items WHERE channel = ? AND key IN ({marks})",
-                (channel, *chunk),
-            )
-            for key, desired, acked, changed_at, diverged_at, attempts in rows:
-                state[key] = (desired, acked, changed_at, diverged_at, attempts)
+        rows = self._select_in(
+            "SELECT key, desired, acked, changed_at, diverged_at, attempts FROM items "
+            "WHERE channel = ? AND key IN ({in})",
+            keys,
+            channel,
+        )
+        for key, desired, acked, changed_at, diverged_at, attempts in rows:
+            state[key] = (desired, acked, changed_at, diverged_at, attempts)
         still: list[Pending] = []
         propagated: list[float] = []
         history = []

@@ -143,6 +143,8 @@ async def test_one_channel_down_or_throttled_never_holds_up_the_others(
         await eventually(
             lambda: len(world.shops["pos"].stock) == 9 and len(shops.ordergroove.live) == 9
         )
+        pos = daemon.parts.dispatchers["pos"]  # type: ignore[union-attr]
+        await eventually(lambda: len(pos.debouncer) == 0)  # acknowledged, not only received
         status = await daemon.status()
         assert status["channels"]["klump"]["up"] is False
         assert status["channels"]["pos"]["pending"] == 0

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from daemon.pipeline import Daemon
-from tests.conftest import World, eventually
+from tests.conftest import World, eventually, running
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
@@ -21,42 +21,37 @@ async def test_a_crash_mid_push_loses_nothing(world: World) -> None:
     world.keycrm.populate(40)
     pos = await world.add_shop("pos")
     pos.faults.gate = anyio.Event()  # requests hang until the gate opens
-    config = world.config()
+    path = world.write_config()
     started = time.time()
-    first = Daemon(config, handle_signals=False)
-    async with anyio.create_task_group() as group:
-        group.start_soon(first.run)
-        await eventually(lambda: pos.in_flight >= 8)
-        group.cancel_scope.cancel()  # a crash: no drain, no settle
+    crashed = await run_cli("run", "-c", str(path))
+    try:
+        await eventually(lambda: pos.in_flight >= 8, timeout=20)
+    finally:
+        crashed.kill()  # SIGKILL mid-push: no drain, no settle
+        await crashed.wait()
     assert pos.stock == {}
     # After the restart, before anything lands, the lag counts from the first divergence,
     # not from the restart.
     await anyio.sleep(0.3)
-    waiting = Daemon(config, handle_signals=False)
-    async with anyio.create_task_group() as group:
-        group.start_soon(waiting.run)
-        await eventually(lambda: waiting.parts is not None)
-        await waiting.refresh_metrics()
-        lag = waiting.metrics.registry.get_sample_value(
+    restarted = Daemon(world.config(), handle_signals=False)
+    async with running(restarted):
+        await eventually(lambda: restarted.parts is not None)
+        await restarted.refresh_metrics()
+        lag = restarted.metrics.registry.get_sample_value(
             "stocksync_sync_lag_seconds", {"channel": "pos"}
         )
         assert lag is not None
         assert 0.3 <= lag <= time.time() - started
-        group.cancel_scope.cancel()
-    pos.faults.gate.set()
-    # The answers to the hung requests are lost with the process; the state still says pending.
-    second = Daemon(config, handle_signals=False)
-    async with anyio.create_task_group() as group:
-        group.start_soon(second.run)
+        pos.faults.gate.set()  # the answers to the killed process's requests are lost with it
         await eventually(lambda: in_sync(world))
         await eventually(
             lambda: (
-                second.parts is not None
-                and all(len(d.debouncer) == 0 for d in second.parts.dispatchers.values())
+                (restarted.parts is not None)
+                and all(len(d.debouncer) == 0 for d in restarted.parts.dispatchers.values())
             )
         )
-        assert (await second.status())["channels"]["pos"]["pending"] == 0
-        second.stop()
+        assert (await restarted.status())["channels"]["pos"]["pending"] == 0
+    await eventually(lambda: pos.in_flight == 0)
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> anyio.abc.Process:
