@@ -152,6 +152,7 @@ class SyncSettings(Settings):
     debounce: DurationOrZero = 2.0
     max_delay: Duration = 30.0
     guard_fraction: float = Field(default=0.3, gt=0, le=1)
+    resync_interval: Duration | None = None
 
     @model_validator(mode="after")
     def _delay_after_debounce(self) -> SyncSettings:

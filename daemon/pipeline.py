@@ -376,6 +376,8 @@ class Daemon:
                 feeders.start_soon(parts.source.run_lookups)
                 feeders.start_soon(self._resyncs, parts)
                 feeders.start_soon(self._housekeeping)
+                if config.sync.resync_interval is not None:
+                    feeders.start_soon(self._scheduled_resyncs, config.sync.resync_interval)
                 if self._handle_signals:
                     feeders.start_soon(self._signals)
                 await self._stop.wait()
@@ -406,6 +408,12 @@ class Daemon:
                 dispatcher.notify()
             parts.source.request_scan()
             log.info("resync.started", trigger=self._resync_trigger, items=len(forced))
+
+    async def _scheduled_resyncs(self, every: float) -> None:
+        """`sync.resync_interval`: heal drift made by hand in a channel, on a schedule."""
+        while True:
+            await anyio.sleep(every)
+            self.resync("schedule")
 
     async def _housekeeping(self) -> None:
         assert self.store is not None

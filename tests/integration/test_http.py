@@ -203,3 +203,17 @@ async def test_readiness_fails_when_keycrm_has_not_answered_for_several_polls(
         reason = await daemon.readiness()
     assert reason is not None
     assert "keyCRM has not answered" in reason
+
+
+async def test_a_scheduled_resync_pushes_everything_again(synced: World) -> None:
+    world = synced
+    pos = world.shops["pos"]
+    config = world.config(sync='debounce = "0s"\nmax_delay = "1s"\nresync_interval = "300ms"')
+    daemon = Daemon(config, handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: len(pos.requests) >= 20)
+    scheduled = daemon.metrics.registry.get_sample_value(
+        "stocksync_resyncs_total", {"trigger": "schedule"}
+    )
+    assert scheduled is not None
+    assert scheduled >= 1
