@@ -165,7 +165,7 @@ class KeycrmClient:
 
     def catalog(self) -> AsyncIterator[Page[CatalogEntry]]:
         """Every page of `/offers?include=product`."""
-        params = {"limit": str(PAGE_SIZE), "include": "product"}
+        params = {"limit": str(PAGE_SIZE), "include": "product", "sort": "id"}
         return self._pages("/offers", params, "catalog", Priority.CATALOG, parse_catalog_page)
 
     async def lookup(self, skus: Sequence[str]) -> list[StockLevel]:

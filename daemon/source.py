@@ -160,10 +160,13 @@ class Source:
     async def catalog_once(self) -> None:
         """One pass over `/offers?include=product`: names, barcodes, properties."""
         count = 0
+        seen: dict[str, int] = {}
         async for page in self.client.catalog():
-            changed = await self._store.save_catalog(page.items)
+            # A duplicated SKU keeps its first offer here too, as the scan does.
+            entries = [e for e in page.items if seen.setdefault(e.sku, e.offer_id) == e.offer_id]
+            changed = await self._store.save_catalog(entries)
             await self._reconciler.ingest(changed)
-            count += len(page.items)
+            count += len(entries)
         now = self._clock()
         await self._store.set_meta("catalog_at", str(now))
         self.progress.catalog_at = now

@@ -96,3 +96,51 @@ async def test_an_operator_resync_releases_held_zeroes(world: World) -> None:
         assert blocked(daemon) == 28
         daemon.resync("http")
         await eventually(lambda: in_sync(world))
+
+
+async def test_a_sku_gone_from_keycrm_is_zeroed_after_two_complete_scans(world: World) -> None:
+    world.keycrm.populate(12)
+    in_stock(world)
+    pos = await world.add_shop("pos")
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: in_sync(world))
+        del world.keycrm.offers[1003]  # SKU-00003 disappears from keyCRM
+        await scan(daemon)
+        assert pos.quantity("400000000003", "S1") == 5  # one scan without it proves nothing
+        await scan(daemon)
+        await eventually(lambda: pos.quantity("400000000003", "S1") == 0)
+
+
+async def test_duplicate_skus_are_reported_and_only_the_first_offer_counts(world: World) -> None:
+    from daemon.simulator import FakeOffer
+
+    world.keycrm.populate(3)
+    in_stock(world)
+    world.keycrm.add(
+        FakeOffer(
+            id=2000,
+            sku="SKU-00002",
+            product_id=9,
+            product_name="Copy",
+            barcode="400000000002",
+            stock={1: (99.0, 0.0)},
+        )
+    )
+    pos = await world.add_shop("pos")
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: len(pos.stock) == 3)
+        await eventually(
+            lambda: daemon.parts is not None and daemon.parts.source.progress.scans_completed >= 1
+        )
+        assert daemon.store is not None
+        record = next(r for r in await daemon.store.records() if r.sku == "SKU-00002")
+        assert record.stock.offer_id == 1002
+        assert record.catalog is not None
+        assert record.catalog.offer_id == 1002  # the catalog keeps the same first offer
+    assert pos.quantity("400000000002", "S1") == 5
+    duplicates = daemon.metrics.registry.get_sample_value(
+        "stocksync_keycrm_offers_skipped_total", {"reason": "duplicate_sku"}
+    )
+    assert duplicates == 1
