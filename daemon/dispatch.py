@@ -207,10 +207,12 @@ class Dispatcher:
         verdicts = self._verdicts(items, results, failure, now, probe=probe)
         outcome = self._request_outcome(verdicts, failure)
         self._metrics.push_requests.labels(channel=self.name, outcome=outcome).inc()
-        self._log_outcome(items, verdicts, failure, outcome, duration)
         settled = await self._store.settle(self.name, verdicts, now, backoff_delay)
         for changed_at in settled.propagated:
             self._metrics.propagation.labels(channel=self.name).observe(max(0.0, now - changed_at))
+        await self._log_outcome(
+            items, verdicts, failure, outcome, duration, attempts=settled.attempts
+        )
         return settled.still
 
     def _verdicts(
@@ -290,13 +292,15 @@ class Dispatcher:
             return "rejected"
         return "ok"
 
-    def _log_outcome(
+    async def _log_outcome(
         self,
         items: list[ItemValue],
         verdicts: list[Verdict],
         failure: ChannelError | None,
         outcome: str,
         duration: float,
+        *,
+        attempts: dict[str, int],
     ) -> None:
         duration_ms = round(duration * 1000, 1)
         self._tally.update(str(v.outcome) for v in verdicts)
@@ -308,16 +312,18 @@ class Dispatcher:
                 duration_ms=duration_ms,
             )
             return
-        for verdict in verdicts:
-            if verdict.outcome is Outcome.ACKNOWLEDGED:
-                continue
+        failed = [v for v in verdicts if v.outcome is not Outcome.ACKNOWLEDGED]
+        skus = await self._store.skus(self.name, [v.key for v in failed])
+        for verdict in failed:
             self._log.warning(
                 "channel.push_rejected"
                 if verdict.outcome is Outcome.REJECTED
                 else "channel.push_retry",
                 key=verdict.key,
+                sku=",".join(skus.get(verdict.key, [])) or None,
                 value=verdict.sent.describe(),
                 status=getattr(failure, "status", None),
+                attempt=attempts.get(verdict.key),
                 error=verdict.error,
                 duration_ms=duration_ms,
             )

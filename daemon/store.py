@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,6 +115,8 @@ class Settled:
 
     still: list[Pending]
     propagated: list[float]
+    #: attempts so far, per item that was not acknowledged (for the log's `attempt`)
+    attempts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,10 @@ class Store(Protocol):
         ...
 
     async def items(self, channel: str | None = None) -> list[ItemRow]: ...
+
+    async def skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
+        """The SKUs that make up each item (for logs about that item)."""
+        ...
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """Items per channel per status."""
@@ -527,6 +533,7 @@ class SQLiteStore:
             state[key] = (desired, acked, changed_at, diverged_at, attempts)
         still: list[Pending] = []
         propagated: list[float] = []
+        tried: dict[str, int] = {}
         history = []
         with self._db:
             self._db.execute("BEGIN")
@@ -558,6 +565,7 @@ class SQLiteStore:
                             (sent, now, channel, verdict.key),
                         )
                 elif verdict.outcome is Outcome.REJECTED and not newer:
+                    tried[verdict.key] = attempts + 1
                     self._db.execute(
                         "UPDATE items SET status = 'rejected', last_error = ?, "
                         "attempts = attempts + 1 WHERE channel = ? AND key = ?",
@@ -565,6 +573,7 @@ class SQLiteStore:
                     )
                 else:
                     # A retry, or a rejection of a value that has since changed: try again.
+                    tried[verdict.key] = attempts + 1
                     if newer:
                         retry_at = 0.0
                     elif verdict.retry_after is not None:
@@ -583,7 +592,7 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 history,
             )
-        return Settled(still, propagated)
+        return Settled(still, propagated, tried)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -601,6 +610,17 @@ class SQLiteStore:
             ItemRow(c, k, Value.decode(d), _value(a), s, n, e, dv, ch)
             for c, k, d, a, s, n, e, dv, ch in rows
         ]
+
+    async def skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
+        rows = self._select_in(
+            "SELECT key, sku FROM shares WHERE channel = ? AND key IN ({in}) ORDER BY sku",
+            keys,
+            channel,
+        )
+        found: dict[str, list[str]] = {}
+        for key, sku in rows:
+            found.setdefault(key, []).append(sku)
+        return found
 
     async def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import anyio
+import orjson
 import pytest
 
 from daemon.pipeline import Daemon
@@ -161,7 +162,16 @@ async def test_no_secret_reaches_logs_errors_or_status(
         async with session.get(f"{base(daemon)}/status") as r:
             status = await r.text()
     logs = capsys.readouterr()
-    assert "channel.push_retry" in logs.out + logs.err
+    lines = [
+        orjson.loads(line) for line in (logs.out + logs.err).splitlines() if line.startswith("{")
+    ]
+    retry = next(line for line in lines if line["event"] == "channel.push_retry")
+    assert retry["channel"] == "pos"
+    assert retry["sku"].startswith("SKU-")
+    assert retry["attempt"] == 1
+    assert retry["status"] == 500
+    assert retry["level"] == "warning"
+    assert retry["timestamp"].endswith("Z")
     for secret in world.secrets:
         assert secret not in status
         assert secret not in logs.out
