@@ -17,13 +17,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import anyio
 import structlog
 
 from daemon.config import ChannelConfig
 from daemon.dispatch import Dispatcher
 from daemon.models import StockRecord
 from daemon.plan import Contribution, combine, contributions
-from daemon.store import Pending, Store, iter_batches
+from daemon.store import Pending, Store
 from daemon.telemetry import Metrics
 
 __all__ = ["GUARD_MIN_ITEMS", "Reconciler"]
@@ -124,8 +125,11 @@ class Reconciler:
     async def replan(self, batch: int = 500) -> int:
         """Plan every stored record again: the rules may have changed (a reload, a new start)."""
         total = 0
-        for records in iter_batches(await self._store.records(), batch):
+        after = ""
+        while records := await self._store.records(after, batch):
             total += await self.ingest(records)
+            after = records[-1].sku
+            await anyio.lowlevel.checkpoint()  # a million records must not freeze /healthz
         return total
 
     async def ingest(self, records: Sequence[StockRecord]) -> int:

@@ -126,6 +126,7 @@ class Source:
                     levels.append(level)
                 changed = await self._store.save_stock(levels, scan)
                 await self._reconciler.ingest(changed)
+                await anyio.lowlevel.checkpoint()
                 progress.page += 1
                 progress.last_page = page.last_page
             await self._store.set_meta("scan_generation", str(scan))

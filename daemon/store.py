@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -31,7 +31,6 @@ __all__ = [
     "Settled",
     "Store",
     "Verdict",
-    "iter_batches",
 ]
 
 _SCHEMA = """
@@ -162,8 +161,9 @@ class Store(Protocol):
         """Zero the records not seen by `scan` nor the complete scan before it; return them."""
         ...
 
-    async def records(self) -> Iterator[StockRecord]:
-        """Every record that has stock, for a re-plan after a reload or a dry run."""
+    async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
+        """Up to `limit` records with stock, SKUs after `after` in order: page through them all
+        (a re-plan) without holding a million in memory."""
         ...
 
     async def replace_shares(
@@ -364,11 +364,13 @@ class SQLiteStore:
             await self.save_stock([r.stock for r in zeroed], None)
         return zeroed
 
-    async def records(self) -> Iterator[StockRecord]:
+    async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
         rows = self._db.execute(
-            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL ORDER BY sku"
-        ).fetchall()
-        return (r for r in (self._record(*row) for row in rows) if r is not None)
+            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku > ? "
+            "ORDER BY sku LIMIT ?",
+            (after, limit),
+        )
+        return [r for r in (self._record(*row) for row in rows) if r is not None]
 
     # --- planning ------------------------------------------------------------------------------
 
@@ -667,15 +669,3 @@ class SQLiteStore:
 
     async def close(self) -> None:
         self._db.close()
-
-
-def iter_batches(items: Iterable[StockRecord], size: int) -> Iterator[list[StockRecord]]:
-    """Records in lists of `size`, so a re-plan of a million SKUs runs in bounded transactions."""
-    batch: list[StockRecord] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -119,3 +119,14 @@ async def test_history_follows_a_sku_through_its_keys(tmp_path: Path) -> None:
     assert await store.history("B") == []
     assert await store.prune_history(200) == 1
     await store.close()
+
+
+async def test_records_page_in_sku_order(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.save_stock([level(f"S{n:03d}", n) for n in range(7)], 1)
+    first = await store.records("", 3)
+    second = await store.records(first[-1].sku, 3)
+    third = await store.records(second[-1].sku, 3)
+    assert [r.sku for r in first + second + third] == [f"S{n:03d}" for n in range(7)]
+    assert await store.records(third[-1].sku, 3) == []
+    await store.close()
