@@ -4,10 +4,11 @@ This is the level-triggered heart of stocksync: events (a scan page, a webhook l
 only ever update desired values; whatever differs from what a channel acknowledged is work.
 
 It also keeps the mass-change guard. A keyCRM glitch that returns zeros, or a wrong mapping, could
-empty every channel in a minute. During a scan, once more than `guard_fraction` of a channel's
-in-stock items (and at least `GUARD_MIN_ITEMS`) have gone to zero, further zeroes are held, not
-pushed; they go out when the next complete scan confirms them, or when an operator resyncs.
-Zeroes from webhook look-ups are never held: a single sell-out must reach channels at once.
+empty every channel in a minute. During a scan (or a re-plan after a config change), once more
+than `guard_fraction` of a channel's in-stock items (and at least `GUARD_MIN_ITEMS`) have gone to
+zero, further zeroes are held, not pushed; they go out when the next complete scan confirms them,
+or when an operator resyncs. Zeroes from webhook look-ups are never held: a single sell-out must
+reach channels at once.
 """
 
 from __future__ import annotations
@@ -124,12 +125,24 @@ class Reconciler:
 
     async def replan(self, batch: int = 500) -> int:
         """Plan every stored record again: the rules may have changed (a reload, a new start)."""
+        # A rule change (a wrong key template, a store code edited) can zero every item at once:
+        # the re-plan answers to the guard like a scan. The next scan reads the same records and
+        # cannot tell a wrong rule from a right one, so held zeroes wait for the scan after it:
+        # one poll interval in which the guard's error and alert reach a person.
+        own_guard = self._guard is None
+        if own_guard:
+            last = int(await self._store.get_meta("scan_generation") or 0)
+            await self.begin_scan(last + 1)
         total = 0
         after = ""
-        while records := await self._store.records(after, batch):
-            total += await self.ingest(records)
-            after = records[-1].sku
-            await anyio.lowlevel.checkpoint()  # a million records must not freeze /healthz
+        try:
+            while records := await self._store.records(after, batch):
+                total += await self.ingest(records)
+                after = records[-1].sku
+                await anyio.lowlevel.checkpoint()  # a million records must not freeze /healthz
+        finally:
+            if own_guard and self._guard is not None:
+                await self.end_scan(self._guard.scan, complete=False)
         return total
 
     async def ingest(self, records: Sequence[StockRecord]) -> int:

@@ -144,3 +144,20 @@ async def test_duplicate_skus_are_reported_and_only_the_first_offer_counts(world
         "stocksync_keycrm_offers_skipped_total", {"reason": "duplicate_sku"}
     )
     assert duplicates == 1
+
+
+async def test_a_config_change_that_would_zero_a_channel_is_held_too(world: World) -> None:
+    world.keycrm.populate(40)
+    in_stock(world)
+    pos = await world.add_shop("pos")
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: in_sync(world))
+    # The operator points the channel at another store code by mistake: every S1 item loses
+    # its records and would drop to 0.
+    moved = world.shop_table("pos", 'store = "S2"')
+    restarted = Daemon(world.config(channels=moved), handle_signals=False)
+    async with running(restarted):
+        await eventually(lambda: sum(1 for k, q in pos.stock.items() if k[1] == "S2") == 40)
+        assert sum(1 for k, q in pos.stock.items() if k[1] == "S1" and q == 0) == 12
+        assert blocked(restarted) == 28
