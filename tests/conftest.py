@@ -167,3 +167,9 @@ async def eventually(check: Callable[[], bool], *, timeout: float = 10.0, what: 
     with anyio.fail_after(timeout):
         while not check():
             await anyio.sleep(0.01)
+
+
+def idle(daemon: Daemon) -> bool:
+    """Nothing waiting or in flight in any channel: every push so far is settled in the store."""
+    parts = daemon.parts
+    return parts is not None and all(len(d.debouncer) == 0 for d in parts.dispatchers.values())

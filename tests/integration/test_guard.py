@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from daemon.pipeline import Daemon
-from tests.conftest import World, eventually, running
+from tests.conftest import World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
@@ -36,7 +36,7 @@ async def test_zeroes_beyond_the_fraction_wait_for_a_second_scan(world: World) -
     pos = await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)  # guard_fraction 0.3: 12 of 40
     async with running(daemon):
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
         for offer in world.keycrm.offers.values():
             offer.stock = {1: (0.0, 0.0)}  # a keyCRM glitch: everything reads zero
         await scan(daemon)
@@ -45,7 +45,7 @@ async def test_zeroes_beyond_the_fraction_wait_for_a_second_scan(world: World) -
         status = await daemon.status()
         assert status["channels"]["pos"]["pending"] == 0  # held items wait, they are not lag
         await scan(daemon)  # still zero: confirmed
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
     assert set(pos.stock.values()) == {0}
 
 
@@ -57,15 +57,16 @@ async def test_a_glitch_that_clears_by_the_next_scan_never_reaches_the_channel(
     pos = await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
         pushed = len(pos.requests)
         for offer in world.keycrm.offers.values():
             offer.stock = {1: (0.0, 0.0)}
         await scan(daemon)
-        await eventually(lambda: len(pos.requests) == pushed + 12)
+        await eventually(lambda: len(pos.requests) >= pushed + 12 and idle(daemon))
+        assert len(pos.requests) == pushed + 12
         in_stock(world)  # keyCRM is right again
         await scan(daemon)
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
     assert len(pos.requests) == pushed + 24  # 12 zeroes out and back; the 28 held never went
 
 
@@ -75,11 +76,11 @@ async def test_a_few_sell_outs_are_never_held(world: World) -> None:
     await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
         for n in range(1, 6):
             world.keycrm.set_stock(f"SKU-{n:05d}", 0)
         await scan(daemon)
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
     assert blocked(daemon) == 0
 
 
@@ -89,13 +90,13 @@ async def test_an_operator_resync_releases_held_zeroes(world: World) -> None:
     await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
         for offer in world.keycrm.offers.values():
             offer.stock = {1: (0.0, 0.0)}
         await scan(daemon)
         assert blocked(daemon) == 28
         daemon.resync("http")
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
 
 
 async def test_a_sku_gone_from_keycrm_is_zeroed_after_two_complete_scans(world: World) -> None:
@@ -104,7 +105,7 @@ async def test_a_sku_gone_from_keycrm_is_zeroed_after_two_complete_scans(world: 
     pos = await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
         del world.keycrm.offers[1003]  # SKU-00003 disappears from keyCRM
         await scan(daemon)
         assert pos.quantity("400000000003", "S1") == 5  # one scan without it proves nothing
@@ -152,7 +153,7 @@ async def test_a_config_change_that_would_zero_a_channel_is_held_too(world: Worl
     pos = await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        await eventually(lambda: in_sync(world))
+        await eventually(lambda: in_sync(world) and idle(daemon))
     # The operator points the channel at another store code by mistake: every S1 item loses
     # its records and would drop to 0.
     moved = world.shop_table("pos", 'store = "S2"')

@@ -14,7 +14,7 @@ import pytest
 
 from daemon.pipeline import Daemon
 from daemon.telemetry import PUSH_OUTCOMES
-from tests.conftest import World, eventually, running
+from tests.conftest import World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +67,8 @@ async def test_admin_resync_needs_the_bearer_token_and_pushes_everything_again(
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon), aiohttp.ClientSession() as session:
         await eventually(lambda: in_sync(world))
-        await eventually(lambda: len(pos.requests) == 10)
+        await eventually(lambda: len(pos.requests) >= 10 and idle(daemon))
+        assert len(pos.requests) == 10
         url = f"{base(daemon)}/admin/resync"
         async with session.post(url) as r:
             assert r.status == 401
@@ -75,7 +76,8 @@ async def test_admin_resync_needs_the_bearer_token_and_pushes_everything_again(
             assert r.status == 401
         async with session.post(url, headers={"Authorization": f"Bearer {world.admin_token}"}) as r:
             assert r.status == 202
-        await eventually(lambda: len(pos.requests) == 20)
+        await eventually(lambda: len(pos.requests) >= 20 and idle(daemon))
+        assert len(pos.requests) == 20
     assert (
         daemon.metrics.registry.get_sample_value("stocksync_resyncs_total", {"trigger": "http"})
         == 1
