@@ -108,3 +108,15 @@ async def test_once_dry_run_prints_the_plan_and_sends_nothing(world: World) -> N
     assert lines[3] == "# pos: 3 to push"
     assert pos.requests == []
     assert not (world.tmp_path / "state.db").exists()
+
+
+async def test_once_exits_1_when_an_item_is_rejected(world: World) -> None:
+    world.keycrm.populate(4)
+    pos = await world.add_shop("pos")
+    pos.known = {"400000000001", "400000000002", "400000000003"}
+    path = world.write_config()
+    result = await anyio.run_process(
+        [sys.executable, "-m", "daemon", "once", "-c", str(path)], check=False
+    )
+    assert result.returncode == 1
+    assert result.stdout.decode().strip() == "pos: 3 acknowledged, 0 pending, 1 rejected"
