@@ -173,3 +173,9 @@ def idle(daemon: Daemon) -> bool:
     """Nothing waiting or in flight in any channel: every push so far is settled in the store."""
     parts = daemon.parts
     return parts is not None and all(len(d.debouncer) == 0 for d in parts.dispatchers.values())
+
+
+def channel_idle(daemon: Daemon, channel: str) -> bool:
+    """Nothing of this channel waiting or in flight."""
+    parts = daemon.parts
+    return parts is not None and len(parts.dispatchers[channel].debouncer) == 0

@@ -41,6 +41,7 @@ async def test_zeroes_beyond_the_fraction_wait_for_a_second_scan(world: World) -
             offer.stock = {1: (0.0, 0.0)}  # a keyCRM glitch: everything reads zero
         await scan(daemon)
         await eventually(lambda: sum(1 for q in pos.stock.values() if q == 0) == 12)
+        await eventually(lambda: idle(daemon))
         assert blocked(daemon) == 28
         status = await daemon.status()
         assert status["channels"]["pos"]["pending"] == 0  # held items wait, they are not lag

@@ -101,6 +101,7 @@ async def test_health_readiness_and_status(synced: World) -> None:
         await eventually(
             lambda: daemon.parts is not None and daemon.parts.source.progress.scans_completed == 1
         )
+        await eventually(lambda: idle(daemon))
         async with session.get(f"{base(daemon)}/readyz") as r:
             assert r.status == 200
         async with session.get(f"{base(daemon)}/status") as r:

@@ -8,7 +8,7 @@ import pytest
 
 from daemon import dispatch
 from daemon.pipeline import Daemon
-from tests.conftest import World, eventually, running
+from tests.conftest import World, channel_idle, eventually, idle, running
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +31,7 @@ async def test_first_full_sync_of_a_few_hundred_skus(world: World) -> None:
     await world.add_shop("pos")
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        await eventually(lambda: in_sync(world), what="every SKU pushed")
+        await eventually(lambda: in_sync(world) and idle(daemon), what="every SKU pushed")
         status = await daemon.status()
     assert len(world.shops["pos"].stock) == 300
     assert status["channels"]["pos"]["pending"] == 0
@@ -98,6 +98,7 @@ async def test_a_rejected_item_does_not_block_the_others(world: World) -> None:
                 == 1
             )
         )
+        await eventually(lambda: idle(daemon))
         status = await daemon.status()
         items = await daemon.store.items("pos")  # type: ignore[union-attr]
     assert status["channels"]["pos"]["rejected"] == 1
@@ -118,7 +119,7 @@ async def test_an_auth_failure_pauses_only_that_channel(
     bad.token = "rotated-by-the-merchant"
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        await eventually(lambda: len(good.stock) == 10)
+        await eventually(lambda: len(good.stock) == 10 and channel_idle(daemon, "good"))
         await eventually(lambda: up(daemon, "bad") == 0)
         status = await daemon.status()
         assert status["channels"]["bad"]["up"] is False
