@@ -8,7 +8,7 @@ retry, sleep, rate-limit or record metrics: the dispatcher does that, once, for 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -51,7 +51,6 @@ class Shape:
     locations: Mapping[int, str] | None = None
     price: bool = False
     live_threshold: int | None = None
-    needs_warehouses: bool = field(default=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,6 @@ def assemble(
     *,
     debounce: float | None = None,
     clock: Callable[[], float] = time.time,
-    keycrm_window: float = 60.0,
 ) -> Parts:
     """Build every stage. `debounce` overrides the config's (`once` pushes without waiting)."""
     sync = config.sync
@@ -108,7 +107,7 @@ def assemble(
         guard_fraction=config.sync.guard_fraction,
         clock=clock,
     )
-    budget = RequestBudget(config.keycrm.requests_per_minute, window=keycrm_window)
+    budget = RequestBudget(config.keycrm.requests_per_minute)
     metrics.keycrm_budget_limit.set(config.keycrm.requests_per_minute)
     client = KeycrmClient(config.keycrm, session, budget, metrics, details=config.needs_warehouses)
     source = Source(
@@ -137,7 +136,6 @@ class Daemon:
         notify: Callable[[str], None] | None = None,
         watchdog: float | None = None,
         clock: Callable[[], float] = time.time,
-        keycrm_window: float = 60.0,
     ) -> None:
         self.config = config
         self._reload = reload
@@ -145,7 +143,6 @@ class Daemon:
         self._notify = notify or (lambda _message: None)
         self._watchdog_every = watchdog
         self._clock = clock
-        self._keycrm_window = keycrm_window
         self.metrics = Metrics(
             registry or CollectorRegistry(), [c.name for c in config.channels], __version__
         )
@@ -329,14 +326,7 @@ class Daemon:
         assert self.store is not None
         store = self.store
         async with aiohttp.ClientSession() as session:
-            parts = assemble(
-                config,
-                store,
-                session,
-                self.metrics,
-                clock=self._clock,
-                keycrm_window=self._keycrm_window,
-            )
+            parts = assemble(config, store, session, self.metrics, clock=self._clock)
             self.parts = parts
             pending = await store.pending()
             for item in pending:
