@@ -95,15 +95,17 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def _access_log(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    status = 500  # what aiohttp answers for an exception that is not an HTTP one
     try:
         response = await handler(request)
+        status = response.status
     except web.HTTPException as exc:
-        response = exc
+        status = exc.status
         raise
     finally:
         info = request.match_info.route.resource
         path = info.canonical if info is not None else "(unmatched)"
-        log.debug("http.request", method=request.method, route=path, status=response.status)
+        log.debug("http.request", method=request.method, route=path, status=status)
     return response
 
 

@@ -1,0 +1,43 @@
+"""The HTTP app on its own: a route that fails unexpectedly is a 500, logged with its route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from daemon.http import build_app
+from daemon.telemetry import Metrics
+from tests.conftest import Serve
+
+pytestmark = pytest.mark.anyio
+
+
+class Broken:
+    metrics = Metrics(CollectorRegistry(), ["c"], "test")
+
+    async def refresh_metrics(self) -> None: ...
+
+    async def readiness(self) -> str | None:
+        return None
+
+    async def status(self) -> dict[str, Any]:
+        raise RuntimeError("store went away")
+
+    def webhook(self, skus: list[str]) -> None: ...
+
+    def resync(self, trigger: str) -> None: ...
+
+
+async def test_an_unexpected_error_is_a_500_and_still_logged(serve: Serve) -> None:
+    base = await serve(build_app(Broken(), webhook_token=None, admin_token=None))
+    with structlog.testing.capture_logs() as logs:
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/status") as r:
+            assert r.status == 500
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/nope") as r:
+            assert r.status == 404
+    requests = [(e["route"], e["status"]) for e in logs if e["event"] == "http.request"]
+    assert requests == [("/status", 500), ("(unmatched)", 404)]
