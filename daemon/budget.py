@@ -1,11 +1,13 @@
 """keyCRM's request budget: at most N requests in any window, evenly paced, by priority.
 
 keyCRM allows 60 requests a minute per key and IP. A token bucket holding a minute of tokens
-would let 120 through in one 60 s window, so this keeps the send times of the last N requests and
-never sends the (N+1)th until the first has left the window; requests are also spaced window/N
-apart so a backlog never goes out in a burst. Waiters are served by priority (look-ups for
-webhooks, then the scan, then the catalog), FIFO within one. A 429 pauses everyone. No library we
-know does priorities and a strict sliding window together, hence this small class.
+would let 120 through in one 60 s window, so this keeps the last N requests and never sends the
+(N+1)th until the first has left the window; requests are also spaced window/N apart so a backlog
+never goes out in a burst. A request counts from when its answer came back, not from when we sent
+it: keyCRM saw it somewhere in between, and network delay must not let N+1 requests land in one
+of keyCRM's windows. Waiters are served by priority (look-ups for webhooks, then the scan, then
+the catalog), FIFO within one. A 429 pauses everyone. No library we know does priorities and a
+strict sliding window together, hence this small class.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 
@@ -30,6 +35,12 @@ class Priority(enum.IntEnum):
     CATALOG = 2
 
 
+@dataclass(slots=True)
+class _Request:
+    sent: float
+    done: float | None = None  # None while the request is under way
+
+
 class RequestBudget:
     """Grants permission to send one request; every attempt (retries included) takes one."""
 
@@ -40,7 +51,7 @@ class RequestBudget:
         self.window = window
         self.spacing = window / limit
         self._clock = clock
-        self._sent: deque[float] = deque(maxlen=limit)
+        self._requests: deque[_Request] = deque(maxlen=limit)
         self._queue: list[tuple[int, int]] = []
         self._seq = itertools.count()
         self._changed = anyio.Event()
@@ -53,14 +64,15 @@ class RequestBudget:
     def sent_in_window(self) -> int:
         """Requests sent in the last window: `budget use` on the dashboard."""
         edge = self._clock() - self.window
-        return sum(1 for t in self._sent if t > edge)
+        return sum(1 for r in self._requests if r.done is None or r.done > edge)
 
     def _ready_at(self) -> float:
         ready = self._paused_until
-        if self._sent:
-            ready = max(ready, self._sent[-1] + self.spacing)
-        if len(self._sent) >= self.limit:
-            ready = max(ready, self._sent[0] + self.window)
+        if self._requests:
+            ready = max(ready, self._requests[-1].sent + self.spacing)
+        if len(self._requests) >= self.limit:
+            oldest = self._requests[0].done
+            ready = max(ready, math.inf if oldest is None else oldest + self.window)
         return ready
 
     def _notify(self) -> None:
@@ -72,26 +84,36 @@ class RequestBudget:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
         self._notify()
 
-    async def acquire(self, priority: Priority) -> None:
-        """Wait for this request's turn."""
-        entry = (int(priority), next(self._seq))
-        heapq.heappush(self._queue, entry)
+    @asynccontextmanager
+    async def request(self, priority: Priority) -> AsyncIterator[None]:
+        """Wait for this request's turn; the block is the request, until its answer is read."""
+        entry = await self._acquire(priority)
+        try:
+            yield
+        finally:
+            entry.done = self._clock()
+            self._notify()
+
+    async def _acquire(self, priority: Priority) -> _Request:
+        key = (int(priority), next(self._seq))
+        heapq.heappush(self._queue, key)
         try:
             while True:
                 wait: float | None = None
-                if self._queue[0] == entry:
+                if self._queue[0] == key:
                     wait = self._ready_at() - self._clock()
                     if wait <= 0:
                         heapq.heappop(self._queue)
-                        self._sent.append(self._clock())
+                        entry = _Request(self._clock())
+                        self._requests.append(entry)
                         self._notify()
-                        return
+                        return entry
                 event = self._changed
-                with anyio.move_on_after(wait):
+                with anyio.move_on_after(None if wait is None or math.isinf(wait) else wait):
                     await event.wait()
         except BaseException:
-            if entry in self._queue:
-                self._queue.remove(entry)
+            if key in self._queue:
+                self._queue.remove(key)
                 heapq.heapify(self._queue)
                 self._notify()
             raise

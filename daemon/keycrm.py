@@ -92,13 +92,15 @@ class KeycrmClient:
         priority: Priority,
         parse: Callable[[Any], Page[T]],
     ) -> Page[T]:
-        await self.budget.acquire(priority)
         url = f"{self._settings.base_url}{path}"
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout)
         try:
-            async with self._session.get(
-                url, params=params, headers=self._headers(), timeout=timeout
-            ) as response:
+            async with (
+                self.budget.request(priority),
+                self._session.get(
+                    url, params=params, headers=self._headers(), timeout=timeout
+                ) as response,
+            ):
                 status = response.status
                 body = await response.read()
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -21,8 +21,8 @@ async def test_no_window_ever_holds_more_than_the_limit() -> None:
 
     async def worker(priority: Priority) -> None:
         for _ in range(6):
-            await budget.acquire(priority)
-            granted.append(time.monotonic())
+            async with budget.request(priority):
+                granted.append(time.monotonic())
 
     async with anyio.create_task_group() as group:
         for priority in (Priority.SCAN, Priority.CATALOG, Priority.LOOKUP, Priority.SCAN):
@@ -35,12 +35,13 @@ async def test_no_window_ever_holds_more_than_the_limit() -> None:
 
 async def test_lookups_go_before_scans_and_catalog() -> None:
     budget = RequestBudget(limit=100, window=1.0)
-    await budget.acquire(Priority.SCAN)  # the next grant must wait its spacing
+    async with budget.request(Priority.SCAN):  # the next grant must wait its spacing
+        pass
     order: list[str] = []
 
     async def ask(name: str, priority: Priority) -> None:
-        await budget.acquire(priority)
-        order.append(name)
+        async with budget.request(priority):
+            order.append(name)
 
     async with anyio.create_task_group() as group:
         group.start_soon(ask, "catalog", Priority.CATALOG)
@@ -53,8 +54,20 @@ async def test_a_pause_holds_everyone_and_cancelled_waiters_leave_the_queue() ->
     budget = RequestBudget(limit=100, window=1.0)
     budget.pause(0.2)
     with anyio.move_on_after(0.05):
-        await budget.acquire(Priority.LOOKUP)
+        async with budget.request(Priority.LOOKUP):
+            pytest.fail("granted during a pause")
     assert budget.waiting == 0
     started = time.monotonic()
-    await budget.acquire(Priority.SCAN)
-    assert time.monotonic() - started >= 0.1
+    async with budget.request(Priority.SCAN):
+        assert time.monotonic() - started >= 0.1
+
+
+async def test_a_request_counts_from_its_answer_so_network_delay_cannot_crowd_a_window() -> None:
+    budget = RequestBudget(limit=2, window=0.2)
+    async with budget.request(Priority.SCAN):
+        await anyio.sleep(0.15)  # a slow answer: keyCRM may have seen it late
+        answered = time.monotonic()
+    async with budget.request(Priority.SCAN):
+        pass
+    async with budget.request(Priority.SCAN):  # the third waits a window after the first answer
+        assert time.monotonic() - answered >= 0.2 * 0.95
