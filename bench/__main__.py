@@ -30,7 +30,7 @@ from daemon.logs import configure_logging
 from daemon.models import CatalogEntry, StockLevel, StockRecord
 from daemon.plan import Contribution, Rules, combine, compile_template, contributions
 from daemon.reconcile import Reconciler
-from daemon.store import SQLiteStore
+from daemon.store import SQLiteStore, Timing
 from daemon.telemetry import Metrics
 
 PAGE = 50
@@ -65,10 +65,21 @@ def channels() -> tuple[ChannelConfig, ...]:
     )
 
 
+def _reconciler(store: SQLiteStore) -> Reconciler:
+    chans = channels()
+    return Reconciler(
+        store,
+        chans,
+        Metrics(CollectorRegistry(), [], "bench"),
+        timing={c.name: Timing(0.0, 0.0) for c in chans},
+        wake=lambda _name: None,
+    )
+
+
 async def ingest_rate(count: int, batch: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         store = SQLiteStore(Path(folder) / "bench.db")
-        reconciler = Reconciler(store, channels(), {}, Metrics(CollectorRegistry(), [], "bench"))
+        reconciler = _reconciler(store)
         data = records(0, count)
         started = time.perf_counter()
         for start in range(0, count, batch):
@@ -81,7 +92,7 @@ async def ingest_rate(count: int, batch: int) -> float:
 async def _track_in_stocksync(count: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = SQLiteStore(Path(folder) / "bench.db")
-        reconciler = Reconciler(store, channels(), {}, Metrics(CollectorRegistry(), [], "bench"))
+        reconciler = _reconciler(store)
         for start in range(0, count, PAGE):
             batch = records(start, min(count, start + PAGE))
             await store.save_catalog([r.catalog for r in batch if r.catalog])

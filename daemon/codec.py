@@ -7,13 +7,13 @@ from typing import Any
 
 import orjson
 
-from daemon.models import CatalogEntry, StockLevel, WarehouseStock
+from daemon.models import CatalogEntry, StockLevel, WarehouseStock, plain
 
 __all__ = ["decode_catalog", "decode_stock", "encode_catalog", "encode_stock"]
 
 
 def _num(value: Decimal) -> str:
-    return str(value.normalize()) if value == value.to_integral_value() else str(value)
+    return plain(value)
 
 
 def encode_stock(level: StockLevel) -> str:

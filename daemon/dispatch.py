@@ -1,11 +1,15 @@
-"""One worker per channel: batches due items, paces them, bounds concurrency, settles outcomes.
+"""One worker per channel: claims due items from the store, paces them, settles outcomes.
 
-Per channel: a leaky-bucket limiter (aiolimiter, capacity 1 so requests go out evenly, never a
-second's allowance at once), a bounded number of requests in flight, a timeout per request.
-Retries are not loops around a request: a retryable item goes back to the store with its next
-attempt time (exponential backoff, full jitter, or the channel's Retry-After), so a restart keeps
-the schedule and a failing item never blocks a worker. A 429/503 with Retry-After, or a 401/403,
-pauses the whole channel; the others never notice.
+The store owns the work queue: the worker asks it for due items (`claim`), which come back
+`sending`, so nothing in memory can send a held, acknowledged or rejected item, and at most one
+request per item is ever under way. Per channel: a leaky-bucket limiter (aiolimiter, capacity 1
+so requests go out evenly, never a second's allowance at once), a bounded number of requests in
+flight, a timeout per request. Retries are not loops around a request: a retryable item goes
+back to the store with its next attempt time (exponential backoff, full jitter, or the channel's
+Retry-After), so a restart keeps the schedule. A 429/503 with Retry-After, or a 401/403, pauses
+the whole channel; the others never notice. A batch the channel refuses as a whole for its
+content is split in halves until the poison item stands alone, so it cannot hold its
+neighbours back.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -23,11 +27,10 @@ from aiolimiter import AsyncLimiter
 
 from daemon.channel import Channel
 from daemon.config import ChannelConfig
-from daemon.debounce import Debouncer
 from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
-from daemon.models import ItemValue, Outcome, PushResult, Value
+from daemon.models import ItemValue, Outcome, PushResult, Value, Verdict
 from daemon.retry_after import MAX_RETRY_AFTER
-from daemon.store import Pending, Store, Verdict
+from daemon.store import Store, Timing
 from daemon.telemetry import Metrics
 
 __all__ = ["Dispatcher", "backoff_delay"]
@@ -64,22 +67,24 @@ class Dispatcher:
         config: ChannelConfig,
         channel: Channel,
         store: Store,
-        debouncer: Debouncer,
+        timing: Timing,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.name = config.name
+        self.timing = timing
         self._channel = channel
         self._store = store
-        self.debouncer = debouncer
         self._metrics = metrics
         self._clock = clock
         self._limiter = AsyncLimiter(1, 1.0 / config.rate)
         self._slots = anyio.Semaphore(config.concurrency)
         self._wake = anyio.Event()
         self.health = ChannelHealth()
+        #: items claimed by this worker whose push has not settled yet
+        self.in_flight = 0
         self._tally: Counter[str] = Counter()
         self._log = log.bind(channel=self.name)
 
@@ -94,7 +99,7 @@ class Dispatcher:
                     acknowledged=done["ok"],
                     retried=done["retry"],
                     rejected=done["rejected"],
-                    waiting=len(self.debouncer),
+                    in_flight=self.in_flight,
                     up=not self.health.down,
                 )
 
@@ -102,15 +107,10 @@ class Dispatcher:
         """New work may be due: wake the worker."""
         self._wake.set()
 
-    def touch(self, items: Sequence[Pending]) -> None:
-        for item in items:
-            self.debouncer.touch(item)
-        if items:
-            self.notify()
-
     async def _sleep_until_work(self) -> None:
+        event = self._wake
         now = self._clock()
-        wake_at = self.debouncer.next_due()
+        wake_at = await self._store.next_due(self.name)
         if self.health.paused_until > now:
             wake_at = (
                 self.health.paused_until
@@ -119,10 +119,9 @@ class Dispatcher:
             )
         if wake_at is not None and wake_at <= now:
             return
-        event = self._wake
         with anyio.move_on_after(None if wake_at is None else wake_at - now):
             await event.wait()
-        if event.is_set():
+        if event.is_set() and event is self._wake:
             self._wake = anyio.Event()
 
     async def run(self) -> None:
@@ -130,64 +129,73 @@ class Dispatcher:
         async with anyio.create_task_group() as group:
             while True:
                 await self._sleep_until_work()
-                now = self._clock()
-                if self.health.paused_until > now:
+                if self.health.paused_until > self._clock():
                     continue
-                if self.health.down and self.debouncer.in_flight:
+                if self.health.down and self.in_flight:
                     # While down, one request at a time probes the channel; the rest wait for it.
                     await self._one_finished()
                     continue
                 await self._slots.acquire()
-                keys = self.debouncer.take(now, self.config.batch_size)
-                if not keys:
+                limit = 1 if self.health.down else self.config.batch_size
+                items = await self._store.claim(self.name, self._clock(), limit)
+                if not items:
                     self._slots.release()
                     continue
-                group.start_soon(self._send, keys)
+                self.in_flight += len(items)
+                group.start_soon(self._send, items)
 
     async def _one_finished(self) -> None:
         event = self._wake
         await event.wait()
-        if event.is_set():
+        if event is self._wake:
             self._wake = anyio.Event()
 
     async def drain(self, deadline: float) -> bool:
         """Send what is debounced now and wait for it, until `deadline`; True if all went out."""
-        self.debouncer.flush(self._clock())
+        await self._store.flush(self.name, self._clock())
         self.notify()
         while self._clock() < deadline:
-            due = self.debouncer.next_due()
-            idle = self.debouncer.in_flight == 0 and (due is None or due > deadline)
-            if idle:
-                return True
+            due = await self._store.next_due(self.name)
+            paused = self.health.paused_until > deadline
+            if self.in_flight == 0 and (due is None or due > deadline or paused):
+                return due is None
             await anyio.sleep(0.05)
         return False
 
-    async def _send(self, keys: list[str]) -> None:
-        still: list[Pending] = []
+    async def _send(self, items: list[ItemValue]) -> None:
+        unsettled = {item.key for item in items}
         try:
-            values = await self._store.desired(self.name, keys)
-            items = [ItemValue(key, values[key]) for key in keys if key in values]
-            if items:
-                still = await self._push(items)
+            await self._push(items, unsettled)
         except Exception:
             self._log.exception("channel.settle_failed")
-            now = self._clock()
-            still = [Pending(self.name, k, now, now, now + backoff_delay(3)) for k in keys]
         finally:
-            for key in keys:
-                self.debouncer.done(key)
-            for item in still:
-                self.debouncer.touch(item)
+            if unsettled:
+                # Cut off (a stop's deadline) or a bug: the request may have been applied.
+                with anyio.CancelScope(shield=True):
+                    await self._store.release(
+                        self.name, sorted(unsettled), self._clock(), self.timing
+                    )
+            self.in_flight -= len(items)
             self._slots.release()
             self.notify()
 
-    async def _push(self, items: list[ItemValue]) -> list[Pending]:
+    async def _push(self, items: list[ItemValue], unsettled: set[str]) -> None:
+        """One request for `items`, then settle them (or split a batch refused as a whole)."""
         await self._limiter.acquire()
         started = self._clock()
         if self.health.paused_until > started:
-            # The channel was paused while this batch waited for its turn: hold it, unsent.
-            until = self.health.paused_until
-            return [Pending(self.name, i.key, started, started, until) for i in items]
+            # The channel was paused while this batch waited for its turn: put it back, unsent.
+            keys = [i.key for i in items]
+            await self._store.release(
+                self.name,
+                keys,
+                started,
+                self.timing,
+                sent=False,
+                not_before=self.health.paused_until,
+            )
+            unsettled.difference_update(keys)
+            return
         probe = self.health.down
         results: list[PushResult] | None = None
         failure: ChannelError | None = None
@@ -204,16 +212,25 @@ class Dispatcher:
         now = self._clock()
         duration = now - started
         self._metrics.push_duration.labels(channel=self.name).observe(duration)
+        if isinstance(failure, ChannelRejected) and len(items) > 1:
+            # Refused for its content as a whole: one bad item must not hold its neighbours
+            # back. Halves until the poison item stands alone and is rejected by itself.
+            self._metrics.push_requests.labels(channel=self.name, outcome="rejected").inc()
+            self._log.info("channel.batch_split", items=len(items), error=str(failure))
+            middle = len(items) // 2
+            await self._push(items[:middle], unsettled)
+            await self._push(items[middle:], unsettled)
+            return
         verdicts = self._verdicts(items, results, failure, now, probe=probe)
         outcome = self._request_outcome(verdicts, failure)
         self._metrics.push_requests.labels(channel=self.name, outcome=outcome).inc()
-        settled = await self._store.settle(self.name, verdicts, now, backoff_delay)
+        settled = await self._store.settle(self.name, verdicts, now, self.timing, backoff_delay)
+        unsettled.difference_update(v.key for v in verdicts)
         for changed_at in settled.propagated:
             self._metrics.propagation.labels(channel=self.name).observe(max(0.0, now - changed_at))
         await self._log_outcome(
             items, verdicts, failure, outcome, duration, attempts=settled.attempts
         )
-        return settled.still
 
     def _verdicts(
         self,

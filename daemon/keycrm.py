@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -25,15 +27,49 @@ from daemon.models import CatalogEntry, StockLevel
 from daemon.retry_after import parse_retry_after
 from daemon.telemetry import Metrics
 
-__all__ = ["PAGE_SIZE", "KeycrmClient"]
+__all__ = ["MAX_SKU_LENGTH", "PAGE_SIZE", "KeycrmClient", "Lookup", "lookup_batches"]
 
 PAGE_SIZE = 50  # the most keyCRM's `limit` takes
+#: keyCRM publishes no limit; its SKU columns are Laravel strings (255). A longer SKU cannot
+#: exist there, so it is never asked for.
+MAX_SKU_LENGTH = 255
+#: the URL-encoded `filter[offers_sku]` value at most: well under the 8 KiB request lines that
+#: common front ends (nginx's default) take, whatever the SKUs look like
+MAX_FILTER_LENGTH = 2000
 MAX_PAGES = 100_000  # a scan this long means keyCRM's paging is broken; stop rather than loop
 _DEFAULT_429_PAUSE = 10.0
 _ATTEMPTS = 6
 
 T = TypeVar("T")
 log = structlog.get_logger("stocksync.keycrm")
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What a look-up found, and the SKUs it could not ask for, by reason."""
+
+    levels: list[StockLevel] = field(default_factory=list)
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+
+    def drop(self, reason: str, sku: str) -> None:
+        self.dropped.setdefault(reason, []).append(sku)
+
+
+def lookup_batches(skus: Sequence[str]) -> list[list[str]]:
+    """Cut SKUs into look-up requests: at most a page each, and a filter short enough to send."""
+    batches: list[list[str]] = []
+    current: list[str] = []
+    length = 0
+    for sku in skus:
+        size = len(quote(sku, safe="")) + 3  # and the encoded comma before it
+        if current and (len(current) >= PAGE_SIZE or length + size > MAX_FILTER_LENGTH):
+            batches.append(current)
+            current, length = [], 0
+        current.append(sku)
+        length += size
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _backoff_hook(exc: Exception) -> bool | float:
@@ -170,17 +206,44 @@ class KeycrmClient:
         params = {"limit": str(PAGE_SIZE), "include": "product", "sort": "id"}
         return self._pages("/offers", params, "catalog", Priority.CATALOG, parse_catalog_page)
 
-    async def lookup(self, skus: Sequence[str]) -> list[StockLevel]:
-        """Current stock of these SKUs, 50 a request, ahead of the scan in the budget."""
-        # keyCRM's filter takes a comma list, so a SKU with a comma cannot be asked for: the
-        # next scan will carry it instead.
-        wanted = sorted({s for s in skus if s and "," not in s})
-        found: list[StockLevel] = []
-        for start in range(0, len(wanted), PAGE_SIZE):
-            chunk = wanted[start : start + PAGE_SIZE]
-            params = {**self._stock_params(1), "filter[offers_sku]": ",".join(chunk)}
-            async for page in self._pages(
-                "/offers/stocks", params, "lookup", Priority.LOOKUP, parse_stock_page
-            ):
-                found.extend(level for level in page.items if level.sku in chunk)
+    async def lookup(self, skus: Sequence[str]) -> Lookup:
+        """Current stock of these SKUs, in as few requests as fit, ahead of the scan.
+
+        A SKU keyCRM cannot hold (too long, or with a comma, which its filter splits on) is not
+        asked for. A request keyCRM refuses for its content (400, 414) is halved until the SKU
+        it chokes on stands alone and is dropped: one bad SKU never costs the others.
+        """
+        found = Lookup()
+        wanted: list[str] = []
+        for sku in dict.fromkeys(skus):
+            if not sku or "," in sku or len(sku) > MAX_SKU_LENGTH:
+                found.drop("bad_sku", sku)
+            else:
+                wanted.append(sku)
+        for batch in lookup_batches(wanted):
+            await self._lookup_batch(batch, found)
         return found
+
+    async def _lookup_batch(self, batch: list[str], found: Lookup) -> None:
+        params = {**self._stock_params(1), "filter[offers_sku]": ",".join(batch)}
+        wanted = set(batch)
+        try:
+            levels = [
+                level
+                async for page in self._pages(
+                    "/offers/stocks", params, "lookup", Priority.LOOKUP, parse_stock_page
+                )
+                for level in page.items
+                if level.sku in wanted
+            ]
+        except SourceFatal as exc:
+            if exc.status not in ("400", "414"):
+                raise
+            if len(batch) == 1:
+                found.drop("refused", batch[0])
+                return
+            middle = len(batch) // 2
+            await self._lookup_batch(batch[:middle], found)
+            await self._lookup_batch(batch[middle:], found)
+            return
+        found.levels.extend(levels)

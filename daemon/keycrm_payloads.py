@@ -35,6 +35,11 @@ class Page(Generic[T]):
     has_next: bool
     no_sku: int = 0
     total: int | None = field(default=None)
+    #: offers on the page as keyCRM sent them, SKU-less ones included (scan completeness)
+    size: int = 0
+    current_page: int | None = None
+    #: whether `next_page_url` was set: checked against `last_page` (they must agree)
+    next_url: bool = False
 
 
 def _number(value: Any, where: str) -> Decimal:
@@ -65,7 +70,17 @@ def _sku(value: Any, where: str) -> str | None:
     return value.strip() or None
 
 
-def _envelope(body: Any) -> tuple[list[Any], int | None, bool, int | None]:
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    data: list[Any]
+    last: int | None
+    has_next: bool
+    total: int | None
+    current: int | None
+    next_url: bool
+
+
+def _envelope(body: Any) -> _Envelope:
     if not isinstance(body, dict):
         raise MalformedPage("the body is not a JSON object")
     data = body.get("data")
@@ -82,12 +97,28 @@ def _envelope(body: Any) -> tuple[list[Any], int | None, bool, int | None]:
         raise MalformedPage("next_page_url is not a string")
     has_next = current < last if last is not None and current is not None else next_url is not None
     total = body.get("total")
-    return data, last, has_next, total if isinstance(total, int) else None
+    if total is not None:
+        total = _int(total, "total")
+    return _Envelope(data, last, has_next, total, current, next_url is not None)
+
+
+def _page(items: list[T], envelope: _Envelope, no_sku: int) -> Page[T]:
+    return Page(
+        items,
+        envelope.last,
+        envelope.has_next,
+        no_sku,
+        envelope.total,
+        size=len(envelope.data),
+        current_page=envelope.current,
+        next_url=envelope.next_url,
+    )
 
 
 def parse_stock_page(body: Any) -> Page[StockLevel]:
     """A `/offers/stocks` page: `id, sku, price, quantity, reserve[, warehouse[]]` per offer."""
-    data, last, has_next, total = _envelope(body)
+    envelope = _envelope(body)
+    data = envelope.data
     levels: list[StockLevel] = []
     no_sku = 0
     for index, item in enumerate(data):
@@ -130,12 +161,13 @@ def parse_stock_page(body: Any) -> Page[StockLevel]:
                 warehouses=warehouses,
             )
         )
-    return Page(levels, last, has_next, no_sku, total)
+    return _page(levels, envelope, no_sku)
 
 
 def parse_catalog_page(body: Any) -> Page[CatalogEntry]:
     """An `/offers?include=product` page: barcode, properties and the product's name and id."""
-    data, last, has_next, total = _envelope(body)
+    envelope = _envelope(body)
+    data = envelope.data
     entries: list[CatalogEntry] = []
     no_sku = 0
     for index, item in enumerate(data):
@@ -180,4 +212,4 @@ def parse_catalog_page(body: Any) -> Page[CatalogEntry]:
                 properties=tuple(properties),
             )
         )
-    return Page(entries, last, has_next, no_sku, total)
+    return _page(entries, envelope, no_sku)

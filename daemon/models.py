@@ -16,10 +16,19 @@ __all__ = [
     "StockLevel",
     "StockRecord",
     "Value",
+    "Verdict",
     "WarehouseStock",
     "join_key",
+    "plain",
     "split_key",
 ]
+
+
+def plain(number: Decimal) -> str:
+    """A decimal as people write it: `100`, `9.5`, never `1E+2` or `9.50`."""
+    normal = number.normalize()
+    text = format(normal, "f")
+    return "0" if text in ("-0", "") else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,7 @@ class Value:
         if self.quantity is not None:
             parts["q"] = self.quantity
         if self.price is not None:
-            parts["p"] = str(self.price.normalize())
+            parts["p"] = plain(self.price)
         if self.live is not None:
             parts["l"] = self.live
         return orjson.dumps(parts, option=orjson.OPT_SORT_KEYS).decode()
@@ -127,7 +136,7 @@ class Value:
         if self.quantity is not None:
             bits.append(f"qty={self.quantity}")
         if self.price is not None:
-            bits.append(f"price={self.price.normalize()}")
+            bits.append(f"price={plain(self.price)}")
         if self.live is not None:
             bits.append(f"live={str(self.live).lower()}")
         return " ".join(bits) or "-"
@@ -181,3 +190,14 @@ def split_key(key: str) -> tuple[str, ...]:
         if isinstance(parts, list) and all(isinstance(p, str) for p in parts):
             return tuple(parts)
     return (key,)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one push for one item, as the dispatcher decided it."""
+
+    key: str
+    sent: Value
+    outcome: Outcome
+    error: str | None = None
+    retry_after: float | None = None

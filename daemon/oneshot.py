@@ -23,7 +23,7 @@ from daemon import __version__
 from daemon.config import Config
 from daemon.errors import SourceError
 from daemon.pipeline import Parts, assemble, needs_catalog
-from daemon.store import SQLiteStore
+from daemon.store import SQLiteStore, Store
 from daemon.telemetry import Metrics
 
 __all__ = ["dry_run", "run_once"]
@@ -35,6 +35,12 @@ async def _read_keycrm(parts: Parts, config: Config) -> None:
     if needs_catalog(config):
         await parts.source.catalog_once()
     await parts.source.scan_once()
+
+
+async def _unsettled(store: Store) -> int:
+    """Items still waiting for a push or in flight, over every channel."""
+    counts = await store.counts()
+    return sum(c.get("pending", 0) + c.get("sending", 0) for c in counts.values())
 
 
 def _copy_state(source: Path, target: Path) -> None:
@@ -89,11 +95,8 @@ async def run_once(config: Config, *, wait: float, out: TextIO = sys.stdout) -> 
     metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
     try:
         async with aiohttp.ClientSession() as session:
+            await store.recover(time.time())
             parts = assemble(config, store, session, metrics, debounce=0.0)
-            for item in await store.pending():
-                dispatcher = parts.dispatchers.get(item.channel)
-                if dispatcher is not None:
-                    dispatcher.debouncer.touch(item)
             async with anyio.create_task_group() as group:
                 for dispatcher in parts.dispatchers.values():
                     group.start_soon(dispatcher.run)
@@ -104,8 +107,8 @@ async def run_once(config: Config, *, wait: float, out: TextIO = sys.stdout) -> 
                     group.cancel_scope.cancel()
                     return 1
                 deadline = time.time() + wait
-                while time.time() < deadline:
-                    if all(len(d.debouncer) == 0 for d in parts.dispatchers.values()):
+                while True:
+                    if time.time() >= deadline or not await _unsettled(store):
                         break
                     await anyio.sleep(0.05)
                 group.cancel_scope.cancel()

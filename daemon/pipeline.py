@@ -1,6 +1,6 @@
 """Wires the stages into a running daemon: one task group, signals, reload, graceful stop.
 
-    source (scan, catalog, look-ups) -> reconciler -> store -> debouncer -> dispatcher -> channel
+    source (scan, catalog, look-ups) -> reconciler -> store (work queue) -> dispatcher -> channel
 
 A SIGHUP reload validates the new file whole first; if it is good, the running pipeline drains
 and a new one starts on the same store with a full resync. SIGTERM/SIGINT stop taking work, send
@@ -27,7 +27,6 @@ from daemon import __version__
 from daemon.budget import RequestBudget
 from daemon.channel import ChannelContext
 from daemon.config import Config, secret_values
-from daemon.debounce import Debouncer
 from daemon.dispatch import Dispatcher
 from daemon.errors import ConfigError
 from daemon.http import build_app
@@ -36,7 +35,7 @@ from daemon.logs import scrubber
 from daemon.plan import TEMPLATE_FIELDS
 from daemon.reconcile import Reconciler
 from daemon.source import Source
-from daemon.store import SQLiteStore, Store
+from daemon.store import Store, Timing, open_store
 from daemon.telemetry import Metrics
 
 __all__ = ["Daemon", "Parts", "assemble"]
@@ -49,6 +48,11 @@ _CATALOG_FIELDS = {f for f in TEMPLATE_FIELDS if f not in ("sku", "offer_id")}
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _unacknowledged(per_status: dict[str, int]) -> int:
+    """Items waiting for a push or in flight: the lag's work (held ones wait for a person)."""
+    return per_status.get("pending", 0) + per_status.get("sending", 0)
 
 
 def needs_catalog(config: Config) -> bool:
@@ -85,25 +89,28 @@ def assemble(
 ) -> Parts:
     """Build every stage. `debounce` overrides the config's (`once` pushes without waiting)."""
     sync = config.sync
+    quiet = sync.debounce if debounce is None else debounce
+    timing = Timing(quiet, max(quiet, sync.max_delay if debounce is None else quiet))
     dispatchers: dict[str, Dispatcher] = {}
     for channel in config.channels:
         adapter = channel.spec.build(
             channel.options, ChannelContext(channel.name, session, channel.timeout)
         )
-        quiet = sync.debounce if debounce is None else debounce
         dispatchers[channel.name] = Dispatcher(
-            channel,
-            adapter,
-            store,
-            Debouncer(quiet, max(quiet, sync.max_delay if debounce is None else quiet)),
-            metrics,
-            clock=clock,
+            channel, adapter, store, timing, metrics, clock=clock
         )
+
+    def wake(name: str) -> None:
+        dispatcher = dispatchers.get(name)
+        if dispatcher is not None:
+            dispatcher.notify()
+
     reconciler = Reconciler(
         store,
         config.channels,
-        dispatchers,
         metrics,
+        timing={name: timing for name in dispatchers},
+        wake=wake,
         guard_fraction=config.sync.guard_fraction,
         clock=clock,
     )
@@ -201,7 +208,7 @@ class Daemon:
         now = self._clock()
         for name in self.parts.dispatchers:
             per_status = counts.get(name, {})
-            self.metrics.pending.labels(channel=name).set(per_status.get("pending", 0))
+            self.metrics.pending.labels(channel=name).set(_unacknowledged(per_status))
             self.metrics.rejected.labels(channel=name).set(per_status.get("rejected", 0))
             since = oldest.get(name)
             self.metrics.sync_lag.labels(channel=name).set(
@@ -240,10 +247,11 @@ class Daemon:
             since = oldest.get(name)
             channels[name] = {
                 "type": dispatcher.config.type,
-                "pending": per_status.get("pending", 0),
+                "pending": _unacknowledged(per_status),
+                "held": per_status.get("held", 0),
                 "rejected": per_status.get("rejected", 0),
                 "acknowledged": per_status.get("ok", 0),
-                "in_flight": dispatcher.debouncer.in_flight,
+                "in_flight": dispatcher.in_flight,
                 "lag_seconds": 0.0 if since is None else round(max(0.0, now - since), 3),
                 "paused": health.paused_until > now,
                 "paused_until": _iso(health.paused_until) if health.paused_until > now else None,
@@ -280,7 +288,11 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until stopped. Reloads replace the pipeline; the store stays open throughout."""
-        self.store = SQLiteStore(self.config.daemon.state)
+        self.store = open_store(self.config.daemon.state)
+        # Pushes cut off by the death of the last process: their outcome is unknown.
+        recovered = await self.store.recover(self._clock())
+        if recovered:
+            log.warning("daemon.recovered_in_flight", items=recovered)
         resync_first = False
         try:
             async with anyio.create_task_group() as life:
@@ -328,11 +340,7 @@ class Daemon:
         async with aiohttp.ClientSession() as session:
             parts = assemble(config, store, session, self.metrics, clock=self._clock)
             self.parts = parts
-            pending = await store.pending()
-            for item in pending:
-                dispatcher = parts.dispatchers.get(item.channel)
-                if dispatcher is not None:
-                    dispatcher.debouncer.touch(item)
+            counts = await store.counts()
             await parts.source.load_state()
             # The rules may have changed since the stored desired values were planned.
             replanned = await parts.reconciler.replan()
@@ -340,7 +348,7 @@ class Daemon:
                 "daemon.started",
                 version=__version__,
                 channels=[c.name for c in config.channels],
-                pending=len(pending),
+                pending=sum(_unacknowledged(c) for c in counts.values()),
                 replanned=replanned,
                 state=str(config.daemon.state),
             )
@@ -390,14 +398,10 @@ class Daemon:
                 continue
             await parts.reconciler.replan()
             forced = await self.store.force_all(self._clock())
-            for item in forced:
-                dispatcher = parts.dispatchers.get(item.channel)
-                if dispatcher is not None:
-                    dispatcher.debouncer.touch(item)
             for dispatcher in parts.dispatchers.values():
                 dispatcher.notify()
             parts.source.request_scan()
-            log.info("resync.started", trigger=self._resync_trigger, items=len(forced))
+            log.info("resync.started", trigger=self._resync_trigger, items=forced)
 
     async def _scheduled_resyncs(self, every: float) -> None:
         """`sync.resync_interval`: heal drift made by hand in a channel, on a schedule."""
@@ -420,7 +424,7 @@ class Daemon:
             message = "WATCHDOG=1"
             if self.parts is not None and self.store is not None:
                 counts = await self.store.counts()
-                pending = sum(c.get("pending", 0) for c in counts.values())
+                pending = sum(_unacknowledged(c) for c in counts.values())
                 message += f"\nSTATUS={len(self.parts.dispatchers)} channels, {pending} pending"
             self._notify(message)
             await anyio.sleep(every)

@@ -2,11 +2,15 @@
 
 The scan is the safety net (it sees every SKU, one 50-offer page per request); look-ups carry
 fresh changes ahead of it within the same budget. Each page is stored and planned as it arrives,
-so a scan interrupted halfway has still done its share.
+so a scan interrupted halfway has still done its share; but only a complete scan (see
+`daemon.completeness`) may vanish SKUs or confirm zeroes its guard held. Look-ups are served
+first in, first out, from a bounded queue: a flood of SKUs cannot starve the ones before it, and
+what overflows is left to the next scan (and counted).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,7 +18,8 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
-from daemon.errors import SourceError
+from daemon.completeness import ScanTally
+from daemon.errors import SourceError, SourceRetryable
 from daemon.keycrm import PAGE_SIZE, KeycrmClient
 from daemon.models import StockLevel
 from daemon.reconcile import Reconciler
@@ -27,6 +32,17 @@ log = structlog.get_logger("stocksync.source")
 
 _FAILED_SCAN_RETRY = 60.0
 _FAILED_CATALOG_RETRY = 300.0
+#: SKUs waiting for a look-up at most; more are left to the next scan
+LOOKUP_QUEUE_CAP = 10_000
+_LOOKUP_BATCH = PAGE_SIZE * 4
+
+
+class IncompleteScan(SourceRetryable):
+    """The scan's pages did not add up (see `daemon.completeness`): nothing vanishes; retry."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"incomplete scan ({reason}): {detail}", status="incomplete")
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -71,7 +87,7 @@ class Source:
         self._clock = clock
         self.progress = ScanProgress()
         self._scan_requested = anyio.Event()
-        self._lookups: set[str] = set()
+        self._lookups: dict[str, None] = {}  # insertion-ordered: first in, first out
         self._lookup_wake = anyio.Event()
         self._first_catalog_tried = anyio.Event()
 
@@ -85,7 +101,17 @@ class Source:
 
     def request_lookup(self, skus: list[str]) -> None:
         """Ask keyCRM for these SKUs' stock ahead of the scan (a webhook's trigger)."""
-        self._lookups.update(skus)
+        overflow = 0
+        for sku in skus:
+            if sku in self._lookups:
+                continue
+            if len(self._lookups) >= LOOKUP_QUEUE_CAP:
+                overflow += 1
+                continue
+            self._lookups[sku] = None
+        if overflow:
+            self._metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
+            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=LOOKUP_QUEUE_CAP)
         self._lookup_wake.set()
 
     async def load_state(self) -> None:
@@ -108,9 +134,11 @@ class Source:
         seen: dict[str, int] = {}
         duplicates = 0
         complete = False
-        await self._reconciler.begin_scan(scan)
+        tally = ScanTally(PAGE_SIZE)
+        guard = await self._reconciler.begin_scan(scan)
         try:
             async for page in self.client.scan():
+                tally.add(page)
                 levels: list[StockLevel] = []
                 for level in page.items:
                     first = seen.setdefault(level.sku, level.offer_id)
@@ -125,20 +153,20 @@ class Source:
                         continue
                     levels.append(level)
                 changed = await self._store.save_stock(levels, scan)
-                await self._reconciler.ingest(changed)
-                await anyio.lowlevel.checkpoint()
+                await self._reconciler.ingest(changed, guard)
                 progress.page += 1
                 progress.last_page = page.last_page
+            self._fail_if_incomplete(tally)
             await self._store.set_meta("scan_generation", str(scan))
             vanished = await self._store.vanished(scan)
             if vanished:
                 sample = [r.sku for r in vanished[:20]]
                 log.warning("keycrm.skus_vanished", count=len(vanished), skus=sample)
-                await self._reconciler.ingest(vanished)
+                await self._reconciler.ingest(vanished, guard)
             complete = True
         finally:
             progress.running = False
-            await self._reconciler.end_scan(scan, complete=complete)
+            await self._reconciler.end_scan(guard, complete=complete)
         if duplicates:
             self._metrics.offers_skipped.labels(reason="duplicate_sku").inc(duplicates)
         finished = self._clock()
@@ -158,16 +186,40 @@ class Source:
             duration_ms=round((finished - started) * 1000),
         )
 
+    def _fail_if_incomplete(self, tally: ScanTally) -> None:
+        problem = tally.verdict()
+        if problem is None:
+            return
+        reason, detail = problem
+        self._metrics.incomplete_scans.labels(reason=reason).inc()
+        log.error(
+            "keycrm.scan_incomplete",
+            reason=reason,
+            detail=detail,
+            pages=tally.pages,
+            hint="nothing vanishes and no held zero is released; the scan is retried",
+        )
+        raise IncompleteScan(reason, detail)
+
     async def catalog_once(self) -> None:
         """One pass over `/offers?include=product`: names, barcodes, properties."""
         count = 0
         seen: dict[str, int] = {}
-        async for page in self.client.catalog():
-            # A duplicated SKU keeps its first offer here too, as the scan does.
-            entries = [e for e in page.items if seen.setdefault(e.sku, e.offer_id) == e.offer_id]
-            changed = await self._store.save_catalog(entries)
-            await self._reconciler.ingest(changed)
-            count += len(entries)
+        # A renamed product moves stock to a new key and zeroes the old one: a catalog that
+        # changed wholesale answers to a guard of its own, like a re-plan.
+        scan = int(await self._store.get_meta("scan_generation") or 0) + 1
+        guard = await self._reconciler.begin_scan(scan)
+        try:
+            async for page in self.client.catalog():
+                # A duplicated SKU keeps its first offer here too, as the scan does.
+                entries = [
+                    e for e in page.items if seen.setdefault(e.sku, e.offer_id) == e.offer_id
+                ]
+                changed = await self._store.save_catalog(entries)
+                await self._reconciler.ingest(changed, guard)
+                count += len(entries)
+        finally:
+            await self._reconciler.end_scan(guard, complete=False)
         now = self._clock()
         await self._store.set_meta("catalog_at", str(now))
         self.progress.catalog_at = now
@@ -203,22 +255,34 @@ class Source:
             await self._guarded(self.catalog_once, "keycrm.catalog_failed")
 
     async def run_lookups(self) -> None:
-        """Serve look-up requests as they come, in 50-SKU requests ahead of the scan."""
+        """Serve look-up requests first in, first out, in 50-SKU requests ahead of the scan."""
         while True:
             if not self._lookups:
                 await self._lookup_wake.wait()
                 self._lookup_wake = anyio.Event()
                 continue
-            batch = sorted(self._lookups)[: PAGE_SIZE * 4]
-            self._lookups.difference_update(batch)
+            batch = list(itertools.islice(self._lookups, _LOOKUP_BATCH))
+            for sku in batch:
+                del self._lookups[sku]
 
             async def look(skus: list[str] = batch) -> None:
-                levels = await self.client.lookup(skus)
-                changed = await self._store.save_stock(levels, None)
-                await self._reconciler.ingest(changed)
+                found = await self.client.lookup(skus)
+                for reason, dropped in found.dropped.items():
+                    self._metrics.lookups_dropped.labels(reason=reason).inc(len(dropped))
+                    log.warning(
+                        "keycrm.lookup_skipped",
+                        reason=reason,
+                        count=len(dropped),
+                        skus=[sku[:80] for sku in dropped[:10]],
+                    )
+                changed = await self._store.save_stock(found.levels, None)
+                await self._reconciler.ingest(changed)  # no guard: a sell-out goes out now
 
             if not await self._guarded(look, "keycrm.lookup_failed"):
-                # The scan will carry these SKUs anyway; do not spin on a failing keyCRM.
+                # Back to the front of the queue; do not spin on a failing keyCRM meanwhile.
+                self._lookups = dict.fromkeys([*batch, *self._lookups])
+                while len(self._lookups) > LOOKUP_QUEUE_CAP:
+                    self._lookups.popitem()
                 await anyio.sleep(_FAILED_SCAN_RETRY)
 
     async def _guarded(self, job: Callable[[], Awaitable[None]], event: str) -> bool:
@@ -226,6 +290,6 @@ class Source:
             await job()
         except SourceError as exc:
             self.progress.last_error = str(exc)
-            log.exception(event, error=str(exc), status=exc.status)
+            log.error(event, error=str(exc), status=exc.status)  # noqa: TRY400 (expected: no traceback)
             return False
         return True

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from daemon.completeness import REASONS as INCOMPLETE_REASONS
+
 __all__ = ["PUSH_OUTCOMES", "Metrics"]
 
 PUSH_OUTCOMES = ("ok", "retry", "rejected", "failed")
@@ -131,6 +133,19 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.incomplete_scans = Counter(
+            "stocksync_keycrm_incomplete_scans",
+            "Scans that did not count as complete, by reason (see daemon/completeness.py).",
+            ["reason"],
+            registry=r,
+        )
+        self.lookups_dropped = Counter(
+            "stocksync_lookups_dropped",
+            "Webhook SKUs not looked up (bad_sku, refused by keyCRM, overflow of the queue); "
+            "the next scan carries them.",
+            ["reason"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "stocksync_build_info", "Always 1; the version is a label.", ["version"], registry=r
         )
@@ -145,6 +160,10 @@ class Metrics:
             self.keycrm_requests.labels(kind=kind, status="200")
         for reason in ("no_sku", "duplicate_sku"):
             self.offers_skipped.labels(reason=reason)
+        for reason in INCOMPLETE_REASONS:
+            self.incomplete_scans.labels(reason=reason)
+        for reason in ("bad_sku", "refused", "overflow"):
+            self.lookups_dropped.labels(reason=reason)
         for channel in channels:
             self.add_channel(channel)
 

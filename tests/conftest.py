@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -162,20 +163,36 @@ async def running(daemon: Daemon) -> AsyncIterator[Daemon]:
             daemon.stop()
 
 
-async def eventually(check: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
-    """Poll a condition on the event loop (cheap checks only) until it holds or time runs out."""
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = ""
+) -> None:
+    """Poll a condition (plain or awaitable) until it holds or time runs out.
+
+    `lambda: cheap() and await_me()` works: the awaitable is only made when `cheap()` holds.
+    """
     with anyio.fail_after(timeout):
-        while not check():
+        while True:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
             await anyio.sleep(0.01)
 
 
-def idle(daemon: Daemon) -> bool:
-    """Nothing waiting or in flight in any channel: every push so far is settled in the store."""
-    parts = daemon.parts
-    return parts is not None and all(len(d.debouncer) == 0 for d in parts.dispatchers.values())
+async def channel_idle(daemon: Daemon, channel: str) -> bool:
+    """Nothing of this channel pending or in flight: every push so far is settled in the store."""
+    parts, store = daemon.parts, daemon.store
+    if parts is None or store is None:
+        return False
+    per_status = (await store.counts()).get(channel, {})
+    waiting = per_status.get("pending", 0) + per_status.get("sending", 0)
+    return waiting == 0 and parts.dispatchers[channel].in_flight == 0
 
 
-def channel_idle(daemon: Daemon, channel: str) -> bool:
-    """Nothing of this channel waiting or in flight."""
+async def idle(daemon: Daemon) -> bool:
+    """Nothing pending or in flight in any channel."""
     parts = daemon.parts
-    return parts is not None and len(parts.dispatchers[channel].debouncer) == 0
+    if parts is None:
+        return False
+    return all([await channel_idle(daemon, name) for name in parts.dispatchers])

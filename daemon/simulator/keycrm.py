@@ -69,6 +69,13 @@ class FakeKeycrm:
         self.requests: list[tuple[float, str, dict[str, str]]] = []
         self.refused = 0
         self._recent: deque[float] = deque()
+        #: request lines longer than this are refused with 414, as front ends do (nginx: 8 KiB)
+        self.max_url_length = 8190
+        #: SKUs whose presence in a filter makes keyCRM answer 400 (a value it chokes on)
+        self.refuse_skus: set[str] = set()
+        #: paging that lies: "last_page_1" (page 1 claims to be the last), "short_page_2"
+        #: (page 2 comes back short), "total_drift" (total grows by one on every page)
+        self.paging_lie: str | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -133,6 +140,11 @@ class FakeKeycrm:
 
     async def _guard(self, request: web.Request) -> web.Response | None:
         self.requests.append((time.monotonic(), request.path, dict(request.query)))
+        if len(str(request.rel_url)) > self.max_url_length:
+            return web.Response(status=414, text="414 Request-URI Too Large")
+        skus = request.query.get("filter[offers_sku]", "").split(",")
+        if self.refuse_skus.intersection(skus):
+            return web.json_response({"message": "Bad request."}, status=400)
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"message": "Unauthenticated."}, status=401)
         limited = self._rate_limited()
@@ -168,12 +180,20 @@ class FakeKeycrm:
     ) -> web.Response:
         last = max(1, math.ceil(len(rows) / limit))
         base = f"{request.url.origin()}{request.path}"
+        total = len(rows)
+        data = rows[(page - 1) * limit : page * limit]
+        if self.paging_lie == "last_page_1":
+            last = 1
+        elif self.paging_lie == "short_page_2" and page == 2:
+            data = data[: limit // 2]
+        elif self.paging_lie == "total_drift":
+            total += page - 1
         body = {
-            "total": len(rows),
+            "total": total,
             "current_page": page,
             "per_page": limit,
             "last_page": last,
-            "data": rows[(page - 1) * limit : page * limit],
+            "data": data,
             "first_page_url": f"{base}?page=1",
             "last_page_url": f"{base}?page={last}",
             "next_page_url": f"{base}?page={page + 1}" if page < last else None,

@@ -11,7 +11,7 @@ import pytest
 from daemon import dispatch
 from daemon.pipeline import Daemon
 from daemon.simulator import FakeKlump, FakeMarketplacer, FakeOrdergroove, variant_id
-from tests.conftest import World, eventually, running
+from tests.conftest import World, channel_idle, eventually, running
 
 pytestmark = pytest.mark.anyio
 
@@ -143,8 +143,7 @@ async def test_one_channel_down_or_throttled_never_holds_up_the_others(
         await eventually(
             lambda: len(world.shops["pos"].stock) == 9 and len(shops.ordergroove.live) == 9
         )
-        pos = daemon.parts.dispatchers["pos"]  # type: ignore[union-attr]
-        await eventually(lambda: len(pos.debouncer) == 0)  # acknowledged, not only received
+        await eventually(lambda: channel_idle(daemon, "pos"))  # acknowledged, not only received
         status = await daemon.status()
         assert status["channels"]["klump"]["up"] is False
         assert status["channels"]["pos"]["pending"] == 0

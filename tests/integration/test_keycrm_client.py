@@ -162,7 +162,8 @@ async def test_lookups_ask_for_50_skus_a_request(
     async with aiohttp.ClientSession() as session:
         client = await client_for(fake, serve, session, metrics, monkeypatch)
         found = await client.lookup(wanted)
-    assert len(found) == 120
+    assert len(found.levels) == 120
+    assert found.dropped == {"bad_sku": ["no,comma"]}
     asked = [q["filter[offers_sku]"].split(",") for _, _, q in fake.requests]
     assert [len(a) for a in asked] == [50, 50, 20]
 

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from daemon.pipeline import Daemon
-from tests.conftest import World, eventually, running
+from tests.conftest import World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
@@ -44,12 +44,7 @@ async def test_a_crash_mid_push_loses_nothing(world: World) -> None:
         assert 0.3 <= lag <= time.time() - started
         pos.faults.gate.set()  # the answers to the killed process's requests are lost with it
         await eventually(lambda: in_sync(world))
-        await eventually(
-            lambda: (
-                (restarted.parts is not None)
-                and all(len(d.debouncer) == 0 for d in restarted.parts.dispatchers.values())
-            )
-        )
+        await eventually(lambda: idle(restarted))
         assert (await restarted.status())["channels"]["pos"]["pending"] == 0
     await eventually(lambda: pos.in_flight == 0)
 

@@ -1,0 +1,33 @@
+"""The state store: keyCRM records, each channel item's lifecycle and work queue, the history.
+
+    protocol.py   the `Store` interface and the values it returns
+    lifecycle.py  the item states and every transition between them (pure)
+    schema.py     the SQLite schema and its migrations
+    sqlite.py     the embedded backend
+
+`open_store` picks the backend from `daemon.state`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.store.lifecycle import Status, Timing
+from daemon.store.protocol import HistoryRow, ItemRow, Settled, Store
+from daemon.store.sqlite import SQLiteStore
+
+__all__ = [
+    "HistoryRow",
+    "ItemRow",
+    "SQLiteStore",
+    "Settled",
+    "Status",
+    "Store",
+    "Timing",
+    "open_store",
+]
+
+
+def open_store(state: Path) -> Store:
+    """The store behind `daemon.state` (a file path: SQLite)."""
+    return SQLiteStore(state)

@@ -1,0 +1,180 @@
+"""What the pipeline needs from persistent state, and the values it gets back.
+
+Every method is one transaction. Backends keep no per-item state in memory: a million SKUs
+cost disk, not RAM. Item states only change through `daemon.store.lifecycle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from daemon.guard import ScanGuard
+from daemon.models import CatalogEntry, ItemValue, StockLevel, StockRecord, Value, Verdict
+from daemon.plan import Contribution
+from daemon.store.lifecycle import Timing
+
+__all__ = ["HistoryRow", "ItemRow", "Settled", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What `settle` reports: change-to-acknowledgement ages, and attempts of the unfinished."""
+
+    propagated: list[float]
+    #: attempts so far, per item that was not acknowledged (for the log's `attempt`)
+    attempts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """An item as `/status`, `once` and the tests see it."""
+
+    channel: str
+    key: str
+    desired: Value
+    acked: Value | None
+    status: str
+    attempts: int
+    last_error: str | None
+    diverged_at: float | None
+    changed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One push of one item: the audit trail of `stocksync history`."""
+
+    channel: str
+    key: str
+    before: Value | None
+    after: Value
+    outcome: str
+    error: str | None
+    at: float
+
+
+class Store(Protocol):
+    """The state store. Implementations: `SQLiteStore` (PostgreSQL next, same contract)."""
+
+    # --- keyCRM records --------------------------------------------------------------------------
+
+    async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+        """Store stock levels; return the records that changed. `scan` marks them seen by it."""
+        ...
+
+    async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
+        """Store catalog fields; return the records (with stock) that changed."""
+        ...
+
+    async def vanished(self, scan: int) -> list[StockRecord]:
+        """Zero the records not seen by complete scan `scan` nor the one before; return them."""
+        ...
+
+    async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
+        """Up to `limit` records with stock, SKUs after `after` in order (a paged re-plan)."""
+        ...
+
+    # --- planning --------------------------------------------------------------------------------
+
+    async def replace_shares(
+        self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
+    ) -> dict[str, list[Contribution]]:
+        """Swap what these SKUs give to the channel; return every share of each affected key."""
+        ...
+
+    async def set_desired(
+        self,
+        channel: str,
+        values: dict[str, Value],
+        now: float,
+        timing: Timing,
+        guard: ScanGuard | None = None,
+    ) -> int:
+        """Record new desired values; return how many items now wait to be pushed.
+
+        With a `guard`, every zero that takes an in-stock item out of stock asks it first, and
+        the ones it refuses are held, in the same transaction.
+        """
+        ...
+
+    # --- the work queue --------------------------------------------------------------------------
+
+    async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
+        """Up to `limit` due pending items, fresh before backlog, now `sending` these values."""
+        ...
+
+    async def next_due(self, channel: str) -> float | None:
+        """When the channel's next pending item becomes due (None: nothing pending)."""
+        ...
+
+    async def settle(
+        self,
+        channel: str,
+        verdicts: Sequence[Verdict],
+        now: float,
+        timing: Timing,
+        backoff: Callable[[int], float],
+    ) -> Settled:
+        """Apply push outcomes to claimed items and append them to the history."""
+        ...
+
+    async def release(
+        self,
+        channel: str,
+        keys: Sequence[str],
+        now: float,
+        timing: Timing,
+        *,
+        sent: bool = True,
+        not_before: float = 0.0,
+    ) -> None:
+        """Claims that end without an answer (see `lifecycle.release`)."""
+        ...
+
+    async def recover(self, now: float) -> int:
+        """At start: every item left `sending` by a dead process is pending again, forced."""
+        ...
+
+    async def flush(self, channel: str, now: float) -> None:
+        """Make debounced items due now (graceful stop); retry times still hold."""
+        ...
+
+    async def force_all(self, now: float) -> int:
+        """A resync: every item is pushed again whatever was acknowledged, behind fresh work."""
+        ...
+
+    async def release_held(self, before_scan: int, now: float) -> int:
+        """Release zeroes held by scans before `before_scan`: a later complete scan confirmed."""
+        ...
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def positive_acked(self) -> dict[str, int]:
+        """Per channel, items whose acknowledged value is above zero (the guard's baseline)."""
+        ...
+
+    async def items(self, channel: str | None = None) -> list[ItemRow]: ...
+
+    async def skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
+        """The SKUs that make up each item (for logs about that item)."""
+        ...
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Items per channel per status."""
+        ...
+
+    async def oldest_pending(self) -> dict[str, float]:
+        """Per channel, when its oldest unacknowledged desired value diverged (for the lag)."""
+        ...
+
+    async def history(self, sku: str) -> list[HistoryRow]: ...
+
+    async def prune_history(self, before: float) -> int: ...
+
+    async def get_meta(self, name: str) -> str | None: ...
+
+    async def set_meta(self, name: str, value: str) -> None: ...
+
+    async def close(self) -> None: ...

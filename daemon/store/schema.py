@@ -1,0 +1,133 @@
+"""The SQLite schema, and the steps that bring an older state file up to it.
+
+`PRAGMA user_version` says which steps a file has had. Each step runs once, in one transaction,
+so a file is never left half-migrated.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["ITEM_COLUMNS", "migrate"]
+
+#: The items table's columns in `lifecycle.Item` field order: rows map to items positionally.
+ITEM_COLUMNS = (
+    "channel",
+    "key",
+    "desired",
+    "changed_at",
+    "status",
+    "diverged_at",
+    "acked",
+    "acked_at",
+    "sent",
+    "forced",
+    "priority",
+    "attempts",
+    "next_attempt",
+    "due_at",
+    "last_error",
+    "held_scan",
+)
+
+_BASE = """
+CREATE TABLE IF NOT EXISTS records (
+    sku TEXT PRIMARY KEY,
+    stock TEXT,
+    catalog TEXT,
+    seen_scan INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shares (
+    channel TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    key TEXT NOT NULL,
+    quantity TEXT NOT NULL,
+    price TEXT,
+    PRIMARY KEY (channel, sku, key)
+);
+CREATE INDEX IF NOT EXISTS shares_by_key ON shares (channel, key);
+CREATE TABLE IF NOT EXISTS items (
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    desired TEXT NOT NULL,
+    changed_at REAL NOT NULL,
+    diverged_at REAL,
+    acked TEXT,
+    acked_at REAL,
+    status TEXT NOT NULL,
+    forced INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    held_scan INTEGER,
+    PRIMARY KEY (channel, key)
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    key TEXT NOT NULL,
+    before TEXT,
+    after TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_key ON history (channel, key, at);
+CREATE INDEX IF NOT EXISTS history_by_time ON history (at);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _step_1_base(db: sqlite3.Connection) -> None:
+    """The tables of the first releases (a file from before the guard lacks `held_scan`)."""
+    for statement in _BASE.split(";"):
+        if statement.strip():
+            db.execute(statement)  # not executescript: that would commit mid-step
+    if "held_scan" not in _columns(db, "items"):
+        db.execute("ALTER TABLE items ADD COLUMN held_scan INTEGER")
+
+
+def _step_2_work_queue(db: sqlite3.Connection) -> None:
+    """The store owns the work queue: the value in flight, its priority and its due time."""
+    have = _columns(db, "items")
+    added = (("sent", "TEXT"), ("priority", "INTEGER NOT NULL DEFAULT 0"), ("due_at", "REAL"))
+    for column, kind in added:
+        if column not in have:
+            db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+    # Work that older versions kept in memory is due now.
+    db.execute("UPDATE items SET due_at = next_attempt WHERE status = 'pending'")
+    db.execute("DROP INDEX IF EXISTS items_by_status")
+    db.execute("CREATE INDEX IF NOT EXISTS items_due ON items (channel, status, priority, due_at)")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS items_sending ON items (channel) WHERE status = 'sending'"
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS items_held ON items (held_scan) WHERE held_scan IS NOT NULL"
+    )
+
+
+_STEPS = (_step_1_base, _step_2_work_queue)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Apply the steps this file has not had yet (`db` must be in autocommit mode)."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(_STEPS):
+        raise sqlite3.DatabaseError(
+            f"the state file is from a newer stocksync (schema {version}, this one knows "
+            f"{len(_STEPS)})"
+        )
+    for number, step in enumerate(_STEPS[version:], start=version + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step(db)
+            db.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

@@ -1,0 +1,611 @@
+"""The embedded backend: SQLite in WAL mode, one file, worked from one thread of its own.
+
+Every call runs in a worker thread, one at a time (a capacity limiter of one), so the event loop
+never waits on the disk and calls never interleave inside a transaction. Long jobs (a resync over
+every item) are cut into pages, each its own call, so other work gets in between.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from daemon.codec import decode_catalog, decode_stock, encode_catalog, encode_stock
+from daemon.guard import ScanGuard
+from daemon.models import (
+    CatalogEntry,
+    ItemValue,
+    StockLevel,
+    StockRecord,
+    Value,
+    Verdict,
+    plain,
+)
+from daemon.plan import Contribution
+from daemon.store import lifecycle
+from daemon.store.lifecycle import Item, Status, Timing
+from daemon.store.protocol import HistoryRow, ItemRow, Settled
+from daemon.store.schema import ITEM_COLUMNS, migrate
+
+__all__ = ["SQLiteStore"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_CHUNK = 500  # values per IN (...) list: well under SQLite's parameter limit
+_PAGE = 5000  # rows per call of a long job
+
+_COLUMNS = ", ".join(ITEM_COLUMNS)
+_UPSERT = (
+    f"INSERT INTO items ({_COLUMNS}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))}) "
+    "ON CONFLICT (channel, key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in ITEM_COLUMNS[2:])
+)
+_NO_TIMING = Timing(0.0, 0.0)
+
+
+def _value(text: str | None) -> Value | None:
+    return None if text is None else Value.decode(text)
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _in_clause(sql: str, chunk: Sequence[str]) -> str:
+    """`sql` with its `{in}` filled by one placeholder per value (values stay bound parameters)."""
+    return sql.replace("{in}", ",".join("?" * len(chunk)))
+
+
+def _item(row: Sequence[Any]) -> Item:
+    values = list(row)
+    values[4] = Status(values[4])
+    values[9] = bool(values[9])
+    return Item(*values)
+
+
+def _row(item: Item) -> tuple[Any, ...]:
+    return (
+        item.channel,
+        item.key,
+        item.desired,
+        item.changed_at,
+        str(item.status),
+        item.diverged_at,
+        item.acked,
+        item.acked_at,
+        item.sent,
+        int(item.forced),
+        item.priority,
+        item.attempts,
+        item.next_attempt,
+        item.due_at,
+        item.last_error,
+        item.held_scan,
+    )
+
+
+class SQLiteStore:
+    """SQLite in WAL mode, one file; see the module docstring for how it keeps off the loop."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._clock = time.time
+
+    async def _run(self, job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(partial(job, *args, **kwargs), limiter=self._limiter)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _select_in(
+        self, sql: str, values: Sequence[str], channel: str | None = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of `sql` whose `IN ({in})` takes `values`, a chunk at a time."""
+        for chunk in _chunks(values):
+            params = tuple(chunk) if channel is None else (channel, *chunk)
+            yield from self._db.execute(_in_clause(sql, chunk), params)
+
+    def _load(self, channel: str, keys: Sequence[str]) -> dict[str, Item]:
+        rows = self._select_in(
+            f"SELECT {_COLUMNS} FROM items WHERE channel = ? AND key IN ({{in}})", keys, channel
+        )
+        return {row[1]: _item(row) for row in rows}
+
+    def _write(self, items: Sequence[Item]) -> None:
+        self._db.executemany(_UPSERT, [_row(item) for item in items])
+
+    # --- records -------------------------------------------------------------------------------
+
+    def _existing(self, skus: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        rows = self._select_in("SELECT sku, stock, catalog FROM records WHERE sku IN ({in})", skus)
+        return {sku: (stock, catalog) for sku, stock, catalog in rows}
+
+    @staticmethod
+    def _record(sku: str, stock: str | None, catalog: str | None) -> StockRecord | None:
+        if stock is None:
+            return None
+        return StockRecord(
+            decode_stock(sku, stock), None if catalog is None else decode_catalog(sku, catalog)
+        )
+
+    async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+        return await self._run(self._save_stock, levels, scan)
+
+    def _save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+        now = self._clock()
+        changed: list[StockRecord] = []
+        rows = []
+        with self._tx():
+            old = self._existing([level.sku for level in levels])
+            for level in levels:
+                text = encode_stock(level)
+                stock, catalog = old.get(level.sku, (None, None))
+                if text != stock:
+                    record = self._record(level.sku, text, catalog)
+                    assert record is not None
+                    changed.append(record)
+                rows.append((level.sku, text, scan or 0, now))
+            self._db.executemany(
+                "INSERT INTO records (sku, stock, seen_scan, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock, "
+                "seen_scan = MAX(records.seen_scan, excluded.seen_scan), "
+                "updated_at = excluded.updated_at",
+                rows,
+            )
+        return changed
+
+    async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
+        return await self._run(self._save_catalog, entries)
+
+    def _save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
+        now = self._clock()
+        changed: list[StockRecord] = []
+        rows = []
+        with self._tx():
+            old = self._existing([entry.sku for entry in entries])
+            for entry in entries:
+                text = encode_catalog(entry)
+                stock, catalog = old.get(entry.sku, (None, None))
+                if text == catalog:
+                    continue
+                record = self._record(entry.sku, stock, text)
+                if record is not None:
+                    changed.append(record)
+                rows.append((entry.sku, text, now))
+            self._db.executemany(
+                "INSERT INTO records (sku, catalog, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (sku) DO UPDATE SET catalog = excluded.catalog, "
+                "updated_at = excluded.updated_at",
+                rows,
+            )
+        return changed
+
+    async def vanished(self, scan: int) -> list[StockRecord]:
+        gone = await self._run(self._vanished, scan)
+        if gone:
+            await self.save_stock([r.stock for r in gone], None)
+        return gone
+
+    def _vanished(self, scan: int) -> list[StockRecord]:
+        rows = self._db.execute(
+            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND seen_scan < ?",
+            (scan - 1,),
+        ).fetchall()
+        zeroed = []
+        for sku, stock, catalog in rows:
+            record = self._record(sku, stock, catalog)
+            assert record is not None
+            level = record.stock
+            if level.quantity == 0 and level.reserve == 0:
+                continue
+            empty = Decimal(0)
+            zero = StockLevel(
+                sku=sku,
+                offer_id=level.offer_id,
+                quantity=empty,
+                reserve=empty,
+                price=level.price,
+                warehouses=None
+                if level.warehouses is None
+                else tuple(type(w)(w.id, empty, empty) for w in level.warehouses),
+            )
+            zeroed.append(StockRecord(zero, record.catalog))
+        return zeroed
+
+    async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
+        return await self._run(self._records, after, limit)
+
+    def _records(self, after: str, limit: int) -> list[StockRecord]:
+        rows = self._db.execute(
+            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku > ? "
+            "ORDER BY sku LIMIT ?",
+            (after, limit),
+        )
+        return [r for r in (self._record(*row) for row in rows) if r is not None]
+
+    # --- planning ------------------------------------------------------------------------------
+
+    async def replace_shares(
+        self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
+    ) -> dict[str, list[Contribution]]:
+        return await self._run(self._replace_shares, channel, skus, shares)
+
+    def _replace_shares(
+        self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
+    ) -> dict[str, list[Contribution]]:
+        affected: set[str] = {share.key for _, share in shares}
+        with self._tx():
+            rows = self._select_in(
+                "SELECT key FROM shares WHERE channel = ? AND sku IN ({in})", skus, channel
+            )
+            affected.update(key for (key,) in rows)
+            for chunk in _chunks(skus):
+                self._db.execute(
+                    _in_clause("DELETE FROM shares WHERE channel = ? AND sku IN ({in})", chunk),
+                    (channel, *chunk),
+                )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO shares (channel, sku, key, quantity, price) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        channel,
+                        sku,
+                        s.key,
+                        plain(s.quantity),
+                        None if s.price is None else plain(s.price),
+                    )
+                    for sku, s in shares
+                ],
+            )
+            result: dict[str, list[Contribution]] = {key: [] for key in affected}
+            rows = self._select_in(
+                "SELECT key, quantity, price FROM shares WHERE channel = ? AND key IN ({in})",
+                sorted(affected),
+                channel,
+            )
+            for key, quantity, price in rows:
+                result[key].append(
+                    Contribution(key, Decimal(quantity), None if price is None else Decimal(price))
+                )
+        return result
+
+    async def set_desired(
+        self,
+        channel: str,
+        values: dict[str, Value],
+        now: float,
+        timing: Timing,
+        guard: ScanGuard | None = None,
+    ) -> int:
+        return await self._run(self._set_desired, channel, values, now, timing, guard)
+
+    def _set_desired(
+        self,
+        channel: str,
+        values: dict[str, Value],
+        now: float,
+        timing: Timing,
+        guard: ScanGuard | None,
+    ) -> int:
+        writes: list[Item] = []
+        waiting = 0
+        with self._tx():
+            current = self._load(channel, list(values))
+            for key, value in values.items():
+                text = value.encode()
+                item = current.get(key)
+                hold = None
+                if guard is not None and lifecycle.zeroing(item, text) and not guard.admit(channel):
+                    hold = guard.scan
+                changed = lifecycle.desire(
+                    item, text, channel=channel, key=key, now=now, timing=timing, hold_scan=hold
+                )
+                if changed is None:
+                    continue
+                writes.append(changed)
+                waiting += changed.status is Status.PENDING
+            self._write(writes)
+        return waiting
+
+    # --- the work queue ------------------------------------------------------------------------
+
+    async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
+        return await self._run(self._claim, channel, now, limit)
+
+    def _claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
+        with self._tx():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE channel = ? AND status = 'pending' "
+                "AND due_at <= ? ORDER BY priority, due_at LIMIT ?",
+                (channel, now, limit),
+            ).fetchall()
+            items = [lifecycle.claim(_item(row)) for row in rows]
+            self._write(items)
+        return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
+
+    async def next_due(self, channel: str) -> float | None:
+        return await self._run(self._next_due, channel)
+
+    def _next_due(self, channel: str) -> float | None:
+        due = [
+            row[0]
+            for priority in (lifecycle.FRESH, lifecycle.BACKLOG)
+            for row in self._db.execute(
+                "SELECT MIN(due_at) FROM items WHERE channel = ? AND status = 'pending' "
+                "AND priority = ?",
+                (channel, priority),
+            )
+            if row[0] is not None
+        ]
+        return min(due) if due else None
+
+    async def settle(
+        self,
+        channel: str,
+        verdicts: Sequence[Verdict],
+        now: float,
+        timing: Timing,
+        backoff: Callable[[int], float],
+    ) -> Settled:
+        return await self._run(self._settle, channel, verdicts, now, timing, backoff)
+
+    def _settle(
+        self,
+        channel: str,
+        verdicts: Sequence[Verdict],
+        now: float,
+        timing: Timing,
+        backoff: Callable[[int], float],
+    ) -> Settled:
+        propagated: list[float] = []
+        attempts: dict[str, int] = {}
+        history = []
+        writes: list[Item] = []
+        with self._tx():
+            current = self._load(channel, [v.key for v in verdicts])
+            for verdict in verdicts:
+                sent = verdict.sent.encode()
+                item = current.get(verdict.key)
+                before = None if item is None else item.acked
+                if item is not None and item.status is Status.SENDING and item.sent == sent:
+                    done = lifecycle.settle(item, verdict, now, timing, backoff)
+                    before = done.before
+                    if done.propagated is not None:
+                        propagated.append(done.propagated)
+                    if done.attempts is not None:
+                        attempts[verdict.key] = done.attempts
+                    writes.append(item)
+                history.append(
+                    (channel, verdict.key, before, sent, str(verdict.outcome), verdict.error, now)
+                )
+            self._write(writes)
+            self._db.executemany(
+                "INSERT INTO history (channel, key, before, after, outcome, error, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                history,
+            )
+        return Settled(propagated, attempts)
+
+    async def release(
+        self,
+        channel: str,
+        keys: Sequence[str],
+        now: float,
+        timing: Timing,
+        *,
+        sent: bool = True,
+        not_before: float = 0.0,
+    ) -> None:
+        await self._run(self._release, channel, keys, now, timing, sent=sent, not_before=not_before)
+
+    def _release(
+        self,
+        channel: str,
+        keys: Sequence[str],
+        now: float,
+        timing: Timing,
+        *,
+        sent: bool,
+        not_before: float,
+    ) -> None:
+        with self._tx():
+            items = self._load(channel, keys).values()
+            self._write(
+                [
+                    lifecycle.release(item, now, timing, sent=sent, not_before=not_before)
+                    for item in items
+                ]
+            )
+
+    async def recover(self, now: float) -> int:
+        return await self._run(self._recover, now)
+
+    def _recover(self, now: float) -> int:
+        with self._tx():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE status = 'sending'"
+            ).fetchall()
+            self._write([lifecycle.release(_item(row), now, _NO_TIMING) for row in rows])
+        return len(rows)
+
+    async def flush(self, channel: str, now: float) -> None:
+        await self._run(self._flush, channel, now)
+
+    def _flush(self, channel: str, now: float) -> None:
+        with self._tx():
+            self._db.execute(
+                "UPDATE items SET due_at = MAX(?, next_attempt) WHERE channel = ? "
+                "AND status = 'pending' AND due_at > MAX(?, next_attempt)",
+                (now, channel, now),
+            )
+
+    async def force_all(self, now: float) -> int:
+        top = await self._run(self._max_rowid)
+        forced = 0
+        for start in range(0, top, _PAGE):
+            forced += await self._run(self._force_page, start, start + _PAGE, now)
+        return forced
+
+    def _max_rowid(self) -> int:
+        return int(self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0])
+
+    def _force_page(self, first: int, last: int, now: float) -> int:
+        with self._tx():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE rowid > ? AND rowid <= ?", (first, last)
+            ).fetchall()
+            self._write([lifecycle.force(_item(row), now) for row in rows])
+        return len(rows)
+
+    async def release_held(self, before_scan: int, now: float) -> int:
+        return await self._run(self._release_held, before_scan, now)
+
+    def _release_held(self, before_scan: int, now: float) -> int:
+        with self._tx():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE held_scan < ?", (before_scan,)
+            ).fetchall()
+            self._write([lifecycle.release_held(_item(row), now) for row in rows])
+        return len(rows)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def positive_acked(self) -> dict[str, int]:
+        return await self._run(self._positive_acked)
+
+    def _positive_acked(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT channel, COUNT(*) FROM items WHERE acked IS NOT NULL AND "
+            "(json_extract(acked, '$.q') > 0 OR json_extract(acked, '$.l') = 1) GROUP BY channel"
+        )
+        return {channel: int(count) for channel, count in rows}
+
+    async def items(self, channel: str | None = None) -> list[ItemRow]:
+        return await self._run(self._items, channel)
+
+    def _items(self, channel: str | None) -> list[ItemRow]:
+        query = (
+            "SELECT channel, key, desired, acked, status, attempts, last_error, diverged_at, "
+            "changed_at FROM items"
+        )
+        params: tuple[str, ...] = ()
+        if channel is not None:
+            query += " WHERE channel = ?"
+            params = (channel,)
+        rows = self._db.execute(query + " ORDER BY channel, key", params)
+        return [
+            ItemRow(c, k, Value.decode(d), _value(a), s, n, e, dv, ch)
+            for c, k, d, a, s, n, e, dv, ch in rows
+        ]
+
+    async def skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
+        return await self._run(self._skus, channel, keys)
+
+    def _skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
+        rows = self._select_in(
+            "SELECT key, sku FROM shares WHERE channel = ? AND key IN ({in}) ORDER BY sku",
+            keys,
+            channel,
+        )
+        found: dict[str, list[str]] = {}
+        for key, sku in rows:
+            found.setdefault(key, []).append(sku)
+        return found
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        return await self._run(self._counts)
+
+    def _counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for channel, status, count in self._db.execute(
+            "SELECT channel, status, COUNT(*) FROM items GROUP BY channel, status"
+        ):
+            out.setdefault(channel, {})[status] = count
+        return out
+
+    async def oldest_pending(self) -> dict[str, float]:
+        return await self._run(self._oldest_pending)
+
+    def _oldest_pending(self) -> dict[str, float]:
+        rows = self._db.execute(
+            "SELECT channel, MIN(COALESCE(diverged_at, changed_at)) FROM items "
+            "WHERE status IN ('pending', 'sending') GROUP BY channel"
+        )
+        return {channel: float(oldest) for channel, oldest in rows}
+
+    async def history(self, sku: str) -> list[HistoryRow]:
+        return await self._run(self._history, sku)
+
+    def _history(self, sku: str) -> list[HistoryRow]:
+        rows = self._db.execute(
+            "SELECT h.channel, h.key, h.before, h.after, h.outcome, h.error, h.at FROM history h "
+            "WHERE EXISTS (SELECT 1 FROM shares s WHERE s.channel = h.channel AND s.key = h.key "
+            "AND s.sku = ?) ORDER BY h.at, h.id",
+            (sku,),
+        )
+        return [
+            HistoryRow(c, k, _value(b), Value.decode(a), o, e, at) for c, k, b, a, o, e, at in rows
+        ]
+
+    async def prune_history(self, before: float) -> int:
+        return await self._run(self._prune_history, before)
+
+    def _prune_history(self, before: float) -> int:
+        with self._tx():
+            cursor = self._db.execute("DELETE FROM history WHERE at < ?", (before,))
+        return cursor.rowcount
+
+    async def get_meta(self, name: str) -> str | None:
+        return await self._run(self._get_meta, name)
+
+    def _get_meta(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._run(self._set_meta, name, value)
+
+    def _set_meta(self, name: str, value: str) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    async def close(self) -> None:
+        if self._limiter is None:
+            self._db.close()
+        else:
+            await self._run(self._db.close)

@@ -1,0 +1,270 @@
+"""The store contract: every backend keeps the item lifecycle exactly the same way.
+
+Each test drives the store as the pipeline does (plan -> claim -> settle), including restarts
+(`reopen`), and checks what may be sent next. Values are compared through `claim`, the only way
+the dispatcher ever learns what to send.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from daemon.guard import ScanGuard
+from daemon.models import ItemValue, Outcome, StockLevel, Value, Verdict
+from daemon.plan import Contribution
+from daemon.store import Store, Timing
+from tests.store.conftest import Opener
+
+pytestmark = pytest.mark.anyio
+
+T = Timing(debounce=2.0, max_delay=30.0)
+
+
+def no_backoff(_attempt: int) -> float:
+    return 7.0
+
+
+def q(n: int) -> Value:
+    return Value(quantity=n)
+
+
+def level(sku: str, quantity: int) -> StockLevel:
+    return StockLevel(sku, 1, Decimal(quantity), Decimal(0), Decimal("9.5"))
+
+
+async def status(store: Store, key: str = "k") -> str:
+    rows = {row.key: row for row in await store.items("c")}
+    return rows[key].status
+
+
+async def acknowledge(store: Store, value: Value, now: float, key: str = "k") -> None:
+    """Plan, claim and acknowledge one value: the channel now holds it."""
+    await store.set_desired("c", {key: value}, now, T)
+    assert await store.claim("c", now + 100, 10) == [ItemValue(key, value)]
+    await store.settle("c", [Verdict(key, value, Outcome.ACKNOWLEDGED)], now, T, no_backoff)
+    assert await status(store, key) == "ok"
+
+
+async def test_records_report_only_real_changes(store: Store) -> None:
+    assert [r.sku for r in await store.save_stock([level("A", 1), level("B", 2)], 1)] == ["A", "B"]
+    assert [r.sku for r in await store.save_stock([level("A", 1), level("B", 3)], 2)] == ["B"]
+    assert await store.save_stock([level("A", 1), level("B", 3)], 3) == []
+
+
+async def test_records_page_in_sku_order(store: Store) -> None:
+    await store.save_stock([level(f"S{n:03d}", n) for n in range(7)], 1)
+    first = await store.records("", 3)
+    second = await store.records(first[-1].sku, 3)
+    third = await store.records(second[-1].sku, 3)
+    assert [r.sku for r in first + second + third] == [f"S{n:03d}" for n in range(7)]
+    assert await store.records(third[-1].sku, 3) == []
+
+
+async def test_a_new_value_is_due_after_the_debounce_and_claimed_once(store: Store) -> None:
+    assert await store.set_desired("c", {"k": q(1)}, 100, T) == 1
+    assert await store.next_due("c") == 102
+    assert await store.claim("c", 101, 10) == []
+    assert await store.claim("c", 102, 10) == [ItemValue("k", q(1))]
+    assert await status(store) == "sending"
+    assert await store.claim("c", 200, 10) == []  # never two requests for one item
+    assert await store.next_due("c") is None
+
+
+async def test_max_delay_bounds_a_value_that_keeps_changing(store: Store) -> None:
+    for second in range(0, 40, 1):
+        await store.set_desired("c", {"k": q(second)}, 100 + second, T)
+        if await store.next_due("c") == 130:
+            break
+    assert await store.next_due("c") == 130  # diverged at 100, max_delay 30
+
+
+async def test_a_revert_while_in_flight_is_pushed_after_it(store: Store) -> None:
+    """Issue 7, case 1: acknowledged 0, restocked to 5, back to 0 while 5 is in flight."""
+    await acknowledge(store, q(0), 100)
+    await store.set_desired("c", {"k": q(5)}, 200, T)
+    assert await store.claim("c", 300, 10) == [ItemValue("k", q(5))]
+    await store.set_desired("c", {"k": q(0)}, 301, T)  # equals acknowledged, but 5 is in flight
+    await store.settle("c", [Verdict("k", q(5), Outcome.ACKNOWLEDGED)], 302, T, no_backoff)
+    assert await status(store) == "pending"
+    assert await store.claim("c", 400, 10) == [ItemValue("k", q(0))]
+
+
+async def test_a_revert_in_flight_survives_the_death_of_the_process(
+    store: Store, reopen: Opener
+) -> None:
+    """The push of 5 may have landed; the process died before its answer: 0 must go out."""
+    await acknowledge(store, q(0), 100)
+    await store.set_desired("c", {"k": q(5)}, 200, T)
+    await store.claim("c", 300, 10)
+    await store.set_desired("c", {"k": q(0)}, 301, T)
+    await store.close()
+    restarted = await reopen()
+    try:
+        assert await restarted.recover(400) == 1
+        assert await restarted.claim("c", 400, 10) == [ItemValue("k", q(0))]
+    finally:
+        await restarted.close()
+
+
+async def test_an_unanswered_push_is_sent_again_even_when_nothing_changed(
+    store: Store, reopen: Opener
+) -> None:
+    await acknowledge(store, q(3), 100)
+    await store.set_desired("c", {"k": q(4)}, 200, T)
+    await store.claim("c", 300, 10)
+    await store.set_desired("c", {"k": q(3)}, 301, T)
+    await store.release("c", ["k"], 302, T)  # cut off mid-request: 4 may be on the channel
+    assert await store.claim("c", 302, 10) == [ItemValue("k", q(3))]
+
+
+async def test_a_claim_put_back_unsent_changes_nothing(store: Store) -> None:
+    await acknowledge(store, q(3), 100)
+    await store.set_desired("c", {"k": q(4)}, 200, T)
+    await store.claim("c", 300, 10)
+    await store.set_desired("c", {"k": q(3)}, 301, T)
+    await store.release("c", ["k"], 302, T, sent=False, not_before=310)
+    assert await status(store) == "ok"  # 4 never left: the channel holds 3, as desired
+
+
+async def test_a_value_changed_in_flight_is_pushed_next(store: Store) -> None:
+    await store.set_desired("c", {"k": q(1)}, 100, T)
+    await store.claim("c", 102, 10)
+    await store.set_desired("c", {"k": q(2)}, 101, T)
+    settled = await store.settle(
+        "c", [Verdict("k", q(1), Outcome.ACKNOWLEDGED)], 103, T, no_backoff
+    )
+    assert settled.propagated == []
+    assert await store.claim("c", 200, 10) == [ItemValue("k", q(2))]
+    settled = await store.settle(
+        "c", [Verdict("k", q(2), Outcome.ACKNOWLEDGED)], 201, T, no_backoff
+    )
+    assert settled.propagated == [101]
+    assert await store.oldest_pending() == {}
+
+
+async def test_rejections_park_until_the_value_changes(store: Store) -> None:
+    await store.set_desired("c", {"k": q(1)}, 100, T)
+    await store.claim("c", 102, 10)
+    verdict = Verdict("k", q(1), Outcome.REJECTED, "unknown upc")
+    await store.settle("c", [verdict], 103, T, no_backoff)
+    assert await store.claim("c", 1000, 10) == []
+    (row,) = await store.items("c")
+    assert row.status == "rejected" and row.last_error == "unknown upc"
+    assert await store.set_desired("c", {"k": q(5)}, 104, T) == 1
+
+
+async def test_retries_wait_their_time_and_survive_a_restart(store: Store, reopen: Opener) -> None:
+    await store.set_desired("c", {"k": q(1)}, 100, T)
+    await store.claim("c", 102, 10)
+    settled = await store.settle(
+        "c", [Verdict("k", q(1), Outcome.RETRY, "503")], 103, T, no_backoff
+    )
+    assert settled.attempts == {"k": 1}
+    assert await store.next_due("c") == 110
+    await store.claim("c", 110, 10)
+    retry_after = Verdict("k", q(1), Outcome.RETRY, "429", retry_after=30)
+    await store.settle("c", [retry_after], 111, T, no_backoff)
+    await store.close()
+    restarted = await reopen()
+    try:
+        assert await restarted.next_due("c") == 141
+        assert await restarted.claim("c", 140, 10) == []
+        assert await restarted.oldest_pending() == {"c": 100}
+    finally:
+        await restarted.close()
+
+
+async def test_back_to_the_acknowledged_value_needs_no_push(store: Store) -> None:
+    await acknowledge(store, q(1), 100)
+    await store.set_desired("c", {"k": q(2)}, 200, T)
+    assert await store.set_desired("c", {"k": q(1)}, 201, T) == 0
+    assert await status(store) == "ok"
+    assert await store.next_due("c") is None
+
+
+async def test_a_resync_goes_behind_fresh_changes(store: Store) -> None:
+    await acknowledge(store, q(1), 100, key="old")
+    assert await store.force_all(200) == 1
+    await store.set_desired("c", {"new": q(7)}, 200, Timing(0, 0))
+    claimed = await store.claim("c", 300, 1)
+    assert claimed == [ItemValue("new", q(7))]
+    assert await store.claim("c", 300, 1) == [ItemValue("old", q(1))]
+
+
+async def test_flush_makes_debounced_items_due_but_keeps_retry_times(store: Store) -> None:
+    await store.set_desired("c", {"a": q(1), "b": q(1)}, 100, T)
+    await store.claim("c", 102, 1)  # a
+    await store.settle("c", [Verdict("a", q(1), Outcome.RETRY, "503")], 102, T, no_backoff)
+    await store.set_desired("c", {"b": q(2)}, 103, T)  # b due at 105
+    await store.flush("c", 104)
+    assert await store.claim("c", 104, 10) == [ItemValue("b", q(2))]
+    assert await store.next_due("c") == 109  # a still waits for its retry
+
+
+async def test_the_guard_holds_zeroes_and_nothing_sends_them(store: Store, reopen: Opener) -> None:
+    await acknowledge(store, q(4), 100)
+    refuses = ScanGuard(scan=5, allowed={"c": 0})
+    await store.set_desired("c", {"k": q(0)}, 200, T, refuses)
+    assert refuses.held["c"] == 1
+    assert await status(store) == "held"
+    assert await store.claim("c", 1000, 10) == []
+    await store.close()
+    store = await reopen()
+    try:
+        assert await store.recover(1000) == 0
+        assert await store.claim("c", 1000, 10) == []
+        assert await store.release_held(before_scan=5, now=1000) == 0  # its own scan: not yet
+        assert await store.release_held(before_scan=6, now=1000) == 1  # a later complete scan
+        assert await store.claim("c", 1000, 10) == [ItemValue("k", q(0))]
+    finally:
+        await store.close()
+
+
+async def test_a_zero_held_while_its_item_is_in_flight_lands_in_held(store: Store) -> None:
+    """Issue 7, case 2: a queued or in-flight item must not carry a held zero out."""
+    await acknowledge(store, q(4), 100)
+    await store.set_desired("c", {"k": q(6)}, 200, T)
+    await store.claim("c", 300, 10)
+    await store.set_desired("c", {"k": q(0)}, 301, T, ScanGuard(scan=5, allowed={"c": 0}))
+    retry = Verdict("k", q(6), Outcome.RETRY, "503")
+    await store.settle("c", [retry], 302, T, no_backoff)
+    assert await status(store) == "held"
+    assert await store.claim("c", 1000, 10) == []
+
+
+async def test_keycrm_right_again_ends_a_hold(store: Store) -> None:
+    await acknowledge(store, q(4), 100)
+    await store.set_desired("c", {"k": q(0)}, 200, T, ScanGuard(scan=5, allowed={"c": 0}))
+    await store.set_desired("c", {"k": q(4)}, 300, T)
+    assert await status(store) == "ok"
+
+
+async def test_a_resync_releases_held_zeroes(store: Store) -> None:
+    await acknowledge(store, q(4), 100)
+    await store.set_desired("c", {"k": q(0)}, 200, T, ScanGuard(scan=5, allowed={"c": 0}))
+    await store.force_all(300)
+    assert await store.claim("c", 300, 10) == [ItemValue("k", q(0))]
+
+
+async def test_history_follows_a_sku_through_its_keys(store: Store) -> None:
+    await store.replace_shares("c", ["A"], [("A", Contribution("name", Decimal(2), None))])
+    await acknowledge(store, q(2), 100, key="name")
+    (row,) = await store.history("A")
+    assert (row.channel, row.key, row.before, row.after, row.outcome) == (
+        "c",
+        "name",
+        None,
+        q(2),
+        "ok",
+    )
+    assert await store.history("B") == []
+    assert await store.prune_history(200) == 1
+
+
+async def test_counts_and_lag_see_in_flight_items(store: Store) -> None:
+    await store.set_desired("c", {"a": q(1), "b": q(2)}, 100, T)
+    await store.claim("c", 102, 1)
+    assert (await store.counts())["c"] == {"pending": 1, "sending": 1}
+    assert await store.oldest_pending() == {"c": 100}
