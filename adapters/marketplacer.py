@@ -37,6 +37,8 @@ __all__ = ["SPEC", "MarketplacerChannel", "MarketplacerSettings", "mutation"]
 
 MIN_RETRY_AFTER = 60.0  # Marketplacer: "if Retry-After is absent, wait at least 60 seconds"
 FATAL_CODES = {"MISSING_SCOPE", "UNAUTHORIZED", "UNAUTHENTICATED", "FORBIDDEN"}
+#: codes of errors about the document's content: the whole batch is refused, none applied
+CONTENT_CODES = {"BAD_USER_INPUT", "GRAPHQL_VALIDATION_FAILED", "INVALID_VARIABLES"}
 _SELECTION = "variant { id countOnHand } errors { field messages }"
 
 
@@ -78,6 +80,16 @@ def mutation(count: int) -> str:
     variables = ", ".join(f"$i{n}: VariantUpdateMutationInput!" for n in range(count))
     fields = " ".join(f"i{n}: variantUpdate(input: $i{n}) {{ {_SELECTION} }}" for n in range(count))
     return f"mutation StocksyncVariantUpdate({variables}) {{ {fields} }}"
+
+
+def _about_input(message: str, extensions: Any, code: Any) -> bool:
+    """A path-less GraphQL error about the variables we sent (graphql-ruby's coercion errors
+    name the variable and list `problems`), as opposed to a server fault worth retrying."""
+    if code in CONTENT_CODES:
+        return True
+    if isinstance(extensions, dict) and isinstance(extensions.get("problems"), list):
+        return True
+    return message.startswith("Variable $")
 
 
 def _messages(errors: Any) -> str:
@@ -191,6 +203,10 @@ class MarketplacerChannel:
                 per_alias[path[0]] = f"{self.name}: {message}"
             elif code in FATAL_CODES:
                 raise ChannelFatal(f"{self.name}: {code}: {message}")
+            elif _about_input(message, extensions, code):
+                # Refused for its content as a whole, not executed: the dispatcher splits the
+                # batch until the item it chokes on stands alone.
+                raise ChannelRejected(f"{self.name}: GraphQL error: {message}")
             else:
                 raise ChannelRetryable(f"{self.name}: GraphQL error: {message}")
         return per_alias

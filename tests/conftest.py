@@ -98,13 +98,14 @@ class World:
         sync: str = 'debounce = "0s"\nmax_delay = "1s"',
         keycrm: str = "",
         daemon: str = "",
+        listen: str = "127.0.0.1:0",
     ) -> Path:
         if channels is None:
             channels = "".join(self.shop_table(name) for name in self.shops)
         text = f"""
 [daemon]
 state = "{self.tmp_path / "state.db"}"
-listen = "127.0.0.1:0"
+listen = "{listen}"
 shutdown_timeout = "3s"
 admin_token_env = "T_ADMIN_TOKEN"
 {daemon}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import orjson
 from aiohttp import web
 
@@ -31,6 +32,11 @@ class FakeInventoryApi:
         self.in_flight = 0
         self.max_in_flight = 0
         self.on_update: Callable[[dict[str, Any]], None] | None = None
+        #: seconds to wait after applying a request before answering: the client may be gone
+        #: by then (killed, timed out), and the change stands anyway, as on a real server
+        self.answer_delay = 0.0
+        #: while set to an unset event, applied requests wait for it before answering
+        self.answer_gate: anyio.Event | None = None
 
     def quantity(
         self, product: str, store: str, size: str | None = None, width: str | None = None
@@ -85,6 +91,10 @@ class FakeInventoryApi:
         self.stock[key] = body["quantity"]
         if self.on_update is not None:
             self.on_update(body)
+        if self.answer_delay:
+            await anyio.sleep(self.answer_delay)
+        if self.answer_gate is not None:
+            await self.answer_gate.wait()
         return web.json_response({"success": True})
 
     def app(self) -> web.Application:

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import orjson
 from aiohttp import web
 
@@ -76,6 +77,8 @@ class FakeKeycrm:
         #: paging that lies: "last_page_1" (page 1 claims to be the last), "short_page_2"
         #: (page 2 comes back short), "total_drift" (total grows by one on every page)
         self.paging_lie: str | None = None
+        #: page number -> seconds the full scan's answer for that page takes (look-ups unaffected)
+        self.page_delay: dict[int, float] = {}
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -220,6 +223,8 @@ class FakeKeycrm:
         paging = self._paging(request)
         if isinstance(paging, web.Response):
             return paging
+        if "filter[offers_sku]" not in request.query:
+            await anyio.sleep(self.page_delay.get(paging[1], 0.0))
         details = request.query.get("filter[details]", "false").lower() in ("true", "1")
         rows = []
         for offer in self._filtered(request, "filter[offers_id]", "filter[offers_sku]"):

@@ -58,6 +58,9 @@ class FakeMarketplacer:
     def __init__(self, api_key: str, *, basic: tuple[str, str] | None = None) -> None:
         self.api_key = api_key
         self.basic = basic
+        #: variants whose input the server cannot coerce: GraphQL refuses the whole document
+        #: with an error that has no path (graphql-ruby's variable errors); REST answers 422
+        self.poison: set[str] = set()
         self.count_on_hand: dict[str, int] = {}
         self.inventories: dict[tuple[str, int | None], int] = {}
         self.known: set[str] | None = None
@@ -119,6 +122,20 @@ class FakeMarketplacer:
         leftover = _FIELD.sub("", document.group("body")).strip() if document else "?"
         if not document or not fields or leftover or any(v not in declared for _, v in fields):
             return web.json_response({"errors": [{"message": "Parse error on query document"}]})
+        for _, variable in fields:
+            given = variables.get(variable)
+            if isinstance(given, dict) and given.get("variantId") in self.poison:
+                message = (
+                    f"Variable ${variable} of type VariantUpdateMutationInput! was provided "
+                    "invalid value for variantId (Could not coerce value to ID)"
+                )
+                problems = [{"path": ["variantId"], "explanation": "Could not coerce value"}]
+                error = {
+                    "message": message,
+                    "locations": [{"line": 1, "column": 10}],
+                    "extensions": {"value": given, "problems": problems},
+                }
+                return web.json_response({"errors": [error]})
         data: dict[str, Any] = {}
         for alias, variable in fields:
             data[alias] = self._variant_update(variables.get(variable))
@@ -152,6 +169,10 @@ class FakeMarketplacer:
         if fault is not None:
             return fault
         variant = request.match_info["variant"]
+        if variant in self.poison:
+            return web.json_response(
+                {"errors": [{"status": "422", "title": "Invalid inventories document"}]}, status=422
+            )
         if self.known is not None and variant not in self.known:
             return web.json_response(
                 {"errors": [{"status": "404", "title": "Not Found"}]}, status=404

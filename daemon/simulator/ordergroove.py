@@ -42,6 +42,8 @@ class FakeOrdergroove:
         self.api_key: str | None = None
         self.live: dict[str, bool] = {}
         self.known: set[str] | None = None
+        #: products the API chokes on: a batch holding one is refused whole (400), unapplied
+        self.poison: set[str] = set()
         self.guide_shape = False
         self.requests: list[list[dict[str, Any]]] = []
         self.timestamps: list[int] = []
@@ -89,6 +91,9 @@ class FakeOrdergroove:
         if not isinstance(body, list):
             return web.json_response({"detail": "Expected a list of items"}, status=400)
         self.requests.append(body)
+        bad = [e.get("product_id") for e in body if isinstance(e, dict)]
+        if self.poison.intersection(p for p in bad if isinstance(p, str)):
+            return web.json_response({"detail": "Invalid product data in batch"}, status=400)
         results = []
         for entry in body:
             product = entry.get("product_id") if isinstance(entry, dict) else None
