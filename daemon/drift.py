@@ -107,10 +107,11 @@ def classify(row: ItemRow, live: Value | None, into: ChannelDrift) -> None:
 
 
 async def _read(
-    reader: Readable, keys: Sequence[str], into: ChannelDrift
+    reader: Readable, keys: Sequence[str], limiter: AsyncLimiter, into: ChannelDrift
 ) -> dict[str, Value | None]:
     """One batch, retried a little; a batch that cannot be read is reported, never raised."""
     for attempt in range(ATTEMPTS):
+        await limiter.acquire()  # every attempt is a request: retries are paced too
         try:
             return await reader.read(keys)
         except ChannelRetryable as exc:
@@ -138,9 +139,8 @@ async def check_channel(
     for start in range(0, len(wanted), batch):
         chunk = wanted[start : start + batch]
         keys = [row.key for row in chunk]
-        await limiter.acquire()
         try:
-            values = await _read(reader, keys, into)
+            values = await _read(reader, keys, limiter, into)
         except ChannelFatal as exc:  # credentials or scope: every further read would fail too
             into.error = str(exc)
             into.unreadable.extend(row.key for row in wanted[start:])
