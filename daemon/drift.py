@@ -29,7 +29,7 @@ from daemon.channel import ChannelContext, Readable, readable
 from daemon.config import ChannelConfig, Config
 from daemon.errors import ChannelError, ChannelFatal, ChannelRetryable
 from daemon.models import Value
-from daemon.store import ItemRow, SQLiteStore
+from daemon.store import ItemRow, Store, open_store
 
 __all__ = [
     "DEFAULT_SHARE",
@@ -171,7 +171,7 @@ def _recheck(into: ChannelDrift, fresh: Sequence[ItemRow]) -> None:
 async def _channel_report(
     channel: ChannelConfig,
     reader: Readable,
-    store: SQLiteStore,
+    store: Store,
     share: float,
     into: ChannelDrift,
 ) -> None:
@@ -183,7 +183,7 @@ async def _channel_report(
 
 
 async def build_report(
-    config: Config, store: SQLiteStore, *, only: str | None = None, share: float = DEFAULT_SHARE
+    config: Config, store: Store, *, only: str | None = None, share: float = DEFAULT_SHARE
 ) -> DriftReport:
     """Compare every readable channel (or just `only`) with the state; channels side by side."""
     chosen = [c for c in config.channels if only is None or c.name == only]
@@ -292,7 +292,7 @@ async def run_drift(
     if not config.daemon.state.exists():
         print(f"no state file at {config.daemon.state}", file=sys.stderr)
         return 2
-    store = SQLiteStore(config.daemon.state)
+    store = open_store(config.daemon.state)
     try:
         report = await build_report(config, store, only=channel, share=share)
     finally:
