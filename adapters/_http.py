@@ -22,6 +22,7 @@ __all__ = [
     "NETWORK_ERRORS",
     "Answer",
     "error_for_status",
+    "get",
     "item_result",
     "json_number",
     "network_error",
@@ -94,9 +95,44 @@ async def send(
     timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's per-request timeout, not ours
 ) -> Answer:
     """One request with a JSON body; no answer at all becomes `ChannelRetryable`."""
+    return await _request(
+        session,
+        method,
+        url,
+        orjson.dumps(payload),
+        channel=channel,
+        headers=headers,
+        timeout=timeout,
+    )
+
+
+async def get(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    channel: str,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's per-request timeout, not ours
+) -> Answer:
+    """One GET without a body (read-back); no answer at all becomes `ChannelRetryable`."""
+    return await _request(
+        session, "GET", url, None, channel=channel, headers=headers, timeout=timeout
+    )
+
+
+async def _request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    data: bytes | None,
+    *,
+    channel: str,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's per-request timeout, not ours
+) -> Answer:
     try:
         async with session.request(
-            method, url, data=orjson.dumps(payload), headers=dict(headers), timeout=timeout
+            method, url, data=data, headers=dict(headers), timeout=timeout
         ) as response:
             return Answer(response.status, await response.read(), response.headers)
     except NETWORK_ERRORS as exc:

@@ -10,6 +10,10 @@ REST (`api = "rest"`, multi-store adverts): `PUT {base_url}/api/v2/client/varian
 with JSON:API records of `count_on_hand` per `seller_id` (`seller_map` maps keyCRM warehouses to
 sellers; a seller with nothing gets an explicit 0, since a seller left out keeps its old stock).
 
+Read-back (drift): GraphQL `nodes(ids: [...]) { ... on Variant { id countOnHand } }`, null for a
+variant the seller cannot see; REST `GET .../variants/{id}/inventories`, 404 for an unknown
+variant, and a seller without a record is missing. Infinite stock cannot be compared: unreadable.
+
 Auth: `marketplacer-api-key: <key>` or `Authorization: Bearer <key>`, one of them, never both,
 with optional HTTP Basic credentials in front for protected environments (then the key must go
 in `marketplacer-api-key`). Marketplacer allows 750 requests per 10 s per key; 429 and 503 honour
@@ -26,20 +30,24 @@ import aiohttp
 import orjson
 from pydantic import SecretStr, model_validator
 
-from adapters._http import Answer, error_for_status, send, short_text
+from adapters._http import Answer, error_for_status, get, send, short_text
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
 from daemon.config import BaseUrl, Settings
 from daemon.errors import ChannelFatal, ChannelRejected, ChannelRetryable
-from daemon.models import ItemValue, Outcome, PushResult
+from daemon.models import ItemValue, Outcome, PushResult, Value, split_key
 from daemon.secrets import EnvSecret, FileSecret, pick
 
-__all__ = ["SPEC", "MarketplacerChannel", "MarketplacerSettings", "mutation"]
+__all__ = ["READ_QUERY", "SPEC", "MarketplacerChannel", "MarketplacerSettings", "mutation"]
 
 MIN_RETRY_AFTER = 60.0  # Marketplacer: "if Retry-After is absent, wait at least 60 seconds"
 FATAL_CODES = {"MISSING_SCOPE", "UNAUTHORIZED", "UNAUTHENTICATED", "FORBIDDEN"}
 #: codes of errors about the document's content: the whole batch is refused, none applied
 CONTENT_CODES = {"BAD_USER_INPUT", "GRAPHQL_VALIDATION_FAILED", "INVALID_VARIABLES"}
 _SELECTION = "variant { id countOnHand } errors { field messages }"
+#: read-back: `nodes` answers in the order asked, null for an id the seller cannot see
+READ_QUERY = (
+    "query StocksyncRead($ids: [ID!]!) { nodes(ids: $ids) { ... on Variant { id countOnHand } } }"
+)
 
 
 class MarketplacerSettings(Settings):
@@ -92,6 +100,24 @@ def _about_input(message: str, extensions: Any, code: Any) -> bool:
     return message.startswith("Variable $")
 
 
+def _inventory_records(body: bytes) -> list[tuple[int | None, int | None]] | None:
+    """(seller id, count) per JSON:API inventories record; count None for infinite stock."""
+    try:
+        records = orjson.loads(body)["data"]
+        out: list[tuple[int | None, int | None]] = []
+        for record in records:
+            attributes = record["attributes"]
+            seller, count = attributes.get("seller_id"), attributes.get("count_on_hand")
+            if attributes.get("infinite"):
+                count = None
+            elif not isinstance(count, int):
+                return None
+            out.append((int(seller) if seller is not None else None, count))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return out
+
+
 def _messages(errors: Any) -> str:
     parts = []
     for error in errors if isinstance(errors, list) else []:
@@ -103,12 +129,17 @@ def _messages(errors: Any) -> str:
 
 
 class MarketplacerChannel:
-    """GraphQL: one document a batch. REST: one PUT per variant in the batch."""
+    """GraphQL: one document a batch. REST: one PUT per variant in the batch.
+
+    Read-back: GraphQL asks `nodes(ids:)` for up to 100 variants in one document; REST reads one
+    variant's inventories per request (`max_read_batch` 1, so callers pace per request).
+    """
 
     max_batch = 100
 
     def __init__(self, settings: MarketplacerSettings, context: ChannelContext) -> None:
         self.name = context.name
+        self.max_read_batch = 1 if settings.api == "rest" else 100
         self._settings = settings
         self._session = context.session
         self._timeout = aiohttp.ClientTimeout(total=context.timeout)
@@ -138,12 +169,77 @@ class MarketplacerChannel:
             timeout=self._timeout,
         )
 
+    def _raise_for(self, reply: Answer) -> None:
+        if not reply.ok:
+            raise error_for_status(
+                reply.status,
+                reply.body,
+                reply.headers,
+                channel=self.name,
+                min_retry_after=MIN_RETRY_AFTER,
+            )
+
     async def push(self, items: Sequence[ItemValue]) -> list[PushResult]:
         if self._settings.api == "rest":
             return await self._push_rest(items)
         return await self._push_graphql(items)
 
+    async def read(self, keys: Sequence[str]) -> dict[str, Value | None]:
+        if self._settings.api == "rest":
+            return await self._read_rest(keys)
+        return await self._read_graphql(keys)
+
     # --- GraphQL -------------------------------------------------------------------------------
+
+    async def _graphql(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One document's answer as a JSON object; a transport failure raises its error class."""
+        reply = await self._send(
+            "POST", f"{self._settings.base_url}/graphql", payload, "application/json"
+        )
+        self._raise_for(reply)
+        try:
+            answer = orjson.loads(reply.body)
+        except orjson.JSONDecodeError as exc:
+            detail = f"{self.name}: answer is not JSON: {short_text(reply.body)}"
+            raise ChannelRetryable(detail) from exc
+        if not isinstance(answer, dict):
+            raise ChannelRetryable(f"{self.name}: answer is not a JSON object")
+        return answer
+
+    async def _read_graphql(self, keys: Sequence[str]) -> dict[str, Value | None]:
+        answer = await self._graphql({"query": READ_QUERY, "variables": {"ids": list(keys)}})
+        unreadable = self._node_errors(answer.get("errors"))
+        data = answer.get("data")
+        nodes = data.get("nodes") if isinstance(data, dict) else None
+        if not isinstance(nodes, list) or len(nodes) != len(keys):
+            raise ChannelRetryable(f"{self.name}: the answer's nodes do not match the ids asked")
+        values: dict[str, Value | None] = {}
+        for n, (key, node) in enumerate(zip(keys, nodes, strict=True)):
+            if n in unreadable or not isinstance(node, dict | None):
+                continue
+            if not node:  # null: not the seller's to see; {}: an id of something else
+                values[key] = None
+            elif node.get("id") == key and isinstance(node.get("countOnHand"), int):
+                values[key] = Value(quantity=node["countOnHand"])
+        return values
+
+    def _node_errors(self, errors: Any) -> set[int]:
+        """Indexes of nodes an error names (unreadable); any other error is about the call."""
+        indexes: set[int] = set()
+        for error in errors if isinstance(errors, list) else []:
+            if not isinstance(error, dict):
+                continue
+            path = error.get("path")
+            if isinstance(path, list) and len(path) > 1 and isinstance(path[1], int):
+                indexes.add(path[1])
+                continue
+            message = str(error.get("message", "error"))
+            extensions = error.get("extensions")
+            code = extensions.get("code") if isinstance(extensions, dict) else None
+            if code in FATAL_CODES:
+                raise ChannelFatal(f"{self.name}: {code}: {message}")
+            raise ChannelRetryable(f"{self.name}: GraphQL error: {message}")
+        return indexes
 
     async def _push_graphql(self, items: Sequence[ItemValue]) -> list[PushResult]:
         variables = {
@@ -154,24 +250,7 @@ class MarketplacerChannel:
             for n, item in enumerate(items)
         }
         payload = {"query": mutation(len(items)), "variables": variables}
-        reply = await self._send(
-            "POST", f"{self._settings.base_url}/graphql", payload, "application/json"
-        )
-        if not reply.ok:
-            raise error_for_status(
-                reply.status,
-                reply.body,
-                reply.headers,
-                channel=self.name,
-                min_retry_after=MIN_RETRY_AFTER,
-            )
-        try:
-            answer = orjson.loads(reply.body)
-        except orjson.JSONDecodeError as exc:
-            detail = f"{self.name}: answer is not JSON: {short_text(reply.body)}"
-            raise ChannelRetryable(detail) from exc
-        if not isinstance(answer, dict):
-            raise ChannelRetryable(f"{self.name}: answer is not a JSON object")
+        answer = await self._graphql(payload)
         per_alias = self._top_level_errors(answer.get("errors"))
         data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
         results = []
@@ -243,6 +322,41 @@ class MarketplacerChannel:
             for item in group:
                 outcome[item.key] = PushResult(item.key, result.outcome, result.reason)
         return [outcome[item.key] for item in items]
+
+    async def _read_rest(self, keys: Sequence[str]) -> dict[str, Value | None]:
+        by_variant: dict[str, list[str]] = {}
+        for key in keys:
+            by_variant.setdefault(split_key(key)[0], []).append(key)
+        values: dict[str, Value | None] = {}
+        for variant, group in by_variant.items():
+            url = f"{self._settings.base_url}/api/v2/client/variants/{variant}/inventories"
+            reply = await get(
+                self._session,
+                url,
+                channel=self.name,
+                headers=self._headers("application/vnd.api+json"),
+                timeout=self._timeout,
+            )
+            if reply.status == 404:  # no such variant (ids change after some re-imports)
+                values.update(dict.fromkeys(group))
+                continue
+            self._raise_for(reply)
+            records = _inventory_records(reply.body)
+            if records is None:
+                raise ChannelRetryable(
+                    f"{self.name}: unreadable inventories: {short_text(reply.body)}"
+                )
+            for key in group:
+                parts = split_key(key)
+                seller = int(parts[1]) if len(parts) > 1 else None
+                mine = [r for r in records if r[0] == seller] or (
+                    records if seller is None and len(records) == 1 else []
+                )
+                if not mine:
+                    values[key] = None
+                elif len(mine) == 1 and mine[0][1] is not None:
+                    values[key] = Value(quantity=mine[0][1])
+        return values
 
 
 def _shape(settings: MarketplacerSettings, key: str | None) -> Shape:

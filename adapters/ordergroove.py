@@ -7,6 +7,10 @@ push at all. Auth is the API-user HMAC scheme (an `authorization` header carryin
 "{sig_field}|{ts}"))`, a fresh `ts` each request, and `og-authorization: True`) or, for the newer
 application scope, `x-api-key`. The per-product results decide each item: 200 acknowledged, 400
 and 404 rejected; both response shapes the documents show are accepted.
+
+Read-back (drift): `GET {base_url}/products/{product_id}/`, one product per request, its `live`
+flag; 404 means the product is missing. The reference lists the application and storefront scopes
+for this route: with API-user HMAC credentials a 401/403 makes the channel unreadable, not wrong.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ import hmac
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from pydantic import Field, SecretStr, model_validator
 
-from adapters._http import error_for_status, send, short_text
+from adapters._http import error_for_status, get, send, short_text
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
 from daemon.config import BaseUrl, Settings
 from daemon.errors import ChannelRetryable
-from daemon.models import ItemValue, Outcome, PushResult
+from daemon.models import ItemValue, Outcome, PushResult, Value
 from daemon.secrets import EnvSecret, FileSecret, pick
 
 __all__ = ["SPEC", "OrdergrooveChannel", "OrdergrooveSettings", "signature"]
@@ -95,6 +100,7 @@ class OrdergrooveChannel:
     """Up to 100 products per PATCH; each product's own status decides its outcome."""
 
     max_batch = 100
+    max_read_batch = 1  # one GET per product: Ordergroove has no batched read
 
     def __init__(
         self,
@@ -148,6 +154,33 @@ class OrdergrooveChannel:
             detail = f"{self.name}: unreadable answer ({exc}): {short_text(answer.body)}"
             raise ChannelRetryable(detail, status=answer.status) from exc
         return [self._outcome(item.key, statuses.get(item.key)) for item in items]
+
+    async def read(self, keys: Sequence[str]) -> dict[str, Value | None]:
+        values: dict[str, Value | None] = {}
+        for key in keys:
+            answer = await get(
+                self._session,
+                f"{self._settings.base_url}/products/{quote(key, safe='')}/",
+                channel=self.name,
+                headers=self._headers(),
+                timeout=self._timeout,
+            )
+            if answer.status == 404:
+                values[key] = None
+                continue
+            if not answer.ok:
+                raise error_for_status(
+                    answer.status, answer.body, answer.headers, channel=self.name
+                )
+            try:
+                product = orjson.loads(answer.body)
+            except orjson.JSONDecodeError as exc:
+                detail = f"{self.name}: unreadable product: {short_text(answer.body)}"
+                raise ChannelRetryable(detail, status=answer.status) from exc
+            live = product.get("live") if isinstance(product, dict) else None
+            if isinstance(live, bool):
+                values[key] = Value(live=live)
+        return values
 
     def _outcome(self, key: str, status: int | None) -> PushResult:
         if status is None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 from pydantic import BaseModel
 
-from daemon.models import ItemValue, PushResult
+from daemon.models import ItemValue, PushResult, Value
 
-__all__ = ["Channel", "ChannelContext", "ChannelSpec", "Shape"]
+__all__ = ["Channel", "ChannelContext", "ChannelSpec", "Readable", "Shape", "readable"]
 
 
 class Channel(Protocol):
@@ -34,6 +34,34 @@ class Channel(Protocol):
         else for an answer the channel gave; network errors are raised as `ChannelRetryable`.
         """
         ...
+
+
+@runtime_checkable
+class Readable(Protocol):
+    """The optional read-back capability: a channel whose API can say what it holds now.
+
+    Drift (a value changed by hand in a seller portal, an import, a recreated product) is only
+    visible to a channel that can be asked; the others are re-asserted on a schedule instead.
+    """
+
+    name: str
+    #: keys one `read` call covers with one request (callers pace per call)
+    max_read_batch: int
+
+    async def read(self, keys: Sequence[str]) -> dict[str, Value | None]:
+        """What the channel holds now for these keys, in the shape `push` sends. Changes nothing.
+
+        A key mapped to None is missing on the channel (unknown id, no record for it). A key left
+        out of the answer could not be read (the channel answered with something stocksync cannot
+        compare, such as infinite stock). A failure of the whole call raises the same classes as
+        `push`: `ChannelRetryable` (with `retry_after`), `ChannelRejected`, `ChannelFatal`.
+        """
+        ...
+
+
+def readable(channel: Channel) -> Readable | None:
+    """The channel's read-back capability, or None when its API documents no read."""
+    return channel if isinstance(channel, Readable) else None
 
 
 @dataclass(frozen=True, slots=True)

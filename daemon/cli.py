@@ -17,6 +17,7 @@ from adapters import ADAPTERS
 from daemon import __version__
 from daemon.config import Config, load_config, secret_values
 from daemon.demo import run_demo
+from daemon.drift import DEFAULT_SHARE, run_drift
 from daemon.errors import ConfigError
 from daemon.logs import configure_logging
 from daemon.oneshot import dry_run, run_once
@@ -58,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     with_config("status", "print the running daemon's status")
     history = with_config("history", "the audit trail of one SKU: every push per channel")
     history.add_argument("sku")
+    drift = with_config(
+        "drift", "read back what readable channels hold; report drift; change nothing"
+    )
+    drift.add_argument("--channel", metavar="NAME", help="only this channel")
+    drift.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    drift.add_argument(
+        "--share",
+        type=float,
+        default=DEFAULT_SHARE,
+        help="share of each channel's rate_limit the reads may use "
+        f"(default {DEFAULT_SHARE}; a running daemon keeps the rest)",
+    )
     demo = commands.add_parser(
         "demo", help="simulated keyCRM and channels on loopback, and the daemon"
     )
@@ -212,4 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(_status, config)
     if args.command == "history":
         return anyio.run(_history, config, args.sku)
+    if args.command == "drift":
+        return anyio.run(
+            lambda: run_drift(config, channel=args.channel, as_json=args.json, share=args.share)
+        )
     raise AssertionError(args.command)  # pragma: no cover

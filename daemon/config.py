@@ -176,6 +176,7 @@ class ChannelCommon(Settings):
     rate_limit: Rate | None = None
     timeout: Duration = 10.0
     batch_size: int | None = Field(default=None, gt=0)
+    reassert_interval: Duration | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,8 @@ class ChannelConfig:
     rate: float
     timeout: float
     batch_size: int
+    #: push the acknowledged values again on this schedule (channels that cannot be read back)
+    reassert_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +339,7 @@ def _channel(
         rate=common.rate_limit if common.rate_limit is not None else parse_rate(spec.default_rate),
         timeout=common.timeout,
         batch_size=common.batch_size or spec.default_batch or spec.max_batch,
+        reassert_interval=common.reassert_interval,
     )
 
 

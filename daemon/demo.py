@@ -2,7 +2,9 @@
 
 Everything runs in one process: the simulators, a "shop floor" that sells and restocks a few
 SKUs every couple of seconds and fires keyCRM's webhook, and the daemon itself with a state file
-in a temporary folder. The log shows each change travelling to the channels.
+in a temporary folder. The log shows each change travelling to the channels. Now and then the
+shop floor also edits a Marketplacer variant by hand, behind stocksync's back: drift, which
+`stocksync drift` reports.
 """
 
 from __future__ import annotations
@@ -136,6 +138,20 @@ async def _shop_floor(keycrm: FakeKeycrm, webhook_url: str, every: float) -> Non
                 log.warning("demo.webhook_failed")
 
 
+async def _hand_edits(marketplacer: FakeMarketplacer, every: float) -> None:
+    """Change a Marketplacer variant's stock in the "seller portal", as people do."""
+    rng = random.Random(7)  # noqa: S311
+    while True:
+        await anyio.sleep(every)
+        if not marketplacer.count_on_hand:
+            continue
+        variant = rng.choice(sorted(marketplacer.count_on_hand))
+        before = marketplacer.count_on_hand[variant]
+        after = max(0, before + rng.choice((-2, -1, 3, 8)))
+        marketplacer.edit_by_hand(variant, after)
+        log.info("demo.edited_by_hand", variant=variant, before=before, after=after)
+
+
 async def run_demo(
     registry: dict[str, ChannelSpec],
     *,
@@ -197,6 +213,12 @@ async def run_demo(
                 ),
                 encoding="utf-8",
             )
+            secrets_env = Path(folder) / "secrets.env"  # for commands run from another shell
+            secrets_env.touch(mode=0o600)
+            secrets_env.write_text(
+                "".join(f"export {name}={value}\n" for name, value in tokens.items()),
+                encoding="utf-8",
+            )
             config = load_config(path, registry)
             configure_logging(fmt="console", level="info", secrets=tokens.values())
             daemon = Daemon(config, reload=lambda: load_config(path, registry))
@@ -219,11 +241,13 @@ async def run_demo(
                     f"  status       curl -s {base}/status\n"
                     f"  metrics      curl -s {base}/metrics | grep ^stocksync_\n"
                     f"  resync       kill -USR1 {os.getpid()}\n"
+                    f"  drift        (. {secrets_env} && stocksync drift -c {path})\n"
                     f"  stop         Ctrl-C\n",
                     file=out,
                     flush=True,
                 )
                 group.start_soon(_shop_floor, keycrm, webhook, 2.0)
+                group.start_soon(_hand_edits, marketplacer, 20.0)
                 if duration is not None:
                     await anyio.sleep(duration)
                     daemon.stop()

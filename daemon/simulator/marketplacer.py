@@ -6,12 +6,19 @@ is `401 API Token has expired`. The GraphQL route accepts documents of aliased
 `variantUpdate(input: $var)` mutations (parsed strictly, not executed by a GraphQL engine),
 answers `errors { field messages }` per alias for unknown variants, and `MISSING_SCOPE` as a
 top-level error when the key lacks the scope.
+
+Read-back as documented: `query ($ids: [ID!]!) { nodes(ids: $ids) { ... on Variant { id
+countOnHand } } }` answers the nodes in the order asked, null for a variant the seller cannot see;
+`GET /api/v2/client/variants/{id}/inventories` answers the JSON:API records, 404 for an unknown
+variant. `edit_by_hand` changes a count the way a person in the seller portal would, so tests and
+the demo can create drift.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +34,12 @@ _VARIABLE = re.compile(r"\$(\w+)\s*:\s*VariantUpdateMutationInput!")
 _FIELD = re.compile(
     r"(\w+)\s*:\s*variantUpdate\s*\(\s*input\s*:\s*\$(\w+)\s*\)\s*\{\s*variant\s*\{\s*id\s+"
     r"countOnHand\s*\}\s*errors\s*\{\s*field\s+messages\s*\}\s*\}"
+)
+
+_READ = re.compile(
+    r"^\s*query\s*\w*\s*\(\s*\$(?P<var>\w+)\s*:\s*\[ID!\]!\s*\)\s*\{\s*nodes\s*\(\s*ids\s*:"
+    r"\s*\$(?P<use>\w+)\s*\)\s*\{\s*\.\.\.\s*on\s+Variant\s*\{\s*id\s+countOnHand\s*\}\s*\}\s*\}\s*$",
+    re.S,
 )
 
 
@@ -68,6 +81,19 @@ class FakeMarketplacer:
         self.documents: list[dict[str, Any]] = []
         self.faults = Faults()
         self.on_update: Callable[[str, int], None] | None = None
+        #: monotonic times of read-back requests (GraphQL `nodes` and REST GETs)
+        self.reads: list[float] = []
+
+    def edit_by_hand(self, variant: str, count: int, *, seller: int | None = None) -> None:
+        """Set a count as a person in the seller portal would: no API call, nothing logged.
+
+        With `seller`, or for a variant the REST route holds, the multi-store inventory record;
+        else the variant's own `countOnHand` (GraphQL).
+        """
+        if seller is not None or any(v == variant for v, _ in self.inventories):
+            self.inventories[(variant, seller)] = count
+        else:
+            self.count_on_hand[variant] = count
 
     def _auth(self, request: web.Request) -> web.Response | None:
         header_key = request.headers.get("marketplacer-api-key")
@@ -116,6 +142,8 @@ class FakeMarketplacer:
                     ],
                 }
             )
+        if isinstance(query, str) and query.lstrip().startswith("query"):
+            return self._read(query, variables)
         document = _DOCUMENT.match(query)
         declared = set(_VARIABLE.findall(document.group("vars"))) if document else set()
         fields = _FIELD.findall(document.group("body")) if document else []
@@ -140,6 +168,53 @@ class FakeMarketplacer:
         for alias, variable in fields:
             data[alias] = self._variant_update(variables.get(variable))
         return web.json_response({"data": data})
+
+    def _read(self, query: str, variables: Any) -> web.Response:
+        self.reads.append(time.monotonic())
+        document = _READ.match(query)
+        if document is None or document.group("var") != document.group("use"):
+            return web.json_response({"errors": [{"message": "Parse error on query document"}]})
+        ids = variables.get(document.group("var")) if isinstance(variables, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            message = "Variable $ids of type [ID!]! was provided invalid value"
+            return web.json_response({"errors": [{"message": message}]})
+        return web.json_response({"data": {"nodes": [self._node(i) for i in ids]}})
+
+    def _node(self, variant: str) -> dict[str, Any] | None:
+        """A variant the seller can see, or null (Marketplacer scopes nodes to the seller)."""
+        if self.known is not None and variant not in self.known:
+            return None
+        count = self.count_on_hand.get(variant)
+        if count is None and self.known is None:
+            return None
+        return {"id": variant, "countOnHand": count or 0}
+
+    async def inventories_get(self, request: web.Request) -> web.Response:
+        refusal = self._auth(request)
+        if refusal is not None:
+            return refusal
+        fault = await self.faults.answer()
+        if fault is not None:
+            return fault
+        self.reads.append(time.monotonic())
+        variant = request.match_info["variant"]
+        held = [(s, c) for (v, s), c in self.inventories.items() if v == variant]
+        known = variant in self.known if self.known is not None else bool(held)
+        if not known:
+            return web.json_response(
+                {"errors": [{"status": "404", "title": "Not Found"}]}, status=404
+            )
+        data = [
+            {
+                "id": n,
+                "type": "inventories",
+                "attributes": {"count_on_hand": c, "infinite": False, "seller_id": s},
+            }
+            for n, (s, c) in enumerate(held, start=1)
+        ]
+        return web.Response(
+            body=orjson.dumps({"data": data}), content_type="application/vnd.api+json"
+        )
 
     def _variant_update(self, given: Any) -> dict[str, Any]:
         if not isinstance(given, dict) or not isinstance(given.get("variantId"), str):
@@ -196,4 +271,5 @@ class FakeMarketplacer:
         app = web.Application()
         app.router.add_post("/graphql", self.graphql)
         app.router.add_put("/api/v2/client/variants/{variant}/inventories", self.inventories_put)
+        app.router.add_get("/api/v2/client/variants/{variant}/inventories", self.inventories_get)
         return app

@@ -4,6 +4,10 @@ Recomputes the HMAC of the `authorization` header (`sig_field|ts` with the hash 
 refuses a `ts` older than two hours or a missing `og-authorization: True`, or takes `x-api-key`.
 Answers the reference shape `{"results": [...]}` (or, when told, the guide's list of result
 objects) with 200 per updated product, 404 for unknown ones, 400 for a bad entry.
+
+Read-back: `GET /products/{product_id}/` answers the product (`live`, `discontinued`,
+`last_update`, ...) or `404 {"detail": "Not found."}`. `edit_by_hand` flips a product's flag the
+way a person in Ordergroove's admin would, so tests and the demo can create drift.
 """
 
 from __future__ import annotations
@@ -49,6 +53,12 @@ class FakeOrdergroove:
         self.timestamps: list[int] = []
         self.faults = Faults()
         self.on_update: Callable[[str, bool], None] | None = None
+        #: monotonic times of read-back requests
+        self.reads: list[float] = []
+
+    def edit_by_hand(self, product: str, live: bool) -> None:
+        """Set a product's `live` flag without the API, as a person in the admin would."""
+        self.live[product] = live
 
     def _authorized(self, request: web.Request) -> str | None:
         """None when the request may pass, else why not."""
@@ -114,7 +124,36 @@ class FakeOrdergroove:
             )
         return web.json_response({"results": results})
 
+    async def product(self, request: web.Request) -> web.Response:
+        problem = self._authorized(request)
+        if problem is not None:
+            return web.json_response({"detail": f"Authentication failed: {problem}"}, status=403)
+        fault = await self.faults.answer()
+        if fault is not None:
+            return fault
+        self.reads.append(time.monotonic())
+        product = request.match_info["product"]
+        live = self.live.get(product)
+        if live is None and (self.known is None or product not in self.known):
+            return web.json_response({"detail": "Not found."}, status=404)
+        return web.json_response(
+            {
+                "merchant": self.public_id,
+                "name": f"Product {product}",
+                "external_product_id": product,
+                "sku": product,
+                "price": "10.00",
+                "live": bool(live),
+                "discontinued": False,
+                "autoship_enabled": True,
+                "created": "2026-01-01 00:00:00",
+                "last_update": "2026-01-01 00:00:00",
+                "product_type": "standard",
+            }
+        )
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_patch("/products-batch/update/", self.update)
+        app.router.add_get("/products/{product}/", self.product)
         return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -31,6 +31,10 @@ class Harness:
     held: Callable[[Any, ItemValue], Value | None]  # what the fake holds for an item
     reject: Callable[[Any, ItemValue], None]  # make the fake refuse this item for good
     break_auth: Callable[[Any], None]
+    #: read-back: change an item on the fake "by hand" (None: the channel cannot be read)
+    edit: Callable[[Any, ItemValue, Value], None] | None = None
+    #: keys the fake has never heard of, which a read must report as missing
+    absent: list[str] = field(default_factory=list)
 
     def app(self, fake: Any) -> web.Application:
         app: web.Application = fake.app()
@@ -100,6 +104,17 @@ def _rest_held(fake: FakeMarketplacer, item: ItemValue) -> Value | None:
     return None if count is None else Value(quantity=count)
 
 
+def _graphql_edit(fake: FakeMarketplacer, item: ItemValue, value: Value) -> None:
+    assert value.quantity is not None
+    fake.edit_by_hand(item.key, value.quantity)
+
+
+def _rest_edit(fake: FakeMarketplacer, item: ItemValue, value: Value) -> None:
+    variant, seller = item.parts
+    assert value.quantity is not None
+    fake.edit_by_hand(variant, value.quantity, seller=int(seller))
+
+
 def _marketplacer_break(fake: FakeMarketplacer) -> None:
     fake.api_key = "revoked"
 
@@ -114,6 +129,11 @@ ORDERGROOVE_ITEMS = [
 def _ordergroove_held(fake: FakeOrdergroove, item: ItemValue) -> Value | None:
     live = fake.live.get(item.key)
     return None if live is None else Value(live=live)
+
+
+def _ordergroove_edit(fake: FakeOrdergroove, item: ItemValue, value: Value) -> None:
+    assert value.live is not None
+    fake.edit_by_hand(item.key, value.live)
 
 
 def _ordergroove_break(fake: FakeOrdergroove) -> None:
@@ -150,6 +170,8 @@ HARNESSES = [
         held=_graphql_held,
         reject=lambda fake, item: _refuse(fake, item.key, {i.key for i in GRAPHQL_ITEMS}),
         break_auth=_marketplacer_break,
+        edit=_graphql_edit,
+        absent=[variant_id(9999)],
     ),
     Harness(
         id="marketplacer-rest",
@@ -166,6 +188,9 @@ HARNESSES = [
         held=_rest_held,
         reject=lambda fake, item: _refuse(fake, item.parts[0], {i.parts[0] for i in REST_ITEMS}),
         break_auth=_marketplacer_break,
+        edit=_rest_edit,
+        # an unknown variant (404), and a seller with no record on a variant that exists
+        absent=[join_key(("9999", "11")), join_key(("7137", "12"))],
     ),
     Harness(
         id="ordergroove",
@@ -181,5 +206,7 @@ HARNESSES = [
         held=_ordergroove_held,
         reject=lambda fake, item: _refuse(fake, item.key, {i.key for i in ORDERGROOVE_ITEMS}),
         break_auth=_ordergroove_break,
+        edit=_ordergroove_edit,
+        absent=["NO-SUCH-PRODUCT"],
     ),
 ]

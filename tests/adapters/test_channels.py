@@ -8,11 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from adapters import ADAPTERS
 from adapters.ordergroove import OrdergrooveChannel, signature
-from daemon.channel import Channel, ChannelContext
+from daemon.channel import Channel, ChannelContext, Readable, readable
 from daemon.errors import ChannelFatal, ChannelRetryable
 from daemon.models import ItemValue, Outcome, Value, join_key
 from daemon.simulator import FakeKlump, FakeMarketplacer, FakeOrdergroove, variant_id
@@ -167,6 +168,92 @@ async def test_marketplacer_rest_sets_every_seller_of_a_variant_in_one_put(
     assert fake.inventories == {("7137", 11): 5, ("7137", 12): 0}  # an explicit 0, not left out
 
 
+def reader_of(channel: Channel) -> Readable:
+    found = readable(channel)
+    assert found is not None
+    return found
+
+
+async def test_marketplacer_reads_a_batch_as_one_nodes_document(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    await channel.push([ItemValue(variant_id(n), Value(quantity=n)) for n in (1, 2)])
+    keys = [variant_id(1), variant_id(2), variant_id(3)]
+    assert await reader_of(channel).read(keys) == {
+        variant_id(1): Value(quantity=1),
+        variant_id(2): Value(quantity=2),
+        variant_id(3): None,
+    }
+    assert len(fake.reads) == 1
+    assert fake.documents[-1]["variables"] == {"ids": keys}
+
+
+async def test_marketplacer_read_error_on_one_node_leaves_only_it_unreadable(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    answer = {
+        "data": {"nodes": [{"id": variant_id(1), "countOnHand": 3}, None, {}]},
+        "errors": [{"message": "Internal error", "path": ["nodes", 1]}],
+    }
+    fake.faults.add(0, body=orjson.dumps(answer))
+    values = await reader_of(channel).read([variant_id(n) for n in (1, 2, 3)])
+    # node 1 failed: unreadable (left out); node 2 is something other than a variant: missing
+    assert values == {variant_id(1): Value(quantity=3), variant_id(3): None}
+
+
+async def test_marketplacer_read_without_scope_is_fatal(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    fake.scope_ok = False
+    with pytest.raises(ChannelFatal, match="MISSING_SCOPE"):
+        await reader_of(channel).read([variant_id(1)])
+
+
+async def test_marketplacer_read_of_a_short_nodes_list_is_retryable(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    fake.faults.add(0, body=orjson.dumps({"data": {"nodes": [None]}}))
+    with pytest.raises(ChannelRetryable, match="do not match"):
+        await reader_of(channel).read([variant_id(1), variant_id(2)])
+
+
+async def test_marketplacer_rest_read_one_request_per_variant_and_infinite_is_unreadable(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(
+        serve, session, monkeypatch, api="rest", seller_map={"1": 11, "2": 12}
+    )
+    reader = reader_of(channel)
+    assert reader.max_read_batch == 1
+    infinite = {
+        "data": [
+            {
+                "id": 1,
+                "type": "inventories",
+                "attributes": {"count_on_hand": 0, "infinite": True, "seller_id": 11},
+            }
+        ]
+    }
+    fake.faults.add(0, body=orjson.dumps(infinite))
+    assert await reader.read([join_key(("7137", "11"))]) == {}
+
+
+async def test_marketplacer_rest_read_without_sellers(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch, api="rest")
+    await channel.push([ItemValue("7137", Value(quantity=5))])
+    fake.edit_by_hand("7137", 2)
+    assert await reader_of(channel).read(["7137", "7138"]) == {
+        "7137": Value(quantity=2),
+        "7138": None,
+    }
+
+
 # --- Ordergroove -------------------------------------------------------------------------------
 
 
@@ -248,6 +335,33 @@ async def test_ordergroove_x_api_key_scope(
     )
     (result,) = await channel.push([ItemValue("P-1", Value(live=True))])
     assert result.outcome is Outcome.ACKNOWLEDGED
+
+
+async def test_ordergroove_reads_one_product_per_request_with_either_scope(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await ordergroove(serve, session, monkeypatch)
+    await channel.push([ItemValue("P-1", Value(live=True)), ItemValue("P 2", Value(live=False))])
+    values = await channel.read(["P-1", "P 2", "P-3"])
+    assert values == {"P-1": Value(live=True), "P 2": Value(live=False), "P-3": None}
+    assert len(fake.reads) == 3  # one GET per product, the unknown one answered 404
+    fake.api_key = "app-key-98765"
+    monkeypatch.setenv("T_OGK", "app-key-98765")
+    app_scope = build(
+        "ordergroove",
+        {"base_url": channel._settings.base_url, "api_key_env": "T_OGK"},
+        session,
+        monkeypatch,
+    )
+    assert await reader_of(app_scope).read(["P-1"]) == {"P-1": Value(live=True)}
+
+
+async def test_ordergroove_read_without_a_live_flag_is_unreadable(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await ordergroove(serve, session, monkeypatch)
+    fake.faults.add(0, body=b'{"external_product_id": "P-1", "live": null}')
+    assert await channel.read(["P-1"]) == {}
 
 
 def test_ordergroove_needs_one_complete_auth_scheme(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,9 @@
 
 A new channel is one module, one registry line, one fake and one `Harness`: this suite then
 checks it pushes a batch, re-pushes harmlessly, maps per-item rejections, turns 429, 5xx, 401
-and network failures into the right error class, and never puts a secret in an error.
+and network failures into the right error class, and never puts a secret in an error. A channel
+that can be read back (`Readable`) also reads back what it pushed and what was changed by hand,
+reports missing items as None, and fails reads with the same error classes as pushes.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 from aioresponses import aioresponses
+from structlog.testing import capture_logs
 
 from adapters import ADAPTERS
-from daemon.channel import Channel, ChannelContext
+from daemon.channel import Channel, ChannelContext, Readable, readable
 from daemon.errors import ChannelError, ChannelFatal, ChannelRetryable
-from daemon.models import Outcome
+from daemon.models import Outcome, Value
 from tests.adapters.harness import HARNESSES, Harness
 from tests.conftest import Serve
 
@@ -40,11 +44,10 @@ class Rig:
     url: str
 
 
-@pytest.fixture(params=HARNESSES, ids=lambda h: h.id)
-async def rig(
-    request: pytest.FixtureRequest, serve: Serve, monkeypatch: pytest.MonkeyPatch
+@asynccontextmanager
+async def build_rig(
+    harness: Harness, serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Rig]:
-    harness: Harness = request.param
     secret = "s3cret-" + secrets.token_hex(8)
     fake = harness.make_fake(secret)
     url = await serve(harness.app(fake))
@@ -54,6 +57,23 @@ async def rig(
     async with aiohttp.ClientSession() as session:
         channel = spec.build(settings, ChannelContext("contract", session, 5.0))
         yield Rig(harness, fake, channel, secret, url)
+
+
+@pytest.fixture(params=HARNESSES, ids=lambda h: h.id)
+async def rig(
+    request: pytest.FixtureRequest, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    async with build_rig(request.param, serve, monkeypatch) as built:
+        yield built
+
+
+@pytest.fixture(params=[h for h in HARNESSES if h.edit is not None], ids=lambda h: h.id)
+async def read_rig(
+    request: pytest.FixtureRequest, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Rig]:
+    """Only the channels that can be read back; the others are re-asserted on a schedule."""
+    async with build_rig(request.param, serve, monkeypatch) as built:
+        yield built
 
 
 async def push_all(rig: Rig) -> list[Outcome]:
@@ -118,3 +138,91 @@ async def test_no_answer_is_retryable_and_says_so_without_secrets(rig: Rig) -> N
             await rig.channel.push(rig.harness.items[:1])
     assert isinstance(caught.value, ChannelRetryable)
     assert rig.secret not in str(caught.value)
+
+
+# --- read-back ---------------------------------------------------------------------------------
+
+
+async def test_a_channel_is_readable_exactly_when_its_harness_has_read_cases(rig: Rig) -> None:
+    assert (readable(rig.channel) is not None) == (rig.harness.edit is not None)
+
+
+@pytest.fixture
+def reader(read_rig: Rig) -> Readable:
+    found = readable(read_rig.channel)
+    assert found is not None
+    assert found.max_read_batch >= 1
+    return found
+
+
+async def read_all(reader: Readable, keys: list[str]) -> dict[str, Value | None]:
+    values: dict[str, Value | None] = {}
+    for start in range(0, len(keys), reader.max_read_batch):
+        values.update(await reader.read(keys[start : start + reader.max_read_batch]))
+    return values
+
+
+async def test_read_returns_what_was_pushed(read_rig: Rig, reader: Readable) -> None:
+    await push_all(read_rig)
+    keys = [item.key for item in read_rig.harness.items]
+    assert await read_all(reader, keys) == {item.key: item.value for item in read_rig.harness.items}
+
+
+async def test_read_sees_a_change_made_by_hand(read_rig: Rig, reader: Readable) -> None:
+    await push_all(read_rig)
+    item = read_rig.harness.items[0]
+    by_hand = (
+        Value(live=not item.value.live)
+        if item.value.live is not None
+        else Value(quantity=(item.value.quantity or 0) + 7)
+    )
+    assert read_rig.harness.edit is not None
+    read_rig.harness.edit(read_rig.fake, item, by_hand)
+    assert await read_all(reader, [item.key]) == {item.key: by_hand}
+
+
+async def test_an_item_the_channel_does_not_hold_reads_as_missing(
+    read_rig: Rig, reader: Readable
+) -> None:
+    await push_all(read_rig)
+    assert read_rig.harness.absent
+    assert await read_all(reader, read_rig.harness.absent) == dict.fromkeys(read_rig.harness.absent)
+
+
+async def test_a_read_with_bad_credentials_is_fatal_and_keeps_the_secret(
+    read_rig: Rig, reader: Readable
+) -> None:
+    read_rig.harness.break_auth(read_rig.fake)
+    with capture_logs() as logs, pytest.raises(ChannelFatal) as caught:
+        await reader.read([read_rig.harness.items[0].key])
+    assert read_rig.secret not in str(caught.value)
+    assert read_rig.secret not in repr(logs)
+
+
+async def test_a_read_answered_429_is_retryable_with_the_delay(
+    read_rig: Rig, reader: Readable
+) -> None:
+    read_rig.fake.faults.add(429, retry_after="7")
+    with pytest.raises(ChannelRetryable) as caught:
+        await reader.read([read_rig.harness.items[0].key])
+    assert caught.value.retry_after == 7
+
+
+async def test_a_read_answered_5xx_is_retryable(read_rig: Rig, reader: Readable) -> None:
+    read_rig.fake.faults.add(502)
+    with pytest.raises(ChannelRetryable):
+        await reader.read([read_rig.harness.items[0].key])
+
+
+async def test_a_read_without_answer_is_retryable_and_keeps_the_secret(
+    read_rig: Rig, reader: Readable
+) -> None:
+    with capture_logs() as logs, aioresponses() as mocked:
+        anything = re.compile(re.escape(read_rig.url) + ".*")
+        for method in ("GET", "POST"):
+            refused = aiohttp.ClientConnectionError("refused")
+            mocked.add(anything, method=method, exception=refused, repeat=True)
+        with pytest.raises(ChannelRetryable) as caught:
+            await reader.read([read_rig.harness.items[0].key])
+    assert read_rig.secret not in str(caught.value)
+    assert read_rig.secret not in repr(logs)

@@ -36,3 +36,25 @@ async def test_version_and_usage() -> None:
     usage = await anyio.run_process([sys.executable, "-m", "daemon"], check=False)
     assert usage.returncode == 2
     assert "run" in usage.stderr.decode() and "check-config" in usage.stderr.decode()
+
+
+async def test_the_demos_drift_hint_works_from_another_shell() -> None:
+    command = [sys.executable, "-m", "daemon", "demo", "--duration", "60", "--port", "0"]
+    async with await anyio.open_process([*command, "--skus", "6"]) as demo:
+        assert demo.stdout is not None
+        seen = ""
+        with anyio.fail_after(20):
+            async for chunk in demo.stdout:
+                seen += chunk.decode()
+                if "stocksync drift -c" in seen and seen.endswith("\n"):
+                    break
+        hint = next(line for line in seen.splitlines() if "stocksync drift -c" in line)
+        shell = hint.split("drift", 1)[1].strip()
+        shell = shell.replace("stocksync drift", f"{sys.executable} -m daemon drift")
+        await anyio.sleep(1.5)  # let the first scan reach the channels
+        result = await anyio.run_process(["sh", "-c", shell], check=False)
+        demo.terminate()
+    out = result.stdout.decode()
+    assert result.returncode in (0, 1), result.stderr.decode()
+    assert "marketplacer: " in out and "ordergroove: " in out, out
+    assert "shop-pos, klump: no read-back" in out, out

@@ -190,3 +190,14 @@ hash_key_env = "T_OG"
     _, mp, og = config.channels
     assert (mp.batch_size, mp.rate) == (25, 50)
     assert (og.batch_size, og.rate, og.rules.live_threshold) == (100, 10, 0)
+
+
+def test_reassert_interval_is_an_optional_duration(tmp_path: Path) -> None:
+    (channel,) = load_config(write(tmp_path, GOOD), ADAPTERS).channels
+    assert channel.reassert_interval is None
+    every = GOOD + 'reassert_interval = "6h"\n'
+    (channel,) = load_config(write(tmp_path, every), ADAPTERS).channels
+    assert channel.reassert_interval == 6 * 3600
+    for bad, problem in (('"0s"', "longer than zero"), ("6", "with a unit"), ('"often"', "not a")):
+        found = faults(tmp_path, GOOD + f"reassert_interval = {bad}\n")
+        assert problem in found["channel[0].reassert_interval"], bad
