@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from adapters import inventory_api, klump, marketplacer, ordergroove
-from daemon.channel import ChannelSpec
+from daemon.contract import ChannelSpec
 
 __all__ = ["ADAPTERS"]
 

@@ -14,9 +14,14 @@ from decimal import Decimal
 import aiohttp
 import orjson
 
-from daemon.errors import ChannelFatal, ChannelRejected, ChannelRetryable
-from daemon.models import Outcome, PushResult
-from daemon.retry_after import parse_retry_after
+from daemon.contract import (
+    ChannelFatal,
+    ChannelRejected,
+    ChannelRetryable,
+    Outcome,
+    PushResult,
+    parse_retry_after,
+)
 
 __all__ = [
     "NETWORK_ERRORS",

@@ -16,9 +16,7 @@ from pydantic import SecretStr, model_validator
 
 from adapters._http import item_result, send
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
-from daemon.config import BaseUrl, Settings
-from daemon.models import ItemValue, PushResult
-from daemon.secrets import EnvSecret, FileSecret, pick
+from daemon.contract import BaseUrl, EnvSecret, FileSecret, ItemValue, PushResult, Settings, pick
 
 __all__ = ["SPEC", "InventoryApiChannel", "InventoryApiSettings"]
 

@@ -15,9 +15,16 @@ from pydantic import SecretStr, model_validator
 
 from adapters._http import item_result, json_number, send
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
-from daemon.config import BaseUrl, Settings
-from daemon.models import ItemValue, Outcome, PushResult
-from daemon.secrets import EnvSecret, FileSecret, pick
+from daemon.contract import (
+    BaseUrl,
+    EnvSecret,
+    FileSecret,
+    ItemValue,
+    Outcome,
+    PushResult,
+    Settings,
+    pick,
+)
 
 __all__ = ["SPEC", "KlumpChannel", "KlumpSettings"]
 

@@ -32,10 +32,21 @@ from pydantic import SecretStr, model_validator
 
 from adapters._http import Answer, error_for_status, get, send, short_text
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
-from daemon.config import BaseUrl, Settings
-from daemon.errors import ChannelFatal, ChannelRejected, ChannelRetryable
-from daemon.models import ItemValue, Outcome, PushResult, Value, split_key
-from daemon.secrets import EnvSecret, FileSecret, pick
+from daemon.contract import (
+    BaseUrl,
+    ChannelFatal,
+    ChannelRejected,
+    ChannelRetryable,
+    EnvSecret,
+    FileSecret,
+    ItemValue,
+    Outcome,
+    PushResult,
+    Settings,
+    Value,
+    pick,
+    split_key,
+)
 
 __all__ = ["READ_QUERY", "SPEC", "MarketplacerChannel", "MarketplacerSettings", "mutation"]
 

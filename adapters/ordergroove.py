@@ -29,10 +29,18 @@ from pydantic import Field, SecretStr, model_validator
 
 from adapters._http import error_for_status, get, send, short_text
 from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
-from daemon.config import BaseUrl, Settings
-from daemon.errors import ChannelRetryable
-from daemon.models import ItemValue, Outcome, PushResult, Value
-from daemon.secrets import EnvSecret, FileSecret, pick
+from daemon.contract import (
+    BaseUrl,
+    ChannelRetryable,
+    EnvSecret,
+    FileSecret,
+    ItemValue,
+    Outcome,
+    PushResult,
+    Settings,
+    Value,
+    pick,
+)
 
 __all__ = ["SPEC", "OrdergrooveChannel", "OrdergrooveSettings", "signature"]
 

@@ -1,0 +1,42 @@
+"""Everything an adapter may use of the engine, in one place: adapters import this and nothing
+else of `daemon` (tests/unit/test_layout.py walks the imports to keep it so).
+
+It is the extension point's whole surface: the Protocols an adapter implements, the values it
+receives and returns, the errors it raises, the settings and secret types its settings model is
+built from, and the Retry-After parser. Anything else of the engine can change without touching
+a channel.
+"""
+
+from __future__ import annotations
+
+from daemon.channel import Channel, ChannelContext, ChannelSpec, Readable, Shape, readable
+from daemon.config import BaseUrl, Settings
+from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
+from daemon.models import ItemValue, Outcome, PushResult, Value, join_key, split_key
+from daemon.retry_after import parse_retry_after
+from daemon.secrets import EnvSecret, FileSecret, pick
+
+__all__ = [
+    "BaseUrl",
+    "Channel",
+    "ChannelContext",
+    "ChannelError",
+    "ChannelFatal",
+    "ChannelRejected",
+    "ChannelRetryable",
+    "ChannelSpec",
+    "EnvSecret",
+    "FileSecret",
+    "ItemValue",
+    "Outcome",
+    "PushResult",
+    "Readable",
+    "Settings",
+    "Shape",
+    "Value",
+    "join_key",
+    "parse_retry_after",
+    "pick",
+    "readable",
+    "split_key",
+]
