@@ -8,6 +8,10 @@ it: keyCRM saw it somewhere in between, and network delay must not let N+1 reque
 of keyCRM's windows. Waiters are served by priority (look-ups for webhooks, then the scan, then
 the catalog), FIFO within one. A 429 pauses everyone. No library we know does priorities and a
 strict sliding window together, hence this small class.
+
+The budget belongs to the process, not to a pipeline: a reload keeps it (and a 429 pause under
+way). Its recent requests are saved in the state (`snapshot`/`restore`, in wall-clock time), so
+a restart, or several in a minute, cannot overspend keyCRM's window either.
 """
 
 from __future__ import annotations
@@ -60,6 +64,45 @@ class RequestBudget:
     @property
     def waiting(self) -> int:
         return len(self._queue)
+
+    def resize(self, limit: int) -> None:
+        """A reload changed `requests_per_minute`: keep the recent requests, apply the new N."""
+        if limit == self.limit:
+            return
+        self.limit = limit
+        self.spacing = self.window / limit
+        self._requests = deque(self._requests, maxlen=limit)
+        self._notify()
+
+    def snapshot(self, wall_now: float) -> dict[str, object]:
+        """The recent requests and any pause, in wall-clock seconds, for the state file."""
+        mono_now = self._clock()
+        edge = mono_now - self.window
+
+        def wall(t: float) -> float:
+            return round(wall_now - (mono_now - t), 3)
+
+        # A request still under way counts as if it ended now: keyCRM may be seeing it now.
+        done = [wall(r.done if r.done is not None else mono_now) for r in self._requests]
+        recent = [
+            t for t, r in zip(done, self._requests, strict=True) if (r.done or mono_now) > edge
+        ]
+        paused = wall(self._paused_until) if self._paused_until > mono_now else None
+        return {"done": recent, "paused_until": paused}
+
+    def restore(self, saved: dict[str, object], wall_now: float) -> None:
+        """Take over what an earlier process sent (see `snapshot`)."""
+        mono_now = self._clock()
+        done = saved.get("done")
+        if isinstance(done, list):
+            times = sorted(float(t) for t in done if isinstance(t, int | float))
+            for t in times[-self.limit :]:
+                mono = mono_now - max(0.0, wall_now - t)
+                self._requests.append(_Request(mono, mono))
+        paused = saved.get("paused_until")
+        if isinstance(paused, int | float) and paused > wall_now:
+            self._paused_until = max(self._paused_until, mono_now + (paused - wall_now))
+        self._notify()
 
     def sent_in_window(self) -> int:
         """Requests sent in the last window: `budget use` on the dashboard."""

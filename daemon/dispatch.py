@@ -27,7 +27,13 @@ from aiolimiter import AsyncLimiter
 
 from daemon.channel import Channel
 from daemon.config import ChannelConfig
-from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
+from daemon.errors import (
+    ChannelError,
+    ChannelFatal,
+    ChannelRejected,
+    ChannelRetryable,
+    StoreUnavailable,
+)
 from daemon.models import ItemValue, Outcome, PushResult, Value, Verdict
 from daemon.retry_after import MAX_RETRY_AFTER
 from daemon.store import Store, Timing
@@ -41,6 +47,7 @@ BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 PROBE_BASE = 15.0
 PROBE_CAP = 300.0
+STORE_RETRY = 5.0
 
 
 def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -85,6 +92,8 @@ class Dispatcher:
         self.health = ChannelHealth()
         #: items claimed by this worker whose push has not settled yet
         self.in_flight = 0
+        #: claimed items the store could not take back yet (it was failing)
+        self._orphans: set[str] = set()
         self._tally: Counter[str] = Counter()
         self._log = log.bind(channel=self.name)
 
@@ -128,7 +137,12 @@ class Dispatcher:
         """The worker loop; runs until cancelled."""
         async with anyio.create_task_group() as group:
             while True:
-                await self._sleep_until_work()
+                try:
+                    await self._put_back_orphans()
+                    await self._sleep_until_work()
+                except StoreUnavailable:
+                    await anyio.sleep(STORE_RETRY)  # the store logs the episode once
+                    continue
                 if self.health.paused_until > self._clock():
                     continue
                 if self.health.down and self.in_flight:
@@ -137,12 +151,23 @@ class Dispatcher:
                     continue
                 await self._slots.acquire()
                 limit = 1 if self.health.down else self.config.batch_size
-                items = await self._store.claim(self.name, self._clock(), limit)
+                try:
+                    items = await self._store.claim(self.name, self._clock(), limit)
+                except StoreUnavailable:
+                    items = []
+                    await anyio.sleep(STORE_RETRY)
                 if not items:
                     self._slots.release()
                     continue
                 self.in_flight += len(items)
                 group.start_soon(self._send, items)
+
+    async def _put_back_orphans(self) -> None:
+        """Claims that could not be settled while the store was failing: pushed again now."""
+        if self._orphans:
+            keys = sorted(self._orphans)
+            await self._store.release(self.name, keys, self._clock(), self.timing)
+            self._orphans.difference_update(keys)
 
     async def _one_finished(self) -> None:
         event = self._wake
@@ -166,15 +191,21 @@ class Dispatcher:
         unsettled = {item.key for item in items}
         try:
             await self._push(items, unsettled)
+        except StoreUnavailable:
+            pass  # not acknowledged: pushed again once the store can write (at least once)
         except Exception:
             self._log.exception("channel.settle_failed")
         finally:
             if unsettled:
-                # Cut off (a stop's deadline) or a bug: the request may have been applied.
+                # Cut off (a stop's deadline), a store fault or a bug: the request may have been
+                # applied, so the items go out again.
                 with anyio.CancelScope(shield=True):
-                    await self._store.release(
-                        self.name, sorted(unsettled), self._clock(), self.timing
-                    )
+                    try:
+                        await self._store.release(
+                            self.name, sorted(unsettled), self._clock(), self.timing
+                        )
+                    except StoreUnavailable:
+                        self._orphans.update(unsettled)
             self.in_flight -= len(items)
             self._slots.release()
             self.notify()

@@ -2,6 +2,9 @@
 
     StocksyncError
     ├── ConfigError              the file or a secret is wrong: report every fault, exit 2
+    ├── StateError               the state store
+    │   ├── StateUnusable        damaged, foreign or locked by another process: say so, exit 2
+    │   └── StoreUnavailable     a read or write failed (full disk, I/O error): back off, retry
     ├── SourceError              keyCRM could not give us a page
     │   ├── SourceRetryable      network, 5xx, 429, a malformed page: try again (Retry-After)
     │   └── SourceFatal          401/403/404: retrying will not help until an operator acts
@@ -24,7 +27,10 @@ __all__ = [
     "SourceError",
     "SourceFatal",
     "SourceRetryable",
+    "StateError",
+    "StateUnusable",
     "StocksyncError",
+    "StoreUnavailable",
 ]
 
 
@@ -38,6 +44,25 @@ class ConfigError(StocksyncError):
     def __init__(self, faults: list[tuple[str, str]]) -> None:
         self.faults = faults
         super().__init__("; ".join(f"{key}: {problem}" for key, problem in faults))
+
+
+class StateError(StocksyncError):
+    """The state store failed us."""
+
+
+class StateUnusable(StateError):
+    """The state cannot be used at all: damaged, not ours, or held by another process."""
+
+
+class StoreUnavailable(StateError):
+    """One store call failed for a reason that may pass (full disk, I/O error, busy file).
+
+    `operation` is `read` or `write` (the label of `stocksync_store_errors_total`).
+    """
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 class SourceError(StocksyncError):

@@ -112,10 +112,13 @@ async def _access_log(
 def build_app(
     controller: Controller,
     *,
-    webhook_token: SecretStr | None,
-    admin_token: SecretStr | None,
+    webhook_token: Callable[[], SecretStr | None],
+    admin_token: Callable[[], SecretStr | None],
 ) -> web.Application:
-    """The aiohttp application; the caller runs it with access logging off (see module doc)."""
+    """The aiohttp application; the caller runs it with access logging off (see module doc).
+
+    The tokens are read at each request: a reload that rotates them needs no new listener.
+    """
     app = web.Application(middlewares=[_access_log], client_max_size=MAX_WEBHOOK_BYTES)
 
     async def metrics(_request: web.Request) -> web.Response:
@@ -140,7 +143,8 @@ def build_app(
 
     async def webhook(request: web.Request) -> web.Response:
         token = request.match_info["token"]
-        if webhook_token is None or not _same(token, webhook_token):
+        expected = webhook_token()
+        if expected is None or not _same(token, expected):
             raise web.HTTPNotFound
         try:
             body = await request.read()
@@ -161,9 +165,10 @@ def build_app(
     async def admin_resync(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
-        if admin_token is None:
+        expected = admin_token()
+        if expected is None:
             raise web.HTTPNotFound
-        if scheme.lower() != "bearer" or not _same(token.strip(), admin_token):
+        if scheme.lower() != "bearer" or not _same(token.strip(), expected):
             return _json({"error": "a valid admin bearer token is required"}, status=401)
         controller.resync("http")
         return _json({"resync": "started"}, status=202)

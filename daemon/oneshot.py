@@ -20,9 +20,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from daemon import __version__
+from daemon.assembly import Parts, assemble, needs_catalog
 from daemon.config import Config
 from daemon.errors import SourceError
-from daemon.pipeline import Parts, assemble, needs_catalog
 from daemon.store import SQLiteStore, Store
 from daemon.telemetry import Metrics
 

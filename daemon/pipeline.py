@@ -1,41 +1,43 @@
-"""Wires the stages into a running daemon: one task group, signals, reload, graceful stop.
+"""The daemon shell: what lives as long as the process, and the pipelines that come and go in it.
 
     source (scan, catalog, look-ups) -> reconciler -> store (work queue) -> dispatcher -> channel
 
-A SIGHUP reload validates the new file whole first; if it is good, the running pipeline drains
-and a new one starts on the same store with a full resync. SIGTERM/SIGINT stop taking work, send
-what is debounced now, let in-flight requests finish within `shutdown_timeout`, and return.
+The shell owns the store (and the lock on it), the HTTP listener, signal handling, the keyCRM
+request budget (with any 429 pause) and the look-up queue. A pipeline is built from one config
+(`daemon.assembly`). A SIGHUP validates the new file whole, binds a changed listener first, and
+only then drains the running pipeline and starts the new one; a fault at any step keeps the old
+one running. Signals are handled the whole time: one that arrives during a reload or a drain
+waits its turn, and a SIGTERM still stops within `shutdown_timeout`. SIGTERM/SIGINT stop taking
+work, send what is debounced now, let in-flight requests finish within `shutdown_timeout`, and
+return.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import anyio
+import orjson
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from daemon import __version__
+from daemon.assembly import Parts, assemble
 from daemon.budget import RequestBudget
-from daemon.channel import ChannelContext
 from daemon.config import Config, secret_values
-from daemon.dispatch import Dispatcher
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, StoreUnavailable
 from daemon.http import build_app
-from daemon.keycrm import KeycrmClient
+from daemon.listener import Listener
 from daemon.logs import scrubber
-from daemon.plan import TEMPLATE_FIELDS
-from daemon.reconcile import Reconciler
-from daemon.source import Source
-from daemon.store import Store, Timing, open_store
+from daemon.lookups import LookupQueue
+from daemon.statelock import StateLock
+from daemon.store import Store, open_store
 from daemon.telemetry import Metrics
 
 __all__ = ["Daemon", "Parts", "assemble"]
@@ -43,7 +45,8 @@ __all__ = ["Daemon", "Parts", "assemble"]
 log = structlog.get_logger("stocksync.pipeline")
 
 _HOUSEKEEPING_EVERY = 60.0
-_CATALOG_FIELDS = {f for f in TEMPLATE_FIELDS if f not in ("sku", "offer_id")}
+_BUDGET_SAVE_EVERY = 2.0
+_STORE_RETRY = 5.0
 
 
 def _iso(ts: float | None) -> str | None:
@@ -53,81 +56,6 @@ def _iso(ts: float | None) -> str | None:
 def _unacknowledged(per_status: dict[str, int]) -> int:
     """Items waiting for a push or in flight: the lag's work (held ones wait for a person)."""
     return per_status.get("pending", 0) + per_status.get("sending", 0)
-
-
-def needs_catalog(config: Config) -> bool:
-    """Whether any channel's keys use catalog fields (names, barcodes, properties)."""
-    for channel in config.channels:
-        if channel.rules.key_map is not None:
-            continue
-        for template in channel.rules.key_parts:
-            for index, piece in enumerate(template):
-                if index % 2 == 1 and (piece in _CATALOG_FIELDS or piece.startswith("prop[")):
-                    return True
-    return False
-
-
-@dataclass(slots=True)
-class Parts:
-    """One pipeline's stages, built from one config."""
-
-    config: Config
-    dispatchers: dict[str, Dispatcher]
-    reconciler: Reconciler
-    source: Source
-    client: KeycrmClient
-
-
-def assemble(
-    config: Config,
-    store: Store,
-    session: aiohttp.ClientSession,
-    metrics: Metrics,
-    *,
-    debounce: float | None = None,
-    clock: Callable[[], float] = time.time,
-) -> Parts:
-    """Build every stage. `debounce` overrides the config's (`once` pushes without waiting)."""
-    sync = config.sync
-    quiet = sync.debounce if debounce is None else debounce
-    timing = Timing(quiet, max(quiet, sync.max_delay if debounce is None else quiet))
-    dispatchers: dict[str, Dispatcher] = {}
-    for channel in config.channels:
-        adapter = channel.spec.build(
-            channel.options, ChannelContext(channel.name, session, channel.timeout)
-        )
-        dispatchers[channel.name] = Dispatcher(
-            channel, adapter, store, timing, metrics, clock=clock
-        )
-
-    def wake(name: str) -> None:
-        dispatcher = dispatchers.get(name)
-        if dispatcher is not None:
-            dispatcher.notify()
-
-    reconciler = Reconciler(
-        store,
-        config.channels,
-        metrics,
-        timing={name: timing for name in dispatchers},
-        wake=wake,
-        guard_fraction=config.sync.guard_fraction,
-        clock=clock,
-    )
-    budget = RequestBudget(config.keycrm.requests_per_minute)
-    metrics.keycrm_budget_limit.set(config.keycrm.requests_per_minute)
-    client = KeycrmClient(config.keycrm, session, budget, metrics, details=config.needs_warehouses)
-    source = Source(
-        client,
-        store,
-        reconciler,
-        metrics,
-        poll_interval=config.keycrm.poll_interval,
-        catalog_interval=config.keycrm.catalog_interval,
-        needs_catalog=needs_catalog(config),
-        clock=clock,
-    )
-    return Parts(config, dispatchers, reconciler, source, client)
 
 
 class Daemon:
@@ -163,6 +91,9 @@ class Daemon:
         self._resync_trigger = "signal"
         self.started = anyio.Event()
         self.bound_port: int | None = None
+        self.budget = RequestBudget(config.keycrm.requests_per_minute)
+        self.lookups = LookupQueue()
+        self._listener: Listener | None = None
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -181,16 +112,29 @@ class Daemon:
         if self.parts is not None:
             self.parts.source.request_lookup(skus)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read and validate the file; keep the running config if it has faults."""
+    async def reload(self) -> None:
+        """SIGHUP: re-read and validate the file, bind a changed listener; on any fault keep
+        running the old config and say why."""
         if self._reload is None:
             return
         self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             config = self._reload()
+            if self._listener is not None:
+                try:
+                    self.bound_port = await self._listener.rebind(config.daemon.listen)
+                except OSError as exc:
+                    reason = exc.strerror or str(exc)
+                    raise ConfigError(
+                        [("daemon.listen", f"cannot listen there: {reason}")]
+                    ) from exc
         except ConfigError as exc:
             self.metrics.config_reloads.labels(result="error").inc()
-            log.exception("config.reload_failed", faults=[f"{k}: {p}" for k, p in exc.faults])
+            log.error(  # noqa: TRY400 (a fault of the file, not of the program: no traceback)
+                "config.reload_failed",
+                faults=[f"{k}: {p}" for k, p in exc.faults],
+                hint="still running the previous configuration",
+            )
             self._notify("READY=1")
             return
         self.metrics.config_reloads.labels(result="ok").inc()
@@ -203,8 +147,11 @@ class Daemon:
     async def refresh_metrics(self) -> None:
         if self.store is None or self.parts is None:
             return
-        counts = await self.store.counts()
-        oldest = await self.store.oldest_pending()
+        try:
+            counts = await self.store.counts()
+            oldest = await self.store.oldest_pending()
+        except StoreUnavailable:
+            return  # the last values stand; stocksync_store_errors_total says why
         now = self._clock()
         for name in self.parts.dispatchers:
             per_status = counts.get(name, {})
@@ -222,6 +169,8 @@ class Daemon:
             return "starting"
         if self._stopping:
             return "stopping"
+        if self.store.health.reason is not None:
+            return self.store.health.reason
         progress = parts.source.progress
         if progress.last_success is None:
             return "the first keyCRM scan has not finished"
@@ -237,8 +186,11 @@ class Daemon:
         parts = self.parts
         if parts is None or self.store is None:
             return {"version": __version__, "ready": False, "reason": "starting"}
-        counts = await self.store.counts()
-        oldest = await self.store.oldest_pending()
+        try:
+            counts = await self.store.counts()
+            oldest = await self.store.oldest_pending()
+        except StoreUnavailable:
+            counts, oldest = {}, {}
         now = self._clock()
         channels = {}
         for name, dispatcher in parts.dispatchers.items():
@@ -287,78 +239,100 @@ class Daemon:
     # --- running ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until stopped. Reloads replace the pipeline; the store stays open throughout."""
-        self.store = open_store(self.config.daemon.state)
-        # Pushes cut off by the death of the last process: their outcome is unknown.
-        recovered = await self.store.recover(self._clock())
-        if recovered:
-            log.warning("daemon.recovered_in_flight", items=recovered)
-        resync_first = False
-        try:
-            async with anyio.create_task_group() as life:
-                if self._watchdog_every is not None:
-                    life.start_soon(self._watchdog, self._watchdog_every)
-                while True:
+        """Run until stopped. Reloads replace the pipeline; the shell stays throughout."""
+        state = self.config.daemon.state
+        with StateLock(state):
+            store = open_store(state)
+            self.store = store
+            store.health.on_error = lambda op: self.metrics.store_errors.labels(operation=op).inc()
+            try:
+                await self._load_budget(store)
+                await self._live(store)
+            finally:
+                self._notify("STOPPING=1")
+                with anyio.CancelScope(shield=True):
+                    await self._save_budget(store)
+                    await store.close()
+                log.info("daemon.stopped")
+
+    async def _live(self, store: Store) -> None:
+        app = build_app(
+            self,
+            webhook_token=lambda: self.config.keycrm.webhook_token,
+            admin_token=lambda: self.config.daemon.admin_token,
+        )
+        listener = Listener(app)
+        self._listener = listener
+        async with anyio.create_task_group() as life:
+            if self._handle_signals:
+                await life.start(self._signals)
+            if self._watchdog_every is not None:
+                life.start_soon(self._watchdog, self._watchdog_every)
+            life.start_soon(self._keep_budget, store)
+            try:
+                self.bound_port = await listener.start(self.config.daemon.listen)
+                await self._recover(store)
+                resync_first = False
+                while not self._stopping:
                     await self._run_pipeline(self.config, resync_first=resync_first)
                     if self._next_config is None or self._stopping:
                         break
-                    self.config, self._next_config = self._next_config, None
-                    self._scrub = scrubber(secret_values(self.config))
-                    for channel in self.config.channels:
-                        self.metrics.add_channel(channel.name)
-                    self._stop = anyio.Event()
+                    self._switch(self._next_config)
                     resync_first = True
-                life.cancel_scope.cancel()
-        finally:
-            self._notify("STOPPING=1")
-            await self.store.close()
-            log.info("daemon.stopped")
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await listener.close()
+                self._listener = None
+            life.cancel_scope.cancel()
 
-    @asynccontextmanager
-    async def _http(self, config: Config) -> AsyncIterator[None]:
-        app = build_app(
-            self,
-            webhook_token=config.keycrm.webhook_token,
-            admin_token=config.daemon.admin_token,
-        )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        host, _, port = config.daemon.listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port))
-        await site.start()
-        addresses = runner.addresses
-        self.bound_port = int(addresses[0][1]) if addresses else int(port)
-        log.info("http.listening", listen=config.daemon.listen, port=self.bound_port)
+    def _switch(self, config: Config) -> None:
+        """Take a validated new config for the next pipeline (the shell's parts stay)."""
+        self.config, self._next_config = config, None
+        self._scrub = scrubber(secret_values(config))
+        self.budget.resize(config.keycrm.requests_per_minute)
+        for channel in config.channels:
+            self.metrics.add_channel(channel.name)
+        self._stop = anyio.Event()
+
+    async def _recover(self, store: Store) -> None:
+        """Pushes cut off by the death of the last process: their outcome is unknown."""
         try:
-            yield
-        finally:
-            await runner.cleanup()
+            recovered = await store.recover(self._clock())
+        except StoreUnavailable:
+            return  # logged by the store; the items stay `sending` until a start that can write
+        if recovered:
+            log.warning("daemon.recovered_in_flight", items=recovered)
 
     async def _run_pipeline(self, config: Config, *, resync_first: bool) -> None:
         assert self.store is not None
         store = self.store
         async with aiohttp.ClientSession() as session:
-            parts = assemble(config, store, session, self.metrics, clock=self._clock)
+            parts = assemble(
+                config,
+                store,
+                session,
+                self.metrics,
+                budget=self.budget,
+                lookups=self.lookups,
+                clock=self._clock,
+            )
             self.parts = parts
-            counts = await store.counts()
-            await parts.source.load_state()
-            # The rules may have changed since the stored desired values were planned.
-            replanned = await parts.reconciler.replan()
+            with contextlib.suppress(StoreUnavailable):  # readiness says why meanwhile
+                await parts.source.load_state()
             log.info(
                 "daemon.started",
                 version=__version__,
                 channels=[c.name for c in config.channels],
-                pending=sum(_unacknowledged(c) for c in counts.values()),
-                replanned=replanned,
                 state=str(config.daemon.state),
+                listen=config.daemon.listen,
+                port=self.bound_port,
             )
-            async with self._http(config):
-                self._notify("READY=1")
-                self._notify(f"STATUS=syncing {len(parts.dispatchers)} channels")
-                self.started.set()
-                if resync_first:
-                    self.resync("signal")
-                await self._serve(parts)
+            self._notify("READY=1")
+            self._notify(f"STATUS=syncing {len(parts.dispatchers)} channels")
+            self.started.set()
+            if resync_first:
+                self.resync("signal")
+            await self._serve(parts)
             self.parts = None
 
     async def _serve(self, parts: Parts) -> None:
@@ -369,6 +343,8 @@ class Daemon:
             async with anyio.create_task_group() as feeders:
                 for dispatcher in parts.dispatchers.values():
                     feeders.start_soon(dispatcher.report)
+                # The rules may have changed since the stored desired values were planned.
+                feeders.start_soon(self._replan, parts)
                 feeders.start_soon(parts.source.run_scans)
                 feeders.start_soon(parts.source.run_catalog)
                 feeders.start_soon(parts.source.run_lookups)
@@ -376,8 +352,6 @@ class Daemon:
                 feeders.start_soon(self._housekeeping)
                 if config.sync.resync_interval is not None:
                     feeders.start_soon(self._scheduled_resyncs, config.sync.resync_interval)
-                if self._handle_signals:
-                    feeders.start_soon(self._signals)
                 await self._stop.wait()
                 feeders.cancel_scope.cancel()
             deadline = self._clock() + config.daemon.shutdown_timeout
@@ -385,19 +359,43 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 async with anyio.create_task_group() as drains:
                     for dispatcher in parts.dispatchers.values():
-                        drains.start_soon(dispatcher.drain, deadline)
+                        drains.start_soon(self._drain, dispatcher, deadline)
             workers.cancel_scope.cancel()
+
+    @staticmethod
+    async def _drain(dispatcher: Any, deadline: float) -> None:
+        try:
+            await dispatcher.drain(deadline)
+        except StoreUnavailable:
+            return  # what was not settled is pushed again after the restart
+
+    async def _replan(self, parts: Parts) -> None:
+        """Plan every stored record with this pipeline's rules, retrying while the store fails."""
+        while True:
+            try:
+                replanned = await parts.reconciler.replan()
+            except StoreUnavailable:
+                await anyio.sleep(_STORE_RETRY)
+                continue
+            if replanned:
+                log.info("plan.replanned", items=replanned)
+            return
 
     async def _resyncs(self, parts: Parts) -> None:
         assert self.store is not None
         while True:
             await self._resync_wanted.wait()
-            self._resync_wanted = anyio.Event()
             if parts.source.progress.resync and parts.source.progress.running:
+                self._resync_wanted = anyio.Event()
                 log.info("resync.merged", trigger=self._resync_trigger)
                 continue
-            await parts.reconciler.replan()
-            forced = await self.store.force_all(self._clock())
+            try:
+                await parts.reconciler.replan()
+                forced = await self.store.force_all(self._clock())
+            except StoreUnavailable:
+                await anyio.sleep(_STORE_RETRY)  # still wanted: tried again
+                continue
+            self._resync_wanted = anyio.Event()
             for dispatcher in parts.dispatchers.values():
                 dispatcher.notify()
             parts.source.request_scan()
@@ -413,30 +411,67 @@ class Daemon:
         assert self.store is not None
         while True:
             retention = self.config.daemon.history_retention
-            pruned = await self.store.prune_history(self._clock() - retention)
+            try:
+                pruned = await self.store.prune_history(self._clock() - retention)
+            except StoreUnavailable:
+                pruned = 0
             if pruned:
                 log.info("history.pruned", rows=pruned)
             await anyio.sleep(_HOUSEKEEPING_EVERY)
+
+    # --- the keyCRM budget across restarts -------------------------------------------------------
+
+    async def _load_budget(self, store: Store) -> None:
+        try:
+            saved = await store.get_meta("keycrm_budget")
+        except StoreUnavailable:
+            return
+        if saved:
+            self.budget.restore(orjson.loads(saved), time.time())
+
+    async def _save_budget(self, store: Store) -> None:
+        snapshot = orjson.dumps(self.budget.snapshot(time.time())).decode()
+        try:
+            await store.set_meta("keycrm_budget", snapshot)
+        except StoreUnavailable:
+            return
+
+    async def _keep_budget(self, store: Store) -> None:
+        """Save the budget's recent requests every few seconds (and at exit): a restart, even
+        a SIGKILL, then knows what the last process spent in keyCRM's window."""
+        while True:
+            await anyio.sleep(_BUDGET_SAVE_EVERY)
+            await self._save_budget(store)
+
+    # --- process-level tasks ---------------------------------------------------------------------
 
     async def _watchdog(self, every: float) -> None:
         """Ping systemd from the event loop itself, so a wedged loop is restarted."""
         while True:
             message = "WATCHDOG=1"
             if self.parts is not None and self.store is not None:
-                counts = await self.store.counts()
+                try:
+                    counts = await self.store.counts()
+                except StoreUnavailable:
+                    counts = {}
                 pending = sum(_unacknowledged(c) for c in counts.values())
                 message += f"\nSTATUS={len(self.parts.dispatchers)} channels, {pending} pending"
             self._notify(message)
             await anyio.sleep(every)
 
-    async def _signals(self) -> None:
+    async def _signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """For the whole life of the process: a signal during a reload or a drain waits its
+        turn here instead of taking its default action (which would kill the process)."""
         wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
         with anyio.open_signal_receiver(*wanted) as received:
+            task_status.started()
             async for signum in received:
                 log.info("daemon.signal", signal=signal.Signals(signum).name)
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     self.stop()
                 elif signum == signal.SIGUSR1:
                     self.resync("signal")
-                elif signum == signal.SIGHUP:
-                    self.reload()
+                elif signum == signal.SIGHUP and not self._stopping:
+                    await self.reload()

@@ -10,7 +10,6 @@ what overflows is left to the next scan (and counted).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,9 @@ import anyio
 import structlog
 
 from daemon.completeness import ScanTally
-from daemon.errors import SourceError, SourceRetryable
+from daemon.errors import SourceError, SourceRetryable, StoreUnavailable
 from daemon.keycrm import PAGE_SIZE, KeycrmClient
+from daemon.lookups import LookupQueue
 from daemon.models import StockLevel
 from daemon.reconcile import Reconciler
 from daemon.store import Store
@@ -32,8 +32,6 @@ log = structlog.get_logger("stocksync.source")
 
 _FAILED_SCAN_RETRY = 60.0
 _FAILED_CATALOG_RETRY = 300.0
-#: SKUs waiting for a look-up at most; more are left to the next scan
-LOOKUP_QUEUE_CAP = 10_000
 _LOOKUP_BATCH = PAGE_SIZE * 4
 
 
@@ -75,6 +73,7 @@ class Source:
         poll_interval: float,
         catalog_interval: float,
         needs_catalog: bool,
+        lookups: LookupQueue | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -87,13 +86,12 @@ class Source:
         self._clock = clock
         self.progress = ScanProgress()
         self._scan_requested = anyio.Event()
-        self._lookups: dict[str, None] = {}  # insertion-ordered: first in, first out
-        self._lookup_wake = anyio.Event()
+        self.lookups = LookupQueue() if lookups is None else lookups
         self._first_catalog_tried = anyio.Event()
 
     @property
     def lookups_queued(self) -> int:
-        return len(self._lookups)
+        return len(self.lookups)
 
     def request_scan(self) -> None:
         """Start a full scan now (a resync); requests during a scan merge into the next one."""
@@ -101,18 +99,10 @@ class Source:
 
     def request_lookup(self, skus: list[str]) -> None:
         """Ask keyCRM for these SKUs' stock ahead of the scan (a webhook's trigger)."""
-        overflow = 0
-        for sku in skus:
-            if sku in self._lookups:
-                continue
-            if len(self._lookups) >= LOOKUP_QUEUE_CAP:
-                overflow += 1
-                continue
-            self._lookups[sku] = None
+        overflow = self.lookups.push(skus)
         if overflow:
             self._metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
-            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=LOOKUP_QUEUE_CAP)
-        self._lookup_wake.set()
+            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=self.lookups.cap)
 
     async def load_state(self) -> None:
         """Pick up what earlier runs recorded, so `/status` and readiness survive a restart."""
@@ -257,13 +247,8 @@ class Source:
     async def run_lookups(self) -> None:
         """Serve look-up requests first in, first out, in 50-SKU requests ahead of the scan."""
         while True:
-            if not self._lookups:
-                await self._lookup_wake.wait()
-                self._lookup_wake = anyio.Event()
-                continue
-            batch = list(itertools.islice(self._lookups, _LOOKUP_BATCH))
-            for sku in batch:
-                del self._lookups[sku]
+            await self.lookups.wait()
+            batch = self.lookups.take(_LOOKUP_BATCH)
 
             async def look(skus: list[str] = batch) -> None:
                 found = await self.client.lookup(skus)
@@ -280,14 +265,16 @@ class Source:
 
             if not await self._guarded(look, "keycrm.lookup_failed"):
                 # Back to the front of the queue; do not spin on a failing keyCRM meanwhile.
-                self._lookups = dict.fromkeys([*batch, *self._lookups])
-                while len(self._lookups) > LOOKUP_QUEUE_CAP:
-                    self._lookups.popitem()
+                self.lookups.put_back(batch)
                 await anyio.sleep(_FAILED_SCAN_RETRY)
 
     async def _guarded(self, job: Callable[[], Awaitable[None]], event: str) -> bool:
         try:
             await job()
+        except StoreUnavailable as exc:
+            # The store logs the episode once; keyCRM's answer is not lost: it is asked again.
+            self.progress.last_error = str(exc)
+            return False
         except SourceError as exc:
             self.progress.last_error = str(exc)
             log.error(event, error=str(exc), status=exc.status)  # noqa: TRY400 (expected: no traceback)

@@ -139,6 +139,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.store_errors = Counter(
+            "stocksync_store_errors",
+            "Store reads/writes that failed (full disk, I/O error); readiness is 503 while "
+            "writes fail.",
+            ["operation"],
+            registry=r,
+        )
         self.lookups_dropped = Counter(
             "stocksync_lookups_dropped",
             "Webhook SKUs not looked up (bad_sku, refused by keyCRM, overflow of the queue); "
@@ -162,6 +169,8 @@ class Metrics:
             self.offers_skipped.labels(reason=reason)
         for reason in INCOMPLETE_REASONS:
             self.incomplete_scans.labels(reason=reason)
+        for operation in ("read", "write"):
+            self.store_errors.labels(operation=operation)
         for reason in ("bad_sku", "refused", "overflow"):
             self.lookups_dropped.labels(reason=reason)
         for channel in channels:

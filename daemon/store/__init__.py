@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
 from daemon.store.protocol import HistoryRow, ItemRow, Settled, Store
 from daemon.store.sqlite import SQLiteStore
@@ -23,6 +24,7 @@ __all__ = [
     "Settled",
     "Status",
     "Store",
+    "StoreHealth",
     "Timing",
     "open_store",
 ]

@@ -13,6 +13,7 @@ from typing import Protocol
 from daemon.guard import ScanGuard
 from daemon.models import CatalogEntry, ItemValue, StockLevel, StockRecord, Value, Verdict
 from daemon.plan import Contribution
+from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Timing
 
 __all__ = ["HistoryRow", "ItemRow", "Settled", "Store"]
@@ -56,7 +57,13 @@ class HistoryRow:
 
 
 class Store(Protocol):
-    """The state store. Implementations: `SQLiteStore` (PostgreSQL next, same contract)."""
+    """The state store. Implementations: `SQLiteStore` (PostgreSQL next, same contract).
+
+    A call that fails for a reason that may pass raises `StoreUnavailable` and leaves nothing
+    half-done; `health` says whether writes work now.
+    """
+
+    health: StoreHealth
 
     # --- keyCRM records --------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ every item) are cut into pages, each its own call, so other work gets in between
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ import anyio
 import anyio.to_thread
 
 from daemon.codec import decode_catalog, decode_stock, encode_catalog, encode_stock
+from daemon.errors import StateUnusable, StoreUnavailable
 from daemon.guard import ScanGuard
 from daemon.models import (
     CatalogEntry,
@@ -32,6 +34,7 @@ from daemon.models import (
 )
 from daemon.plan import Contribution
 from daemon.store import lifecycle
+from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Item, Status, Timing
 from daemon.store.protocol import HistoryRow, ItemRow, Settled
 from daemon.store.schema import ITEM_COLUMNS, migrate
@@ -42,6 +45,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _CHUNK = 500  # values per IN (...) list: well under SQLite's parameter limit
+_WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL file keeps after a checkpoint
 _PAGE = 5000  # rows per call of a long job
 
 _COLUMNS = ", ".join(ITEM_COLUMNS)
@@ -99,33 +103,61 @@ class SQLiteStore:
     """SQLite in WAL mode, one file; see the module docstring for how it keeps off the loop."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.health = StoreHealth(str(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateUnusable(f"{path}: cannot open the state file ({exc})") from exc
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            # Keep the WAL from growing past what one checkpoint leaves behind.
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             migrate(self._db)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StateUnusable(
+                f"{path}: not a usable stocksync state file ({exc}). Move it aside to start "
+                "afresh (the next scan rebuilds it; channels are pushed again), or restore a backup"
+            ) from exc
         except BaseException:
             self._db.close()
             raise
         self._limiter: anyio.CapacityLimiter | None = None
+        self._writing = False
         self._clock = time.time
 
     async def _run(self, job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(partial(job, *args, **kwargs), limiter=self._limiter)
+        return await anyio.to_thread.run_sync(
+            partial(self._guarded, job, *args, **kwargs), limiter=self._limiter
+        )
+
+    def _guarded(self, job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one call in the store's thread; a failure of SQLite becomes a store fault."""
+        self._writing = False
+        try:
+            return job(*args, **kwargs)
+        except sqlite3.Error as exc:
+            operation = "write" if self._writing else "read"
+            self.health.failed(operation, str(exc))
+            raise StoreUnavailable(f"state store {operation}: {exc}", operation=operation) from exc
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        self._writing = True
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self.health.wrote()
 
     def _select_in(
         self, sql: str, values: Sequence[str], channel: str | None = None
@@ -608,4 +640,5 @@ class SQLiteStore:
         if self._limiter is None:
             self._db.close()
         else:
-            await self._run(self._db.close)
+            with contextlib.suppress(StoreUnavailable):
+                await self._run(self._db.close)

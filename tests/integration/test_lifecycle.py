@@ -207,7 +207,7 @@ async def test_look_ups_are_first_in_first_out_and_bounded(
 ) -> None:
     world.keycrm.populate(300)
     await world.add_shop("pos")
-    monkeypatch.setattr("daemon.source.LOOKUP_QUEUE_CAP", 260)
+    monkeypatch.setattr("daemon.lookups.LOOKUP_QUEUE_CAP", 260)
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
         await eventually(lambda: in_sync(world) and idle(daemon))

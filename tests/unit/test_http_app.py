@@ -33,7 +33,7 @@ class Broken:
 
 
 async def test_an_unexpected_error_is_a_500_and_still_logged(serve: Serve) -> None:
-    base = await serve(build_app(Broken(), webhook_token=None, admin_token=None))
+    base = await serve(build_app(Broken(), webhook_token=lambda: None, admin_token=lambda: None))
     with structlog.testing.capture_logs() as logs:
         async with aiohttp.ClientSession() as session, session.get(f"{base}/status") as r:
             assert r.status == 500

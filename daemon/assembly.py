@@ -1,0 +1,111 @@
+"""Builds one pipeline's stages from one config: the composition of the engine.
+
+    source (scan, catalog, look-ups) -> reconciler -> store (work queue) -> dispatcher -> channel
+
+What outlives a pipeline (the store, the keyCRM request budget, the look-up queue, the listener)
+is handed in by the daemon shell; everything built here lives until the next reload.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from daemon.budget import RequestBudget
+from daemon.channel import ChannelContext
+from daemon.config import Config
+from daemon.dispatch import Dispatcher
+from daemon.keycrm import KeycrmClient
+from daemon.lookups import LookupQueue
+from daemon.plan import TEMPLATE_FIELDS
+from daemon.reconcile import Reconciler
+from daemon.source import Source
+from daemon.store import Store, Timing
+from daemon.telemetry import Metrics
+
+__all__ = ["Parts", "assemble", "needs_catalog"]
+
+_CATALOG_FIELDS = {f for f in TEMPLATE_FIELDS if f not in ("sku", "offer_id")}
+
+
+def needs_catalog(config: Config) -> bool:
+    """Whether any channel's keys use catalog fields (names, barcodes, properties)."""
+    for channel in config.channels:
+        if channel.rules.key_map is not None:
+            continue
+        for template in channel.rules.key_parts:
+            for index, piece in enumerate(template):
+                if index % 2 == 1 and (piece in _CATALOG_FIELDS or piece.startswith("prop[")):
+                    return True
+    return False
+
+
+@dataclass(slots=True)
+class Parts:
+    """One pipeline's stages, built from one config."""
+
+    config: Config
+    dispatchers: dict[str, Dispatcher]
+    reconciler: Reconciler
+    source: Source
+    client: KeycrmClient
+
+
+def assemble(
+    config: Config,
+    store: Store,
+    session: aiohttp.ClientSession,
+    metrics: Metrics,
+    *,
+    debounce: float | None = None,
+    budget: RequestBudget | None = None,
+    lookups: LookupQueue | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Parts:
+    """Build every stage. `debounce` overrides the config's (`once` pushes without waiting);
+    `budget` and `lookups` are the process's own (a fresh one each when not given)."""
+    sync = config.sync
+    quiet = sync.debounce if debounce is None else debounce
+    timing = Timing(quiet, max(quiet, sync.max_delay if debounce is None else quiet))
+    dispatchers: dict[str, Dispatcher] = {}
+    for channel in config.channels:
+        adapter = channel.spec.build(
+            channel.options, ChannelContext(channel.name, session, channel.timeout)
+        )
+        dispatchers[channel.name] = Dispatcher(
+            channel, adapter, store, timing, metrics, clock=clock
+        )
+
+    def wake(name: str) -> None:
+        dispatcher = dispatchers.get(name)
+        if dispatcher is not None:
+            dispatcher.notify()
+
+    reconciler = Reconciler(
+        store,
+        config.channels,
+        metrics,
+        timing={name: timing for name in dispatchers},
+        wake=wake,
+        guard_fraction=config.sync.guard_fraction,
+        clock=clock,
+    )
+    if budget is None:
+        budget = RequestBudget(config.keycrm.requests_per_minute)
+    metrics.keycrm_budget_limit.set(config.keycrm.requests_per_minute)
+    client = KeycrmClient(config.keycrm, session, budget, metrics, details=config.needs_warehouses)
+    source = Source(
+        client,
+        store,
+        reconciler,
+        metrics,
+        poll_interval=config.keycrm.poll_interval,
+        catalog_interval=config.keycrm.catalog_interval,
+        needs_catalog=needs_catalog(config),
+        lookups=lookups,
+        clock=clock,
+    )
+    return Parts(config, dispatchers, reconciler, source, client)
