@@ -18,7 +18,7 @@ from daemon import __version__
 from daemon.config import Config, load_config, secret_values
 from daemon.demo import run_demo
 from daemon.drift import DEFAULT_SHARE, run_drift
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, StateUnusable
 from daemon.logs import configure_logging
 from daemon.oneshot import dry_run, run_once
 from daemon.pipeline import Daemon
@@ -192,6 +192,15 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except StateUnusable as exc:
+        # Damaged, foreign or locked state: an operator's problem, said in one line.
+        print(f"stocksync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         try:

@@ -23,6 +23,7 @@ from daemon import __version__
 from daemon.assembly import Parts, assemble, needs_catalog
 from daemon.config import Config
 from daemon.errors import SourceError
+from daemon.statelock import StateLock
 from daemon.store import SQLiteStore, Store
 from daemon.telemetry import Metrics
 
@@ -91,6 +92,11 @@ async def dry_run(config: Config, out: TextIO = sys.stdout) -> int:
 
 async def run_once(config: Config, *, wait: float, out: TextIO = sys.stdout) -> int:
     """Scan once, push every difference, wait; 0 if all acknowledged, else 1."""
+    with StateLock(config.daemon.state):
+        return await _run_once(config, wait=wait, out=out)
+
+
+async def _run_once(config: Config, *, wait: float, out: TextIO) -> int:
     store = SQLiteStore(config.daemon.state)
     metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
     try:
