@@ -1,0 +1,98 @@
+"""Connections to PostgreSQL that stay correct behind PgBouncer in transaction mode.
+
+Behind a transaction-mode pooler each transaction may run on a different server session, so
+nothing here keeps session state: prepared statements are off (`prepare_threshold=None`; psycopg
+would otherwise prepare a query on its sixth run and find it missing on the next session), no
+`SET`, no temporary tables, and no session advisory locks. Locks that must last longer than a
+statement are row locks or `pg_advisory_xact_lock`, which end with their transaction. LISTEN
+is the one exception (it needs a session): the look-up queue's listener opens its own direct
+connection, and the queue is polled as well, so a pooler that drops notifications only delays
+a wake-up.
+
+The DSN never carries the password (it is logged, shown in errors and kept in the config file):
+the password comes from a secret (`state_password_env`/`_file`) or from libpq's own `PGPASSFILE`
+or `PGPASSWORD`, and is handed to libpq as a separate parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.errors import ProgrammingError
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["Pool", "check_dsn", "connect", "connect_kwargs", "describe", "open_pool"]
+
+Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+
+#: The URI schemes libpq accepts; anything else in `daemon.state` is a SQLite file.
+SCHEMES = ("postgresql://", "postgres://")
+
+
+def check_dsn(dsn: str) -> str:
+    """The DSN if libpq can parse it and it holds no password; a ValueError otherwise."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        # libpq's message quotes the DSN, which may hold a password: say only what is wrong.
+        raise ValueError("is not a valid PostgreSQL connection string") from exc
+    if params.get("password"):
+        raise ValueError(
+            "must not contain the password: use state_password_env, state_password_file "
+            "or PGPASSFILE"
+        )
+    return dsn
+
+
+def describe(dsn: str) -> str:
+    """`user@host:port/dbname` for logs and `/status`: no password, no other parameter."""
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or "localhost")
+    port = f":{params['port']}" if params.get("port") else ""
+    user = f"{params['user']}@" if params.get("user") else ""
+    return f"{user}{host}{port}/{params.get('dbname') or ''}"
+
+
+def connect_kwargs(password: str | None = None) -> dict[str, Any]:
+    """Connection parameters every connection gets: no prepared statements, a name to find us."""
+    kwargs: dict[str, Any] = {"prepare_threshold": None, "application_name": "stocksync"}
+    if password is not None:
+        kwargs["password"] = password
+    return kwargs
+
+
+async def connect(
+    dsn: str, *, password: str | None = None, autocommit: bool = False
+) -> AsyncConnection[TupleRow]:
+    """One direct connection (the queue's listener; tools): the same parameters as the pool's."""
+    return await AsyncConnection.connect(dsn, autocommit=autocommit, **connect_kwargs(password))
+
+
+async def open_pool(
+    dsn: str,
+    *,
+    password: str | None = None,
+    min_size: int = 1,
+    max_size: int = 8,
+    acquire_timeout: float = 10.0,
+) -> Pool:
+    """An open pool; `acquire_timeout` bounds the wait for a connection (and for the first).
+
+    Every connection is checked when handed out, so one that died in a failover is replaced
+    instead of failing the caller's transaction.
+    """
+    pool: Pool = AsyncConnectionPool(
+        dsn,
+        kwargs=connect_kwargs(password),
+        min_size=min_size,
+        max_size=max_size,
+        timeout=acquire_timeout,
+        open=False,
+        name="stocksync",
+        check=AsyncConnectionPool.check_connection,
+    )
+    await pool.open(wait=True, timeout=acquire_timeout)
+    return pool

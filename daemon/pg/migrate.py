@@ -1,0 +1,125 @@
+"""The PostgreSQL schema, as ordered steps applied at start, each once.
+
+`schema_migrations` records which steps a database has had. Every replica calls `migrate` when
+it starts; several may start at once (a rolling update, three pods scheduled together), so
+the whole run happens in one transaction under `pg_advisory_xact_lock`: the second replica
+waits, then finds nothing left to do. That lock is transaction-scoped, so it is released with
+the transaction and is safe through a pooler. DDL is transactional in PostgreSQL: a failed
+step leaves the database as it was.
+
+Steps are only ever appended: a released step is never edited, because databases out there
+already had it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import LiteralString
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from daemon.errors import StocksyncError
+
+__all__ = ["MIGRATIONS", "Migration", "SchemaTooNew", "migrate"]
+
+#: The key of the advisory lock that serialises migrations (any constant bigint; "stocksyn").
+LOCK_KEY = 0x73746F636B73796E
+
+
+class SchemaTooNew(StocksyncError):
+    """The database was migrated by a newer stocksync: this one must not write to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step: its version (1, 2, ...), a name for people, and its statements in order."""
+
+    version: int
+    name: str
+    statements: tuple[LiteralString, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "leader lease per merchant",
+        (
+            """
+            CREATE TABLE leases (
+                merchant text PRIMARY KEY,
+                holder text NOT NULL,
+                epoch bigint NOT NULL,
+                expires_at timestamptz NOT NULL,
+                acquired_at timestamptz NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
+        2,
+        "keycrm requests of the shared budget",
+        (
+            "CREATE TABLE keycrm_requests (merchant text NOT NULL, at timestamptz NOT NULL)",
+            "CREATE INDEX keycrm_requests_by_time ON keycrm_requests (merchant, at)",
+        ),
+    ),
+    Migration(
+        3,
+        "durable look-up queue",
+        (
+            "CREATE SEQUENCE lookup_queue_seq",
+            """
+            CREATE TABLE lookup_queue (
+                merchant text NOT NULL,
+                sku text NOT NULL,
+                queued_at timestamptz NOT NULL,
+                seq bigint NOT NULL DEFAULT nextval('lookup_queue_seq'),
+                claimed_at timestamptz,
+                PRIMARY KEY (merchant, sku)
+            )
+            """,
+            "CREATE INDEX lookup_queue_by_age ON lookup_queue (merchant, queued_at)",
+        ),
+    ),
+)
+
+
+async def migrate(
+    conn: AsyncConnection[TupleRow], migrations: tuple[Migration, ...] = MIGRATIONS
+) -> list[int]:
+    """Apply the steps the database has not had; return their versions (empty: up to date).
+
+    Raises `SchemaTooNew` when the database has a step this version does not know.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """
+        )
+        cursor = await conn.execute("SELECT version FROM schema_migrations")
+        applied = {int(row[0]) for row in await cursor.fetchall()}
+        known = {m.version for m in migrations}
+        if applied - known:
+            raise SchemaTooNew(
+                f"the database schema is from a newer stocksync (version {max(applied)}; this "
+                f"one knows up to {max(known, default=0)}): upgrade stocksync"
+            )
+        done = []
+        for migration in sorted(migrations, key=lambda m: m.version):
+            if migration.version in applied:
+                continue
+            for statement in migration.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            done.append(migration.version)
+        return done
