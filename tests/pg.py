@@ -18,15 +18,17 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import anyio
 import psycopg
 import pytest
 from psycopg import sql
 
-__all__ = ["PostgresServer", "find_bindir", "pg_dsn", "postgres_server"]
+__all__ = ["PostgresServer", "find_bindir", "pg_dsn", "postgres_server", "until"]
 
 #: Where Debian puts each major version's server binaries (they are not on PATH).
 DEBIAN_BINDIRS = "/usr/lib/postgresql/*/bin"
@@ -77,6 +79,19 @@ def _run(command: list[str], what: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed ({result.returncode}): {result.stdout}{result.stderr}")
+
+
+T = TypeVar("T")
+
+
+async def until(get: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0) -> T:
+    """Poll an async query until it returns something other than None (or `timeout` passes)."""
+    with anyio.fail_after(timeout):
+        while True:
+            value = await get()
+            if value is not None:
+                return value
+            await anyio.sleep(0.02)
 
 
 @pytest.fixture(scope="session")

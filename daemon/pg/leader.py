@@ -1,0 +1,130 @@
+"""Keeps this replica's bid for a merchant's lease: acquire or renew every third of the TTL.
+
+The pipeline asks `keeper.lease()` before each leader action (a scan page, a look-up, a push)
+and gets the lease only while it is valid on this process's monotonic clock; `wait_changed`
+wakes whoever starts and stops the leader's work. A database error does not end leadership at
+once: the lease stays valid until its local deadline, which two failed renewals in a row leave
+time for, and a third makes the replica a standby.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+import structlog
+from psycopg import Error as PsycopgError
+from psycopg_pool import PoolTimeout
+
+from daemon.pg import lease as leases
+from daemon.pg.connect import Pool
+from daemon.pg.lease import Lease
+
+__all__ = ["LeaseKeeper"]
+
+log = structlog.get_logger("stocksync.leader")
+
+
+class LeaseKeeper:
+    """One replica's lease for one merchant: `run` keeps it, `lease()` says whether we lead."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        merchant: str,
+        holder: str,
+        ttl: float,
+        *,
+        margin: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool = pool
+        self.merchant = merchant
+        self.holder = holder
+        self.ttl = ttl
+        self.margin = leases.default_margin(ttl) if margin is None else margin
+        self._clock = clock
+        self._lease: Lease | None = None
+        self._leading = False
+        self._changed = anyio.Event()
+        #: who leads, as last read from the database while we did not (for `/status`)
+        self.leader: leases.LeaseInfo | None = None
+
+    def lease(self) -> Lease | None:
+        """The lease while it is valid on our own clock, else None: check before every push."""
+        current = self._lease
+        if current is None or not current.valid(self._clock()):
+            return None
+        return current
+
+    def leading(self) -> bool:
+        return self.lease() is not None
+
+    async def wait_changed(self) -> None:
+        """Return after the next time this replica starts or stops leading."""
+        await self._changed.wait()
+
+    def _note(self) -> None:
+        leading = self.leading()
+        if leading != self._leading:
+            self._leading = leading
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def step(self) -> Lease | None:
+        """One attempt: renew the lease we hold, or try to take it; returns the valid lease."""
+        held = self._lease
+        try:
+            async with self.pool.connection() as conn:
+                if held is not None:
+                    renewed = await leases.renew(conn, held, clock=self._clock)
+                    if renewed is None:
+                        log.warning("lease.lost", merchant=self.merchant, epoch=held.epoch)
+                    self._lease = renewed
+                if self._lease is None:
+                    self._lease = await leases.acquire(
+                        conn, self.merchant, self.holder, self.ttl,
+                        margin=self.margin, clock=self._clock,
+                    )  # fmt: skip
+                    if self._lease is not None:
+                        log.info("lease.acquired", merchant=self.merchant, epoch=self._lease.epoch)
+                        self.leader = None
+                    else:
+                        self.leader = await leases.read(conn, self.merchant)
+        except (PsycopgError, PoolTimeout) as exc:
+            # Keep what we hold: its local deadline ends it if the database stays away.
+            log.warning(
+                "lease.renew_failed", merchant=self.merchant, error=type(exc).__name__,
+                leading=self.leading(),
+            )  # fmt: skip
+        self._note()
+        return self.lease()
+
+    async def run(self) -> None:
+        """Renew or bid every third of the TTL, until cancelled; also notices a local expiry."""
+        while True:
+            await self.step()
+            current = self._lease
+            wait = self.ttl / 3
+            if current is not None and self.leading():
+                # Wake at the deadline too, so a missed renewal is reported on time.
+                wait = min(wait, max(0.0, current.deadline - self._clock()))
+            elif self.leader is not None:
+                # Bid right after the leader's lease runs out: failover takes the TTL, not more.
+                wait = min(wait, max(0.0, self.leader.expires_in) + 0.05)
+            await anyio.sleep(wait)
+            self._note()
+
+    async def release(self) -> None:
+        """Give the lease up (graceful stop) so a standby takes over without waiting the TTL."""
+        held, self._lease = self._lease, None
+        self._note()
+        if held is None:
+            return
+        try:
+            async with self.pool.connection() as conn:
+                await leases.release(conn, held)
+            log.info("lease.released", merchant=self.merchant, epoch=held.epoch)
+        except (PsycopgError, PoolTimeout) as exc:
+            log.warning("lease.release_failed", merchant=self.merchant, error=type(exc).__name__)
