@@ -219,6 +219,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(config.channels)} channels)")
         return 0
+    if config.daemon.database is not None and args.command in ("run", "once", "history"):
+        # The lease, the shared budget and the look-up queue are in daemon.pg; the store is not.
+        print("daemon.state: the PostgreSQL store is not in this build yet", file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging(
         fmt=config.daemon.log_format, level=config.daemon.log_level, secrets=secret_values(config)
     )

@@ -31,6 +31,7 @@ from pydantic import (
 
 from daemon.channel import ChannelSpec, Shape
 from daemon.errors import ConfigError
+from daemon.pg.dsn import SCHEMES, check_dsn
 from daemon.plan import Rules, compile_template
 from daemon.secrets import EnvSecret, FileSecret, pick
 from daemon.units import parse_duration, parse_rate
@@ -52,6 +53,12 @@ __all__ = [
 def _positive(seconds: float) -> float:
     if seconds <= 0:
         raise ValueError("must be longer than zero")
+    return seconds
+
+
+def _lease_ttl(seconds: float) -> float:
+    if seconds < 3:
+        raise ValueError("must be at least 3s: the lease is renewed every third of it")
     return seconds
 
 
@@ -86,9 +93,17 @@ class Settings(BaseModel):
 
 
 class DaemonSettings(Settings):
-    """`[daemon]`: the process itself."""
+    """`[daemon]`: the process itself.
+
+    `state` is a SQLite file, or a `postgresql://` DSN for several replicas: a DSN lands in
+    `database` (the key itself is not for the file) and `state` keeps its default, unused.
+    """
 
     state: Path = Path("stocksync.db")
+    database: str | None = None
+    state_password_env: EnvSecret | None = None
+    state_password_file: FileSecret | None = None
+    lease_ttl: Annotated[Duration, AfterValidator(_lease_ttl)] = 15.0
     listen: Annotated[str, BeforeValidator(_listen)] = "127.0.0.1:9108"
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -97,10 +112,34 @@ class DaemonSettings(Settings):
     admin_token_env: EnvSecret | None = None
     admin_token_file: FileSecret | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _state_may_be_a_dsn(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "database" in data:
+            raise ValueError("unknown key database (a PostgreSQL DSN goes in state)")
+        state = data.get("state")
+        if isinstance(state, str) and state.startswith(SCHEMES):
+            try:
+                check_dsn(state)
+            except ValueError as exc:
+                raise ValueError(f"state {exc}") from exc
+            return {**{k: v for k, v in data.items() if k != "state"}, "database": state}
+        return data
+
     @model_validator(mode="after")
     def _one_admin_token(self) -> DaemonSettings:
         pick(self.admin_token_env, self.admin_token_file, "admin_token", required=False)
+        pick(self.state_password_env, self.state_password_file, "state_password", required=False)
+        if self.database is None and self.database_password is not None:
+            raise ValueError("state_password_env/_file need a postgresql:// state")
         return self
+
+    @property
+    def database_password(self) -> SecretStr | None:
+        """The PostgreSQL password; None leaves it to libpq (PGPASSFILE, PGPASSWORD)."""
+        return self.state_password_env or self.state_password_file
 
     @property
     def admin_token(self) -> SecretStr | None:

@@ -9,9 +9,7 @@ is the one exception (it needs a session): the look-up queue's listener opens it
 connection, and the queue is polled as well, so a pooler that drops notifications only delays
 a wake-up.
 
-The DSN never carries the password (it is logged, shown in errors and kept in the config file):
-the password comes from a secret (`state_password_env`/`_file`) or from libpq's own `PGPASSFILE`
-or `PGPASSWORD`, and is handed to libpq as a separate parameter.
+The password travels beside the DSN, never in it (see `daemon.pg.dsn`).
 """
 
 from __future__ import annotations
@@ -19,41 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.errors import ProgrammingError
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["Pool", "check_dsn", "connect", "connect_kwargs", "describe", "open_pool"]
+__all__ = ["Pool", "connect", "connect_kwargs", "open_pool"]
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
-
-#: The URI schemes libpq accepts; anything else in `daemon.state` is a SQLite file.
-SCHEMES = ("postgresql://", "postgres://")
-
-
-def check_dsn(dsn: str) -> str:
-    """The DSN if libpq can parse it and it holds no password; a ValueError otherwise."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except ProgrammingError as exc:
-        # libpq's message quotes the DSN, which may hold a password: say only what is wrong.
-        raise ValueError("is not a valid PostgreSQL connection string") from exc
-    if params.get("password"):
-        raise ValueError(
-            "must not contain the password: use state_password_env, state_password_file "
-            "or PGPASSFILE"
-        )
-    return dsn
-
-
-def describe(dsn: str) -> str:
-    """`user@host:port/dbname` for logs and `/status`: no password, no other parameter."""
-    params = conninfo_to_dict(dsn)
-    host = str(params.get("host") or "localhost")
-    port = f":{params['port']}" if params.get("port") else ""
-    user = f"{params['user']}@" if params.get("user") else ""
-    return f"{user}{host}{port}/{params.get('dbname') or ''}"
 
 
 def connect_kwargs(password: str | None = None) -> dict[str, Any]:
