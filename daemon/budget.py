@@ -22,7 +22,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -121,6 +121,15 @@ class RequestBudget:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
+
+    def preload(self, ages: Iterable[float]) -> None:
+        """Count requests another replica made `ages` seconds ago (a new leader inherits its
+        predecessor's window, kept in PostgreSQL by `daemon.pg.budget`)."""
+        now = self._clock()
+        inherited = [_Request(now - age, now - age) for age in ages if 0 <= age < self.window]
+        merged = sorted([*self._requests, *inherited], key=lambda r: r.sent)
+        self._requests = deque(merged, maxlen=self.limit)
+        self._notify()
 
     def pause(self, seconds: float) -> None:
         """keyCRM said slow down (429): nobody sends for `seconds`."""
