@@ -19,6 +19,8 @@ from daemon.telemetry import Metrics
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s" / "base"
+HA = DEPLOY / "k8s" / "ha"
 
 
 def tool(name: str) -> str:
@@ -65,15 +67,15 @@ def test_every_alert_has_a_unit_test_and_uses_exported_metrics() -> None:
 
 def test_the_prometheus_rule_resource_carries_the_same_alerts() -> None:
     alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
-    resource = yaml.safe_load((DEPLOY / "k8s" / "prometheusrule.yaml").read_text())
+    resource = yaml.safe_load((K8S / "prometheusrule.yaml").read_text())
     assert resource["kind"] == "PrometheusRule"
     assert resource["spec"] == alerts
 
 
 def test_kubernetes_manifests_validate() -> None:
     validate = tool("kubernetes-validate")
-    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
-    files = [DEPLOY / "k8s" / name for name in kustomization["resources"]]
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = [K8S / name for name in kustomization["resources"]]
     files.append(DEPLOY / "k8s" / "secret.example.yaml")
     assert all(f.exists() for f in files)
     core = [
@@ -85,7 +87,7 @@ def test_kubernetes_manifests_validate() -> None:
 
 
 def test_kubernetes_deployment_keeps_its_promises() -> None:
-    deployment = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
+    deployment = yaml.safe_load((K8S / "deployment.yaml").read_text())
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
@@ -96,7 +98,7 @@ def test_kubernetes_deployment_keeps_its_promises() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert "limits" in container["resources"]
-    configmap = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
+    configmap = yaml.safe_load((K8S / "configmap.yaml").read_text())
     toml = configmap["data"]["stocksync.toml"]
     timeout = float(re.search(r'shutdown_timeout = "(\d+)s"', toml).group(1))  # type: ignore[union-attr]
     assert pod["terminationGracePeriodSeconds"] > timeout
@@ -105,7 +107,7 @@ def test_kubernetes_deployment_keeps_its_promises() -> None:
 def test_kubernetes_config_is_a_valid_stocksync_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    configmap = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
+    configmap = yaml.safe_load((K8S / "configmap.yaml").read_text())
     secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())
     for name in secret["stringData"]:
         monkeypatch.setenv(name, "x" * 20)
@@ -161,3 +163,89 @@ def test_grafana_dashboard_queries_exported_metrics() -> None:
     for expr in exprs:
         for name in re.findall(r"stocksync_\w+", expr):
             assert name in families, name
+
+
+def _documents(path: Path) -> list[dict[str, object]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _render_ha(tmp_path: Path) -> list[dict[str, object]]:
+    """The overlay as kustomize builds it (kubectl's built-in kustomize); skipped without it."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (its kustomize renders the overlay)")
+    rendered = tmp_path / "ha.yaml"
+    rendered.write_text(run(kubectl, "kustomize", str(HA)))
+    return _documents(rendered)
+
+
+def test_kubernetes_base_still_applies_from_deploy_k8s() -> None:
+    top = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    assert top["resources"] == ["base"]
+    overlay = yaml.safe_load((HA / "kustomization.yaml").read_text())
+    assert "../base" in overlay["resources"]
+    assert all((HA / entry).exists() for entry in overlay["resources"] if entry != "../base")
+
+
+def test_kubernetes_ha_overlay_keeps_its_promises() -> None:
+    patch = yaml.safe_load((HA / "deployment-patch.yaml").read_text())
+    spec = patch["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    base = yaml.safe_load((K8S / "deployment.yaml").read_text())
+    labels = base["spec"]["template"]["metadata"]["labels"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == labels
+    pdb = yaml.safe_load((HA / "poddisruptionbudget.yaml").read_text())
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == labels
+    # The database connection comes from a Secret; no value of it sits in the manifests.
+    (container,) = pod["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert {"PGHOST", "PGUSER", "PGDATABASE", "STOCKSYNC_DB_PASSWORD"} <= set(refs)
+    assert {ref["name"] for ref in refs.values()} == {"stocksync-db-app"}
+    secret = yaml.safe_load((HA / "db-secret.example.yaml").read_text())
+    assert {ref["key"] for ref in refs.values()} <= set(secret["stringData"])
+
+
+def test_kubernetes_ha_config_is_a_valid_postgresql_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configmap = yaml.safe_load((HA / "configmap-patch.yaml").read_text())
+    for name in yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())["stringData"]:
+        monkeypatch.setenv(name, "x" * 20)
+    monkeypatch.setenv("STOCKSYNC_DB_PASSWORD", "p" * 20)
+    path = tmp_path / "stocksync.toml"
+    path.write_text(configmap["data"]["stocksync.toml"])
+    config = load_config(path, ADAPTERS)
+    assert config.daemon.database is not None
+    assert config.daemon.database_password is not None
+    assert config.daemon.lease_ttl == 15
+    patch = yaml.safe_load((HA / "deployment-patch.yaml").read_text())
+    pod = patch["spec"]["template"]["spec"]
+    timeout = config.daemon.shutdown_timeout
+    assert pod.get("terminationGracePeriodSeconds", 30) > timeout
+
+
+def test_kubernetes_ha_overlay_renders_and_validates(tmp_path: Path) -> None:
+    validate = tool("kubernetes-validate")
+    documents = _render_ha(tmp_path)
+    kinds = {str(doc["kind"]): doc for doc in documents}
+    assert "PersistentVolumeClaim" not in kinds  # the state is in PostgreSQL
+    assert {"Deployment", "PodDisruptionBudget", "ConfigMap", "Service"} <= set(kinds)
+    deployment = kinds["Deployment"]
+    assert deployment["spec"]["replicas"] == 3  # type: ignore[index]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]  # type: ignore[index]
+    assert not any("persistentVolumeClaim" in v for v in volumes)
+    core = []
+    for index, doc in enumerate(documents):
+        if str(doc["apiVersion"]).startswith("monitoring.coreos.com/"):
+            continue
+        path = tmp_path / f"{index}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        core.append(str(path))
+    core.append(str(HA / "db-secret.example.yaml"))
+    run(validate, "--strict", *core)
