@@ -82,6 +82,72 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX lookup_queue_by_age ON lookup_queue (merchant, queued_at)",
         ),
     ),
+    Migration(
+        4,
+        "state store: records, shares, items, history, meta",
+        # Text keys sort by bytes ("C"), as in SQLite, so paging and listings agree.
+        (
+            """
+            CREATE TABLE records (
+                sku text COLLATE "C" PRIMARY KEY,
+                stock text,
+                catalog text,
+                seen_scan bigint NOT NULL DEFAULT 0,
+                updated_at double precision NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE shares (
+                channel text COLLATE "C" NOT NULL,
+                sku text COLLATE "C" NOT NULL,
+                key text COLLATE "C" NOT NULL,
+                quantity text NOT NULL,
+                price text,
+                PRIMARY KEY (channel, sku, key)
+            )
+            """,
+            "CREATE INDEX shares_by_key ON shares (channel, key)",
+            """
+            CREATE TABLE items (
+                channel text COLLATE "C" NOT NULL,
+                key text COLLATE "C" NOT NULL,
+                desired text NOT NULL,
+                changed_at double precision NOT NULL,
+                status text NOT NULL,
+                diverged_at double precision,
+                acked text,
+                acked_at double precision,
+                sent text,
+                forced boolean NOT NULL DEFAULT false,
+                priority integer NOT NULL DEFAULT 0,
+                attempts integer NOT NULL DEFAULT 0,
+                next_attempt double precision NOT NULL DEFAULT 0,
+                due_at double precision,
+                last_error text,
+                held_scan bigint,
+                PRIMARY KEY (channel, key)
+            )
+            """,
+            "CREATE INDEX items_due ON items (channel, status, priority, due_at)",
+            "CREATE INDEX items_held ON items (held_scan) WHERE held_scan IS NOT NULL",
+            "CREATE INDEX items_sending ON items (status) WHERE status = 'sending'",
+            """
+            CREATE TABLE history (
+                id bigserial PRIMARY KEY,
+                channel text COLLATE "C" NOT NULL,
+                key text COLLATE "C" NOT NULL,
+                before text,
+                after text NOT NULL,
+                outcome text NOT NULL,
+                error text,
+                at double precision NOT NULL
+            )
+            """,
+            "CREATE INDEX history_by_key ON history (channel, key, at)",
+            "CREATE INDEX history_by_time ON history (at)",
+            "CREATE TABLE meta (name text PRIMARY KEY, value text NOT NULL)",
+        ),
+    ),
 )
 
 

@@ -4,6 +4,7 @@
     lifecycle.py  the item states and every transition between them (pure)
     schema.py     the SQLite schema and its migrations
     sqlite.py     the embedded backend
+    postgres.py   PostgreSQL, for several replicas (its schema: daemon.pg.migrate)
 
 `open_store` picks the backend from `daemon.state`.
 """

@@ -1,0 +1,583 @@
+"""The PostgreSQL backend: the same contract as SQLite, for several replicas on one database.
+
+Each call is one transaction on a pooled connection (psycopg's async pool; safe behind PgBouncer
+in transaction mode, see `daemon.pg.connect`). Item states change only through
+`daemon.store.lifecycle`, exactly as in SQLite: a write loads the rows, applies the pure
+transitions and writes them back.
+
+SQLite runs one call at a time; here calls run side by side on several connections, so each
+read-modify-write takes transaction-scoped advisory locks first: writes to one channel's items
+take that channel's lock (and a shared lock on all items), calls that move items of every
+channel (`recover`, `force_all`, `release_held`) take the all-items lock exclusively, and
+writes to keyCRM records take the records lock. The locks end with the transaction, so nothing
+leaks through a pooler, and reads take none (MVCC).
+
+With a `fence` (the lease keeper's `lease`), every write first checks, in its own transaction,
+that this replica still holds the merchant's lease under its epoch (`daemon.pg.lease.fence`):
+a replica that lost the lease writes nothing and gets `LeaseLost`. One merchant per database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any, LiteralString
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from daemon.codec import decode_catalog, decode_stock, encode_catalog, encode_stock
+from daemon.guard import ScanGuard
+from daemon.models import (
+    CatalogEntry,
+    ItemValue,
+    StockLevel,
+    StockRecord,
+    Value,
+    Verdict,
+    plain,
+)
+from daemon.pg.connect import Pool, open_pool
+from daemon.pg.lease import Lease, LeaseLost, fence
+from daemon.pg.migrate import migrate
+from daemon.plan import Contribution
+from daemon.store import lifecycle
+from daemon.store.lifecycle import Item, Status, Timing
+from daemon.store.protocol import HistoryRow, ItemRow, Settled
+from daemon.store.schema import ITEM_COLUMNS
+
+__all__ = ["PostgresStore"]
+
+_PAGE = 5000  # rows per transaction of a long job
+
+#: ITEM_COLUMNS as one literal (psycopg takes only literal SQL); checked equal below.
+_COLUMNS: LiteralString = (
+    "channel, key, desired, changed_at, status, diverged_at, acked, acked_at, sent, forced, "
+    "priority, attempts, next_attempt, due_at, last_error, held_scan"
+)
+assert ", ".join(ITEM_COLUMNS) == _COLUMNS
+_UPSERT: LiteralString = (
+    "INSERT INTO items (" + _COLUMNS + ") VALUES "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (channel, key) DO UPDATE SET desired = excluded.desired, "
+    "changed_at = excluded.changed_at, status = excluded.status, "
+    "diverged_at = excluded.diverged_at, acked = excluded.acked, acked_at = excluded.acked_at, "
+    "sent = excluded.sent, forced = excluded.forced, priority = excluded.priority, "
+    "attempts = excluded.attempts, next_attempt = excluded.next_attempt, "
+    "due_at = excluded.due_at, last_error = excluded.last_error, held_scan = excluded.held_scan"
+)
+_NO_TIMING = Timing(0.0, 0.0)
+
+# Advisory lock keys (transaction-scoped). One bigint key space for the two global locks, the
+# (class, hash) space for per-channel locks.
+_ALL_ITEMS = 0x737473796E630001
+_RECORDS = 0x737473796E630002
+_CHANNEL_CLASS = 0x73737963
+
+
+def _value(text: str | None) -> Value | None:
+    return None if text is None else Value.decode(text)
+
+
+def _item(row: Sequence[Any]) -> Item:
+    values = list(row)
+    values[4] = Status(values[4])
+    return Item(*values)
+
+
+def _row(item: Item) -> tuple[Any, ...]:
+    return (
+        item.channel,
+        item.key,
+        item.desired,
+        item.changed_at,
+        str(item.status),
+        item.diverged_at,
+        item.acked,
+        item.acked_at,
+        item.sent,
+        item.forced,
+        item.priority,
+        item.attempts,
+        item.next_attempt,
+        item.due_at,
+        item.last_error,
+        item.held_scan,
+    )
+
+
+def _record(sku: str, stock: str | None, catalog: str | None) -> StockRecord | None:
+    if stock is None:
+        return None
+    return StockRecord(
+        decode_stock(sku, stock), None if catalog is None else decode_catalog(sku, catalog)
+    )
+
+
+Conn = AsyncConnection[TupleRow]
+
+
+class PostgresStore:
+    """The state store in PostgreSQL; see the module docstring for locking and fencing."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        fence: Callable[[], Lease | None] | None = None,
+        owns_pool: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._fence = fence
+        self._owns_pool = owns_pool
+        self._clock = clock or time.time
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        password: str | None = None,
+        fence: Callable[[], Lease | None] | None = None,
+        max_size: int = 8,
+    ) -> PostgresStore:
+        """Open a pool on `dsn`, bring the schema up to date, and own the pool."""
+        pool = await open_pool(dsn, password=password, max_size=max_size)
+        try:
+            async with pool.connection() as conn:
+                await migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, fence=fence, owns_pool=True)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Conn]:
+        async with self._pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def _write(
+        self, *, channel: str | None = None, lock: int | None = None
+    ) -> AsyncIterator[Conn]:
+        """A write transaction: fenced by the lease (if any), then the advisory locks."""
+        async with self._pool.connection() as conn, conn.transaction():
+            if self._fence is not None:
+                lease = self._fence()
+                if lease is None:
+                    raise LeaseLost("this replica does not hold the lease")
+                await fence(conn, lease)
+            if channel is not None:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock_shared(%s::int8),"
+                    " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
+                    (_ALL_ITEMS, _CHANNEL_CLASS, channel),
+                )
+            elif lock is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s::int8)", (lock,))
+            yield conn
+
+    @staticmethod
+    async def _load(conn: Conn, channel: str, keys: Sequence[str]) -> dict[str, Item]:
+        cursor = await conn.execute(
+            "SELECT " + _COLUMNS + " FROM items WHERE channel = %s AND key = ANY(%s)",
+            (channel, list(keys)),
+        )
+        return {row[1]: _item(row) for row in await cursor.fetchall()}
+
+    @staticmethod
+    async def _save(conn: Conn, items: Sequence[Item]) -> None:
+        if items:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(_UPSERT, [_row(item) for item in items])
+
+    # --- records -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _existing(
+        conn: Conn, skus: Sequence[str]
+    ) -> dict[str, tuple[str | None, str | None]]:
+        cursor = await conn.execute(
+            "SELECT sku, stock, catalog FROM records WHERE sku = ANY(%s)", (list(skus),)
+        )
+        return {sku: (stock, catalog) for sku, stock, catalog in await cursor.fetchall()}
+
+    async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+        now = self._clock()
+        changed: list[StockRecord] = []
+        rows = []
+        async with self._write(lock=_RECORDS) as conn:
+            old = await self._existing(conn, [level.sku for level in levels])
+            for level in levels:
+                text = encode_stock(level)
+                stock, catalog = old.get(level.sku, (None, None))
+                if text != stock:
+                    record = _record(level.sku, text, catalog)
+                    assert record is not None
+                    changed.append(record)
+                rows.append((level.sku, text, scan or 0, now))
+            if rows:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(
+                        "INSERT INTO records (sku, stock, seen_scan, updated_at)"
+                        " VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock,"
+                        " seen_scan = GREATEST(records.seen_scan, excluded.seen_scan),"
+                        " updated_at = excluded.updated_at",
+                        rows,
+                    )
+        return changed
+
+    async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
+        now = self._clock()
+        changed: list[StockRecord] = []
+        rows = []
+        async with self._write(lock=_RECORDS) as conn:
+            old = await self._existing(conn, [entry.sku for entry in entries])
+            for entry in entries:
+                text = encode_catalog(entry)
+                stock, catalog = old.get(entry.sku, (None, None))
+                if text == catalog:
+                    continue
+                record = _record(entry.sku, stock, text)
+                if record is not None:
+                    changed.append(record)
+                rows.append((entry.sku, text, now))
+            if rows:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(
+                        "INSERT INTO records (sku, catalog, updated_at) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (sku) DO UPDATE SET catalog = excluded.catalog,"
+                        " updated_at = excluded.updated_at",
+                        rows,
+                    )
+        return changed
+
+    async def vanished(self, scan: int) -> list[StockRecord]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT sku, stock, catalog FROM records"
+                " WHERE stock IS NOT NULL AND seen_scan < %s",
+                (scan - 1,),
+            )
+            rows = await cursor.fetchall()
+        gone = []
+        for sku, stock, catalog in rows:
+            record = _record(sku, stock, catalog)
+            assert record is not None
+            level = record.stock
+            if level.quantity == 0 and level.reserve == 0:
+                continue
+            empty = Decimal(0)
+            zero = StockLevel(
+                sku=sku,
+                offer_id=level.offer_id,
+                quantity=empty,
+                reserve=empty,
+                price=level.price,
+                warehouses=None
+                if level.warehouses is None
+                else tuple(type(w)(w.id, empty, empty) for w in level.warehouses),
+            )
+            gone.append(StockRecord(zero, record.catalog))
+        if gone:
+            await self.save_stock([r.stock for r in gone], None)
+        return gone
+
+    async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku > %s"
+                " ORDER BY sku LIMIT %s",
+                (after, limit),
+            )
+            rows = await cursor.fetchall()
+        return [r for r in (_record(*row) for row in rows) if r is not None]
+
+    # --- planning ------------------------------------------------------------------------------
+
+    async def replace_shares(
+        self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
+    ) -> dict[str, list[Contribution]]:
+        affected: set[str] = {share.key for _, share in shares}
+        async with self._write(channel=channel) as conn:
+            cursor = await conn.execute(
+                "DELETE FROM shares WHERE channel = %s AND sku = ANY(%s) RETURNING key",
+                (channel, list(skus)),
+            )
+            affected.update(key for (key,) in await cursor.fetchall())
+            if shares:
+                async with conn.cursor() as many:
+                    await many.executemany(
+                        "INSERT INTO shares (channel, sku, key, quantity, price)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (channel, sku, key)"
+                        " DO UPDATE SET quantity = excluded.quantity, price = excluded.price",
+                        [
+                            (channel, sku, s.key, plain(s.quantity),
+                             None if s.price is None else plain(s.price))
+                            for sku, s in shares
+                        ],
+                    )  # fmt: skip
+            result: dict[str, list[Contribution]] = {key: [] for key in affected}
+            cursor = await conn.execute(
+                "SELECT key, quantity, price FROM shares WHERE channel = %s AND key = ANY(%s)"
+                " ORDER BY key, sku",
+                (channel, sorted(affected)),
+            )
+            for key, quantity, price in await cursor.fetchall():
+                result[key].append(
+                    Contribution(key, Decimal(quantity), None if price is None else Decimal(price))
+                )
+        return result
+
+    async def set_desired(
+        self,
+        channel: str,
+        values: dict[str, Value],
+        now: float,
+        timing: Timing,
+        guard: ScanGuard | None = None,
+    ) -> int:
+        writes: list[Item] = []
+        waiting = 0
+        async with self._write(channel=channel) as conn:
+            current = await self._load(conn, channel, list(values))
+            for key, value in values.items():
+                text = value.encode()
+                item = current.get(key)
+                hold = None
+                if guard is not None and lifecycle.zeroing(item, text) and not guard.admit(channel):
+                    hold = guard.scan
+                changed = lifecycle.desire(
+                    item, text, channel=channel, key=key, now=now, timing=timing, hold_scan=hold
+                )
+                if changed is None:
+                    continue
+                writes.append(changed)
+                waiting += changed.status is Status.PENDING
+            await self._save(conn, writes)
+        return waiting
+
+    # --- the work queue ------------------------------------------------------------------------
+
+    async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
+        async with self._write(channel=channel) as conn:
+            cursor = await conn.execute(
+                "SELECT " + _COLUMNS + " FROM items WHERE channel = %s AND status = 'pending'"
+                " AND due_at <= %s ORDER BY priority, due_at LIMIT %s",
+                (channel, now, limit),
+            )
+            items = [lifecycle.claim(_item(row)) for row in await cursor.fetchall()]
+            await self._save(conn, items)
+        return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
+
+    async def next_due(self, channel: str) -> float | None:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT MIN(due_at) FROM items WHERE channel = %s AND status = 'pending'"
+                " GROUP BY priority",
+                (channel,),
+            )
+            due = [float(row[0]) for row in await cursor.fetchall() if row[0] is not None]
+        return min(due) if due else None
+
+    async def settle(
+        self,
+        channel: str,
+        verdicts: Sequence[Verdict],
+        now: float,
+        timing: Timing,
+        backoff: Callable[[int], float],
+    ) -> Settled:
+        propagated: list[float] = []
+        attempts: dict[str, int] = {}
+        history = []
+        writes: list[Item] = []
+        async with self._write(channel=channel) as conn:
+            current = await self._load(conn, channel, [v.key for v in verdicts])
+            for verdict in verdicts:
+                sent = verdict.sent.encode()
+                item = current.get(verdict.key)
+                before = None if item is None else item.acked
+                if item is not None and item.status is Status.SENDING and item.sent == sent:
+                    done = lifecycle.settle(item, verdict, now, timing, backoff)
+                    before = done.before
+                    if done.propagated is not None:
+                        propagated.append(done.propagated)
+                    if done.attempts is not None:
+                        attempts[verdict.key] = done.attempts
+                    writes.append(item)
+                history.append(
+                    (channel, verdict.key, before, sent, str(verdict.outcome), verdict.error, now)
+                )
+            await self._save(conn, writes)
+            if history:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(
+                        "INSERT INTO history (channel, key, before, after, outcome, error, at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        history,
+                    )
+        return Settled(propagated, attempts)
+
+    async def release(
+        self,
+        channel: str,
+        keys: Sequence[str],
+        now: float,
+        timing: Timing,
+        *,
+        sent: bool = True,
+        not_before: float = 0.0,
+    ) -> None:
+        async with self._write(channel=channel) as conn:
+            items = (await self._load(conn, channel, keys)).values()
+            await self._save(
+                conn,
+                [
+                    lifecycle.release(item, now, timing, sent=sent, not_before=not_before)
+                    for item in items
+                ],
+            )
+
+    async def recover(self, now: float) -> int:
+        async with self._write(lock=_ALL_ITEMS) as conn:
+            cursor = await conn.execute(
+                "SELECT " + _COLUMNS + " FROM items WHERE status = 'sending'"
+            )
+            rows = await cursor.fetchall()
+            await self._save(conn, [lifecycle.release(_item(row), now, _NO_TIMING) for row in rows])
+        return len(rows)
+
+    async def flush(self, channel: str, now: float) -> None:
+        async with self._write(channel=channel) as conn:
+            await conn.execute(
+                "UPDATE items SET due_at = GREATEST(%s, next_attempt) WHERE channel = %s"
+                " AND status = 'pending' AND due_at > GREATEST(%s, next_attempt)",
+                (now, channel, now),
+            )
+
+    async def force_all(self, now: float) -> int:
+        forced = 0
+        after = ("", "")
+        while True:
+            async with self._write(lock=_ALL_ITEMS) as conn:
+                cursor = await conn.execute(
+                    "SELECT " + _COLUMNS + " FROM items WHERE (channel, key) > (%s, %s)"
+                    " ORDER BY channel, key LIMIT %s",
+                    (*after, _PAGE),
+                )
+                rows = await cursor.fetchall()
+                await self._save(conn, [lifecycle.force(_item(row), now) for row in rows])
+            forced += len(rows)
+            if len(rows) < _PAGE:
+                return forced
+            after = (rows[-1][0], rows[-1][1])
+
+    async def release_held(self, before_scan: int, now: float) -> int:
+        async with self._write(lock=_ALL_ITEMS) as conn:
+            cursor = await conn.execute(
+                "SELECT " + _COLUMNS + " FROM items WHERE held_scan < %s", (before_scan,)
+            )
+            rows = await cursor.fetchall()
+            await self._save(conn, [lifecycle.release_held(_item(row), now) for row in rows])
+        return len(rows)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def positive_acked(self) -> dict[str, int]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT channel, COUNT(*) FROM items WHERE acked IS NOT NULL AND"
+                " ((acked::jsonb ->> 'q')::numeric > 0 OR acked::jsonb -> 'l' = 'true'::jsonb)"
+                " GROUP BY channel"
+            )
+            return {channel: int(count) for channel, count in await cursor.fetchall()}
+
+    async def items(self, channel: str | None = None) -> list[ItemRow]:
+        query: LiteralString = (
+            "SELECT channel, key, desired, acked, status, attempts, last_error, diverged_at,"
+            " changed_at FROM items"
+        )
+        async with self._read() as conn:
+            if channel is None:
+                cursor = await conn.execute(query + " ORDER BY channel, key")
+            else:
+                cursor = await conn.execute(
+                    query + " WHERE channel = %s ORDER BY channel, key", (channel,)
+                )
+            rows = await cursor.fetchall()
+        return [
+            ItemRow(c, k, Value.decode(d), _value(a), s, n, e, dv, ch)
+            for c, k, d, a, s, n, e, dv, ch in rows
+        ]
+
+    async def skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT key, sku FROM shares WHERE channel = %s AND key = ANY(%s) ORDER BY sku",
+                (channel, list(keys)),
+            )
+            rows = await cursor.fetchall()
+        found: dict[str, list[str]] = {}
+        for key, sku in rows:
+            found.setdefault(key, []).append(sku)
+        return found
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT channel, status, COUNT(*) FROM items GROUP BY channel, status"
+            )
+            rows = await cursor.fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for channel, status, count in rows:
+            out.setdefault(channel, {})[status] = int(count)
+        return out
+
+    async def oldest_pending(self) -> dict[str, float]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT channel, MIN(COALESCE(diverged_at, changed_at)) FROM items"
+                " WHERE status IN ('pending', 'sending') GROUP BY channel"
+            )
+            return {channel: float(oldest) for channel, oldest in await cursor.fetchall()}
+
+    async def history(self, sku: str) -> list[HistoryRow]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT h.channel, h.key, h.before, h.after, h.outcome, h.error, h.at"
+                " FROM history h WHERE EXISTS (SELECT 1 FROM shares s WHERE"
+                " s.channel = h.channel AND s.key = h.key AND s.sku = %s) ORDER BY h.at, h.id",
+                (sku,),
+            )
+            rows = await cursor.fetchall()
+        return [
+            HistoryRow(c, k, _value(b), Value.decode(a), o, e, at) for c, k, b, a, o, e, at in rows
+        ]
+
+    async def prune_history(self, before: float) -> int:
+        async with self._write() as conn:
+            cursor = await conn.execute("DELETE FROM history WHERE at < %s", (before,))
+            return cursor.rowcount
+
+    async def get_meta(self, name: str) -> str | None:
+        async with self._read() as conn:
+            cursor = await conn.execute("SELECT value FROM meta WHERE name = %s", (name,))
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, name: str, value: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                "INSERT INTO meta (name, value) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    async def close(self) -> None:
+        if self._owns_pool:
+            await self._pool.close()

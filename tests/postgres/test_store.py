@@ -1,0 +1,73 @@
+"""What only the PostgreSQL store has: fenced writes, and calls running side by side.
+
+The lifecycle itself is checked over both backends by tests/store/test_contract.py.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from daemon.models import Outcome, Value, Verdict
+from daemon.pg.connect import Pool
+from daemon.pg.leader import LeaseKeeper
+from daemon.pg.lease import LeaseLost
+from daemon.store import Timing
+from daemon.store.postgres import PostgresStore
+
+pytestmark = pytest.mark.anyio
+
+T = Timing(debounce=0.0, max_delay=30.0)
+
+
+def backoff(_attempt: int) -> float:
+    return 5.0
+
+
+async def test_a_replica_that_lost_the_lease_writes_nothing(pool: Pool) -> None:
+    now = [1000.0]
+    old = LeaseKeeper(pool, "acme", "old", ttl=10.0, clock=lambda: now[0])
+    assert await old.step() is not None
+    store = PostgresStore(pool, fence=old.lease)
+    await store.set_desired("c", {"k": Value(quantity=1)}, 1.0, T)
+    assert [i.key for i in await store.claim("c", 2.0, 10)] == ["k"]
+
+    now[0] += 9  # paused past the lease on its own clock: refused before reaching the database
+    with pytest.raises(LeaseLost):
+        await store.set_desired("c", {"k": Value(quantity=2)}, 3.0, T)
+
+    async with pool.connection() as conn:  # the database takes the lease from it meanwhile
+        await conn.execute("UPDATE leases SET expires_at = clock_timestamp()")
+    new = LeaseKeeper(pool, "acme", "new", ttl=10.0)
+    new_lease = await new.step()
+    assert new_lease is not None and new_lease.epoch == 2
+    now[0] -= 9  # even if its clock said otherwise, the database refuses the old epoch
+    ack = Verdict("k", Value(quantity=1), Outcome.ACKNOWLEDGED)
+    with pytest.raises(LeaseLost):
+        await store.settle("c", [ack], 4.0, T, backoff)
+    with pytest.raises(LeaseLost):
+        await store.set_meta("x", "y")
+
+    leader = PostgresStore(pool, fence=new.lease)
+    (row,) = await leader.items("c")  # reads need no lease; nothing of the old leader's landed
+    assert row.status == "sending" and row.desired == Value(quantity=1)
+    await leader.settle("c", [ack], 5.0, T, backoff)
+    assert [r.status for r in await leader.items("c")] == ["ok"]
+
+
+async def test_concurrent_claims_never_hand_out_an_item_twice(pool: Pool) -> None:
+    store = PostgresStore(pool)
+    await store.set_desired("c", {f"k{n:03d}": Value(quantity=n) for n in range(120)}, 1.0, T)
+    await store.set_desired("d", {f"k{n:03d}": Value(quantity=n) for n in range(30)}, 1.0, T)
+    claimed: list[tuple[str, str]] = []
+
+    async def claimer(channel: str) -> None:
+        while batch := await store.claim(channel, 2.0, 7):
+            claimed.extend((channel, item.key) for item in batch)
+
+    async with anyio.create_task_group() as tg:
+        for channel in ("c", "c", "c", "c", "d", "d"):
+            tg.start_soon(claimer, channel)
+    assert len(claimed) == len(set(claimed)) == 150
+    counts = await store.counts()
+    assert counts == {"c": {"sending": 120}, "d": {"sending": 30}}
