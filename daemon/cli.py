@@ -13,6 +13,7 @@ import aiohttp
 import anyio
 import orjson
 from psycopg import Error as PsycopgError
+from psycopg_pool import PoolTimeout
 
 from adapters import ADAPTERS
 from daemon import __version__
@@ -26,7 +27,8 @@ from daemon.pg.copy_state import TargetNotEmpty, copy_state
 from daemon.pg.dsn import check_dsn, describe
 from daemon.pipeline import Daemon
 from daemon.sdnotify import notifier, watchdog_interval
-from daemon.store import SQLiteStore
+from daemon.store import SQLiteStore, Store
+from daemon.store.postgres import PostgresStore
 
 __all__ = ["main"]
 
@@ -174,10 +176,25 @@ async def _status(config: Config) -> int:
 
 
 async def _history(config: Config, sku: str) -> int:
-    if not config.daemon.state.exists():
+    store: Store
+    if config.daemon.database is not None:
+        # Reading the history needs no lease: any replica, or an operator's shell, may.
+        password = config.daemon.database_password
+        try:
+            store = await PostgresStore.open(
+                config.daemon.database,
+                password=None if password is None else password.get_secret_value(),
+                max_size=1,
+            )
+        except (PsycopgError, PoolTimeout) as exc:
+            print(f"cannot open the state at {describe(config.daemon.database)}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+    elif not config.daemon.state.exists():
         print(f"no state file at {config.daemon.state}", file=sys.stderr)
         return 1
-    store = SQLiteStore(config.daemon.state)
+    else:
+        store = SQLiteStore(config.daemon.state)
     try:
         rows = await store.history(sku)
     finally:
@@ -250,7 +267,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(config.channels)} channels)")
         return 0
-    if config.daemon.database is not None and args.command in ("run", "once", "history"):
+    if config.daemon.database is not None and args.command in ("run", "once", "drift"):
         # The store, the lease, the shared budget and the look-up queue are in; the daemon's
         # leader/standby roles are not wired yet, and without them replicas would not be fenced.
         print(

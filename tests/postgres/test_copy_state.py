@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from daemon.cli import main
 from daemon.models import ItemValue, Outcome, StockLevel, Value, Verdict
 from daemon.plan import Contribution
 from daemon.store import SQLiteStore, Store, Timing
 from daemon.store.postgres import PostgresStore
+from tests.unit.test_config import GOOD
 
 T = Timing(debounce=0.0, max_delay=30.0)
 
@@ -93,3 +96,24 @@ def test_migrate_state_refuses_to_mix_states_and_passwords_in_the_dsn(
     assert main(["migrate-state", "--from", str(path), "--to", leaky]) == 2
     err = capsys.readouterr().err
     assert "must not contain the password" in err and "hunter2" not in err
+
+
+def test_history_reads_a_postgresql_state(
+    tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.db"
+    anyio.run(build, path)
+    assert main(["migrate-state", "--from", str(path), "--to", pg_dsn]) == 0
+    params = conninfo_to_dict(pg_dsn)
+    url = (
+        f"postgresql://{params['user']}@/{params['dbname']}"
+        f"?host={quote(str(params['host']), safe='')}&port={params['port']}"
+    )
+    monkeypatch.setenv("T_KEY", "k" * 20)
+    monkeypatch.setenv("T_POS", "p" * 20)
+    config = tmp_path / "c.toml"
+    config.write_text(GOOD.replace('state = "state.db"', f'state = "{url}"'))
+    capsys.readouterr()
+    assert main(["history", "-c", str(config), "S1"]) == 0
+    out = capsys.readouterr().out
+    assert " c " in out and "k1" in out and "qty=1" in out

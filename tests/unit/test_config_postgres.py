@@ -66,5 +66,5 @@ def test_commands_that_open_the_state_refuse_a_dsn_until_the_daemon_is_wired(
 ) -> None:
     path = write(tmp_path, with_daemon(f'state = "{DSN}"'))
     assert main(["check-config", "-c", str(path)]) == 0
-    assert main(["history", "-c", str(path), "SKU-1"]) == 2
+    assert main(["once", "-c", str(path)]) == 2
     assert "not wired into the daemon yet" in capsys.readouterr().err
