@@ -8,6 +8,8 @@ needs only libpq's parser, so loading a config does not load the pool.
 
 from __future__ import annotations
 
+import os
+
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.errors import ProgrammingError
 
@@ -33,9 +35,17 @@ def check_dsn(dsn: str) -> str:
 
 
 def describe(dsn: str) -> str:
-    """`user@host:port/dbname` for logs and `/status`: no password, no other parameter."""
+    """`user@host:port/dbname` for logs and `/status`: no password, no other parameter.
+
+    What the DSN leaves out comes from libpq's variables (`PGHOST`...), as libpq will take it.
+    """
     params = conninfo_to_dict(dsn)
-    host = str(params.get("host") or "localhost")
-    port = f":{params['port']}" if params.get("port") else ""
-    user = f"{params['user']}@" if params.get("user") else ""
-    return f"{user}{host}{port}/{params.get('dbname') or ''}"
+
+    def part(name: str, variable: str) -> str:
+        return str(params.get(name) or os.environ.get(variable) or "")
+
+    host = part("host", "PGHOST") or "localhost"
+    port = part("port", "PGPORT")
+    user = part("user", "PGUSER")
+    dbname = part("dbname", "PGDATABASE") or user
+    return f"{user + '@' if user else ''}{host}{':' + port if port else ''}/{dbname}"

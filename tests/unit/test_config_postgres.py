@@ -36,6 +36,17 @@ def test_a_dsn_state_selects_postgresql_with_its_password_from_a_secret(tmp_path
     assert describe(DSN) == "stocksync@db.example.com:5432/stocksync"
 
 
+def test_a_bare_dsn_is_described_from_libpqs_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE"):
+        monkeypatch.delenv(name, raising=False)
+    assert describe("postgresql://") == "localhost/"
+    monkeypatch.setenv("PGHOST", "db-rw")
+    monkeypatch.setenv("PGUSER", "app")
+    monkeypatch.setenv("PGPASSWORD", "hunter2")
+    assert describe("postgresql://") == "app@db-rw/app"
+    assert describe("postgresql:///stocksync?port=6432") == "app@db-rw:6432/stocksync"
+
+
 def test_a_file_state_keeps_sqlite_and_the_lease_ttl_default(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, GOOD), ADAPTERS)
     assert config.daemon.database is None
