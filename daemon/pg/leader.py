@@ -10,7 +10,7 @@ time for, and a third makes the replica a standby.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
@@ -46,7 +46,7 @@ class LeaseKeeper:
         self.margin = leases.default_margin(ttl) if margin is None else margin
         self._clock = clock
         self._lease: Lease | None = None
-        self._leading = False
+        self._seen: int | None = None  # the epoch we last told waiters about (None: standby)
         self._changed = anyio.Event()
         #: who leads, as last read from the database while we did not (for `/status`)
         self.leader: leases.LeaseInfo | None = None
@@ -62,13 +62,46 @@ class LeaseKeeper:
         return self.lease() is not None
 
     async def wait_changed(self) -> None:
-        """Return after the next time this replica starts or stops leading."""
+        """Return after the next time this replica starts or stops leading (or re-takes the
+        lease under a new epoch)."""
         await self._changed.wait()
 
+    async def lead(self, work: Callable[[Lease], Awaitable[None]]) -> None:
+        """Run `work(lease)` whenever this replica leads; cancel it as soon as it does not.
+
+        Runs beside `run` until cancelled. The work is cancelled when the lease ends on this
+        process's own clock even if `run` is stuck, and when it is re-taken under a new epoch
+        (the work's fenced writes would fail). `work` should still check `lease()` before each
+        push: cancellation is the backstop, not the check.
+        """
+        while True:
+            lease = self.lease()
+            if lease is None:
+                await self.wait_changed()
+                continue
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._end_with, lease, tg.cancel_scope)
+                await work(lease)
+                tg.cancel_scope.cancel()
+            # The work returned (or lost the lease): start it again only under a new lease.
+            await self._while_holding(lease)
+
+    async def _while_holding(self, lease: Lease) -> None:
+        """Return once `lease` is no longer ours (expired on our clock, lost, or re-taken)."""
+        while (current := self.lease()) is not None and current.epoch == lease.epoch:
+            with anyio.move_on_after(max(0.0, current.deadline - self._clock())):
+                await self.wait_changed()
+
+    async def _end_with(self, lease: Lease, scope: anyio.CancelScope) -> None:
+        await self._while_holding(lease)
+        log.warning("lease.leading_ended", merchant=self.merchant, epoch=lease.epoch)
+        scope.cancel()
+
     def _note(self) -> None:
-        leading = self.leading()
-        if leading != self._leading:
-            self._leading = leading
+        current = self.lease()
+        seen = None if current is None else current.epoch
+        if seen != self._seen:
+            self._seen = seen
             self._changed.set()
             self._changed = anyio.Event()
 

@@ -219,3 +219,49 @@ async def test_a_paused_leader_knows_on_its_own_clock_before_the_database_says(
     async with pool.connection() as conn:
         info = await leases.read(conn, M)
     assert info is not None and info.holder == "a" and info.expires_in > 0
+
+
+async def test_the_leaders_work_ends_before_another_replicas_work_begins(pool: Pool) -> None:
+    """A leader whose renewals stop (a stuck loop, a partition) ends its own work on its own
+    clock before the database lets another replica lead."""
+    ttl = 0.6
+    events: list[tuple[str, str, int, float]] = []
+
+    async def work(holder: str, lease: Lease) -> None:
+        events.append(("start", holder, lease.epoch, time.monotonic()))
+        try:
+            await anyio.sleep_forever()
+        finally:
+            events.append(("end", holder, lease.epoch, time.monotonic()))
+
+    keepers = {name: LeaseKeeper(pool, M, name, ttl) for name in ("a", "b")}
+    renewals = {name: anyio.CancelScope() for name in keepers}
+    async with anyio.create_task_group() as tg:
+        for name, keeper in keepers.items():
+
+            async def renew(keeper: LeaseKeeper = keeper, name: str = name) -> None:
+                with renewals[name]:
+                    await keeper.run()
+
+            async def leading(keeper: LeaseKeeper = keeper, name: str = name) -> None:
+                await keeper.lead(lambda lease, name=name: work(name, lease))
+
+            tg.start_soon(renew)
+            tg.start_soon(leading)
+
+        async def started(count: int) -> bool | None:
+            return True if sum(e[0] == "start" for e in events) >= count else None
+
+        await until(lambda: started(1), timeout=5)
+        first = events[0][1]
+        renewals[first].cancel()  # its lease is no longer renewed
+        await until(lambda: started(2), timeout=5)
+        tg.cancel_scope.cancel()
+    (start_1, end_1, start_2) = (
+        next(e for e in events if e[0] == "start" and e[1] == first),
+        next(e for e in events if e[0] == "end" and e[1] == first),
+        next(e for e in events if e[0] == "start" and e[1] != first),
+    )
+    assert end_1[3] < start_2[3]  # never two leaders' work at once
+    assert end_1[3] - start_1[3] < ttl  # it stopped on its own clock, before the TTL
+    assert start_2[2] == start_1[2] + 1
