@@ -23,12 +23,10 @@ from daemon.drift import DEFAULT_SHARE, run_drift
 from daemon.errors import ConfigError, StateUnusable
 from daemon.logs import configure_logging
 from daemon.oneshot import dry_run, run_once
-from daemon.pg.copy_state import TargetNotEmpty, copy_state
 from daemon.pg.dsn import check_dsn, describe
 from daemon.pipeline import Daemon
 from daemon.sdnotify import notifier, watchdog_interval
-from daemon.store import SQLiteStore, Store
-from daemon.store.postgres import PostgresStore
+from daemon.store import PostgresStore, SQLiteStore, Store, TargetNotEmpty, copy_state
 
 __all__ = ["main"]
 

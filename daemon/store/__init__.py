@@ -5,6 +5,7 @@
     schema.py     the SQLite schema and its migrations
     sqlite.py     the embedded backend
     postgres.py   PostgreSQL, for several replicas (its schema: daemon.pg.migrate)
+    migrate_state.py  `stocksync migrate-state`: a SQLite state copied into PostgreSQL
 
 `open_store` picks the backend from `daemon.state`.
 """
@@ -15,18 +16,23 @@ from pathlib import Path
 
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
+from daemon.store.migrate_state import TargetNotEmpty, copy_state
+from daemon.store.postgres import PostgresStore
 from daemon.store.protocol import HistoryRow, ItemRow, Settled, Store
 from daemon.store.sqlite import SQLiteStore
 
 __all__ = [
     "HistoryRow",
     "ItemRow",
+    "PostgresStore",
     "SQLiteStore",
     "Settled",
     "Status",
     "Store",
     "StoreHealth",
+    "TargetNotEmpty",
     "Timing",
+    "copy_state",
     "open_store",
 ]
 

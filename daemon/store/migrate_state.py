@@ -75,16 +75,14 @@ async def copy_state(
                 await migrate(conn)
                 async with conn.transaction():
                     for table in TABLES:
-                        cursor = await conn.execute(
-                            "SELECT EXISTS (SELECT 1 FROM " + table + ")"  # noqa: S608 -- constants
-                        )
+                        cursor = await conn.execute("SELECT EXISTS (SELECT 1 FROM " + table + ")")
                         row = await cursor.fetchone()
                         if row is not None and row[0]:
                             raise TargetNotEmpty(
                                 f"the database already holds a state (table {table} has rows)"
                             )
                     for table, columns in TABLES.items():
-                        query = f"SELECT {columns} FROM {table}{_ORDER.get(table, '')}"  # noqa: S608 -- constants
+                        query = f"SELECT {columns} FROM {table}{_ORDER.get(table, '')}"
                         rows = await anyio.to_thread.run_sync(db.execute, query)
                         count = 0
                         async with conn.cursor().copy(
