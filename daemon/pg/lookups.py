@@ -3,14 +3,15 @@
 keyCRM's webhook is only a trigger ("these SKUs changed"); the look-up is the truth. Any replica,
 standby or leader, accepts the webhook and `enqueue`s its SKUs in one transaction that also
 NOTIFYs the leader, so a webhook is answered 2xx only once its SKUs are on disk: a crash of
-either replica loses nothing. The leader `claim`s a batch, looks it up, and `done`s the batch in
-the transaction that stores the result, so an entry leaves the queue only with its answer.
+either replica loses nothing. The leader `claim`s a batch, looks it up, and marks it `done` once
+the result is stored, so an entry leaves the queue only after its answer is on disk (a crash in
+between costs one more look-up, never a lost one).
 
 A SKU enqueued again while its look-up is in flight gets a new `seq` and is claimable again:
 the look-up in flight may have read the stock before the change, so `done` deletes an entry only
-if its `seq` is still the one claimed. A claim whose leader died is claimable again after
-`reclaim_after`. Claims and deletions are fenced by the lease: a stale leader can neither hide
-entries from the new one nor drop them.
+if its `seq` is still the one claimed. Entries claimed under an earlier epoch (a leader that died
+holding them) are claimable again at once by the next leader. Claims and deletions are fenced by
+the lease: a stale leader can neither hide entries from the new one nor drop them.
 
 NOTIFY is a hint, the table is the truth: the leader also polls, so a notification lost (a
 reconnect, a transaction-mode pooler that drops LISTEN) only delays a look-up.
@@ -59,7 +60,8 @@ async def enqueue(conn: AsyncConnection[TupleRow], merchant: str, skus: Sequence
             "INSERT INTO lookup_queue (merchant, sku, queued_at)"
             " SELECT %s, sku, clock_timestamp() FROM unnest(%s::text[]) AS sku"
             " ON CONFLICT (merchant, sku)"
-            " DO UPDATE SET seq = nextval('lookup_queue_seq'), claimed_at = NULL",
+            " DO UPDATE SET seq = nextval('lookup_queue_seq'), claimed_at = NULL,"
+            " claimed_epoch = NULL",
             (merchant, unique),
         )
         await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, merchant))
@@ -69,21 +71,27 @@ async def enqueue(conn: AsyncConnection[TupleRow], merchant: str, skus: Sequence
 async def claim(
     conn: AsyncConnection[TupleRow], lease: Lease, limit: int = 50, reclaim_after: float = 60.0
 ) -> list[Claimed]:
-    """Up to `limit` entries, oldest first, not claimed (or claimed over `reclaim_after` ago).
+    """Up to `limit` entries, oldest first: unclaimed, claimed under an earlier epoch (a leader
+    that is gone), or claimed over `reclaim_after` ago (a look-up that hung).
 
     Raises `LeaseLost` if `lease` moved on.
     """
     async with conn.transaction():
         await fence(conn, lease)
         cursor = await conn.execute(
-            "UPDATE lookup_queue q SET claimed_at = clock_timestamp()"
+            "UPDATE lookup_queue q SET claimed_at = clock_timestamp(), claimed_epoch = %(epoch)s"
             " FROM (SELECT sku FROM lookup_queue WHERE merchant = %(merchant)s"
-            "       AND (claimed_at IS NULL"
+            "       AND (claimed_at IS NULL OR claimed_epoch <> %(epoch)s"
             "            OR claimed_at < clock_timestamp() - make_interval(secs => %(after)s))"
             "       ORDER BY queued_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) pick"
             " WHERE q.merchant = %(merchant)s AND q.sku = pick.sku"
             " RETURNING q.sku, q.seq, extract(epoch FROM q.queued_at)::float8",
-            {"merchant": lease.merchant, "after": reclaim_after, "limit": limit},
+            {
+                "merchant": lease.merchant,
+                "epoch": lease.epoch,
+                "after": reclaim_after,
+                "limit": limit,
+            },
         )
         rows = await cursor.fetchall()
     claimed = [Claimed(sku=str(r[0]), seq=int(r[1]), queued_at=float(r[2])) for r in rows]
@@ -93,7 +101,7 @@ async def claim(
 async def done(conn: AsyncConnection[TupleRow], lease: Lease, claimed: Sequence[Claimed]) -> int:
     """Remove looked-up entries not enqueued again since their claim; returns how many.
 
-    Call it inside the transaction that stores the look-up's result. Raises `LeaseLost`.
+    Call it once the look-up's result is stored. Raises `LeaseLost`.
     """
     async with conn.transaction():
         await fence(conn, lease)
@@ -112,7 +120,7 @@ async def unclaim(
     async with conn.transaction():
         await fence(conn, lease)
         await conn.execute(
-            "UPDATE lookup_queue SET claimed_at = NULL WHERE merchant = %s"
+            "UPDATE lookup_queue SET claimed_at = NULL, claimed_epoch = NULL WHERE merchant = %s"
             " AND (sku, seq) IN (SELECT * FROM unnest(%s::text[], %s::bigint[]))",
             (lease.merchant, [c.sku for c in claimed], [c.seq for c in claimed]),
         )

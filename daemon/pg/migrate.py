@@ -76,6 +76,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 queued_at timestamptz NOT NULL,
                 seq bigint NOT NULL DEFAULT nextval('lookup_queue_seq'),
                 claimed_at timestamptz,
+                claimed_epoch bigint,
                 PRIMARY KEY (merchant, sku)
             )
             """,
