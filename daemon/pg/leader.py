@@ -47,6 +47,7 @@ class LeaseKeeper:
         self._clock = clock
         self._lease: Lease | None = None
         self._seen: int | None = None  # the epoch we last told waiters about (None: standby)
+        self._released = False
         self._changed = anyio.Event()
         #: who leads, as last read from the database while we did not (for `/status`)
         self.leader: leases.LeaseInfo | None = None
@@ -108,6 +109,8 @@ class LeaseKeeper:
     async def step(self) -> Lease | None:
         """One attempt: renew the lease we hold, or try to take it; returns the valid lease."""
         held = self._lease
+        if self._released:
+            return None
         try:
             async with self.pool.connection() as conn:
                 if held is not None:
@@ -131,6 +134,8 @@ class LeaseKeeper:
                 "lease.renew_failed", merchant=self.merchant, error=type(exc).__name__,
                 leading=self.leading(),
             )  # fmt: skip
+        if self._released:  # released while this step was under way: it must not lead again
+            self._lease = None
         self._note()
         return self.lease()
 
@@ -150,7 +155,9 @@ class LeaseKeeper:
             self._note()
 
     async def release(self) -> None:
-        """Give the lease up (graceful stop) so a standby takes over without waiting the TTL."""
+        """Give the lease up for good (graceful stop) so a standby takes over without waiting
+        the TTL; this keeper bids no more."""
+        self._released = True
         held, self._lease = self._lease, None
         self._note()
         if held is None:
