@@ -13,7 +13,6 @@ import aiohttp
 import anyio
 import orjson
 from psycopg import Error as PsycopgError
-from psycopg_pool import PoolTimeout
 
 from adapters import ADAPTERS
 from daemon import __version__
@@ -177,17 +176,13 @@ async def _history(config: Config, sku: str) -> int:
     store: Store
     if config.daemon.database is not None:
         # Reading the history needs no lease: any replica, or an operator's shell, may.
+        # An unreachable database is StateUnusable: one line, exit 2 (see main).
         password = config.daemon.database_password
-        try:
-            store = await PostgresStore.open(
-                config.daemon.database,
-                password=None if password is None else password.get_secret_value(),
-                max_size=1,
-            )
-        except (PsycopgError, PoolTimeout) as exc:
-            print(f"cannot open the state at {describe(config.daemon.database)}: {exc}",
-                  file=sys.stderr)  # fmt: skip
-            return 1
+        store = await PostgresStore.open(
+            config.daemon.database,
+            password=None if password is None else password.get_secret_value(),
+            max_size=1,
+        )
     elif not config.daemon.state.exists():
         print(f"no state file at {config.daemon.state}", file=sys.stderr)
         return 1

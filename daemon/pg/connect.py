@@ -63,5 +63,9 @@ async def open_pool(
         name="stocksync",
         check=AsyncConnectionPool.check_connection,
     )
-    await pool.open(wait=True, timeout=acquire_timeout)
+    try:
+        await pool.open(wait=True, timeout=acquire_timeout)
+    except BaseException:
+        await pool.close()  # its workers would go on trying to connect
+        raise
     return pool

@@ -34,7 +34,7 @@ from typing import LiteralString
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from daemon.errors import StocksyncError
+from daemon.errors import StateError
 
 __all__ = [
     "FENCE",
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-class LeaseLost(StocksyncError):
+class LeaseLost(StateError):
     """This replica no longer holds the merchant's lease: stop leading and write nothing."""
 
 

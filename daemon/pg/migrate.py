@@ -19,7 +19,7 @@ from typing import LiteralString
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from daemon.errors import StocksyncError
+from daemon.errors import StateUnusable
 
 __all__ = ["MIGRATIONS", "Migration", "SchemaTooNew", "migrate"]
 
@@ -27,7 +27,7 @@ __all__ = ["MIGRATIONS", "Migration", "SchemaTooNew", "migrate"]
 LOCK_KEY = 0x73746F636B73796E
 
 
-class SchemaTooNew(StocksyncError):
+class SchemaTooNew(StateUnusable):
     """The database was migrated by a newer stocksync: this one must not write to it."""
 
 

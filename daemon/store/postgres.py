@@ -25,10 +25,11 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, LiteralString
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import TupleRow
 
 from daemon.codec import decode_catalog, decode_stock, encode_catalog, encode_stock
+from daemon.errors import StateUnusable, StoreUnavailable
 from daemon.guard import ScanGuard
 from daemon.models import (
     CatalogEntry,
@@ -40,10 +41,12 @@ from daemon.models import (
     plain,
 )
 from daemon.pg.connect import Pool, open_pool
+from daemon.pg.dsn import describe
 from daemon.pg.lease import Lease, LeaseLost, fence
 from daemon.pg.migrate import migrate
 from daemon.plan import Contribution
 from daemon.store import lifecycle
+from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Item, Status, Timing
 from daemon.store.protocol import HistoryRow, ItemRow, Settled
 from daemon.store.schema import ITEM_COLUMNS
@@ -129,8 +132,10 @@ class PostgresStore:
         fence: Callable[[], Lease | None] | None = None,
         owns_pool: bool = False,
         clock: Callable[[], float] | None = None,
+        location: str = "postgresql",
     ) -> None:
         self._pool = pool
+        self.health = StoreHealth(location)
         self._fence = fence
         self._owns_pool = owns_pool
         self._clock = clock or time.time
@@ -143,20 +148,47 @@ class PostgresStore:
         password: str | None = None,
         fence: Callable[[], Lease | None] | None = None,
         max_size: int = 8,
+        acquire_timeout: float = 10.0,
     ) -> PostgresStore:
         """Open a pool on `dsn`, bring the schema up to date, and own the pool."""
-        pool = await open_pool(dsn, password=password, max_size=max_size)
+        location = describe(dsn)
+        try:
+            pool = await open_pool(
+                dsn, password=password, max_size=max_size, acquire_timeout=acquire_timeout
+            )
+        except OperationalError as exc:
+            raise StateUnusable(f"{location}: cannot reach the database ({exc})") from exc
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, fence=fence, owns_pool=True)
+        return cls(pool, fence=fence, owns_pool=True, location=location)
+
+    @asynccontextmanager
+    async def _faults(self, operation: str) -> AsyncIterator[None]:
+        """A database that may come back (connection lost, failover, disk full, pool exhausted)
+        becomes `StoreUnavailable`; anything else is a bug and propagates as it is."""
+        try:
+            yield
+        except OperationalError as exc:
+            # libpq's messages name the server, never the password (it is not in the DSN).
+            first = str(exc).strip().splitlines()[:1]
+            error = f"{type(exc).__name__}: {first[0] if first else ''}"
+            self.health.failed(operation, error)
+            message = f"state store {operation}: {error}"
+            raise StoreUnavailable(message, operation=operation) from exc
+        if operation == "write":
+            self.health.wrote()
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with (
+            self._faults("read"),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
             yield conn
 
     @asynccontextmanager
@@ -164,7 +196,11 @@ class PostgresStore:
         self, *, channel: str | None = None, lock: int | None = None
     ) -> AsyncIterator[Conn]:
         """A write transaction: fenced by the lease (if any), then the advisory locks."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with (
+            self._faults("write"),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
             if self._fence is not None:
                 lease = self._fence()
                 if lease is None:

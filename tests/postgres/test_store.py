@@ -5,9 +5,15 @@ The lifecycle itself is checked over both backends by tests/store/test_contract.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
 
+from daemon.errors import StateUnusable, StoreUnavailable
 from daemon.models import Outcome, Value, Verdict
 from daemon.pg.connect import Pool
 from daemon.pg.leader import LeaseKeeper
@@ -71,3 +77,40 @@ async def test_concurrent_claims_never_hand_out_an_item_twice(pool: Pool) -> Non
     assert len(claimed) == len(set(claimed)) == 150
     counts = await store.counts()
     assert counts == {"c": {"sending": 120}, "d": {"sending": 30}}
+
+
+async def test_connections_that_died_in_a_failover_are_replaced_unnoticed(pool: Pool) -> None:
+    store = PostgresStore(pool)
+    await store.set_desired("c", {"k": Value(quantity=1)}, 1.0, T)
+    async with await connect_to(pool) as admin:  # the server drops every other session
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert [i.key for i in await store.claim("c", 2.0, 10)] == ["k"]
+    assert store.health.reason is None
+
+
+async def test_an_unreachable_database_is_a_store_fault_that_readiness_can_show(
+    tmp_path: Path,
+) -> None:
+    pool: Pool = AsyncConnectionPool(
+        f"host={tmp_path} dbname=none", open=False, timeout=0.3, min_size=0, max_size=1
+    )
+    await pool.open(wait=False)
+    try:
+        store = PostgresStore(pool, location="db.example/stocksync")
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.set_desired("c", {"k": Value(quantity=1)}, 1.0, T)
+        assert caught.value.operation == "write"
+        assert store.health.reason is not None and "cannot write" in store.health.reason
+        with pytest.raises(StoreUnavailable):
+            await store.items()
+    finally:
+        await pool.close()
+    with pytest.raises(StateUnusable, match="cannot reach the database"):
+        await PostgresStore.open(f"host={tmp_path} dbname=none", acquire_timeout=0.3)
+
+
+async def connect_to(pool: Pool) -> AsyncConnection[TupleRow]:
+    return await AsyncConnection.connect(pool.conninfo, autocommit=True)
