@@ -48,9 +48,14 @@ class LeaseKeeper:
         self._lease: Lease | None = None
         self._seen: int | None = None  # the epoch we last told waiters about (None: standby)
         self._released = False
+        self._poke = anyio.Event()
         self._changed = anyio.Event()
         #: who leads, as last read from the database while we did not (for `/status`)
         self.leader: leases.LeaseInfo | None = None
+
+    def poke(self) -> None:
+        """Bid now rather than at the next renewal time (the leader just released its lease)."""
+        self._poke.set()
 
     def lease(self) -> Lease | None:
         """The lease while it is valid on our own clock, else None: check before every push."""
@@ -151,7 +156,11 @@ class LeaseKeeper:
             elif self.leader is not None:
                 # Bid right after the leader's lease runs out: failover takes the TTL, not more.
                 wait = min(wait, max(0.0, self.leader.expires_in) + 0.05)
-            await anyio.sleep(wait)
+            poke = self._poke
+            with anyio.move_on_after(wait):
+                await poke.wait()
+            if poke.is_set():
+                self._poke = anyio.Event()
             self._note()
 
     async def release(self) -> None:

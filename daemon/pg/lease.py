@@ -38,6 +38,7 @@ from daemon.errors import StateError
 
 __all__ = [
     "FENCE",
+    "RELEASED",
     "Lease",
     "LeaseInfo",
     "LeaseLost",
@@ -50,6 +51,10 @@ __all__ = [
     "release",
     "renew",
 ]
+
+
+#: The NOTIFY channel of a released lease; the payload is the merchant.
+RELEASED = "stocksync_lease_released"
 
 
 class LeaseLost(StateError):
@@ -193,13 +198,14 @@ async def renew(
 
 
 async def release(conn: AsyncConnection[TupleRow], lease: Lease) -> None:
-    """Give the lease up now (a graceful stop), so a standby takes over without waiting."""
+    """Give the lease up now (a graceful stop), and NOTIFY `RELEASED` so standbys bid at once."""
     async with conn.transaction():
         await conn.execute(
             "UPDATE leases SET expires_at = clock_timestamp()"
             " WHERE merchant = %s AND holder = %s AND epoch = %s",
             (lease.merchant, lease.holder, lease.epoch),
         )
+        await conn.execute("SELECT pg_notify(%s, %s)", (RELEASED, lease.merchant))
 
 
 async def read(conn: AsyncConnection[TupleRow], merchant: str) -> LeaseInfo | None:

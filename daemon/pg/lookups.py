@@ -20,7 +20,7 @@ reconnect, a transaction-mode pooler that drops LISTEN) only delays a look-up.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -31,7 +31,7 @@ from psycopg import Error as PsycopgError
 from psycopg.rows import TupleRow
 
 from daemon.pg.connect import connect
-from daemon.pg.lease import Lease, fence
+from daemon.pg.lease import RELEASED, Lease, fence
 
 __all__ = ["CHANNEL", "Claimed", "Wakeup", "claim", "depth", "done", "enqueue", "unclaim"]
 
@@ -141,16 +141,25 @@ async def depth(conn: AsyncConnection[TupleRow], merchant: str) -> tuple[int, fl
 
 
 class Wakeup:
-    """LISTENs on its own connection and wakes the leader when its merchant's queue grows.
+    """LISTENs on its own connection: wakes the leader when its merchant's queue grows, and
+    tells a standby (`on_released`) when the leader released its lease.
 
     It needs a real session: point `dsn` past a transaction-mode pooler (the leader polls the
     queue anyway, so without notifications look-ups only wait for the next poll).
     """
 
     def __init__(
-        self, dsn: str, merchant: str, *, password: str | None = None, retry: float = 1.0
+        self,
+        dsn: str,
+        merchant: str,
+        *,
+        password: str | None = None,
+        retry: float = 1.0,
+        on_released: Callable[[], None] | None = None,
     ) -> None:
         self.dsn = dsn
+        #: called when the merchant's leader released its lease (a standby should bid now)
+        self.on_released = on_released
         self.merchant = merchant
         self._password = password
         self._retry = retry
@@ -183,6 +192,7 @@ class Wakeup:
                 conn = await connect(self.dsn, password=self._password, autocommit=True)
                 async with conn:
                     await conn.execute("LISTEN " + CHANNEL)
+                    await conn.execute("LISTEN " + RELEASED)
                     self.connected = True
                     if started:
                         self._wake()  # notifications sent while we were away are lost: poll
@@ -190,7 +200,12 @@ class Wakeup:
                         started = True
                         task_status.started()
                     async for notify in conn.notifies():
-                        if notify.payload == self.merchant:
+                        if notify.payload != self.merchant:
+                            continue
+                        if notify.channel == RELEASED:
+                            if self.on_released is not None:
+                                self.on_released()
+                        else:
                             self._wake()
             except PsycopgError as exc:
                 log.warning("lookups.listen_failed", error=type(exc).__name__)

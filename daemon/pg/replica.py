@@ -11,7 +11,7 @@ pipelines come and go inside `keeper.lead`.
         await tg.start(replica.run)
         tg.start_soon(replica.keeper.lead, lead)   # lead(lease): inherit_budget, recover, run
     ...                                            # webhooks on any replica: await enqueue(skus)
-    await replica.close()                          # hands the lease over
+    await replica.close()                          # hands the lease over at once
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Replica:
         self.merchant = merchant
         self.poll = poll
         self.keeper = LeaseKeeper(pool, merchant, holder or make_holder(), ttl)
-        self.wakeup = Wakeup(dsn, merchant, password=password)
+        self.wakeup = Wakeup(dsn, merchant, password=password, on_released=self.keeper.poke)
         self.store = PostgresStore(pool, fence=self.keeper.lease)
 
     @classmethod
@@ -92,8 +92,8 @@ class Replica:
             task_status.started()
 
     async def close(self) -> None:
-        """Hand the lease over (a standby takes it at its next bid, not after the TTL) and close
-        the pool; after the leader's work has stopped."""
+        """Hand the lease over (a standby, told by NOTIFY, takes it at once) and close the
+        pool; after the leader's work has stopped."""
         await self.keeper.release()
         await self.pool.close()
 
