@@ -2,6 +2,7 @@
 
     StocksyncError
     ├── ConfigError              the file or a secret is wrong: report every fault, exit 2
+    ├── StartupError             the daemon cannot start (port in use, state unreadable): exit 1
     ├── SourceError              keyCRM could not give us a page
     │   ├── SourceRetryable      network, 5xx, 429, a malformed page: try again (Retry-After)
     │   └── SourceFatal          401/403/404: retrying will not help until an operator acts
@@ -24,6 +25,7 @@ __all__ = [
     "SourceError",
     "SourceFatal",
     "SourceRetryable",
+    "StartupError",
     "StocksyncError",
 ]
 
@@ -38,6 +40,10 @@ class ConfigError(StocksyncError):
     def __init__(self, faults: list[tuple[str, str]]) -> None:
         self.faults = faults
         super().__init__("; ".join(f"{key}: {problem}" for key, problem in faults))
+
+
+class StartupError(StocksyncError):
+    """Something outside stocksync keeps it from starting; the message says what, in one line."""
 
 
 class SourceError(StocksyncError):

@@ -9,6 +9,7 @@ what is debounced now, let in-flight requests finish within `shutdown_timeout`, 
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from daemon.budget import RequestBudget
 from daemon.channel import ChannelContext
 from daemon.config import Config, secret_values
 from daemon.dispatch import Dispatcher
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, StartupError
 from daemon.http import build_app
 from daemon.keycrm import KeycrmClient
 from daemon.logs import scrubber
@@ -53,6 +54,10 @@ def _iso(ts: float | None) -> str | None:
 def _unacknowledged(per_status: dict[str, int]) -> int:
     """Items waiting for a push or in flight: the lag's work (held ones wait for a person)."""
     return per_status.get("pending", 0) + per_status.get("sending", 0)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 def needs_catalog(config: Config) -> bool:
@@ -190,7 +195,9 @@ class Daemon:
             config = self._reload()
         except ConfigError as exc:
             self.metrics.config_reloads.labels(result="error").inc()
-            log.exception("config.reload_failed", faults=[f"{k}: {p}" for k, p in exc.faults])
+            # The faults are the whole story; a traceback would bury them.
+            faults = [f"{k}: {p}" for k, p in exc.faults]
+            log.error("config.reload_failed", faults=faults)  # noqa: TRY400
             self._notify("READY=1")
             return
         self.metrics.config_reloads.labels(result="ok").inc()
@@ -215,6 +222,7 @@ class Daemon:
                 0 if since is None else max(0.0, now - since)
             )
         self.metrics.keycrm_budget_used.set(self.parts.client.budget.sent_in_window())
+        self.metrics.first_scan_done.set(1 if self.parts.source.progress.first_scan_done else 0)
 
     async def readiness(self) -> str | None:
         parts = self.parts
@@ -222,9 +230,8 @@ class Daemon:
             return "starting"
         if self._stopping:
             return "stopping"
-        progress = parts.source.progress
-        if progress.last_success is None:
-            return "the first keyCRM scan has not finished"
+        # A first scan still running does not make the daemon unready: at 100k SKUs it takes
+        # half an hour, and webhooks must flow meanwhile. Its progress is in /status.
         reached = parts.client.last_success
         if reached is None:
             return "keyCRM has not answered since start"
@@ -269,6 +276,12 @@ class Daemon:
                 "resync_running": progress.resync,
                 "scan_page": progress.page,
                 "scan_last_page": progress.last_page,
+                "scan_eta": _rounded(progress.scan_eta(now)),
+                "first_scan_done": progress.first_scan_done,
+                "catalog_running": progress.catalog_running,
+                "catalog_page": progress.catalog_page,
+                "catalog_last_page": progress.catalog_last_page,
+                "catalog_eta": _rounded(progress.catalog_eta(now)),
                 "scans_completed": progress.scans_completed,
                 "last_scan_success": _iso(progress.last_success),
                 "last_scan_duration_seconds": progress.last_duration,
@@ -325,7 +338,12 @@ class Daemon:
         await runner.setup()
         host, _, port = config.daemon.listen.rpartition(":")
         site = web.TCPSite(runner, host.strip("[]"), int(port))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {config.daemon.listen}: {reason}") from exc
         addresses = runner.addresses
         self.bound_port = int(addresses[0][1]) if addresses else int(port)
         log.info("http.listening", listen=config.daemon.listen, port=self.bound_port)
@@ -345,7 +363,7 @@ class Daemon:
             # The rules may have changed since the stored desired values were planned.
             replanned = await parts.reconciler.replan()
             log.info(
-                "daemon.started",
+                "config.applied" if resync_first else "daemon.started",
                 version=__version__,
                 channels=[c.name for c in config.channels],
                 pending=sum(_unacknowledged(c) for c in counts.values()),
