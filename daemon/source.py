@@ -58,6 +58,37 @@ class ScanProgress:
     last_error: str | None = None
     catalog_at: float | None = None
     duplicates: dict[str, int] = field(default_factory=dict)
+    catalog_running: bool = False
+    catalog_page: int = 0
+    catalog_last_page: int | None = None
+    catalog_started_at: float | None = None
+
+    @property
+    def first_scan_done(self) -> bool:
+        """A complete scan is on record (this run or an earlier one): not a cold start."""
+        return self.last_success is not None
+
+    def scan_eta(self, now: float) -> float | None:
+        """Seconds the running scan still needs at its pace so far, if it can be told."""
+        return _eta(self.running, self.page, self.last_page, self.started_at, now)
+
+    def catalog_eta(self, now: float) -> float | None:
+        """Seconds the running catalog refresh still needs at its pace so far."""
+        return _eta(
+            self.catalog_running,
+            self.catalog_page,
+            self.catalog_last_page,
+            self.catalog_started_at,
+            now,
+        )
+
+
+def _eta(
+    running: bool, page: int, last_page: int | None, started: float | None, now: float
+) -> float | None:
+    if not running or not page or not last_page or started is None:
+        return None
+    return max(0.0, (now - started) / page * (last_page - page))
 
 
 class Source:
@@ -199,6 +230,9 @@ class Source:
         # changed wholesale answers to a guard of its own, like a re-plan.
         scan = int(await self._store.get_meta("scan_generation") or 0) + 1
         guard = await self._reconciler.begin_scan(scan)
+        progress = self.progress
+        progress.catalog_running, progress.catalog_page = True, 0
+        progress.catalog_last_page, progress.catalog_started_at = None, self._clock()
         try:
             async for page in self.client.catalog():
                 # A duplicated SKU keeps its first offer here too, as the scan does.
@@ -208,7 +242,10 @@ class Source:
                 changed = await self._store.save_catalog(entries)
                 await self._reconciler.ingest(changed, guard)
                 count += len(entries)
+                progress.catalog_page += 1
+                progress.catalog_last_page = page.last_page
         finally:
+            progress.catalog_running = False
             await self._reconciler.end_scan(guard, complete=False)
         now = self._clock()
         await self._store.set_meta("catalog_at", str(now))
