@@ -31,6 +31,7 @@ __all__ = ["ScanProgress", "Source"]
 log = structlog.get_logger("stocksync.source")
 
 _FAILED_SCAN_RETRY = 60.0
+_STORE_RETRY = 5.0
 _FAILED_CATALOG_RETRY = 300.0
 _LOOKUP_BATCH = PAGE_SIZE * 4
 
@@ -118,6 +119,8 @@ class Source:
         self.progress = ScanProgress()
         self._scan_requested = anyio.Event()
         self.lookups = LookupQueue() if lookups is None else lookups
+        #: how long to wait before trying again after the last failed read
+        self.retry_in = _FAILED_SCAN_RETRY
         self._first_catalog_tried = anyio.Event()
 
     @property
@@ -263,7 +266,7 @@ class Source:
             self._scan_requested = anyio.Event()
             ok = await self._guarded(self.scan_once, "keycrm.scan_failed")
             self.progress.resync = False
-            wait = self._poll_interval if ok else min(self._poll_interval, _FAILED_SCAN_RETRY)
+            wait = self._poll_interval if ok else min(self._poll_interval, self.retry_in)
             with anyio.move_on_after(wait):
                 await self._scan_requested.wait()
 
@@ -303,17 +306,21 @@ class Source:
             if not await self._guarded(look, "keycrm.lookup_failed"):
                 # Back to the front of the queue; do not spin on a failing keyCRM meanwhile.
                 self.lookups.put_back(batch)
-                await anyio.sleep(_FAILED_SCAN_RETRY)
+                await anyio.sleep(self.retry_in)
 
     async def _guarded(self, job: Callable[[], Awaitable[None]], event: str) -> bool:
+        """Run one read of keyCRM; False (and `self.retry_in` set) if it failed as expected."""
         try:
             await job()
         except StoreUnavailable as exc:
-            # The store logs the episode once; keyCRM's answer is not lost: it is asked again.
+            # The store logs the episode once; keyCRM's answer is not lost: it is asked again,
+            # soon, so the daemon catches up by itself once the store can write.
             self.progress.last_error = str(exc)
+            self.retry_in = _STORE_RETRY
             return False
         except SourceError as exc:
             self.progress.last_error = str(exc)
             log.error(event, error=str(exc), status=exc.status)  # noqa: TRY400 (expected: no traceback)
+            self.retry_in = _FAILED_SCAN_RETRY
             return False
         return True
