@@ -20,6 +20,7 @@ from daemon.contract import (
     ChannelRetryable,
     Outcome,
     PushResult,
+    describe_network_error,
     parse_retry_after,
 )
 
@@ -68,9 +69,8 @@ def error_for_status(
 
 
 def network_error(exc: BaseException, *, channel: str) -> ChannelRetryable:
-    """A request that got no answer: always retryable."""
-    kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-    return ChannelRetryable(f"{channel}: no answer ({kind})")
+    """A request that got no answer: always retryable; the message names the host and the cause."""
+    return ChannelRetryable(f"{channel}: no answer: {describe_network_error(exc)}")
 
 
 NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError)

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import sqlite3
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import aiohttp
 import anyio
-import orjson
 from psycopg import Error as PsycopgError
 
 from adapters import ADAPTERS
 from daemon import __version__
+from daemon.audit import DEFAULT_LIMIT, parse_since, show_history
 from daemon.config import Config, load_config, secret_values
 from daemon.demo import run_demo
 from daemon.drift import DEFAULT_SHARE, run_drift
-from daemon.errors import ConfigError, StateUnusable
+from daemon.errors import ConfigError, StateUnusable, StocksyncError
 from daemon.logs import configure_logging
+from daemon.once_report import LINE_EVERY
 from daemon.oneshot import dry_run, run_once
+from daemon.opsconfig import OpsSettings, admin_token, daemon_url, read_ops_settings
 from daemon.pg.dsn import check_dsn, describe
 from daemon.pipeline import Daemon
+from daemon.remote import request_resync, show_status, watch_status
 from daemon.sdnotify import notifier, watchdog_interval
-from daemon.store import PostgresStore, SQLiteStore, Store, TargetNotEmpty, copy_state
+from daemon.store import TargetNotEmpty, copy_state
 
 __all__ = ["main"]
 
@@ -56,11 +60,15 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the planned pushes; send nothing"
     )
     once.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for pushes")
+    once.add_argument(
+        "--progress-every",
+        type=float,
+        default=LINE_EVERY,
+        metavar="SECONDS",
+        help=f"progress line interval when stderr is not a terminal (default {LINE_EVERY:g})",
+    )
     with_config("check-config", "validate the file and the secrets it names; exit 0 or 2")
-    with_config("resync", "ask the running daemon for a full resync (same as SIGUSR1)")
-    with_config("status", "print the running daemon's status")
-    history = with_config("history", "the audit trail of one SKU: every push per channel")
-    history.add_argument("sku")
+    _ops_commands(with_config)
     drift = with_config(
         "drift", "read back what readable channels hold; report drift; change nothing"
     )
@@ -89,7 +97,97 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--skus", type=int, default=60, help="how many SKUs the fake keyCRM holds")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="keep the demo's config, state and env file here (default: a temporary folder)",
+    )
     return parser
+
+
+def _ops_commands(with_config: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """status, resync, history: read-only, so they need the daemon's address or state, no secret."""
+    url_help = "the daemon's listener, e.g. http://127.0.0.1:9108 (default: daemon.listen of -c)"
+    resync = with_config("resync", "ask the running daemon for a full resync (same as SIGUSR1)")
+    resync.add_argument("--url", help=url_help)
+    resync.add_argument(
+        "--token-env",
+        metavar="VARIABLE",
+        help="the environment variable holding the admin token (default: the config's)",
+    )
+    status = with_config("status", "print the running daemon's status")
+    status.add_argument("--url", help=url_help)
+    status.add_argument("--json", action="store_true", help="the daemon's JSON, with states")
+    status.add_argument("--watch", action="store_true", help="a live view, redrawn in place")
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between --watch refreshes"
+    )
+    history = with_config("history", "the audit trail of one SKU: every push per channel")
+    history.add_argument("sku")
+    history.add_argument("--state", type=Path, help="the state file (default: daemon.state of -c)")
+    history.add_argument("--channel", help="only this channel")
+    history.add_argument(
+        "--since", help="only pushes after this: a duration back (30m, 2h, 7d) or a UTC date/time"
+    )
+    history.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"newest pushes shown (default {DEFAULT_LIMIT}; 0 for all)",
+    )
+    history.add_argument("--json", action="store_true", help="one JSON array")
+
+
+def _ops_settings(args: argparse.Namespace) -> OpsSettings | None:
+    """`[daemon]` of -c (secrets untouched), or None when the flags say everything."""
+    if args.config is None:
+        return None
+    return read_ops_settings(Path(args.config))
+
+
+def _daemon_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    settings = _ops_settings(args)
+    if settings is None:
+        raise ConfigError([("config", "no file given: use -c FILE, --url URL or STOCKSYNC_CONFIG")])
+    return daemon_url(settings.listen)
+
+
+def _ops(args: argparse.Namespace) -> int:
+    """Run a read-only command; ConfigError goes up to main (exit 2)."""
+    if args.command == "status":
+        url = _daemon_url(args)
+        if args.watch:
+            return anyio.run(lambda: watch_status(url, every=max(0.2, args.interval)))
+        return anyio.run(lambda: show_status(url, as_json=args.json))
+    if args.command == "resync":
+        url = _daemon_url(args)
+        token = admin_token(_ops_settings(args) if args.config else None, args.token_env)
+        return anyio.run(request_resync, url, token)
+    settings = _ops_settings(args) if args.state is None else None
+    if args.state is None and settings is None:
+        raise ConfigError(
+            [("config", "no file given: use -c FILE, --state FILE or STOCKSYNC_CONFIG")]
+        )
+    state = args.state if args.state is not None else settings.state  # type: ignore[union-attr]
+    if str(state).startswith(("postgresql:", "postgres:")):
+        raise ConfigError(
+            [("daemon.state", "history reads a SQLite state; on PostgreSQL it is not wired yet")]
+        )
+    try:
+        since = None if args.since is None else parse_since(args.since, time.time())
+    except ValueError as exc:
+        raise ConfigError([("--since", str(exc))]) from exc
+    return show_history(
+        Path(state),
+        args.sku,
+        channel=args.channel,
+        since=since,
+        limit=None if args.limit <= 0 else args.limit,
+        as_json=args.json,
+    )
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -101,107 +199,6 @@ def _load(args: argparse.Namespace) -> Config:
 def _print_faults(exc: ConfigError) -> None:
     for key, problem in exc.faults:
         print(f"{key}: {problem}", file=sys.stderr)
-
-
-def _base_url(config: Config) -> str:
-    host, _, port = config.daemon.listen.rpartition(":")
-    if host in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104 -- reaching a wildcard listener locally
-        host = "127.0.0.1"
-    return f"http://{host}:{port}"
-
-
-async def _resync(config: Config) -> int:
-    token = config.daemon.admin_token
-    if token is None:
-        print(
-            "daemon.admin_token_env (or _file) is not set, so the daemon has no admin route; "
-            "send SIGUSR1 instead (systemctl kill -s USR1 stocksync)",
-            file=sys.stderr,
-        )
-        return 1
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{_base_url(config)}/admin/resync",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(10),
-            ) as response,
-        ):
-            if response.status != 202:
-                print(f"the daemon answered HTTP {response.status}", file=sys.stderr)
-                return 1
-    except aiohttp.ClientError as exc:
-        print(f"cannot reach the daemon at {_base_url(config)}: {exc}", file=sys.stderr)
-        return 1
-    print("resync started")
-    return 0
-
-
-async def _status(config: Config) -> int:
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"{_base_url(config)}/status", timeout=aiohttp.ClientTimeout(10)
-            ) as response,
-        ):
-            data = orjson.loads(await response.read())
-    except aiohttp.ClientError as exc:
-        print(f"cannot reach the daemon at {_base_url(config)}: {exc}", file=sys.stderr)
-        return 1
-    source = data.get("source", {})
-    print(
-        f"stocksync {data.get('version')}  ready: {data.get('ready')}  {data.get('reason') or ''}"
-    )
-    budget = f"{source.get('budget_used_last_minute')}/{source.get('budget_requests_per_minute')}"
-    print(
-        f"keyCRM  last scan: {source.get('last_scan_success')}"
-        f"  scanning: {source.get('scan_running')}"
-        f" (page {source.get('scan_page')}/{source.get('scan_last_page')})"
-        f"  budget: {budget} per min  last error: {source.get('last_error') or '-'}"
-    )
-    print(f"{'channel':<20} {'pending':>8} {'rejected':>8} {'lag (s)':>9}  state    last error")
-    for name, ch in data.get("channels", {}).items():
-        state = "down" if not ch.get("up") else ("paused" if ch.get("paused") else "up")
-        print(
-            f"{name:<20} {ch.get('pending'):>8} {ch.get('rejected'):>8} "
-            f"{ch.get('lag_seconds'):>9}  {state:<8} {ch.get('last_error') or '-'}"
-        )
-    return 0
-
-
-async def _history(config: Config, sku: str) -> int:
-    store: Store
-    if config.daemon.database is not None:
-        # Reading the history needs no lease: any replica, or an operator's shell, may.
-        # An unreachable database is StateUnusable: one line, exit 2 (see main).
-        password = config.daemon.database_password
-        store = await PostgresStore.open(
-            config.daemon.database,
-            password=None if password is None else password.get_secret_value(),
-            max_size=1,
-        )
-    elif not config.daemon.state.exists():
-        print(f"no state file at {config.daemon.state}", file=sys.stderr)
-        return 1
-    else:
-        store = SQLiteStore(config.daemon.state)
-    try:
-        rows = await store.history(sku)
-    finally:
-        await store.close()
-    if not rows:
-        print(f"no pushes recorded for {sku}")
-        return 0
-    for row in rows:
-        when = datetime.fromtimestamp(row.at, UTC).isoformat(timespec="seconds")
-        before = "-" if row.before is None else row.before.describe()
-        error = f"  {row.error}" if row.error else ""
-        change = f"{before} -> {row.after.describe()}"
-        print(f"{when}  {row.channel:<16} {row.key}  {change}  {row.outcome}{error}")
-    return 0
 
 
 async def _migrate_state(source: Path, dsn: str) -> int:
@@ -216,9 +213,8 @@ async def _migrate_state(source: Path, dsn: str) -> int:
         # psycopg's messages name the server, never the password (it is not in the DSN).
         print(f"migrate-state: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"copied {source} into {describe(dsn)}: " + ", ".join(f"{n} {t}" for t, n in copied.items())
-    )
+    rows = ", ".join(f"{count} {table}" for table, count in copied.items())
+    print(f"copied {source} into {describe(dsn)}: {rows}")
     return 0
 
 
@@ -230,33 +226,22 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except StateUnusable as exc:
-        # Damaged, foreign or locked state: an operator's problem, said in one line.
-        print(f"stocksync: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-
-
-def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+def _command(args: argparse.Namespace) -> int:
     if args.command == "migrate-state":
         return anyio.run(_migrate_state, args.source, args.dsn)
     if args.command == "demo":
-        try:
-            return anyio.run(
-                lambda: run_demo(
-                    dict(ADAPTERS), port=args.port, skus=args.skus, duration=args.duration
-                )
+        return anyio.run(
+            lambda: run_demo(
+                dict(ADAPTERS),
+                port=args.port,
+                skus=args.skus,
+                duration=args.duration,
+                state_dir=args.state_dir,
             )
-        except KeyboardInterrupt:
-            return 0
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        _print_faults(exc)
-        return EXIT_CONFIG
+        )
+    if args.command in ("status", "resync", "history"):
+        return _ops(args)
+    config = _load(args)
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(config.channels)} channels)")
         return 0
@@ -277,15 +262,94 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "once":
         if args.dry_run:
             return anyio.run(dry_run, config)
-        return anyio.run(lambda: run_once(config, wait=args.timeout))
-    if args.command == "resync":
-        return anyio.run(_resync, config)
-    if args.command == "status":
-        return anyio.run(_status, config)
-    if args.command == "history":
-        return anyio.run(_history, config, args.sku)
+        return anyio.run(
+            lambda: run_once(config, wait=args.timeout, progress_every=args.progress_every)
+        )
     if args.command == "drift":
         return anyio.run(
             lambda: run_drift(config, channel=args.channel, as_json=args.json, share=args.share)
         )
     raise AssertionError(args.command)  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; ordinary failures are one line on stderr and an exit code, no traceback.
+
+    Exit codes: 0 done, 1 failed (daemon unreachable, a push not acknowledged, cannot start),
+    2 the config or the command line is wrong, 130 interrupted, 141 the reader of our output went
+    away (`stocksync history SKU | head`), as a shell reports a process killed by SIGPIPE.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except KeyboardInterrupt:
+        return 0 if args.command in ("demo", "status") else 130
+    except BrokenPipeError:
+        return _broken_pipe()
+    except BaseExceptionGroup as group:
+        expected = expected_failure(group)
+        if expected is None:
+            raise
+        return _report(expected)
+    except (StocksyncError, sqlite3.Error, OSError) as exc:
+        if not _ordinary(exc):
+            raise
+        return _report(exc)
+
+
+def _ordinary(exc: BaseException) -> bool:
+    """A failure the operator fixes outside stocksync (a file, the port, a config), not a bug.
+
+    An OSError naming a file (missing folder, permission denied, a directory where a file
+    should be) is one; any other OSError is unexpected and keeps its traceback.
+    """
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        return exc.filename is not None
+    return isinstance(exc, StocksyncError | sqlite3.Error | BrokenPipeError | KeyboardInterrupt)
+
+
+def expected_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one ordinary failure a task group wraps (anyio wraps even a single error), if any."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    ordinary = [e for e in leaves if _ordinary(e)]
+    others = [e for e in leaves if not _ordinary(e) and not isinstance(e, asyncio.CancelledError)]
+    return ordinary[0] if ordinary and not others else None
+
+
+def _report(exc: BaseException) -> int:
+    if isinstance(exc, BrokenPipeError):
+        return _broken_pipe()
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, ConfigError):
+        _print_faults(exc)
+        return EXIT_CONFIG
+    if isinstance(exc, StateUnusable):
+        # Damaged, foreign or locked state: fix it outside stocksync, as with a bad config.
+        print(f"stocksync: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(exc, sqlite3.Error):
+        print(f"state file: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(exc, OSError):
+        reason = (exc.strerror or str(exc)).lower()
+        print(f"cannot use {exc.filename}: {reason}", file=sys.stderr)
+        return 1
+    print(exc, file=sys.stderr)
+    return 1
+
+
+def _broken_pipe() -> int:
+    # Python would complain again when it flushes stdout at exit: point it at /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141

@@ -13,6 +13,7 @@ from daemon.channel import Channel, ChannelContext, ChannelSpec, Readable, Shape
 from daemon.config import BaseUrl, Settings
 from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
 from daemon.models import ItemValue, Outcome, PushResult, Value, join_key, split_key
+from daemon.neterrors import describe_network_error
 from daemon.retry_after import parse_retry_after
 from daemon.secrets import EnvSecret, FileSecret, pick
 
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "Shape",
     "Value",
+    "describe_network_error",
     "join_key",
     "parse_retry_after",
     "pick",

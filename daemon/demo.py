@@ -2,16 +2,24 @@
 
 Everything runs in one process: the simulators, a "shop floor" that sells and restocks a few
 SKUs every couple of seconds and fires keyCRM's webhook, and the daemon itself with a state file
-in a temporary folder. The log shows each change travelling to the channels. Now and then the
-shop floor also edits a Marketplacer variant by hand, behind stocksync's back: drift, which
-`stocksync drift` reports.
+in a temporary folder (or `--state-dir`, kept between runs). The log shows each change travelling
+to the channels. Now and then the shop floor also edits a Marketplacer variant by hand, behind
+stocksync's back: drift, which `stocksync drift` reports.
+
+It prints lines to copy into another terminal: `status`, `status --watch`, `history`, `resync`,
+`drift` and a Prometheus scrape. The read-only ones need nothing but `STOCKSYNC_CONFIG`: they
+never resolve channel secrets, and the admin token sits in a file (mode 0600) the config names.
+`drift` reads the channels, so it sources the demo's `secrets.env` (mode 0600) first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
+import shlex
+import socket
 import sys
 import tempfile
 from contextlib import AsyncExitStack
@@ -45,7 +53,7 @@ _CONFIG = """\
 state = "{state}"
 listen = "127.0.0.1:{port}"
 log_format = "console"
-admin_token_env = "STOCKSYNC_DEMO_ADMIN_TOKEN"
+admin_token_file = "{admin_token_file}"
 shutdown_timeout = "5s"
 
 [keycrm]
@@ -152,20 +160,87 @@ async def _hand_edits(marketplacer: FakeMarketplacer, every: float) -> None:
         log.info("demo.edited_by_hand", variant=variant, before=before, after=after)
 
 
+def _folder(state_dir: Path | None) -> contextlib.AbstractContextManager[str]:
+    """`--state-dir` (created, kept), or a temporary folder removed at exit."""
+    if state_dir is None:
+        return tempfile.TemporaryDirectory(prefix="stocksync-demo-")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(str(state_dir))
+
+
+def _admin_token_file(folder: Path) -> Path:
+    """A fresh admin token in a file only this user can read, named by the demo's config."""
+    path = folder / "admin-token"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(secrets.token_urlsafe(16), encoding="utf-8")
+    return path
+
+
+def _first_sku(keycrm: FakeKeycrm) -> str:
+    return min(o.sku for o in keycrm.offers.values() if o.sku)
+
+
+def _free_port() -> int:
+    """A port for the listener, chosen before the config is written so the file names it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _command() -> str:
+    """How this process was started: `stocksync`, or `python -m daemon` from a checkout."""
+    if Path(sys.argv[0]).name == "stocksync":
+        return "stocksync"
+    return f"{shlex.quote(sys.executable)} -m daemon"
+
+
+_PROMETHEUS = """\
+# Prometheus scraping the demo: prometheus --config.file={path}
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+scrape_configs:
+  - job_name: stocksync
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"""
+
+
+def _howto(folder: Path, config: Path, base: str, sku: str, *, port: int, secrets_env: Path) -> str:
+    """The lines an operator copies into a second terminal."""
+    cmd = _command()
+    prometheus = folder / "prometheus.yml"
+    prometheus.write_text(_PROMETHEUS.format(path=prometheus, port=port), encoding="utf-8")
+    q = shlex.quote
+    return (
+        "In another terminal, copy these lines:\n"
+        f"  export STOCKSYNC_CONFIG={q(str(config))}\n"
+        f"  {cmd} status\n"
+        f"  {cmd} status --watch\n"
+        f"  {cmd} history {q(sku)}\n"
+        f"  {cmd} resync\n"
+        f"  (. {q(str(secrets_env))} && {cmd} drift)\n"
+        f"  curl -s {base}/metrics | grep ^stocksync_\n"
+        f"  prometheus --config.file={q(str(prometheus))} --storage.tsdb.path="
+        f"{q(str(folder / 'prometheus-data'))}\n"
+    )
+
+
 async def run_demo(
     registry: dict[str, ChannelSpec],
     *,
     port: int = 9108,
     skus: int = 60,
     duration: float | None = None,
+    state_dir: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run the demo until Ctrl-C (or `duration` seconds)."""
+    """Run the demo until Ctrl-C (or `duration` seconds); `state_dir` keeps its files."""
     tokens = {
         "STOCKSYNC_DEMO_KEYCRM_KEY": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_POS_TOKEN": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_WEBHOOK_TOKEN": secrets.token_urlsafe(16),
-        "STOCKSYNC_DEMO_ADMIN_TOKEN": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_KLUMP_KEY": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_MARKETPLACER_KEY": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_ORDERGROOVE_HASH_KEY": secrets.token_urlsafe(16),
@@ -185,7 +260,10 @@ async def run_demo(
     ordergroove.on_update = lambda product, live: log.info(
         "demo.ordergroove_updated", product_id=product, live=live
     )
-    with tempfile.TemporaryDirectory(prefix="stocksync-demo-") as folder:
+    if port == 0:
+        port = _free_port()
+    with _folder(state_dir) as folder:
+        admin_token = _admin_token_file(Path(folder))
         async with AsyncExitStack() as stack:
             keycrm_url = await _serve(stack, keycrm.app())
             urls = {
@@ -205,6 +283,7 @@ async def run_demo(
                 _CONFIG.format(
                     state=Path(folder) / "stocksync.db",
                     port=port,
+                    admin_token_file=admin_token,
                     keycrm=keycrm_url,
                     key_map=key_map,
                     og_public_id=ordergroove.public_id,
@@ -220,7 +299,8 @@ async def run_demo(
                 encoding="utf-8",
             )
             config = load_config(path, registry)
-            configure_logging(fmt="console", level="info", secrets=tokens.values())
+            secret_texts = [*tokens.values(), admin_token.read_text(encoding="utf-8")]
+            configure_logging(fmt="console", level="info", secrets=secret_texts)
             daemon = Daemon(config, reload=lambda: load_config(path, registry))
             async with anyio.create_task_group() as group:
 
@@ -236,13 +316,18 @@ async def run_demo(
                     f"stocksync demo: {skus} SKUs in a fake keyCRM ({keycrm_url}) and four fake "
                     f"channels: Inventory Update API ({urls['pos']}), Klump ({urls['klump']}), "
                     f"Marketplacer ({urls['marketplacer']}), Ordergroove ({urls['ordergroove']})\n"
-                    f"  state file   {config.daemon.state}\n"
+                    f"  state file   {config.daemon.state}"
+                    f"{'' if state_dir else ' (deleted at exit; --state-dir DIR keeps it)'}\n"
                     f"  config       {path}\n"
-                    f"  status       curl -s {base}/status\n"
-                    f"  metrics      curl -s {base}/metrics | grep ^stocksync_\n"
-                    f"  resync       kill -USR1 {os.getpid()}\n"
-                    f"  drift        (. {secrets_env} && stocksync drift -c {path})\n"
-                    f"  stop         Ctrl-C\n",
+                    f"  stop         Ctrl-C (or kill -TERM {os.getpid()})\n\n"
+                    + _howto(
+                        Path(folder),
+                        path,
+                        base,
+                        _first_sku(keycrm),
+                        port=daemon.bound_port or port,
+                        secrets_env=secrets_env,
+                    ),
                     file=out,
                     flush=True,
                 )

@@ -5,6 +5,7 @@
     ├── StateError               the state store
     │   ├── StateUnusable        damaged, foreign or locked by another process: say so, exit 2
     │   └── StoreUnavailable     a read or write failed (full disk, I/O error): back off, retry
+    ├── StartupError             the daemon cannot start (port in use, state unreadable): exit 1
     ├── SourceError              keyCRM could not give us a page
     │   ├── SourceRetryable      network, 5xx, 429, a malformed page: try again (Retry-After)
     │   └── SourceFatal          401/403/404: retrying will not help until an operator acts
@@ -27,6 +28,7 @@ __all__ = [
     "SourceError",
     "SourceFatal",
     "SourceRetryable",
+    "StartupError",
     "StateError",
     "StateUnusable",
     "StocksyncError",
@@ -44,6 +46,10 @@ class ConfigError(StocksyncError):
     def __init__(self, faults: list[tuple[str, str]]) -> None:
         self.faults = faults
         super().__init__("; ".join(f"{key}: {problem}" for key, problem in faults))
+
+
+class StartupError(StocksyncError):
+    """Something outside stocksync keeps it from starting; the message says what, in one line."""
 
 
 class StateError(StocksyncError):

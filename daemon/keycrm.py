@@ -24,6 +24,7 @@ from daemon.config import KeycrmSettings
 from daemon.errors import SourceFatal, SourceRetryable
 from daemon.keycrm_payloads import MalformedPage, Page, parse_catalog_page, parse_stock_page
 from daemon.models import CatalogEntry, StockLevel
+from daemon.neterrors import describe_network_error
 from daemon.retry_after import parse_retry_after
 from daemon.telemetry import Metrics
 
@@ -42,6 +43,11 @@ _ATTEMPTS = 6
 
 T = TypeVar("T")
 log = structlog.get_logger("stocksync.keycrm")
+
+# Each failed keyCRM request is logged once, by `_fetch_once`, with its kind, path and attempt;
+# stamina's default hooks would log it a second time as `"callable": "<context block>"` and
+# count it in a registry nobody scrapes. Retries are the only use of stamina in the process.
+stamina.instrumentation.set_on_retry_hooks([])
 
 
 @dataclass(slots=True)
@@ -117,7 +123,9 @@ class KeycrmClient:
             on=_backoff_hook, attempts=_ATTEMPTS, timeout=None, wait_initial=1.0, wait_max=60.0
         ):
             with attempt:
-                return await self._fetch_once(path, params, kind, priority, parse)
+                return await self._fetch_once(
+                    path, params, kind, priority, parse, attempt=attempt.num
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _fetch_once(
@@ -127,6 +135,8 @@ class KeycrmClient:
         kind: str,
         priority: Priority,
         parse: Callable[[Any], Page[T]],
+        *,
+        attempt: int = 1,
     ) -> Page[T]:
         url = f"{self._settings.base_url}{path}"
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout)
@@ -142,16 +152,19 @@ class KeycrmClient:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._metrics.keycrm_requests.labels(kind=kind, status="network").inc()
-            log.warning("keycrm.request_failed", kind=kind, path=path, error=type(exc).__name__)
-            raise SourceRetryable(f"keyCRM {path}: {type(exc).__name__}", status="network") from exc
+            reason = describe_network_error(exc)
+            log.warning(
+                "keycrm.request_failed", kind=kind, path=path, error=reason, attempt=attempt
+            )
+            raise SourceRetryable(f"keyCRM {path}: {reason}", status="network") from exc
         self._metrics.keycrm_requests.labels(kind=kind, status=str(status)).inc()
         if status == 429:
             pause = retry_after if retry_after is not None else _DEFAULT_429_PAUSE
             self.budget.pause(pause)
-            log.warning("keycrm.rate_limited", kind=kind, retry_after=pause)
+            log.warning("keycrm.rate_limited", kind=kind, retry_after=pause, attempt=attempt)
             raise SourceRetryable("keyCRM: 429 Too Many Attempts", status="429", retry_after=pause)
         if status >= 500:
-            log.warning("keycrm.server_error", kind=kind, status=status, path=path)
+            log.warning("keycrm.server_error", kind=kind, status=status, path=path, attempt=attempt)
             raise SourceRetryable(f"keyCRM {path}: HTTP {status}", status=str(status))
         if status in (401, 403):
             raise SourceFatal(f"keyCRM refused the API key (HTTP {status})", status=str(status))

@@ -23,6 +23,7 @@ from daemon import __version__
 from daemon.assembly import Parts, assemble, needs_catalog
 from daemon.config import Config
 from daemon.errors import SourceError
+from daemon.once_report import LINE_EVERY, progress_reporter, summarize
 from daemon.statelock import StateLock
 from daemon.store import SQLiteStore, Store
 from daemon.telemetry import Metrics
@@ -90,20 +91,26 @@ async def dry_run(config: Config, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-async def run_once(config: Config, *, wait: float, out: TextIO = sys.stdout) -> int:
+async def run_once(
+    config: Config, *, wait: float, out: TextIO = sys.stdout, progress_every: float = LINE_EVERY
+) -> int:
     """Scan once, push every difference, wait; 0 if all acknowledged, else 1."""
     with StateLock(config.daemon.state):
-        return await _run_once(config, wait=wait, out=out)
+        return await _run_once(config, wait=wait, out=out, progress_every=progress_every)
 
 
-async def _run_once(config: Config, *, wait: float, out: TextIO) -> int:
+async def _run_once(config: Config, *, wait: float, out: TextIO, progress_every: float) -> int:
     store = SQLiteStore(config.daemon.state)
     metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
     try:
         async with aiohttp.ClientSession() as session:
             await store.recover(time.time())
             parts = assemble(config, store, session, metrics, debounce=0.0)
-            async with anyio.create_task_group() as group:
+            names = [c.name for c in config.channels]
+            reporting = progress_reporter(
+                parts.source.progress, store, metrics, names, every=progress_every
+            )
+            async with reporting, anyio.create_task_group() as group:
                 for dispatcher in parts.dispatchers.values():
                     group.start_soon(dispatcher.run)
                 try:
@@ -118,17 +125,7 @@ async def _run_once(config: Config, *, wait: float, out: TextIO) -> int:
                         break
                     await anyio.sleep(0.05)
                 group.cancel_scope.cancel()
-        counts = await store.counts()
-        failed = 0
-        for channel in config.channels:
-            per = counts.get(channel.name, {})
-            pending, rejected = per.get("pending", 0), per.get("rejected", 0)
-            failed += pending + rejected
-            print(
-                f"{channel.name}: {per.get('ok', 0)} acknowledged, {pending} pending, "
-                f"{rejected} rejected",
-                file=out,
-            )
-        return 0 if failed == 0 else 1
+        unsettled = await summarize(store, metrics, names, out)
+        return 0 if unsettled == 0 else 1
     finally:
         await store.close()

@@ -15,6 +15,7 @@ return.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from daemon import __version__
 from daemon.assembly import Parts, assemble
 from daemon.budget import RequestBudget
 from daemon.config import Config, secret_values
-from daemon.errors import ConfigError, StoreUnavailable
+from daemon.errors import ConfigError, StartupError, StoreUnavailable
 from daemon.http import build_app
 from daemon.listener import Listener
 from daemon.logs import scrubber
@@ -56,6 +57,10 @@ def _iso(ts: float | None) -> str | None:
 def _unacknowledged(per_status: dict[str, int]) -> int:
     """Items waiting for a push or in flight: the lag's work (held ones wait for a person)."""
     return per_status.get("pending", 0) + per_status.get("sending", 0)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 class Daemon:
@@ -162,6 +167,7 @@ class Daemon:
                 0 if since is None else max(0.0, now - since)
             )
         self.metrics.keycrm_budget_used.set(self.parts.client.budget.sent_in_window())
+        self.metrics.first_scan_done.set(1 if self.parts.source.progress.first_scan_done else 0)
 
     async def readiness(self) -> str | None:
         parts = self.parts
@@ -171,9 +177,8 @@ class Daemon:
             return "stopping"
         if self.store.health.reason is not None:
             return self.store.health.reason
-        progress = parts.source.progress
-        if progress.last_success is None:
-            return "the first keyCRM scan has not finished"
+        # A first scan still running does not make the daemon unready: at 100k SKUs it takes
+        # half an hour, and webhooks must flow meanwhile. Its progress is in /status.
         reached = parts.client.last_success
         if reached is None:
             return "keyCRM has not answered since start"
@@ -221,6 +226,12 @@ class Daemon:
                 "resync_running": progress.resync,
                 "scan_page": progress.page,
                 "scan_last_page": progress.last_page,
+                "scan_eta": _rounded(progress.scan_eta(now)),
+                "first_scan_done": progress.first_scan_done,
+                "catalog_running": progress.catalog_running,
+                "catalog_page": progress.catalog_page,
+                "catalog_last_page": progress.catalog_last_page,
+                "catalog_eta": _rounded(progress.catalog_eta(now)),
                 "scans_completed": progress.scans_completed,
                 "last_scan_success": _iso(progress.last_success),
                 "last_scan_duration_seconds": progress.last_duration,
@@ -270,7 +281,12 @@ class Daemon:
                 life.start_soon(self._watchdog, self._watchdog_every)
             life.start_soon(self._keep_budget, store)
             try:
-                self.bound_port = await listener.start(self.config.daemon.listen)
+                try:
+                    self.bound_port = await listener.start(self.config.daemon.listen)
+                except OSError as exc:
+                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                    listen = self.config.daemon.listen
+                    raise StartupError(f"cannot listen on {listen}: {reason}") from exc
                 await self._recover(store)
                 resync_first = False
                 while not self._stopping:
@@ -320,7 +336,7 @@ class Daemon:
             with contextlib.suppress(StoreUnavailable):  # readiness says why meanwhile
                 await parts.source.load_state()
             log.info(
-                "daemon.started",
+                "config.applied" if resync_first else "daemon.started",
                 version=__version__,
                 channels=[c.name for c in config.channels],
                 state=str(config.daemon.state),

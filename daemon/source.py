@@ -31,6 +31,7 @@ __all__ = ["ScanProgress", "Source"]
 log = structlog.get_logger("stocksync.source")
 
 _FAILED_SCAN_RETRY = 60.0
+_STORE_RETRY = 5.0
 _FAILED_CATALOG_RETRY = 300.0
 _LOOKUP_BATCH = PAGE_SIZE * 4
 
@@ -58,6 +59,37 @@ class ScanProgress:
     last_error: str | None = None
     catalog_at: float | None = None
     duplicates: dict[str, int] = field(default_factory=dict)
+    catalog_running: bool = False
+    catalog_page: int = 0
+    catalog_last_page: int | None = None
+    catalog_started_at: float | None = None
+
+    @property
+    def first_scan_done(self) -> bool:
+        """A complete scan is on record (this run or an earlier one): not a cold start."""
+        return self.last_success is not None
+
+    def scan_eta(self, now: float) -> float | None:
+        """Seconds the running scan still needs at its pace so far, if it can be told."""
+        return _eta(self.running, self.page, self.last_page, self.started_at, now)
+
+    def catalog_eta(self, now: float) -> float | None:
+        """Seconds the running catalog refresh still needs at its pace so far."""
+        return _eta(
+            self.catalog_running,
+            self.catalog_page,
+            self.catalog_last_page,
+            self.catalog_started_at,
+            now,
+        )
+
+
+def _eta(
+    running: bool, page: int, last_page: int | None, started: float | None, now: float
+) -> float | None:
+    if not running or not page or not last_page or started is None:
+        return None
+    return max(0.0, (now - started) / page * (last_page - page))
 
 
 class Source:
@@ -87,6 +119,8 @@ class Source:
         self.progress = ScanProgress()
         self._scan_requested = anyio.Event()
         self.lookups = LookupQueue() if lookups is None else lookups
+        #: how long to wait before trying again after the last failed read
+        self.retry_in = _FAILED_SCAN_RETRY
         self._first_catalog_tried = anyio.Event()
 
     @property
@@ -199,6 +233,9 @@ class Source:
         # changed wholesale answers to a guard of its own, like a re-plan.
         scan = int(await self._store.get_meta("scan_generation") or 0) + 1
         guard = await self._reconciler.begin_scan(scan)
+        progress = self.progress
+        progress.catalog_running, progress.catalog_page = True, 0
+        progress.catalog_last_page, progress.catalog_started_at = None, self._clock()
         try:
             async for page in self.client.catalog():
                 # A duplicated SKU keeps its first offer here too, as the scan does.
@@ -208,7 +245,10 @@ class Source:
                 changed = await self._store.save_catalog(entries)
                 await self._reconciler.ingest(changed, guard)
                 count += len(entries)
+                progress.catalog_page += 1
+                progress.catalog_last_page = page.last_page
         finally:
+            progress.catalog_running = False
             await self._reconciler.end_scan(guard, complete=False)
         now = self._clock()
         await self._store.set_meta("catalog_at", str(now))
@@ -226,7 +266,7 @@ class Source:
             self._scan_requested = anyio.Event()
             ok = await self._guarded(self.scan_once, "keycrm.scan_failed")
             self.progress.resync = False
-            wait = self._poll_interval if ok else min(self._poll_interval, _FAILED_SCAN_RETRY)
+            wait = self._poll_interval if ok else min(self._poll_interval, self.retry_in)
             with anyio.move_on_after(wait):
                 await self._scan_requested.wait()
 
@@ -266,17 +306,21 @@ class Source:
             if not await self._guarded(look, "keycrm.lookup_failed"):
                 # Back to the front of the queue; do not spin on a failing keyCRM meanwhile.
                 self.lookups.put_back(batch)
-                await anyio.sleep(_FAILED_SCAN_RETRY)
+                await anyio.sleep(self.retry_in)
 
     async def _guarded(self, job: Callable[[], Awaitable[None]], event: str) -> bool:
+        """Run one read of keyCRM; False (and `self.retry_in` set) if it failed as expected."""
         try:
             await job()
         except StoreUnavailable as exc:
-            # The store logs the episode once; keyCRM's answer is not lost: it is asked again.
+            # The store logs the episode once; keyCRM's answer is not lost: it is asked again,
+            # soon, so the daemon catches up by itself once the store can write.
             self.progress.last_error = str(exc)
+            self.retry_in = _STORE_RETRY
             return False
         except SourceError as exc:
             self.progress.last_error = str(exc)
             log.error(event, error=str(exc), status=exc.status)  # noqa: TRY400 (expected: no traceback)
+            self.retry_in = _FAILED_SCAN_RETRY
             return False
         return True

@@ -9,13 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from daemon.completeness import REASONS as INCOMPLETE_REASONS
 
-__all__ = ["PUSH_OUTCOMES", "Metrics"]
+__all__ = ["PUSH_OUTCOMES", "SKIP_REASONS", "STORE_OPERATIONS", "Metrics"]
 
 PUSH_OUTCOMES = ("ok", "retry", "rejected", "failed")
+SKIP_REASONS = ("empty_key", "unmapped", "no_warehouses")
+STORE_OPERATIONS = ("read", "write")
+
+# `_created` series double every counter and histogram and no dashboard reads them (design.md).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 _PROPAGATION_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 _REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -26,6 +40,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, channels: Iterable[str], version: str) -> None:
         self.registry = registry
         r = registry
+        # stocksync exports its own registry (tests make fresh ones), so the process and
+        # platform collectors of the default registry are registered here too.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.sync_lag = Gauge(
             "stocksync_sync_lag_seconds",
             "Age of the oldest desired value the channel has not acknowledged; 0 when in sync.",
@@ -153,6 +172,30 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.leader = Gauge(
+            "stocksync_leader",
+            "1 on the replica that holds the merchant's lease (always 1 with SQLite).",
+            ["merchant"],
+            registry=r,
+        )
+        self.drift_items = Counter(
+            "stocksync_drift_items",
+            "Items whose read-back value differed from the acknowledged one.",
+            ["channel"],
+            registry=r,
+        )
+        self.verify_last_success = Gauge(
+            "stocksync_verify_last_success_timestamp_seconds",
+            "End of the last complete read-back pass of the channel (Unix time).",
+            ["channel"],
+            registry=r,
+        )
+        self.first_scan_done = Gauge(
+            "stocksync_keycrm_first_scan_done",
+            "1 once a complete keyCRM scan is on record (this run or an earlier one); 0 while "
+            "a cold start's first scan runs (the daemon is ready and takes webhooks meanwhile).",
+            registry=r,
+        )
         self.build_info = Gauge(
             "stocksync_build_info", "Always 1; the version is a label.", ["version"], registry=r
         )
@@ -169,10 +212,11 @@ class Metrics:
             self.offers_skipped.labels(reason=reason)
         for reason in INCOMPLETE_REASONS:
             self.incomplete_scans.labels(reason=reason)
-        for operation in ("read", "write"):
-            self.store_errors.labels(operation=operation)
         for reason in ("bad_sku", "refused", "overflow"):
             self.lookups_dropped.labels(reason=reason)
+        for operation in STORE_OPERATIONS:
+            self.store_errors.labels(operation=operation)
+        self.leader.labels(merchant="default").set(1)
         for channel in channels:
             self.add_channel(channel)
 
@@ -187,3 +231,7 @@ class Metrics:
             self.push_requests.labels(channel=channel, outcome=outcome)
         self.push_duration.labels(channel=channel)
         self.guard_blocked.labels(channel=channel)
+        for reason in SKIP_REASONS:
+            self.records_skipped.labels(channel=channel, reason=reason)
+        self.drift_items.labels(channel=channel)
+        self.verify_last_success.labels(channel=channel)

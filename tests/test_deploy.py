@@ -161,8 +161,50 @@ def test_grafana_dashboard_queries_exported_metrics() -> None:
     for wanted in ("lag", "pending", "push outcomes", "budget"):
         assert wanted in titles
     for expr in exprs:
-        for name in re.findall(r"stocksync_\w+", expr):
+        for name in re.findall(r"(?:stocksync|process)_\w+", expr):
             assert name in families, name
+
+
+def test_grafana_dashboard_shows_every_instance() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "stocksync.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"job", "instance"} <= set(variables)
+    assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
+    for panel in dashboard["panels"]:
+        assert panel.get("description", "").strip(), panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            # max()/min() without the instance would hide a stale instance behind a healthy one
+            assert not re.search(r"\b(max|min|avg)\s*(by\s*\([^)]*\))?\s*\(", expr), expr
+            for clause in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+                assert "instance" in clause, expr
+            for selector in re.findall(r"\{([^}]*)\}", expr):
+                assert 'instance=~"$instance"' in selector and 'job=~"$job"' in selector, expr
+            ranges = re.findall(r"\[([^\]]+)\]", expr)
+            rates = re.findall(r"\brate\(", expr)
+            assert ranges.count("$__rate_interval") >= len(rates), expr
+            assert "{{instance}}" in target["legendFormat"], expr
+
+
+def test_every_alert_keeps_job_instance_and_channel() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    exprs = {rule["alert"]: rule["expr"] for rule in rules}
+    for name, expr in exprs.items():
+        # an aggregation must keep the instance: `by (channel)` alone merges two daemons
+        for clause in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            assert {"job", "instance"} <= {c.strip() for c in clause.split(",")}, name
+        assert "without" not in expr, name
+        assert "absent(stocksync" not in expr, name  # misses a dead instance while another exports
+    assert 'up{job="stocksync"} == 0' in exprs.values()
+    assert 'absent(up{job="stocksync"})' in exprs.values()
+    tests = (DEPLOY / "prometheus" / "alerts_test.yml").read_text()
+    assert 'instance="a:9108"' in tests and 'instance="b:9108"' in tests
+
+
+def test_operator_resources_carry_the_label_kube_prometheus_stack_selects_on() -> None:
+    for name in ("prometheusrule.yaml", "servicemonitor.yaml"):
+        resource = yaml.safe_load((K8S / name).read_text())
+        assert "release" in resource["metadata"]["labels"], name
 
 
 def _documents(path: Path) -> list[dict[str, object]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import anyio
@@ -46,13 +47,15 @@ async def test_the_demos_drift_hint_works_from_another_shell() -> None:
         with anyio.fail_after(20):
             async for chunk in demo.stdout:
                 seen += chunk.decode()
-                if "stocksync drift -c" in seen and seen.endswith("\n"):
+                if "prometheus --config.file" in seen and seen.endswith("\n"):
                     break
-        hint = next(line for line in seen.splitlines() if "stocksync drift -c" in line)
-        shell = hint.split("drift", 1)[1].strip()
-        shell = shell.replace("stocksync drift", f"{sys.executable} -m daemon drift")
+        lines = [line.strip() for line in seen.splitlines()]
+        exports = [line for line in lines if line.startswith("export ")]
+        hint = next(line for line in lines if line.endswith(" drift)"))
         await anyio.sleep(1.5)  # let the first scan reach the channels
-        result = await anyio.run_process(["sh", "-c", shell], check=False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSYNC")}
+        script = "\n".join([*exports, hint])
+        result = await anyio.run_process(["sh", "-c", script], check=False, env=env)
         demo.terminate()
     out = result.stdout.decode()
     assert result.returncode in (0, 1), result.stderr.decode()

@@ -11,10 +11,12 @@ import aiohttp
 import anyio
 import orjson
 import pytest
+from aiohttp import web
 
 from daemon.pipeline import Daemon
+from daemon.simulator import FakeKeycrm
 from daemon.telemetry import PUSH_OUTCOMES
-from tests.conftest import World, eventually, idle, running
+from tests.conftest import Serve, World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +95,7 @@ async def test_health_readiness_and_status(synced: World) -> None:
             assert r.status == 200
         async with session.get(f"{base(daemon)}/readyz") as r:
             assert r.status == 503
-            assert "first keyCRM scan" in await r.text()
+            assert "keyCRM has not answered" in await r.text()
         world.keycrm.faults.clear()
         assert daemon.parts is not None
         daemon.parts.source.request_scan()
@@ -230,3 +232,47 @@ async def test_a_scheduled_resync_pushes_everything_again(synced: World) -> None
     )
     assert scheduled is not None
     assert scheduled >= 1
+
+
+async def test_ready_during_a_cold_start_with_the_first_scan_in_status(
+    world: World, serve: Serve
+) -> None:
+    """Ready once keyCRM answered: webhooks flow while a long first scan runs."""
+    keycrm = FakeKeycrm(world.keycrm_key)
+    keycrm.populate(120)  # three pages
+    release = anyio.Event()
+    original = keycrm.stocks
+
+    async def slow_after_the_first_page(request: web.Request) -> web.Response:
+        if request.query.get("page", "1") != "1" and "filter[offers_sku]" not in request.query:
+            await release.wait()
+        return await original(request)
+
+    keycrm.stocks = slow_after_the_first_page  # type: ignore[method-assign]
+    world.keycrm = keycrm
+    world.urls["keycrm"] = await serve(keycrm.app())
+    await world.add_shop("pos")
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon), aiohttp.ClientSession() as session:
+        progress = daemon.parts.source.progress  # type: ignore[union-attr]
+        await eventually(lambda: progress.running and progress.page == 1)
+        async with session.get(f"{base(daemon)}/readyz") as r:
+            assert r.status == 200
+        async with session.get(f"{base(daemon)}/status") as r:
+            source = (await r.json())["source"]
+        assert source["first_scan_done"] is False
+        assert (source["scan_running"], source["scan_page"], source["scan_last_page"]) == (
+            True,
+            1,
+            3,
+        )
+        assert source["scan_eta"] is not None
+        assert source["catalog_running"] is False and source["catalog_last_page"] == 3
+        async with session.get(f"{base(daemon)}/metrics") as r:
+            assert "stocksync_keycrm_first_scan_done 0.0" in await r.text()
+        release.set()
+        await eventually(lambda: progress.scans_completed == 1)
+        async with session.get(f"{base(daemon)}/metrics") as r:
+            assert "stocksync_keycrm_first_scan_done 1.0" in await r.text()
+        async with session.get(f"{base(daemon)}/status") as r:
+            assert (await r.json())["source"]["first_scan_done"] is True

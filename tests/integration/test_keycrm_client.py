@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import aiohttp
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from daemon.budget import RequestBudget
@@ -182,3 +185,36 @@ async def test_the_budget_keeps_keycrms_limit_in_every_window(
     assert fake.refused == 0
     times = [t for t, _, _ in fake.requests]
     assert max(sum(1 for t in times if s <= t < s + 0.5) for s in times) <= 10
+
+
+async def test_each_retry_is_logged_once_with_its_attempt(
+    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.populate(2)
+    fake.faults.add(502, times=2)
+    async with aiohttp.ClientSession() as session:
+        client = await client_for(fake, serve, session, metrics, monkeypatch)
+        with structlog.testing.capture_logs() as logs:
+            assert len([p async for p in client.scan()]) == 1
+    # one line per failed request, ours: stamina's own hooks would add "stamina.retry_scheduled"
+    assert [(e["event"], e.get("attempt")) for e in logs] == [
+        ("keycrm.server_error", 1),
+        ("keycrm.server_error", 2),
+    ]
+
+
+async def test_a_network_failure_names_the_host_and_the_reason(
+    metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("T_KC", KEY)
+    settings = KeycrmSettings.model_validate(
+        {"base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": "T_KC"}
+    )
+    async with aiohttp.ClientSession() as session:
+        client = KeycrmClient(settings, session, RequestBudget(6000), metrics, details=False)
+        with pytest.raises(SourceRetryable) as caught:
+            _ = [p async for p in client.scan()]
+    assert str(caught.value) == f"keyCRM /offers/stocks: 127.0.0.1:{port}: connection refused"

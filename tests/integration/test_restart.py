@@ -114,4 +114,32 @@ async def test_once_exits_1_when_an_item_is_rejected(world: World) -> None:
         [sys.executable, "-m", "daemon", "once", "-c", str(path)], check=False
     )
     assert result.returncode == 1
-    assert result.stdout.decode().strip() == "pos: 3 acknowledged, 0 pending, 1 rejected"
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "pos: 3 pushed this run; 3 acknowledged, 0 pending, 1 rejected"
+    assert lines[1].startswith('  rejected ["400000000004","S1"]: pos: HTTP 4')
+
+
+async def test_once_says_what_it_did_and_a_second_run_pushed_nothing(world: World) -> None:
+    world.keycrm.populate(6)
+    await world.add_shop("pos")
+    broken = await world.add_shop("web")  # refuses every request: items stay pending
+    broken.faults.add(503, times=1000)
+    path = world.write_config()
+    command = [sys.executable, "-m", "daemon", "once", "-c", str(path), "--timeout", "2"]
+    first = await anyio.run_process([*command, "--progress-every", "0.2"], check=False)
+    assert first.returncode == 1
+    out = first.stdout.decode().splitlines()
+    assert out[0] == "pos: 6 pushed this run; 6 acknowledged, 0 pending, 0 rejected"
+    assert out[1].startswith("web: 0 pushed this run; 0 acknowledged, 6 pending (last error: ")
+    assert "web: HTTP 503" in out[1]
+    progress = [line for line in first.stderr.decode().splitlines() if line.startswith("once: ")]
+    assert progress, first.stderr.decode()
+    assert "pushed" in progress[-1] and "pending" in progress[-1]
+
+    # nothing to do: says so, rather than counting what earlier runs acknowledged
+    world.write_config(channels=world.shop_table("pos"))
+    second = await anyio.run_process(command, check=False)
+    assert second.returncode == 0, second.stderr.decode()
+    assert second.stdout.decode().splitlines() == [
+        "pos: 0 pushed this run; 6 acknowledged, 0 pending, 0 rejected"
+    ]

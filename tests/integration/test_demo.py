@@ -1,0 +1,130 @@
+"""The demo as a new user meets it: run it, copy what it printed into another shell, it works."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+
+async def shell(line: str, exports: list[str], *, check: bool = True) -> tuple[int, str, str]:
+    """One copied line in a fresh shell that has only what the demo told us to export."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKSYNC", "T_"))}
+    script = "\n".join([*exports, line])
+    result = await anyio.run_process(["bash", "-c", script], env=env, check=False)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    if check:
+        assert result.returncode == 0, f"{line}\n{out}\n{err}"
+    return result.returncode, out, err
+
+
+async def test_the_commands_the_demo_prints_work_in_another_shell(tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    demo = await anyio.open_process(
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "demo",
+            "--port",
+            "0",
+            "--skus",
+            "8",
+            "--state-dir",
+            str(folder),
+        ]
+    )
+    assert demo.stdout is not None and demo.stderr is not None
+    printed = ""
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def drain_logs() -> None:
+                async for _ in demo.stderr:  # type: ignore[union-attr]
+                    pass
+
+            group.start_soon(drain_logs)
+            with anyio.fail_after(30):
+                while "prometheus --config.file" not in printed:
+                    printed += (await demo.stdout.receive()).decode()  # type: ignore[union-attr]
+            block = printed.split("In another terminal, copy these lines:\n", 1)[1]
+            lines = [line.strip() for line in block.splitlines() if line.startswith("  ")]
+            exports = [line for line in lines if line.startswith("export ")]
+            commands = [line for line in lines if not line.startswith("export ")]
+            assert exports, printed
+            by_verb = {
+                next(
+                    w
+                    for w in (
+                        "--watch",
+                        "status",
+                        "history",
+                        "resync",
+                        "drift",
+                        "curl",
+                        "prometheus",
+                    )
+                    if w in line
+                ): line
+                for line in commands
+            }
+
+            _, out, _ = await shell(by_verb["status"], exports)
+            assert "ready" in out and "shop-pos" in out and "klump" in out
+
+            with anyio.fail_after(30):
+                while True:
+                    _, out, _ = await shell(by_verb["history"], exports)
+                    if "no pushes recorded" not in out:
+                        break
+                    await anyio.sleep(0.2)
+            assert " -> " in out and " ok" in out
+
+            _, out, _ = await shell(by_verb["resync"], exports)
+            assert out.startswith("resync started")
+
+            code, out, err = await shell(by_verb["drift"], exports, check=False)
+            assert code in (0, 1), err  # 1: the shop floor edits Marketplacer by hand
+            assert "marketplacer: " in out
+
+            _, out, _ = await shell(by_verb["status"] + " --json", exports)
+            assert set(orjson.loads(out)["channels"]) == {
+                "shop-pos",
+                "klump",
+                "marketplacer",
+                "ordergroove",
+            }
+
+            watch = by_verb["--watch"] + " --interval 0.2 | head -n 3"
+            _code, out, err = await shell(watch, exports, check=False)
+            assert out.splitlines()[0].startswith("every 0.2s")
+            assert "Traceback" not in err
+
+            if shutil.which("curl"):
+                _, out, _ = await shell(by_verb["curl"], exports)
+                assert "stocksync_build_info" in out
+            config = by_verb["prometheus"].split("--config.file=", 1)[1].split()[0]
+            promtool = shutil.which("promtool")
+            if promtool:
+                await shell(f"{promtool} check config {config}", exports)
+            assert "127.0.0.1:" in await anyio.Path(config).read_text()
+
+            demo.send_signal(signal.SIGINT)
+            with anyio.fail_after(20):
+                assert await demo.wait() == 0
+            group.cancel_scope.cancel()
+    finally:
+        if demo.returncode is None:
+            demo.kill()
+            await demo.wait()
+    # --state-dir keeps the state (and the config) after the demo ends
+    assert (folder / "stocksync.db").exists()
+    assert (folder / "stocksync.toml").exists()

@@ -1,0 +1,58 @@
+"""How `status` words the daemon's state: relative times, up/degraded/down, progress."""
+
+from __future__ import annotations
+
+from daemon.statusview import ago, channel_state, duration, render
+
+NOW = 1_800_000_000.0
+
+
+def test_durations_read_like_a_person_says_them() -> None:
+    assert [duration(s) for s in (0, 41, 130, 3600, 3900, 90000)] == [
+        "0s",
+        "41s",
+        "2m 10s",
+        "1h",
+        "1h 5m",
+        "1d 1h",
+    ]
+
+
+def test_times_are_relative_and_never_none() -> None:
+    assert ago(None, NOW) == "never"
+    assert ago(NOW - 0.2, NOW) == "just now"
+    assert ago(NOW - 120, NOW) == "2m ago"
+    assert ago("2027-01-15T07:58:00+00:00", NOW) == "2m ago"
+
+
+def test_a_channel_unreachable_for_long_is_down_not_up() -> None:
+    healthy = {"up": True, "pending": 0, "lag_seconds": 0.0, "last_error": None}
+    assert channel_state(healthy) == "up"
+    # an old error, nothing waiting: up
+    assert channel_state({**healthy, "last_error": "pos: HTTP 500"}) == "up"
+    refusing = {"up": True, "pending": 20, "last_error": "pos: no answer: connection refused"}
+    assert channel_state({**refusing, "lag_seconds": 10}) == "up"
+    assert channel_state({**refusing, "lag_seconds": 90}) == "degraded"
+    assert channel_state({**refusing, "lag_seconds": 900}) == "down"
+    assert channel_state({**healthy, "paused": True}) == "degraded"
+    assert channel_state({**healthy, "up": False}) == "down"
+
+
+def test_render_shows_progress_with_an_eta_and_never_for_a_missing_scan() -> None:
+    data = {
+        "version": "1.0",
+        "ready": True,
+        "source": {
+            "scan_running": True,
+            "scan_page": 12,
+            "scan_last_page": 40,
+            "scan_eta": 70,
+            "last_scan_success": None,
+            "first_scan_done": False,
+        },
+        "channels": {"klump": {"up": True, "pending": 3, "lag_seconds": 4.2}},
+    }
+    text = render(data, NOW)
+    assert "last complete scan never" in text
+    assert "scanning page 12/40, ETA 1m 10s (first scan since a cold start)" in text
+    assert "klump" in text and "None" not in text
