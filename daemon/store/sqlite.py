@@ -537,10 +537,7 @@ class SQLiteStore:
         return await self._run(self._positive_acked)
 
     def _positive_acked(self) -> dict[str, int]:
-        rows = self._db.execute(
-            "SELECT channel, COUNT(*) FROM items WHERE acked IS NOT NULL AND "
-            "(json_extract(acked, '$.q') > 0 OR json_extract(acked, '$.l') = 1) GROUP BY channel"
-        )
+        rows = self._db.execute("SELECT channel, n FROM in_stock_counts WHERE n > 0")
         return {channel: int(count) for channel, count in rows}
 
     async def items(self, channel: str | None = None) -> list[ItemRow]:
@@ -581,7 +578,7 @@ class SQLiteStore:
     def _counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for channel, status, count in self._db.execute(
-            "SELECT channel, status, COUNT(*) FROM items GROUP BY channel, status"
+            "SELECT channel, status, n FROM item_counts WHERE n > 0"
         ):
             out.setdefault(channel, {})[status] = count
         return out
@@ -590,11 +587,19 @@ class SQLiteStore:
         return await self._run(self._oldest_pending)
 
     def _oldest_pending(self) -> dict[str, float]:
-        rows = self._db.execute(
-            "SELECT channel, MIN(COALESCE(diverged_at, changed_at)) FROM items "
-            "WHERE status IN ('pending', 'sending') GROUP BY channel"
-        )
-        return {channel: float(oldest) for channel, oldest in rows}
+        waiting = self._db.execute(
+            "SELECT channel, status FROM item_counts WHERE status IN ('pending', 'sending') "
+            "AND n > 0"
+        ).fetchall()
+        oldest: dict[str, float] = {}
+        for channel, status in waiting:  # one index seek each: no scan of the items
+            (first,) = self._db.execute(
+                "SELECT MIN(diverged_at) FROM items WHERE channel = ? AND status = ?",
+                (channel, status),
+            ).fetchone()
+            if first is not None:
+                oldest[channel] = min(float(first), oldest.get(channel, float(first)))
+        return oldest
 
     async def history(self, sku: str) -> list[HistoryRow]:
         return await self._run(self._history, sku)

@@ -268,3 +268,43 @@ async def test_counts_and_lag_see_in_flight_items(store: Store) -> None:
     await store.claim("c", 102, 1)
     assert (await store.counts())["c"] == {"pending": 1, "sending": 1}
     assert await store.oldest_pending() == {"c": 100}
+
+
+async def test_counts_stay_true_through_any_sequence_of_moves(store: Store) -> None:
+    """`counts` and `positive_acked` are kept, not recounted: after a random walk through the
+    lifecycle they still equal what the items say."""
+    import random
+
+    rng = random.Random(7)
+    keys = [f"k{n}" for n in range(30)]
+    now = 100.0
+    for step in range(300):
+        now += 1
+        move = rng.random()
+        if move < 0.4:
+            chosen = rng.sample(keys, rng.randint(1, 6))
+            guard = ScanGuard(scan=step, allowed={"c": rng.randint(0, 3)})
+            values = {k: q(rng.choice([0, 0, 1, 5, 9])) for k in chosen}
+            await store.set_desired("c", values, now, T, guard if rng.random() < 0.3 else None)
+        elif move < 0.7:
+            for item in await store.claim("c", now + 100, rng.randint(1, 5)):
+                outcome = rng.choice(list(Outcome))
+                verdict = Verdict(item.key, item.value, outcome, "e")
+                await store.settle("c", [verdict], now, T, no_backoff)
+        elif move < 0.8:
+            claimed = await store.claim("c", now + 100, 3)
+            await store.release("c", [i.key for i in claimed], now, T, sent=rng.random() < 0.5)
+        elif move < 0.9:
+            await store.release_held(before_scan=step, now=now)
+        elif move < 0.95:
+            await store.force_all(now)
+        else:
+            await store.recover(now)
+    rows = await store.items("c")
+    expected: dict[str, int] = {}
+    for row in rows:
+        expected[row.status] = expected.get(row.status, 0) + 1
+    assert (await store.counts())["c"] == expected
+    in_stock = sum(1 for row in rows if row.acked is not None and row.acked.is_positive)
+    assert (await store.positive_acked()).get("c", 0) == in_stock
+    assert in_stock > 0 and len(expected) >= 3  # the walk went somewhere
