@@ -130,6 +130,53 @@ MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             "CREATE INDEX items_due ON items (channel, status, priority, due_at)",
+            "CREATE INDEX items_lag ON items (channel, status, diverged_at)",
+            # Counts per status and of in-stock items, kept by triggers as in SQLite: /metrics
+            # and each scan's guard read a few rows instead of counting millions.
+            """
+            CREATE TABLE item_counts (
+                channel text COLLATE "C" NOT NULL,
+                status text NOT NULL,
+                n bigint NOT NULL,
+                PRIMARY KEY (channel, status)
+            )
+            """,
+            'CREATE TABLE in_stock_counts (channel text COLLATE "C" PRIMARY KEY,'
+            " n bigint NOT NULL)",
+            """
+            CREATE FUNCTION stocksync_in_stock(v text) RETURNS integer
+            LANGUAGE sql IMMUTABLE AS $$
+                SELECT CASE WHEN v IS NOT NULL
+                    AND (COALESCE((v::jsonb ->> 'q')::numeric, 0) > 0
+                         OR COALESCE(v::jsonb -> 'l' = 'true'::jsonb, false))
+                THEN 1 ELSE 0 END
+            $$
+            """,
+            """
+            CREATE FUNCTION stocksync_count_items() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                    UPDATE item_counts SET n = n - 1
+                        WHERE channel = OLD.channel AND status = OLD.status;
+                    UPDATE in_stock_counts SET n = n - stocksync_in_stock(OLD.acked)
+                        WHERE channel = OLD.channel;
+                END IF;
+                IF TG_OP IN ('UPDATE', 'INSERT') THEN
+                    INSERT INTO item_counts VALUES (NEW.channel, NEW.status, 1)
+                        ON CONFLICT (channel, status) DO UPDATE SET n = item_counts.n + 1;
+                    INSERT INTO in_stock_counts VALUES (NEW.channel, stocksync_in_stock(NEW.acked))
+                        ON CONFLICT (channel) DO UPDATE SET n = in_stock_counts.n + excluded.n;
+                END IF;
+                RETURN NULL;
+            END
+            $$
+            """,
+            "CREATE TRIGGER items_count_rows AFTER INSERT OR DELETE ON items"
+            " FOR EACH ROW EXECUTE FUNCTION stocksync_count_items()",
+            "CREATE TRIGGER items_count_moves AFTER UPDATE ON items FOR EACH ROW"
+            " WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.acked IS DISTINCT FROM NEW.acked)"
+            " EXECUTE FUNCTION stocksync_count_items()",
             "CREATE INDEX items_held ON items (held_scan) WHERE held_scan IS NOT NULL",
             "CREATE INDEX items_sending ON items (status) WHERE status = 'sending'",
             """

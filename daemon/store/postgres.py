@@ -526,11 +526,7 @@ class PostgresStore:
 
     async def positive_acked(self) -> dict[str, int]:
         async with self._read() as conn:
-            cursor = await conn.execute(
-                "SELECT channel, COUNT(*) FROM items WHERE acked IS NOT NULL AND"
-                " ((acked::jsonb ->> 'q')::numeric > 0 OR acked::jsonb -> 'l' = 'true'::jsonb)"
-                " GROUP BY channel"
-            )
+            cursor = await conn.execute("SELECT channel, n FROM in_stock_counts WHERE n > 0")
             return {channel: int(count) for channel, count in await cursor.fetchall()}
 
     async def items(self, channel: str | None = None) -> list[ItemRow]:
@@ -565,9 +561,7 @@ class PostgresStore:
 
     async def counts(self) -> dict[str, dict[str, int]]:
         async with self._read() as conn:
-            cursor = await conn.execute(
-                "SELECT channel, status, COUNT(*) FROM items GROUP BY channel, status"
-            )
+            cursor = await conn.execute("SELECT channel, status, n FROM item_counts WHERE n > 0")
             rows = await cursor.fetchall()
         out: dict[str, dict[str, int]] = {}
         for channel, status, count in rows:
@@ -575,12 +569,19 @@ class PostgresStore:
         return out
 
     async def oldest_pending(self) -> dict[str, float]:
+        """One index seek per channel and status that has items waiting: no scan of the items."""
         async with self._read() as conn:
             cursor = await conn.execute(
-                "SELECT channel, MIN(COALESCE(diverged_at, changed_at)) FROM items"
-                " WHERE status IN ('pending', 'sending') GROUP BY channel"
+                "SELECT c.channel, (SELECT MIN(i.diverged_at) FROM items i"
+                "  WHERE i.channel = c.channel AND i.status = c.status)"
+                " FROM item_counts c WHERE c.status IN ('pending', 'sending') AND c.n > 0"
             )
-            return {channel: float(oldest) for channel, oldest in await cursor.fetchall()}
+            rows = await cursor.fetchall()
+        oldest: dict[str, float] = {}
+        for channel, first in rows:
+            if first is not None:
+                oldest[channel] = min(float(first), oldest.get(channel, float(first)))
+        return oldest
 
     async def history(self, sku: str) -> list[HistoryRow]:
         async with self._read() as conn:
