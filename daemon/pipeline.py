@@ -37,6 +37,7 @@ from daemon.http import build_app
 from daemon.listener import Listener
 from daemon.logs import scrubber
 from daemon.lookups import LookupQueue
+from daemon.plan import fingerprint
 from daemon.statelock import StateLock
 from daemon.store import Store, open_store
 from daemon.telemetry import Metrics
@@ -386,15 +387,22 @@ class Daemon:
             return  # what was not settled is pushed again after the restart
 
     async def _replan(self, parts: Parts) -> None:
-        """Plan every stored record with this pipeline's rules, retrying while the store fails."""
+        """Plan every stored record again if the rules changed since they were last planned
+        (a new key template, a store code): in the background, in pages, retrying while the
+        store fails. Unchanged rules cost nothing at start."""
+        assert self.store is not None
+        rules = fingerprint({c.name: c.rules for c in parts.config.channels})
         while True:
             try:
+                if await self.store.get_meta("plan_fingerprint") == rules:
+                    return
+                log.info("plan.replanning", reason="the planning rules changed")
                 replanned = await parts.reconciler.replan()
+                await self.store.set_meta("plan_fingerprint", rules)
             except StoreUnavailable:
                 await anyio.sleep(_STORE_RETRY)
                 continue
-            if replanned:
-                log.info("plan.replanned", items=replanned)
+            log.info("plan.replanned", items=replanned)
             return
 
     async def _resyncs(self, parts: Parts) -> None:

@@ -7,15 +7,20 @@ name) the item's value is recomputed from all of them: quantities add up, the lo
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 
+import orjson
+
 from daemon.models import StockRecord, Value, join_key
 
 __all__ = [
+    "PLAN_VERSION",
     "TEMPLATE_FIELDS",
     "Contribution",
     "PlanResult",
@@ -24,6 +29,7 @@ __all__ = [
     "combine",
     "compile_template",
     "contributions",
+    "fingerprint",
     "plan",
 ]
 
@@ -193,3 +199,30 @@ def plan(records: Iterable[StockRecord], rules: Rules) -> PlanResult:
             shares.setdefault(share.key, []).append(share)
     result.items = {key: combine(group, rules) for key, group in shares.items()}
     return result
+
+
+#: bump when planning changes what the same rules give, so every state is planned again once
+PLAN_VERSION = 1
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, frozenset | set):
+        return sorted((_canonical(v) for v in value), key=repr)
+    if isinstance(value, tuple | list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def fingerprint(rules: Mapping[str, Rules]) -> str:
+    """A digest of every channel's rules: a start or reload re-plans the stored records only
+    when it changed (a million records take minutes to plan again)."""
+    data = {
+        "version": PLAN_VERSION,
+        "channels": {
+            name: {f.name: _canonical(getattr(r, f.name)) for f in dataclasses.fields(r)}
+            for name, r in rules.items()
+        },
+    }
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -64,6 +64,8 @@ class Store(Protocol):
     """
 
     health: StoreHealth
+    #: history rows kept per item at most (the newest), besides the retention period
+    history_per_item: int
 
     # --- keyCRM records --------------------------------------------------------------------------
 

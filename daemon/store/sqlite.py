@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 _CHUNK = 500  # values per IN (...) list: well under SQLite's parameter limit
 _WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL file keeps after a checkpoint
+HISTORY_PER_ITEM = 100
 _PAGE = 5000  # rows per call of a long job
 
 _COLUMNS = ", ".join(ITEM_COLUMNS)
@@ -102,8 +103,10 @@ def _row(item: Item) -> tuple[Any, ...]:
 class SQLiteStore:
     """SQLite in WAL mode, one file; see the module docstring for how it keeps off the loop."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, history_per_item: int = HISTORY_PER_ITEM) -> None:
         self.health = StoreHealth(str(path))
+        #: history rows kept per item at most (the newest), besides `history_retention`
+        self.history_per_item = history_per_item
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -447,6 +450,17 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 history,
             )
+            # A bounded trail per item, whatever the retention: an item retried every few
+            # seconds for a day must not grow the file by thousands of rows.
+            self._db.executemany(
+                "DELETE FROM history WHERE channel = ? AND key = ? AND at < ("
+                "SELECT at FROM history WHERE channel = ? AND key = ? "
+                "ORDER BY at DESC LIMIT 1 OFFSET ?)",
+                [
+                    (channel, v.key, channel, v.key, self.history_per_item - 1)
+                    for v in verdicts
+                ],
+            )
         return Settled(propagated, attempts)
 
     async def release(
@@ -616,11 +630,19 @@ class SQLiteStore:
         ]
 
     async def prune_history(self, before: float) -> int:
-        return await self._run(self._prune_history, before)
+        pruned = 0
+        while True:  # in pages: a month of history must not hold the store for seconds
+            page = await self._run(self._prune_history_page, before)
+            pruned += page
+            if page < _PAGE:
+                return pruned
 
-    def _prune_history(self, before: float) -> int:
+    def _prune_history_page(self, before: float) -> int:
         with self._tx():
-            cursor = self._db.execute("DELETE FROM history WHERE at < ?", (before,))
+            cursor = self._db.execute(
+                "DELETE FROM history WHERE id IN (SELECT id FROM history WHERE at < ? LIMIT ?)",
+                (before, _PAGE),
+            )
         return cursor.rowcount
 
     async def get_meta(self, name: str) -> str | None:

@@ -11,6 +11,7 @@ import time
 import aiohttp
 import anyio
 import pytest
+import structlog
 
 from adapters import ADAPTERS
 from daemon.config import load_config
@@ -185,3 +186,18 @@ async def test_a_damaged_state_file_is_one_clear_line(world: World, content: byt
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if "state.db" in line]
     assert len(lines) == 1 and "Move it aside" in lines[0]
+
+
+async def test_a_restart_plans_again_only_when_the_rules_changed(world: World) -> None:
+    world.keycrm.populate(5)
+    pos = await world.add_shop("pos")
+    for attempt, (store_code, replans) in enumerate([("S1", 1), ("S1", 0), ("S2", 1)]):
+        config = world.config(channels=world.shop_table("pos", f'store = "{store_code}"'))
+        daemon = Daemon(config, handle_signals=False)
+        with structlog.testing.capture_logs() as logs:
+            async with running(daemon):
+                await eventually(lambda code=store_code: in_sync(world, store=code))  # type: ignore[misc]
+                await eventually(lambda running_now=daemon: idle(running_now))  # type: ignore[misc]
+        events = [e["event"] for e in logs]
+        assert events.count("plan.replanning") == replans, attempt
+    assert {store for _, store in pos.stock} == {"S1", "S2"}

@@ -308,3 +308,16 @@ async def test_counts_stay_true_through_any_sequence_of_moves(store: Store) -> N
     in_stock = sum(1 for row in rows if row.acked is not None and row.acked.is_positive)
     assert (await store.positive_acked()).get("c", 0) == in_stock
     assert in_stock > 0 and len(expected) >= 3  # the walk went somewhere
+
+
+async def test_history_keeps_a_bounded_trail_per_item(store: Store) -> None:
+    store.history_per_item = 3
+    await store.replace_shares("c", ["A"], [("A", Contribution("k", Decimal(2), None))])
+    for n in range(6):
+        await store.set_desired("c", {"k": q(n + 1)}, 100 + n, T)
+        await store.claim("c", 1000 + n, 10)
+        verdict = Verdict("k", q(n + 1), Outcome.ACKNOWLEDGED)
+        await store.settle("c", [verdict], 200 + n, T, no_backoff)
+    rows = await store.history("A")
+    assert [row.after for row in rows] == [q(4), q(5), q(6)]
+    assert await store.prune_history(204) == 1
