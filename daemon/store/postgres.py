@@ -48,12 +48,13 @@ from daemon.plan import Contribution
 from daemon.store import lifecycle
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Item, Status, Timing
-from daemon.store.protocol import HistoryRow, ItemRow, Settled
+from daemon.store.protocol import HistoryRow, ItemRow, Settled, Store
 from daemon.store.schema import ITEM_COLUMNS
 
 __all__ = ["PostgresStore"]
 
 _PAGE = 5000  # rows per transaction of a long job
+HISTORY_PER_ITEM = 100  # as SQLiteStore
 
 #: ITEM_COLUMNS as one literal (psycopg takes only literal SQL); checked equal below.
 _COLUMNS: LiteralString = (
@@ -133,9 +134,12 @@ class PostgresStore:
         owns_pool: bool = False,
         clock: Callable[[], float] | None = None,
         location: str = "postgresql",
+        history_per_item: int = HISTORY_PER_ITEM,
     ) -> None:
         self._pool = pool
         self.health = StoreHealth(location)
+        #: history rows kept per item at most (the newest), besides `history_retention`
+        self.history_per_item = history_per_item
         self._fence = fence
         self._owns_pool = owns_pool
         self._clock = clock or time.time
@@ -457,6 +461,15 @@ class PostgresStore:
                         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                         history,
                     )
+                # A bounded trail per item, whatever the retention (as in SQLite).
+                await conn.execute(
+                    "DELETE FROM history h USING unnest(%s::text[]) AS k(key)"
+                    " WHERE h.channel = %s AND h.key = k.key AND h.at < ("
+                    "  SELECT at FROM history WHERE channel = %s AND key = k.key"
+                    "  ORDER BY at DESC LIMIT 1 OFFSET %s)",
+                    (sorted({v.key for v in verdicts}), channel, channel,
+                     self.history_per_item - 1),
+                )  # fmt: skip
         return Settled(propagated, attempts)
 
     async def release(
@@ -597,9 +610,17 @@ class PostgresStore:
         ]
 
     async def prune_history(self, before: float) -> int:
-        async with self._write() as conn:
-            cursor = await conn.execute("DELETE FROM history WHERE at < %s", (before,))
-            return cursor.rowcount
+        pruned = 0
+        while True:  # in pages: a month of history must not hold a transaction for seconds
+            async with self._write() as conn:
+                cursor = await conn.execute(
+                    "DELETE FROM history WHERE id IN"
+                    " (SELECT id FROM history WHERE at < %s LIMIT %s)",
+                    (before, _PAGE),
+                )
+            pruned += cursor.rowcount
+            if cursor.rowcount < _PAGE:
+                return pruned
 
     async def get_meta(self, name: str) -> str | None:
         async with self._read() as conn:
@@ -618,3 +639,8 @@ class PostgresStore:
     async def close(self) -> None:
         if self._owns_pool:
             await self._pool.close()
+
+
+def _keeps_the_protocol(store: PostgresStore) -> Store:
+    """Never called: mypy checks here that `PostgresStore` is a `Store` as the protocol grows."""
+    return store

@@ -456,10 +456,7 @@ class SQLiteStore:
                 "DELETE FROM history WHERE channel = ? AND key = ? AND at < ("
                 "SELECT at FROM history WHERE channel = ? AND key = ? "
                 "ORDER BY at DESC LIMIT 1 OFFSET ?)",
-                [
-                    (channel, v.key, channel, v.key, self.history_per_item - 1)
-                    for v in verdicts
-                ],
+                [(channel, v.key, channel, v.key, self.history_per_item - 1) for v in verdicts],
             )
         return Settled(propagated, attempts)
 
