@@ -1,7 +1,14 @@
-"""PostgreSQL for several replicas: migrations, the fenced leader lease, the shared keyCRM budget
-and the durable look-up queue.
+"""PostgreSQL for several replicas: one fenced leader per merchant, nothing lost on failover.
 
-Each module has one job and takes a connection (or a pool) from the caller, so the store, the
-leader loop and the webhook route share one pool. Everything here is safe behind PgBouncer in
-transaction mode (see `daemon.pg.connect`).
+    connect.py   pools and connections safe behind PgBouncer in transaction mode
+    dsn.py       `daemon.state` as a DSN: checked, described without secrets
+    migrate.py   the schema as ordered steps, applied once at start (the store's tables too)
+    lease.py     the lease row, its epoch, and the fence every leader write passes
+    leader.py    LeaseKeeper: acquire/renew every TTL/3, run the leader's work only while leading
+    budget.py    keyCRM's request window, shared so a new leader cannot overspend it
+    lookups.py   the durable look-up queue: any replica enqueues, the leader consumes
+    replica.py   Replica: all of the above for one process, the one object the daemon wires
+
+The store itself is `daemon.store.PostgresStore`. Each module takes a connection (or a pool)
+from its caller, so one pool serves them all.
 """
