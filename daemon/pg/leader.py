@@ -19,7 +19,7 @@ from psycopg_pool import PoolTimeout
 
 from daemon.pg import lease as leases
 from daemon.pg.connect import Pool
-from daemon.pg.lease import Lease
+from daemon.pg.lease import Lease, LeaseLost
 
 __all__ = ["LeaseKeeper"]
 
@@ -78,17 +78,25 @@ class LeaseKeeper:
         Runs beside `run` until cancelled. The work is cancelled when the lease ends on this
         process's own clock even if `run` is stuck, and when it is re-taken under a new epoch
         (the work's fenced writes would fail). `work` should still check `lease()` before each
-        push: cancellation is the backstop, not the check.
+        push: cancellation is the backstop, not the check. A `LeaseLost` from the work (a fenced
+        write refused) makes this replica a standby instead of ending the process.
         """
         while True:
             lease = self.lease()
             if lease is None:
                 await self.wait_changed()
                 continue
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._end_with, lease, tg.cancel_scope)
-                await work(lease)
-                tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._end_with, lease, tg.cancel_scope)
+                    await work(lease)
+                    tg.cancel_scope.cancel()
+            except* LeaseLost:
+                # A fenced write found the epoch moved on before our clock said so: a standby now.
+                log.warning("lease.lost", merchant=self.merchant, epoch=lease.epoch, by="fence")
+                if self._lease is not None and self._lease.epoch == lease.epoch:
+                    self._lease = None
+                    self._note()
             # The work returned (or lost the lease): start it again only under a new lease.
             await self._while_holding(lease)
 

@@ -264,3 +264,23 @@ async def test_the_leaders_work_ends_before_another_replicas_work_begins(pool: P
     )
     assert end_1[3] < start_2[3]  # never two leaders' work at once
     assert start_2[2] == start_1[2] + 1
+
+
+async def test_a_fenced_write_refused_in_the_work_makes_a_standby_not_a_crash(pool: Pool) -> None:
+    keeper = LeaseKeeper(pool, M, "a", ttl=30.0)
+    assert await keeper.step() is not None
+    calls: list[int] = []
+
+    async def work(lease: Lease) -> None:
+        calls.append(lease.epoch)
+        raise LeaseLost("the database refused epoch 1")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.lead, work)
+
+        async def standby() -> bool | None:
+            return True if calls and not keeper.leading() else None
+
+        await until(standby, timeout=5)
+        assert calls == [1]  # not restarted under the same epoch, and lead() is still running
+        tg.cancel_scope.cancel()
