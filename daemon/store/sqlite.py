@@ -389,6 +389,17 @@ class SQLiteStore:
             self._write(items)
         return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
 
+    async def count_due(self, channel: str, now: float, limit: int) -> int:
+        return await self._run(self._count_due, channel, now, limit)
+
+    def _count_due(self, channel: str, now: float, limit: int) -> int:
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = ? AND status = 'pending' "
+            "AND due_at <= ? LIMIT ?)",
+            (channel, now, limit),
+        ).fetchone()
+        return int(count)
+
     async def next_due(self, channel: str) -> float | None:
         return await self._run(self._next_due, channel)
 
@@ -456,10 +467,7 @@ class SQLiteStore:
                 "DELETE FROM history WHERE channel = ? AND key = ? AND at < ("
                 "SELECT at FROM history WHERE channel = ? AND key = ? "
                 "ORDER BY at DESC LIMIT 1 OFFSET ?)",
-                [
-                    (channel, v.key, channel, v.key, self.history_per_item - 1)
-                    for v in verdicts
-                ],
+                [(channel, v.key, channel, v.key, self.history_per_item - 1) for v in verdicts],
             )
         return Settled(propagated, attempts)
 
