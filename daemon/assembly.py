@@ -76,7 +76,13 @@ def assemble(
             channel.options, ChannelContext(channel.name, session, channel.timeout)
         )
         dispatchers[channel.name] = Dispatcher(
-            channel, adapter, store, timing, metrics, clock=clock
+            channel,
+            adapter,
+            store,
+            timing,
+            metrics,
+            batch_window=0.0 if debounce is not None else sync.batch_window,
+            clock=clock,
         )
 
     def wake(name: str) -> None:
@@ -106,6 +112,7 @@ def assemble(
         catalog_interval=config.keycrm.catalog_interval,
         needs_catalog=needs_catalog(config),
         lookups=lookups,
+        lookup_window=config.keycrm.lookup_window,
         clock=clock,
     )
     return Parts(config, dispatchers, reconciler, source, client)

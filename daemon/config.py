@@ -157,6 +157,8 @@ class KeycrmSettings(Settings):
     poll_interval: Duration = 300.0
     catalog_interval: Duration = 6 * 3600.0
     timeout: Duration = 30.0
+    #: how long a look-up waits for more webhook SKUs to fill its request (up to 50)
+    lookup_window: DurationOrZero = 0.25
     webhook_token_env: EnvSecret | None = None
     webhook_token_file: FileSecret | None = None
 
@@ -192,6 +194,8 @@ class SyncSettings(Settings):
     max_delay: Duration = 30.0
     guard_fraction: float = Field(default=0.3, gt=0, le=1)
     resync_interval: Duration | None = None
+    #: how long a batching channel waits for more due items to fill a request
+    batch_window: DurationOrZero = 0.25
 
     @model_validator(mode="after")
     def _delay_after_debounce(self) -> SyncSettings:

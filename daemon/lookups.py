@@ -54,8 +54,8 @@ class LookupQueue:
         while len(self._skus) > self.cap:
             self._skus.popitem()
 
-    async def wait(self) -> None:
-        """Until something is queued."""
-        while not self._skus:
+    async def wait(self, count: int = 1) -> None:
+        """Until at least `count` SKUs are queued."""
+        while len(self._skus) < count:
             await self._wake.wait()
             self._wake = anyio.Event()

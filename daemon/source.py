@@ -106,6 +106,7 @@ class Source:
         catalog_interval: float,
         needs_catalog: bool,
         lookups: LookupQueue | None = None,
+        lookup_window: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -119,6 +120,7 @@ class Source:
         self.progress = ScanProgress()
         self._scan_requested = anyio.Event()
         self.lookups = LookupQueue() if lookups is None else lookups
+        self._lookup_window = lookup_window
         #: how long to wait before trying again after the last failed read
         self.retry_in = _FAILED_SCAN_RETRY
         self._first_catalog_tried = anyio.Event()
@@ -288,6 +290,10 @@ class Source:
         """Serve look-up requests first in, first out, in 50-SKU requests ahead of the scan."""
         while True:
             await self.lookups.wait()
+            if self._lookup_window > 0:
+                # A moment for more SKUs to come: one request then carries up to 50 of them.
+                with anyio.move_on_after(self._lookup_window):
+                    await self.lookups.wait(PAGE_SIZE)
             batch = self.lookups.take(_LOOKUP_BATCH)
 
             async def look(skus: list[str] = batch) -> None:

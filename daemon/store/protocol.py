@@ -114,6 +114,10 @@ class Store(Protocol):
         """Up to `limit` due pending items, fresh before backlog, now `sending` these values."""
         ...
 
+    async def count_due(self, channel: str, now: float, limit: int) -> int:
+        """How many pending items are due now, counting up to `limit` (to fill a batch)."""
+        ...
+
     async def next_due(self, channel: str) -> float | None:
         """When the channel's next pending item becomes due (None: nothing pending)."""
         ...

@@ -389,6 +389,17 @@ class SQLiteStore:
             self._write(items)
         return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
 
+    async def count_due(self, channel: str, now: float, limit: int) -> int:
+        return await self._run(self._count_due, channel, now, limit)
+
+    def _count_due(self, channel: str, now: float, limit: int) -> int:
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = ? AND status = 'pending' "
+            "AND due_at <= ? LIMIT ?)",
+            (channel, now, limit),
+        ).fetchone()
+        return int(count)
+
     async def next_due(self, channel: str) -> float | None:
         return await self._run(self._next_due, channel)
 
