@@ -414,6 +414,16 @@ class PostgresStore:
             await self._save(conn, items)
         return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
 
+    async def count_due(self, channel: str, now: float, limit: int) -> int:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = %s"
+                " AND status = 'pending' AND due_at <= %s LIMIT %s) due",
+                (channel, now, limit),
+            )
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
     async def next_due(self, channel: str) -> float | None:
         async with self._read() as conn:
             cursor = await conn.execute(
