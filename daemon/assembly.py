@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from daemon.budget import RequestBudget
-from daemon.channel import ChannelContext
+from daemon.channel import ChannelContext, readable
 from daemon.config import Config
 from daemon.dispatch import Dispatcher
 from daemon.keycrm import KeycrmClient
@@ -25,6 +25,7 @@ from daemon.reconcile import Reconciler
 from daemon.source import Source
 from daemon.store import Store, Timing
 from daemon.telemetry import Metrics
+from daemon.verify import Reasserter, Verifier
 
 __all__ = ["Parts", "assemble", "needs_catalog"]
 
@@ -52,6 +53,8 @@ class Parts:
     reconciler: Reconciler
     source: Source
     client: KeycrmClient
+    #: read-back (`Verifier`) or re-assertion (`Reasserter`) per channel that has one
+    checkers: list[Verifier | Reasserter] = field(default_factory=list)
 
 
 def assemble(
@@ -115,4 +118,44 @@ def assemble(
         lookup_window=config.keycrm.lookup_window,
         clock=clock,
     )
-    return Parts(config, dispatchers, reconciler, source, client)
+    return Parts(
+        config,
+        dispatchers,
+        reconciler,
+        source,
+        client,
+        _checkers(config, dispatchers, store, metrics, clock),
+    )
+
+
+def _checkers(
+    config: Config,
+    dispatchers: dict[str, Dispatcher],
+    store: Store,
+    metrics: Metrics,
+    clock: Callable[[], float],
+) -> list[Verifier | Reasserter]:
+    """Read-back where the channel can say what it holds and `verify_interval` is set;
+    re-assertion where it cannot and the channel sets `reassert_interval`."""
+    checkers: list[Verifier | Reasserter] = []
+    every = config.sync.verify_interval
+    for channel in config.channels:
+        dispatcher = dispatchers[channel.name]
+        reader = readable(dispatcher.adapter)
+        if reader is not None and every is not None:
+            checkers.append(
+                Verifier(
+                    dispatcher,
+                    reader,
+                    store,
+                    metrics,
+                    every=every,
+                    share=config.sync.verify_share,
+                    clock=clock,
+                )
+            )
+        elif channel.reassert_interval is not None:
+            checkers.append(
+                Reasserter(dispatcher, store, every=channel.reassert_interval, clock=clock)
+            )
+    return checkers

@@ -196,6 +196,10 @@ class SyncSettings(Settings):
     resync_interval: Duration | None = None
     #: how long a batching channel waits for more due items to fill a request
     batch_window: DurationOrZero = 0.25
+    #: read back what readable channels hold, this often (off when unset)
+    verify_interval: Duration | None = None
+    #: the share of a channel's rate limit read-back may use
+    verify_share: float = Field(default=0.2, gt=0, le=1)
 
     @model_validator(mode="after")
     def _delay_after_debounce(self) -> SyncSettings:

@@ -114,6 +114,16 @@ class Dispatcher:
                     up=not self.health.down,
                 )
 
+    @property
+    def adapter(self) -> Channel:
+        """The channel adapter this worker pushes through."""
+        return self._channel
+
+    async def pace(self) -> None:
+        """Wait for a request slot of this channel (read-back takes its requests from the same
+        allowance as pushes, so together they keep the channel's rate limit)."""
+        await self._limiter.acquire()
+
     def notify(self) -> None:
         """New work may be due: wake the worker."""
         self._wake.set()

@@ -15,7 +15,7 @@ Items never acknowledged are not read: there is nothing to compare them with.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -37,6 +37,7 @@ __all__ = [
     "DriftReport",
     "Drifted",
     "build_report",
+    "check_batch",
     "check_channel",
     "classify",
     "render_json",
@@ -107,11 +108,17 @@ def classify(row: ItemRow, live: Value | None, into: ChannelDrift) -> None:
 
 
 async def _read(
-    reader: Readable, keys: Sequence[str], limiter: AsyncLimiter, into: ChannelDrift
+    reader: Readable,
+    keys: Sequence[str],
+    limiter: AsyncLimiter,
+    into: ChannelDrift,
+    pace: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Value | None]:
     """One batch, retried a little; a batch that cannot be read is reported, never raised."""
     for attempt in range(ATTEMPTS):
         await limiter.acquire()  # every attempt is a request: retries are paced too
+        if pace is not None:
+            await pace()
         try:
             return await reader.read(keys)
         except ChannelRetryable as exc:
@@ -138,21 +145,34 @@ async def check_channel(
     batch = max(1, reader.max_read_batch)
     for start in range(0, len(wanted), batch):
         chunk = wanted[start : start + batch]
-        keys = [row.key for row in chunk]
         try:
-            values = await _read(reader, keys, limiter, into)
+            await check_batch(reader, chunk, limiter, into)
         except ChannelFatal as exc:  # credentials or scope: every further read would fail too
             into.error = str(exc)
             into.unreadable.extend(row.key for row in wanted[start:])
             into.checked += len(wanted) - start
             log.warning("drift.channel_refused", channel=into.channel, error=str(exc))
             return
-        into.checked += len(chunk)
-        for row in chunk:
-            if row.key in values:
-                classify(row, values[row.key], into)
-            else:
-                into.unreadable.append(row.key)
+
+
+async def check_batch(
+    reader: Readable,
+    chunk: Sequence[ItemRow],
+    limiter: AsyncLimiter,
+    into: ChannelDrift,
+    *,
+    pace: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Read one batch of acknowledged items and file each under agreement, drift, missing or
+    unreadable. `pace` also waits for a request slot of a running daemon's channel.
+    Raises `ChannelFatal` when the channel refuses us as a whole."""
+    values = await _read(reader, [row.key for row in chunk], limiter, into, pace)
+    into.checked += len(chunk)
+    for row in chunk:
+        if row.key in values:
+            classify(row, values[row.key], into)
+        else:
+            into.unreadable.append(row.key)
 
 
 def _recheck(into: ChannelDrift, fresh: Sequence[ItemRow]) -> None:

@@ -367,6 +367,8 @@ class Daemon:
                 feeders.start_soon(parts.source.run_lookups)
                 feeders.start_soon(self._resyncs, parts)
                 feeders.start_soon(self._housekeeping)
+                for checker in parts.checkers:
+                    feeders.start_soon(checker.run)
                 if config.sync.resync_interval is not None:
                     feeders.start_soon(self._scheduled_resyncs, config.sync.resync_interval)
                 await self._stop.wait()

@@ -190,6 +190,12 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.verify_interval = Gauge(
+            "stocksync_verify_interval_seconds",
+            "How often the channel is read back (0: never); alerts compare it with the last pass.",
+            ["channel"],
+            registry=r,
+        )
         self.first_scan_done = Gauge(
             "stocksync_keycrm_first_scan_done",
             "1 once a complete keyCRM scan is on record (this run or an earlier one); 0 while "
@@ -235,3 +241,4 @@ class Metrics:
             self.records_skipped.labels(channel=channel, reason=reason)
         self.drift_items.labels(channel=channel)
         self.verify_last_success.labels(channel=channel)
+        self.verify_interval.labels(channel=channel)

@@ -259,6 +259,8 @@ class FakeMarketplacer:
             )
         for seller, count in updates:
             self.inventories[(variant, seller)] = count
+            if self.on_update is not None:
+                self.on_update(variant, count)
         data = [
             {"id": n, "type": "inventories", "attributes": {"count_on_hand": c, "seller_id": s}}
             for n, (s, c) in enumerate(updates, start=1)

@@ -39,7 +39,9 @@ __all__ = [
     "Timing",
     "claim",
     "desire",
+    "drifted",
     "force",
+    "reassert",
     "release",
     "release_held",
     "settle",
@@ -297,6 +299,33 @@ def release_held(item: Item, now: float) -> Item:
         item.diverged_at = now
     item.due_at = now
     return item
+
+
+def drifted(item: Item, live: str, now: float) -> bool:
+    """The channel was read back holding `live`, not what it acknowledged: push the desired
+    value again (lowest priority). Only an item still `ok` with that acknowledgement moves; one
+    that changed since it was read is already on its way. Returns whether it moved."""
+    if item.status is not Status.OK or live in (item.acked, item.desired):
+        return False
+    _reassert(item, now)
+    return True
+
+
+def reassert(item: Item, now: float) -> Item:
+    """A channel that cannot be read back gets its acknowledged values pushed again on a
+    schedule (`reassert_interval`), behind everything else. Only `ok` items: a held zero stays
+    held, a rejected value stays parked."""
+    if item.status is Status.OK:
+        _reassert(item, now)
+    return item
+
+
+def _reassert(item: Item, now: float) -> None:
+    item.forced = True
+    item.status = Status.PENDING
+    item.priority = BACKLOG
+    item.diverged_at = now
+    item.due_at = now
 
 
 def force(item: Item, now: float) -> Item:

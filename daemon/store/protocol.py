@@ -158,6 +158,22 @@ class Store(Protocol):
         """A resync: every item is pushed again whatever was acknowledged, behind fresh work."""
         ...
 
+    async def mark_drifted(
+        self, channel: str, live: Sequence[tuple[str, Value]], now: float
+    ) -> list[str]:
+        """Read-back found these (key, live value): the drifted ones (still `ok`, holding
+        neither their acknowledged nor their desired value) are pushed again and recorded in
+        the history as `drift`. Returns their keys."""
+        ...
+
+    async def reassert(self, channel: str, now: float) -> int:
+        """Push every acknowledged item of the channel again, behind all other work."""
+        ...
+
+    async def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
+        """Up to `limit` items of the channel with keys after `after`, in key order."""
+        ...
+
     async def release_held(self, before_scan: int, now: float) -> int:
         """Release zeroes held by scans before `before_scan`: a later complete scan confirmed."""
         ...

@@ -542,6 +542,60 @@ class SQLiteStore:
             self._write([lifecycle.force(_item(row), now) for row in rows])
         return len(rows)
 
+    async def mark_drifted(
+        self, channel: str, live: Sequence[tuple[str, Value]], now: float
+    ) -> list[str]:
+        return await self._run(self._mark_drifted, channel, live, now)
+
+    def _mark_drifted(
+        self, channel: str, live: Sequence[tuple[str, Value]], now: float
+    ) -> list[str]:
+        seen = {key: value.encode() for key, value in live}
+        moved: list[Item] = []
+        with self._tx():
+            for item in self._load(channel, list(seen)).values():
+                before = item.acked
+                if lifecycle.drifted(item, seen[item.key], now):
+                    moved.append(item)
+                    self._db.execute(
+                        "INSERT INTO history (channel, key, before, after, outcome, error, at) "
+                        "VALUES (?, ?, ?, ?, 'drift', ?, ?)",
+                        (channel, item.key, before, seen[item.key], "changed on the channel", now),
+                    )
+            self._write(moved)
+        return [item.key for item in moved]
+
+    async def reassert(self, channel: str, now: float) -> int:
+        top = await self._run(self._max_rowid)
+        moved = 0
+        for start in range(0, top, _PAGE):
+            moved += await self._run(self._reassert_page, channel, start, start + _PAGE, now)
+        return moved
+
+    def _reassert_page(self, channel: str, first: int, last: int, now: float) -> int:
+        with self._tx():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE rowid > ? AND rowid <= ? AND channel = ? "
+                "AND status = 'ok'",
+                (first, last, channel),
+            ).fetchall()
+            self._write([lifecycle.reassert(_item(row), now) for row in rows])
+        return len(rows)
+
+    async def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
+        return await self._run(self._items_page, channel, after, limit)
+
+    def _items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
+        rows = self._db.execute(
+            "SELECT channel, key, desired, acked, status, attempts, last_error, diverged_at, "
+            "changed_at FROM items WHERE channel = ? AND key > ? ORDER BY key LIMIT ?",
+            (channel, after, limit),
+        )
+        return [
+            ItemRow(c, k, Value.decode(d), _value(a), s, n, e, dv, ch)
+            for c, k, d, a, s, n, e, dv, ch in rows
+        ]
+
     async def release_held(self, before_scan: int, now: float) -> int:
         return await self._run(self._release_held, before_scan, now)
 

@@ -1,0 +1,145 @@
+"""Drift in the daemon: read back, heal, report; re-assert where a channel cannot be read.
+
+Against the fakes' read routes: a value changed "by hand" on Marketplacer (GraphQL and REST) or
+Ordergroove is found by the next verification pass, logged, counted, written to the history as
+`drift`, and pushed again. Klump and the Inventory Update API cannot be read back: their values
+are re-asserted on `reassert_interval`. Read-back stays within its share of the channel's rate
+limit and waits while live changes are due.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+
+from daemon.pipeline import Daemon
+from daemon.simulator import variant_id
+from tests.conftest import World, eventually, idle, running
+from tests.integration.test_four_channels import all_synced, available, setup
+from tests.integration.test_sync import in_sync
+
+pytestmark = pytest.mark.anyio
+
+VERIFY = 'debounce = "0s"\nmax_delay = "1s"\nverify_interval = "300ms"\nverify_share = 0.5'
+
+
+def drift_count(daemon: Daemon, channel: str) -> float:
+    value = daemon.metrics.registry.get_sample_value(
+        "stocksync_drift_items_total", {"channel": channel}
+    )
+    return value or 0.0
+
+
+async def test_drift_is_found_healed_and_reported(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shops, channels = await setup(world, monkeypatch)
+    daemon = Daemon(world.config(channels=channels, sync=VERIFY), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: all_synced(world, shops) and idle(daemon))
+        variant = variant_id(7001)
+        shops.marketplacer.edit_by_hand(variant, 999)
+        product = "SKU-00002"
+        shops.ordergroove.edit_by_hand(product, not shops.ordergroove.live[product])
+        await eventually(lambda: drift_count(daemon, "marketplacer") == 1)
+        await eventually(lambda: drift_count(daemon, "ordergroove") == 1)
+        await eventually(lambda: all_synced(world, shops) and idle(daemon))
+        assert shops.marketplacer.count_on_hand[variant] == available(world, "SKU-00001")
+        assert daemon.store is not None
+        history = await daemon.store.history("SKU-00001")
+        drift = [row for row in history if row.outcome == "drift"]
+        assert len(drift) == 1 and drift[0].after.quantity == 999
+        last = daemon.metrics.registry.get_sample_value(
+            "stocksync_verify_last_success_timestamp_seconds", {"channel": "marketplacer"}
+        )
+        assert last is not None and last > time.time() - 60
+    assert drift_count(daemon, "klump") == 0  # not readable: never verified
+
+
+async def test_drift_on_marketplacer_rest(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    shops, _ = await setup(world, monkeypatch)
+    key_map = world.tmp_path / "legacy.csv"
+    key_map.write_text(
+        "sku,key\n" + "".join(f"SKU-{n:05d},{8000 + n}\n" for n in range(1, 10)),
+        encoding="utf-8",
+    )
+    url = await world._serve(shops.marketplacer.app())
+    channels = f"""
+[[channel]]
+name = "mp-rest"
+type = "marketplacer"
+base_url = "{url}"
+api_key_env = "T_MP"
+auth_header = "bearer"
+api = "rest"
+seller_map = {{ "1" = 11 }}
+key_map = "{key_map}"
+rate_limit = "1000/s"
+"""
+    daemon = Daemon(world.config(channels=channels, sync=VERIFY), handle_signals=False)
+    inventories = shops.marketplacer.inventories
+    expected = {("8003", 11): available(world, "SKU-00003")}
+    async with running(daemon):
+        await eventually(lambda: len(inventories) == 9 and idle(daemon))
+        shops.marketplacer.edit_by_hand("8003", 555, seller=11)
+        await eventually(lambda: drift_count(daemon, "mp-rest") == 1)
+        await eventually(lambda: inventories[("8003", 11)] == expected[("8003", 11)])
+
+
+async def test_channels_without_read_back_are_reasserted(world: World) -> None:
+    world.keycrm.populate(5)
+    pos = await world.add_shop("pos")
+    channels = world.shop_table("pos", 'store = "S1"\nreassert_interval = "300ms"')
+    daemon = Daemon(world.config(channels=channels), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: in_sync(world) and idle(daemon))
+        key = next(iter(pos.stock))
+        pos.stock[key] = 999  # changed by hand in the store system
+        await eventually(lambda: in_sync(world))
+    assert drift_count(daemon, "pos") == 0  # re-asserted, not verified
+
+
+async def test_read_back_keeps_its_share_and_lets_live_changes_go_first(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shops, _ = await setup(world, monkeypatch, skus=9)
+    world.keycrm.populate(60)  # 60 variants on the REST route: one read each
+    key_map = world.tmp_path / "legacy.csv"
+    key_map.write_text(
+        "sku,key\n" + "".join(f"SKU-{n:05d},{8000 + n}\n" for n in range(1, 61)),
+        encoding="utf-8",
+    )
+    url = await world._serve(shops.marketplacer.app())
+    channels = f"""
+[[channel]]
+name = "mp-rest"
+type = "marketplacer"
+base_url = "{url}"
+api_key_env = "T_MP"
+auth_header = "bearer"
+api = "rest"
+seller_map = {{ "1" = 11 }}
+key_map = "{key_map}"
+rate_limit = "50/s"
+batch_size = 1
+"""
+    sync = 'debounce = "0s"\nmax_delay = "1s"\nverify_interval = "100ms"\nverify_share = 0.2'
+    pushes: list[float] = []
+    daemon = Daemon(world.config(channels=channels, sync=sync), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: len(shops.marketplacer.inventories) == 60 and idle(daemon))
+        await eventually(lambda: len(shops.marketplacer.reads) >= 5)  # a pass is under way
+        shops.marketplacer.on_update = lambda *_: pushes.append(time.monotonic())
+        for offer in world.keycrm.offers.values():
+            offer.stock = {1: (77.0, 0.0)}
+        assert daemon.parts is not None
+        daemon.parts.source.request_scan()  # 60 live changes: a backlog of a second or more
+        await eventually(lambda: len(pushes) == 60, timeout=20)
+        await anyio.sleep(1.0)
+    reads = shops.marketplacer.reads
+    windows = [sum(1 for t in reads if start <= t < start + 1.0) for start in reads]
+    assert max(windows) <= 10 + 1, "read-back took more than 20% of 50 requests a second"
+    during = [t for t in reads if pushes[0] + 0.05 < t < pushes[-1]]
+    assert len(during) <= 1, f"{len(during)} reads while the live backlog drained"
