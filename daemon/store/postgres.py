@@ -536,6 +536,58 @@ class PostgresStore:
                 return forced
             after = (rows[-1][0], rows[-1][1])
 
+    async def mark_drifted(
+        self, channel: str, live: Sequence[tuple[str, Value]], now: float
+    ) -> list[str]:
+        seen = {key: value.encode() for key, value in live}
+        moved: list[Item] = []
+        history = []
+        async with self._write(channel=channel) as conn:
+            for item in (await self._load(conn, channel, list(seen))).values():
+                before = item.acked
+                if lifecycle.drifted(item, seen[item.key], now):
+                    moved.append(item)
+                    history.append((channel, item.key, before, seen[item.key], now))
+            await self._save(conn, moved)
+            if history:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(
+                        "INSERT INTO history (channel, key, before, after, outcome, error, at)"
+                        " VALUES (%s, %s, %s, %s, 'drift', 'changed on the channel', %s)",
+                        history,
+                    )
+        return [item.key for item in moved]
+
+    async def reassert(self, channel: str, now: float) -> int:
+        moved = 0
+        after = ""
+        while True:
+            async with self._write(channel=channel) as conn:
+                cursor = await conn.execute(
+                    "SELECT " + _COLUMNS + " FROM items WHERE channel = %s AND key > %s"
+                    " AND status = 'ok' ORDER BY key LIMIT %s",
+                    (channel, after, _PAGE),
+                )
+                rows = await cursor.fetchall()
+                await self._save(conn, [lifecycle.reassert(_item(row), now) for row in rows])
+            moved += len(rows)
+            if len(rows) < _PAGE:
+                return moved
+            after = rows[-1][1]
+
+    async def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT channel, key, desired, acked, status, attempts, last_error, diverged_at,"
+                " changed_at FROM items WHERE channel = %s AND key > %s ORDER BY key LIMIT %s",
+                (channel, after, limit),
+            )
+            rows = await cursor.fetchall()
+        return [
+            ItemRow(c, k, Value.decode(d), _value(a), s, n, e, dv, ch)
+            for c, k, d, a, s, n, e, dv, ch in rows
+        ]
+
     async def release_held(self, before_scan: int, now: float) -> int:
         async with self._write(lock=_ALL_ITEMS) as conn:
             cursor = await conn.execute(
