@@ -66,6 +66,7 @@ webhook_token_env = "STOCKSYNC_DEMO_WEBHOOK_TOKEN"
 [sync]
 debounce = "1s"
 max_delay = "5s"
+verify_interval = "1m"     # read back Marketplacer and Ordergroove; heal what was edited by hand
 
 [[channel]]
 name = "shop-pos"

@@ -78,6 +78,14 @@ class Verifier:
 
     async def run(self) -> None:
         """Pass after pass, until cancelled; a failed pass is tried again in a minute."""
+        # Until a pass completes, the gauge holds the start: "no pass for two intervals" then
+        # means what it says for a fresh daemon too.
+        try:
+            last = await self._store.get_meta(_meta_key("verify", self.name))
+        except StoreUnavailable:
+            last = None
+        gauge = self._metrics.verify_last_success.labels(channel=self.name)
+        gauge.set(float(last) if last else self._clock())
         while True:
             await _wait_until_due(
                 self._store, _meta_key("verify", self.name), self._every, self._clock

@@ -143,3 +143,16 @@ batch_size = 1
     assert max(windows) <= 10 + 1, "read-back took more than 20% of 50 requests a second"
     during = [t for t in reads if pushes[0] + 0.05 < t < pushes[-1]]
     assert len(during) <= 1, f"{len(during)} reads while the live backlog drained"
+
+
+async def test_klump_is_reasserted(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    shops, channels = await setup(world, monkeypatch)
+    channels = channels.replace(
+        'type = "klump"\n', 'type = "klump"\nreassert_interval = "300ms"\n'
+    )
+    daemon = Daemon(world.config(channels=channels), handle_signals=False)
+    async with running(daemon):
+        await eventually(lambda: all_synced(world, shops) and idle(daemon))
+        name = next(iter(shops.klump.products))
+        shops.klump.products[name]["quantity"] = 999  # edited by hand in Klump's dashboard
+        await eventually(lambda: all_synced(world, shops))
