@@ -147,9 +147,7 @@ batch_size = 1
 
 async def test_klump_is_reasserted(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     shops, channels = await setup(world, monkeypatch)
-    channels = channels.replace(
-        'type = "klump"\n', 'type = "klump"\nreassert_interval = "300ms"\n'
-    )
+    channels = channels.replace('type = "klump"\n', 'type = "klump"\nreassert_interval = "300ms"\n')
     daemon = Daemon(world.config(channels=channels), handle_signals=False)
     async with running(daemon):
         await eventually(lambda: all_synced(world, shops) and idle(daemon))
