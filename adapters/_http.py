@@ -3,6 +3,8 @@
 The mapping from an HTTP status to what the dispatcher should do lives here and nowhere else:
 2xx is the adapter's to read; 408, 425, 429 and 5xx are retryable (429/503 with Retry-After pause
 the channel); 401 and 403 are fatal for the channel; any other 4xx rejects the request's items.
+Bodies are read with a ceiling (`daemon.bodies`): a larger answer is retryable and says the limit.
+Error texts quote the channel's answer scrubbed of every configured secret (`daemon.redact`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import aiohttp
 import orjson
 
 from daemon.contract import (
+    MAX_BODY_BYTES,
+    BodyTooLarge,
     ChannelFatal,
     ChannelRejected,
     ChannelRetryable,
@@ -22,6 +26,8 @@ from daemon.contract import (
     PushResult,
     describe_network_error,
     parse_retry_after,
+    read_body,
+    scrub_text,
 )
 
 __all__ = [
@@ -43,8 +49,11 @@ def json_number(value: Decimal) -> int | float:
 
 
 def short_text(body: bytes, limit: int = 200) -> str:
-    """The start of a response body, printable, for an error message (never our request)."""
-    text = body.decode("utf-8", errors="replace").strip().replace("\n", " ")
+    """The start of a response body, printable, for an error message (never our request).
+
+    Scrubbed before it is cut, so a credential the channel echoed is not left half-masked.
+    """
+    text = scrub_text(body.decode("utf-8", errors="replace").strip().replace("\n", " "))
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -135,11 +144,16 @@ async def _request(
     headers: Mapping[str, str],
     timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's per-request timeout, not ours
 ) -> Answer:
+    """The whole answer, read with a ceiling: too large a one is `ChannelRetryable` too."""
     try:
         async with session.request(
             method, url, data=data, headers=dict(headers), timeout=timeout
         ) as response:
-            return Answer(response.status, await response.read(), response.headers)
+            return Answer(
+                response.status, await read_body(response, MAX_BODY_BYTES), response.headers
+            )
+    except BodyTooLarge as exc:
+        raise ChannelRetryable(f"{channel}: {exc}") from exc
     except NETWORK_ERRORS as exc:
         raise network_error(exc, channel=channel) from exc
 

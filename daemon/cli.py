@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 
 from adapters import ADAPTERS
-from daemon import __version__
+from daemon import __version__, redact
 from daemon.audit import DEFAULT_LIMIT, parse_since, show_history
 from daemon.config import Config, load_config, secret_values
 from daemon.demo import run_demo
@@ -176,9 +176,12 @@ def _ops(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    """Load the file and register its secrets with the scrubber (at start and on every reload)."""
     if args.config is None:
         raise ConfigError([("config", "no file given: use -c FILE or set STOCKSYNC_CONFIG")])
-    return load_config(Path(args.config), ADAPTERS)
+    config = load_config(Path(args.config), ADAPTERS)
+    redact.update(secret_values(config))
+    return config
 
 
 def _print_faults(exc: ConfigError) -> None:
@@ -235,7 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit codes: 0 done, 1 failed (daemon unreachable, a push not acknowledged, cannot start),
     2 the config or the command line is wrong, 130 interrupted, 141 the reader of our output went
     away (`stocksync history SKU | head`), as a shell reports a process killed by SIGPIPE.
+    Everything it prints passes through the secret scrubber (`daemon.redact`).
     """
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = redact.ScrubbingStream(out)
+    sys.stderr = redact.ScrubbingStream(err)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _command(args)
