@@ -23,6 +23,7 @@ from daemon.contract import (
     ChannelRejected,
     ChannelRetryable,
     Outcome,
+    Probe,
     PushResult,
     describe_network_error,
     parse_retry_after,
@@ -38,6 +39,7 @@ __all__ = [
     "item_result",
     "json_number",
     "network_error",
+    "probe_result",
     "send",
     "short_text",
 ]
@@ -166,3 +168,24 @@ def item_result(key: str, answer: Answer, *, channel: str) -> PushResult:
     if isinstance(error, ChannelRejected):
         return PushResult(key, Outcome.REJECTED, reason=str(error))
     raise error
+
+
+#: What a deliberately incomplete probe request earns once the channel has accepted our
+#: credentials: it validated the body and refused it, so nothing changed.
+PROBE_ACCEPTED = frozenset({400, 409, 422})
+
+
+def probe_result(answer: Answer, *, accepted: frozenset[int] = PROBE_ACCEPTED) -> Probe:
+    """What the answer to a harmless authenticated request says about address and credentials."""
+    status = answer.status
+    if answer.ok or status in accepted:
+        return Probe(True, "reachable", f"HTTP {status}, credentials accepted")
+    if status in (401, 403):
+        return Probe(False, "auth refused", f"HTTP {status} {short_text(answer.body, 120)}".strip())
+    if status in (404, 405, 410):
+        return Probe(False, "not found", f"HTTP {status}: check base_url")
+    if status == 429:
+        return Probe(True, "reachable", "HTTP 429: rate limited, credentials not checked")
+    return Probe(
+        False, "unexpected answer", f"HTTP {status} {short_text(answer.body, 120)}".strip()
+    )

@@ -17,6 +17,7 @@ from adapters import ADAPTERS
 from daemon import __version__, redact
 from daemon.audit import DEFAULT_LIMIT, parse_since, show_history
 from daemon.config import Config, load_config, secret_values
+from daemon.connect import connect
 from daemon.demo import run_demo
 from daemon.drift import DEFAULT_SHARE, run_drift
 from daemon.errors import ConfigError, StateUnusable, StocksyncError
@@ -64,7 +65,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"progress line interval when stderr is not a terminal (default {LINE_EVERY:g})",
     )
-    with_config("check-config", "validate the file and the secrets it names; exit 0 or 2")
+    check = with_config(
+        "check-config",
+        "validate the file, the secrets it names, the state path and the listener; exit 0 or 2",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also try keyCRM and every channel once with their credentials (changes nothing); "
+        "exit 1 if any fails",
+    )
     _ops_commands(with_config)
     drift = with_config(
         "drift", "read back what readable channels hold; report drift; change nothing"
@@ -175,11 +185,11 @@ def _ops(args: argparse.Namespace) -> int:
     )
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _load(args: argparse.Namespace, *, check_machine: bool = False) -> Config:
     """Load the file and register its secrets with the scrubber (at start and on every reload)."""
     if args.config is None:
         raise ConfigError([("config", "no file given: use -c FILE or set STOCKSYNC_CONFIG")])
-    config = load_config(Path(args.config), ADAPTERS)
+    config = load_config(Path(args.config), ADAPTERS, check_machine=check_machine)
     redact.update(secret_values(config))
     return config
 
@@ -187,6 +197,17 @@ def _load(args: argparse.Namespace) -> Config:
 def _print_faults(exc: ConfigError) -> None:
     for key, problem in exc.faults:
         print(f"{key}: {problem}", file=sys.stderr)
+
+
+def _check_config(config: Config, *, connect_too: bool) -> int:
+    """The file was loaded with the machine checks; now, if asked, try every endpoint."""
+    print(f"{config.path}: ok ({len(config.channels)} channels)")
+    if not connect_too:
+        return 0
+    reaches = anyio.run(connect, config)
+    for reach in reaches:
+        print(reach.line(), file=sys.stdout if reach.ok else sys.stderr)
+    return 0 if all(reach.ok for reach in reaches) else 1
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
@@ -210,10 +231,9 @@ def _command(args: argparse.Namespace) -> int:
         )
     if args.command in ("status", "resync", "history"):
         return _ops(args)
-    config = _load(args)
+    config = _load(args, check_machine=args.command == "check-config")
     if args.command == "check-config":
-        print(f"{args.config}: ok ({len(config.channels)} channels)")
-        return 0
+        return _check_config(config, connect_too=args.connect)
     configure_logging(
         fmt=config.daemon.log_format, level=config.daemon.log_level, secrets=secret_values(config)
     )

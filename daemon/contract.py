@@ -10,7 +10,16 @@ a channel.
 from __future__ import annotations
 
 from daemon.bodies import MAX_BODY_BYTES, BodyTooLarge, read_body
-from daemon.channel import Channel, ChannelContext, ChannelSpec, Readable, Shape, readable
+from daemon.channel import (
+    Channel,
+    ChannelContext,
+    ChannelSpec,
+    Probe,
+    Probeable,
+    Readable,
+    Shape,
+    readable,
+)
 from daemon.config import BaseUrl, Settings
 from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
 from daemon.models import ItemValue, Outcome, PushResult, Value, join_key, split_key
@@ -34,6 +43,8 @@ __all__ = [
     "FileSecret",
     "ItemValue",
     "Outcome",
+    "Probe",
+    "Probeable",
     "PushResult",
     "Readable",
     "Settings",
