@@ -36,6 +36,15 @@ def preflight(state_path: Path, listen_at: str) -> list[tuple[str, str]]:
 
 def check_state(path: Path) -> str | None:
     """Why SQLite could not keep its state at `path`, or None."""
+    try:
+        return _check_state(path)
+    except ValueError:  # a NUL byte, say: no file system takes it
+        return f"{str(path)[:100]!r} is not a usable file path"
+
+
+def _check_state(path: Path) -> str | None:
+    if "\0" in str(path):
+        raise ValueError("embedded NUL")
     if path.is_dir():
         return f"{path} is a folder; give a file path, e.g. {path / 'stocksync.db'}"
     folder = path.parent
@@ -68,9 +77,12 @@ def check_listen(listen: str) -> str | None:
     """Why the listener could not bind `listen`, or None (also when stocksync holds it)."""
     try:
         host, port = parse_listen(listen)
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except ValueError as exc:
         return str(exc)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except ValueError:  # UnicodeError: a label over 63 characters, a NUL byte
+        return f"host {host[:60]!r} is not a valid host name"
     except socket.gaierror as exc:
         return f"host {host!r} is not known ({(exc.strerror or str(exc)).lower()})"
     for family, kind, proto, _, address in addresses:

@@ -16,6 +16,8 @@ from pydantic import BeforeValidator, SecretStr
 
 __all__ = ["EnvSecret", "FileSecret", "pick", "read_env_secret", "read_file_secret"]
 
+MAX_SECRET_BYTES = 64 * 1024
+
 
 def read_env_secret(name: object) -> SecretStr:
     """The value of the environment variable `name`; a ValueError if unset or empty."""
@@ -38,7 +40,11 @@ def read_file_secret(path: object) -> SecretStr:
     if not candidate.is_absolute() and credentials and (Path(credentials) / candidate).exists():
         candidate = Path(credentials) / candidate
     try:
-        value = candidate.read_text(encoding="utf-8").strip()
+        with candidate.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)  # never all of /dev/zero
+        if len(raw) > MAX_SECRET_BYTES:
+            raise ValueError(f"{candidate} is larger than 64 KiB: not a secret")
+        value = raw.decode("utf-8").strip()
     except OSError as exc:
         raise ValueError(f"cannot read {candidate}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
