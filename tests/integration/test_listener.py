@@ -185,6 +185,7 @@ async def test_a_malformed_request_carrying_the_token_is_one_scrubbed_line(
         ):
             answer = await exchange(daemon.bound_port, raw)
             assert answer.startswith(b"HTTP/1.0 400"), answer
+            assert world.webhook_token.encode() not in answer  # not quoted back either
     lines = [orjson.loads(line) for line in logs.getvalue().splitlines()]
     bad = [line for line in lines if line["event"] == "http.bad_request"]
     assert [line["status"] for line in bad] == [400, 400, 400]
