@@ -237,7 +237,10 @@ class Listener:
         def connection() -> asyncio.Protocol:
             return _Guarded(_Handler(server, loop=loop, **options), timeout)
 
-        bound = await loop.create_server(connection, host, port, reuse_address=True)
+        try:
+            bound = await loop.create_server(connection, host, port, reuse_address=True)
+        except ValueError as exc:  # UnicodeError: a host label over 63 characters
+            raise OSError(errno.EINVAL, f"{host[:60]!r} is not a valid host name") from exc
         old, self._server = self._server, bound
         self.port = int(bound.sockets[0].getsockname()[1])
         self.listen = listen

@@ -134,6 +134,19 @@ async def test_an_overlong_sku_is_a_400_naming_the_item_and_changes_nothing(
     assert answer.startswith(b"HTTP/1.1 202"), answer
 
 
+async def test_a_rebind_that_cannot_bind_keeps_the_old_address(listener: Listener) -> None:
+    port = listener.port
+    for listen, problem in (
+        ("a" * 70 + ".example:80", "is not a valid host name"),
+        ("192.0.2.1:80", "ssign"),  # TEST-NET: not an address of this machine
+    ):
+        with pytest.raises(OSError, match=problem):  # a reload says "daemon.listen: ..."
+            await listener.rebind(listen)
+    assert listener.port == port
+    answer = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200")
+
+
 async def test_a_client_that_never_finishes_its_request_head_is_cut_off(
     controller: Quiet,
 ) -> None:
