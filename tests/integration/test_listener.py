@@ -178,6 +178,63 @@ async def test_an_idle_keep_alive_connection_is_closed(controller: Quiet) -> Non
         await listener.close()
 
 
+async def test_a_second_request_head_that_trickles_is_cut_at_the_keep_alive_deadline(
+    controller: Quiet,
+) -> None:
+    listener = await listen(controller, keepalive_timeout=0.3)
+    try:
+        async with await anyio.connect_tcp("127.0.0.1", listener.port) as stream:
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(5):
+                first = await stream.receive()
+            assert first.startswith(b"HTTP/1.1 200")
+            await stream.send(b"GET /healthz HTTP/1.1\r\n")
+            with anyio.fail_after(5):
+                for n in range(1000):  # one header line every 20 ms, never the end of the head
+                    try:
+                        await stream.send(b"X-%d: y\r\n" % n)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        break
+                    if await read_all_within(stream, 0.02) is None:
+                        break
+                else:
+                    pytest.fail("the trickling client was never cut off")
+    finally:
+        await listener.close()
+
+
+async def read_all_within(stream: ByteStream, seconds: float) -> bytes | None:
+    """What arrives within `seconds` (b"" if nothing), or None once the peer has closed."""
+    with anyio.move_on_after(seconds):
+        try:
+            return await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return None
+    return b""
+
+
+async def test_a_webhook_body_that_never_arrives_is_a_408(
+    listener: Listener, controller: Quiet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("daemon.http.BODY_TIMEOUT", 0.2)
+    answer = b""
+    async with await anyio.connect_tcp("127.0.0.1", listener.port) as stream:
+        await stream.send(
+            f"POST /webhooks/keycrm/{WEBHOOK} HTTP/1.1\r\nHost: x\r\nContent-Length: 100"
+            "\r\n\r\n[{".encode()
+        )
+        with anyio.fail_after(5):
+            while not answer.endswith(b"}"):
+                answer += await stream.receive()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"body not sent within 0.2s" in answer
+    assert controller.hooks == []
+    rejected = controller.metrics.registry.get_sample_value(
+        "stocksync_webhook_events_total", {"outcome": "rejected"}
+    )
+    assert rejected == 1
+
+
 async def test_a_malformed_request_carrying_the_token_is_one_scrubbed_line(
     world: World, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
