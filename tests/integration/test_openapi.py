@@ -133,3 +133,31 @@ def test_every_route_answers_as_documented(case: schemathesis.Case, live: Live) 
     if case.operation.path == "/admin/resync" and zlib.crc32(repr(case.headers).encode()) % 2:
         headers["Authorization"] = f"Bearer {live.admin_token}"
     case.call_and_validate(base_url=live.url, headers=headers)
+
+
+def test_the_document_lists_exactly_the_routes_the_app_serves() -> None:
+    from prometheus_client import CollectorRegistry
+    from pydantic import SecretStr
+
+    from daemon.http import build_app
+    from daemon.telemetry import Metrics
+
+    class Nothing:
+        metrics = Metrics(CollectorRegistry(), [], "test")
+
+    app = build_app(
+        Nothing(),  # type: ignore[arg-type]
+        webhook_token=lambda: SecretStr("x" * 8),
+        admin_token=lambda: SecretStr("y" * 8),
+    )
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    documented = {
+        (method, path)
+        for path, operations in schema.raw_schema["paths"].items()
+        for method in operations
+    }
+    assert served == documented
