@@ -28,6 +28,7 @@ from daemon.opsconfig import OpsSettings, admin_token, daemon_url, read_ops_sett
 from daemon.pipeline import Daemon
 from daemon.remote import request_resync, show_status, watch_status
 from daemon.sdnotify import notifier, watchdog_interval
+from daemon.secrets import secrets_named_in
 
 __all__ = ["main"]
 
@@ -156,11 +157,15 @@ def _daemon_url(args: argparse.Namespace) -> str:
 
 def _ops(args: argparse.Namespace) -> int:
     """Run a read-only command; ConfigError goes up to main (exit 2)."""
+    if args.config is not None:  # scrub what it prints of any secret this shell can read
+        redact.update(secrets_named_in(Path(args.config)))
     if args.command == "status":
         url = _daemon_url(args)
         if args.watch:
-            return anyio.run(lambda: watch_status(url, every=max(0.2, args.interval)))
-        return anyio.run(lambda: show_status(url, as_json=args.json))
+            return anyio.run(
+                lambda: watch_status(url, every=max(0.2, args.interval), out=sys.stdout)
+            )
+        return anyio.run(lambda: show_status(url, as_json=args.json, out=sys.stdout))
     if args.command == "resync":
         url = _daemon_url(args)
         token = admin_token(_ops_settings(args) if args.config else None, args.token_env)
@@ -182,6 +187,7 @@ def _ops(args: argparse.Namespace) -> int:
         since=since,
         limit=None if args.limit <= 0 else args.limit,
         as_json=args.json,
+        out=sys.stdout,
     )
 
 
@@ -219,6 +225,8 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    # Output goes to `sys.stdout` as it is now (main's scrubbing stream), never a default
+    # argument bound at import time.
     if args.command == "demo":
         return anyio.run(
             lambda: run_demo(
@@ -227,6 +235,7 @@ def _command(args: argparse.Namespace) -> int:
                 skus=args.skus,
                 duration=args.duration,
                 state_dir=args.state_dir,
+                out=sys.stdout,
             )
         )
     if args.command in ("status", "resync", "history"):
@@ -241,13 +250,17 @@ def _command(args: argparse.Namespace) -> int:
         return anyio.run(_run, config, args)
     if args.command == "once":
         if args.dry_run:
-            return anyio.run(dry_run, config)
+            return anyio.run(dry_run, config, sys.stdout)
         return anyio.run(
-            lambda: run_once(config, wait=args.timeout, progress_every=args.progress_every)
+            lambda: run_once(
+                config, wait=args.timeout, progress_every=args.progress_every, out=sys.stdout
+            )
         )
     if args.command == "drift":
         return anyio.run(
-            lambda: run_drift(config, channel=args.channel, as_json=args.json, share=args.share)
+            lambda: run_drift(
+                config, channel=args.channel, as_json=args.json, share=args.share, out=sys.stdout
+            )
         )
     raise AssertionError(args.command)  # pragma: no cover
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import sqlite3
 import sys
 
 import aiohttp
@@ -69,6 +70,17 @@ async def test_a_credential_a_channel_echoes_is_never_stored_or_printed(world: W
         assert result.returncode == 0, result.stderr.decode()
         history += result.stdout.decode() + result.stderr.decode()
     assert "you sent Bearer *** and ***" in history
+
+    # A row written before the scrubber existed still prints masked: history scrubs its output
+    # with every secret this shell can read from the file, without loading the whole config.
+    with sqlite3.connect(config.daemon.state) as db:
+        db.execute("UPDATE history SET error = ?", (f"raw {pos.token} and {world.keycrm_key}",))
+    old = await anyio.run_process(
+        [sys.executable, "-m", "daemon", "history", "-c", str(config.path), skus[0]], check=False
+    )
+    printed = old.stdout.decode() + old.stderr.decode()
+    assert "raw *** and ***" in printed
+    history += printed
     assert "you sent Bearer ***" in logs.getvalue()
     for secret in world.secrets:
         for text in (*errors, status, history, logs.getvalue()):
