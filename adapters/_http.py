@@ -3,6 +3,8 @@
 The mapping from an HTTP status to what the dispatcher should do lives here and nowhere else:
 2xx is the adapter's to read; 408, 425, 429 and 5xx are retryable (429/503 with Retry-After pause
 the channel); 401 and 403 are fatal for the channel; any other 4xx rejects the request's items.
+Bodies are read with a ceiling (`daemon.bodies`): a larger answer is retryable and says the limit.
+Error texts quote the channel's answer scrubbed of every configured secret (`daemon.redact`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import aiohttp
 import orjson
 
 from daemon.contract import (
+    MAX_BODY_BYTES,
+    BodyTooLarge,
     ChannelFatal,
     ChannelRejected,
     ChannelRetryable,
     Outcome,
+    Probe,
     PushResult,
     describe_network_error,
     parse_retry_after,
+    read_body,
+    scrub_text,
 )
 
 __all__ = [
@@ -32,6 +39,7 @@ __all__ = [
     "item_result",
     "json_number",
     "network_error",
+    "probe_result",
     "send",
     "short_text",
 ]
@@ -43,8 +51,11 @@ def json_number(value: Decimal) -> int | float:
 
 
 def short_text(body: bytes, limit: int = 200) -> str:
-    """The start of a response body, printable, for an error message (never our request)."""
-    text = body.decode("utf-8", errors="replace").strip().replace("\n", " ")
+    """The start of a response body, printable, for an error message (never our request).
+
+    Scrubbed before it is cut, so a credential the channel echoed is not left half-masked.
+    """
+    text = scrub_text(body.decode("utf-8", errors="replace").strip().replace("\n", " "))
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -135,11 +146,16 @@ async def _request(
     headers: Mapping[str, str],
     timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 -- aiohttp's per-request timeout, not ours
 ) -> Answer:
+    """The whole answer, read with a ceiling: too large a one is `ChannelRetryable` too."""
     try:
         async with session.request(
             method, url, data=data, headers=dict(headers), timeout=timeout
         ) as response:
-            return Answer(response.status, await response.read(), response.headers)
+            return Answer(
+                response.status, await read_body(response, MAX_BODY_BYTES), response.headers
+            )
+    except BodyTooLarge as exc:
+        raise ChannelRetryable(f"{channel}: {exc}") from exc
     except NETWORK_ERRORS as exc:
         raise network_error(exc, channel=channel) from exc
 
@@ -152,3 +168,24 @@ def item_result(key: str, answer: Answer, *, channel: str) -> PushResult:
     if isinstance(error, ChannelRejected):
         return PushResult(key, Outcome.REJECTED, reason=str(error))
     raise error
+
+
+#: What a deliberately incomplete probe request earns once the channel has accepted our
+#: credentials: it validated the body and refused it, so nothing changed.
+PROBE_ACCEPTED = frozenset({400, 409, 422})
+
+
+def probe_result(answer: Answer, *, accepted: frozenset[int] = PROBE_ACCEPTED) -> Probe:
+    """What the answer to a harmless authenticated request says about address and credentials."""
+    status = answer.status
+    if answer.ok or status in accepted:
+        return Probe(True, "reachable", f"HTTP {status}, credentials accepted")
+    if status in (401, 403):
+        return Probe(False, "auth refused", f"HTTP {status} {short_text(answer.body, 120)}".strip())
+    if status in (404, 405, 410):
+        return Probe(False, "not found", f"HTTP {status}: check base_url")
+    if status == 429:
+        return Probe(True, "reachable", "HTTP 429: rate limited, credentials not checked")
+    return Probe(
+        False, "unexpected answer", f"HTTP {status} {short_text(answer.body, 120)}".strip()
+    )

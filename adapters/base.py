@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from daemon.contract import Channel, ChannelContext, ChannelSpec, Readable, Shape
+from daemon.contract import Channel, ChannelContext, ChannelSpec, Probe, Probeable, Readable, Shape
 
-__all__ = ["Channel", "ChannelContext", "ChannelSpec", "Readable", "Shape"]
+__all__ = ["Channel", "ChannelContext", "ChannelSpec", "Probe", "Probeable", "Readable", "Shape"]

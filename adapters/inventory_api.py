@@ -14,8 +14,8 @@ from typing import Literal
 import aiohttp
 from pydantic import SecretStr, model_validator
 
-from adapters._http import item_result, send
-from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
+from adapters._http import item_result, probe_result, send
+from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import BaseUrl, EnvSecret, FileSecret, ItemValue, PushResult, Settings, pick
 
 __all__ = ["SPEC", "InventoryApiChannel", "InventoryApiSettings"]
@@ -89,6 +89,23 @@ class InventoryApiChannel:
             timeout=self._timeout,
         )
         return item_result(item.key, answer, channel=self.name)
+
+    async def probe(self) -> Probe:
+        """An empty update: the API checks the token, then refuses the missing fields (400)."""
+        headers = {
+            "Authorization": f"Bearer {self._settings.token.get_secret_value()}",
+            "Content-Type": "application/json",
+        }
+        answer = await send(
+            self._session,
+            "POST",
+            self._url,
+            channel=self.name,
+            payload={},
+            headers=headers,
+            timeout=self._timeout,
+        )
+        return probe_result(answer)
 
 
 def _shape(settings: InventoryApiSettings, key: str | None) -> Shape:

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import aiohttp
 from pydantic import SecretStr, model_validator
 
-from adapters._http import item_result, json_number, send
-from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
+from adapters._http import item_result, json_number, probe_result, send
+from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import (
     BaseUrl,
     EnvSecret,
@@ -88,6 +88,23 @@ class KlumpChannel:
             # 409: "high likelihood that we have already treated this request".
             return PushResult(item.key, Outcome.ACKNOWLEDGED)
         return item_result(item.key, answer, channel=self.name)
+
+    async def probe(self) -> Probe:
+        """An update without `name`: Klump checks the key, then refuses the body (400)."""
+        headers = {
+            "klump-secret-key": self._settings.secret_key.get_secret_value(),
+            "Content-Type": "application/json",
+        }
+        answer = await send(
+            self._session,
+            "PATCH",
+            self._url,
+            channel=self.name,
+            payload={},
+            headers=headers,
+            timeout=self._timeout,
+        )
+        return probe_result(answer)
 
 
 def _shape(settings: KlumpSettings, key: str | None) -> Shape:

@@ -30,10 +30,11 @@ import aiohttp
 import orjson
 from pydantic import SecretStr, model_validator
 
-from adapters._http import Answer, error_for_status, get, send, short_text
-from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
+from adapters._http import Answer, error_for_status, get, probe_result, send, short_text
+from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import (
     BaseUrl,
+    ChannelError,
     ChannelFatal,
     ChannelRejected,
     ChannelRetryable,
@@ -199,6 +200,30 @@ class MarketplacerChannel:
         if self._settings.api == "rest":
             return await self._read_rest(keys)
         return await self._read_graphql(keys)
+
+    async def probe(self) -> Probe:
+        """GraphQL: `{ __typename }`, a read. REST: a variant look-up by an external id no
+        variant has (`GET /api/v2/client/variants?external_id=...`), also a read."""
+        base = self._settings.base_url
+        if self._settings.api == "rest":
+            url = f"{base}/api/v2/client/variants?external_id=stocksync-probe"
+            headers = self._headers("application/vnd.api+json")
+            reply = await get(
+                self._session, url, channel=self.name, headers=headers, timeout=self._timeout
+            )
+            return probe_result(reply)
+        reply = await self._send(
+            "POST", f"{base}/graphql", {"query": "{ __typename }"}, "application/json"
+        )
+        result = probe_result(reply)
+        if reply.ok:
+            try:
+                self._top_level_errors(orjson.loads(reply.body).get("errors"))
+            except ChannelFatal as exc:  # MISSING_SCOPE and friends: the key lacks rights
+                return Probe(False, "auth refused", str(exc))
+            except (ChannelError, orjson.JSONDecodeError, AttributeError):
+                pass  # any other answer from GraphQL itself means we got past auth
+        return result
 
     # --- GraphQL -------------------------------------------------------------------------------
 

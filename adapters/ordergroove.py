@@ -27,8 +27,8 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr, model_validator
 
-from adapters._http import error_for_status, get, send, short_text
-from adapters.base import Channel, ChannelContext, ChannelSpec, Shape
+from adapters._http import error_for_status, get, probe_result, send, short_text
+from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import (
     BaseUrl,
     ChannelRetryable,
@@ -189,6 +189,19 @@ class OrdergrooveChannel:
             if isinstance(live, bool):
                 values[key] = Value(live=live)
         return values
+
+    async def probe(self) -> Probe:
+        """An empty batch, signed like a real one: authenticated, and nothing to change."""
+        answer = await send(
+            self._session,
+            "PATCH",
+            self._url,
+            channel=self.name,
+            payload=[],
+            headers=self._headers(),
+            timeout=self._timeout,
+        )
+        return probe_result(answer)
 
     def _outcome(self, key: str, status: int | None) -> PushResult:
         if status is None:

@@ -16,7 +16,16 @@ from pydantic import BaseModel
 
 from daemon.models import ItemValue, PushResult, Value
 
-__all__ = ["Channel", "ChannelContext", "ChannelSpec", "Readable", "Shape", "readable"]
+__all__ = [
+    "Channel",
+    "ChannelContext",
+    "ChannelSpec",
+    "Probe",
+    "Probeable",
+    "Readable",
+    "Shape",
+    "readable",
+]
 
 
 class Channel(Protocol):
@@ -62,6 +71,29 @@ class Readable(Protocol):
 def readable(channel: Channel) -> Readable | None:
     """The channel's read-back capability, or None when its API documents no read."""
     return channel if isinstance(channel, Readable) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What one harmless authenticated request to a channel found (`check-config --connect`).
+
+    `verdict` is one of: reachable, auth refused, not found, unexpected answer.
+    """
+
+    ok: bool
+    verdict: str
+    detail: str = ""
+
+
+@runtime_checkable
+class Probeable(Protocol):
+    """A channel that can test its address and credentials without changing anything."""
+
+    async def probe(self) -> Probe:
+        """Send one request that the channel authenticates but that changes nothing (an empty
+        batch, a request missing its required fields, a read) and say what the answer means.
+        Network failures raise `ChannelRetryable` from the client error, as `push` does."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,10 @@ import anyio
 from psycopg import Error as PsycopgError
 
 from adapters import ADAPTERS
-from daemon import __version__
+from daemon import __version__, redact
 from daemon.audit import DEFAULT_LIMIT, parse_since, show_history
 from daemon.config import Config, load_config, secret_values
+from daemon.connect import connect
 from daemon.demo import run_demo
 from daemon.drift import DEFAULT_SHARE, run_drift
 from daemon.errors import ConfigError, StateUnusable, StocksyncError
@@ -29,6 +30,7 @@ from daemon.pg.dsn import check_dsn, describe
 from daemon.pipeline import Daemon
 from daemon.remote import request_resync, show_status, watch_status
 from daemon.sdnotify import notifier, watchdog_interval
+from daemon.secrets import secrets_named_in
 from daemon.store import TargetNotEmpty, copy_state
 
 __all__ = ["main"]
@@ -67,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"progress line interval when stderr is not a terminal (default {LINE_EVERY:g})",
     )
-    with_config("check-config", "validate the file and the secrets it names; exit 0 or 2")
+    check = with_config(
+        "check-config",
+        "validate the file, the secrets it names, the state path and the listener; exit 0 or 2",
+    )
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also try keyCRM and every channel once with their credentials (changes nothing); "
+        "exit 1 if any fails",
+    )
     _ops_commands(with_config)
     drift = with_config(
         "drift", "read back what readable channels hold; report drift; change nothing"
@@ -157,11 +168,15 @@ def _daemon_url(args: argparse.Namespace) -> str:
 
 def _ops(args: argparse.Namespace) -> int:
     """Run a read-only command; ConfigError goes up to main (exit 2)."""
+    if args.config is not None:  # scrub what it prints of any secret this shell can read
+        redact.update(secrets_named_in(Path(args.config)))
     if args.command == "status":
         url = _daemon_url(args)
         if args.watch:
-            return anyio.run(lambda: watch_status(url, every=max(0.2, args.interval)))
-        return anyio.run(lambda: show_status(url, as_json=args.json))
+            return anyio.run(
+                lambda: watch_status(url, every=max(0.2, args.interval), out=sys.stdout)
+            )
+        return anyio.run(lambda: show_status(url, as_json=args.json, out=sys.stdout))
     if args.command == "resync":
         url = _daemon_url(args)
         token = admin_token(_ops_settings(args) if args.config else None, args.token_env)
@@ -187,13 +202,17 @@ def _ops(args: argparse.Namespace) -> int:
         since=since,
         limit=None if args.limit <= 0 else args.limit,
         as_json=args.json,
+        out=sys.stdout,
     )
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _load(args: argparse.Namespace, *, check_machine: bool = False) -> Config:
+    """Load the file and register its secrets with the scrubber (at start and on every reload)."""
     if args.config is None:
         raise ConfigError([("config", "no file given: use -c FILE or set STOCKSYNC_CONFIG")])
-    return load_config(Path(args.config), ADAPTERS)
+    config = load_config(Path(args.config), ADAPTERS, check_machine=check_machine)
+    redact.update(secret_values(config))
+    return config
 
 
 def _print_faults(exc: ConfigError) -> None:
@@ -218,6 +237,17 @@ async def _migrate_state(source: Path, dsn: str) -> int:
     return 0
 
 
+def _check_config(config: Config, *, connect_too: bool) -> int:
+    """The file was loaded with the machine checks; now, if asked, try every endpoint."""
+    print(f"{config.path}: ok ({len(config.channels)} channels)")
+    if not connect_too:
+        return 0
+    reaches = anyio.run(connect, config)
+    for reach in reaches:
+        print(reach.line(), file=sys.stdout if reach.ok else sys.stderr)
+    return 0 if all(reach.ok for reach in reaches) else 1
+
+
 async def _run(config: Config, args: argparse.Namespace) -> int:
     daemon = Daemon(
         config, reload=lambda: _load(args), notify=notifier(), watchdog=watchdog_interval()
@@ -227,6 +257,8 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    # Output goes to `sys.stdout` as it is now (main's scrubbing stream), never a default
+    # argument bound at import time.
     if args.command == "migrate-state":
         return anyio.run(_migrate_state, args.source, args.dsn)
     if args.command == "demo":
@@ -237,14 +269,14 @@ def _command(args: argparse.Namespace) -> int:
                 skus=args.skus,
                 duration=args.duration,
                 state_dir=args.state_dir,
+                out=sys.stdout,
             )
         )
     if args.command in ("status", "resync", "history"):
         return _ops(args)
-    config = _load(args)
+    config = _load(args, check_machine=args.command == "check-config")
     if args.command == "check-config":
-        print(f"{args.config}: ok ({len(config.channels)} channels)")
-        return 0
+        return _check_config(config, connect_too=args.connect)
     if config.daemon.database is not None and args.command in ("run", "once", "drift"):
         # The store, the lease, the shared budget and the look-up queue are in; the daemon's
         # leader/standby roles are not wired yet, and without them replicas would not be fenced.
@@ -261,13 +293,17 @@ def _command(args: argparse.Namespace) -> int:
         return anyio.run(_run, config, args)
     if args.command == "once":
         if args.dry_run:
-            return anyio.run(dry_run, config)
+            return anyio.run(dry_run, config, sys.stdout)
         return anyio.run(
-            lambda: run_once(config, wait=args.timeout, progress_every=args.progress_every)
+            lambda: run_once(
+                config, wait=args.timeout, progress_every=args.progress_every, out=sys.stdout
+            )
         )
     if args.command == "drift":
         return anyio.run(
-            lambda: run_drift(config, channel=args.channel, as_json=args.json, share=args.share)
+            lambda: run_drift(
+                config, channel=args.channel, as_json=args.json, share=args.share, out=sys.stdout
+            )
         )
     raise AssertionError(args.command)  # pragma: no cover
 
@@ -278,7 +314,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit codes: 0 done, 1 failed (daemon unreachable, a push not acknowledged, cannot start),
     2 the config or the command line is wrong, 130 interrupted, 141 the reader of our output went
     away (`stocksync history SKU | head`), as a shell reports a process killed by SIGPIPE.
+    Everything it prints passes through the secret scrubber (`daemon.redact`).
     """
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = redact.ScrubbingStream(out)
+    sys.stderr = redact.ScrubbingStream(err)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _command(args)

@@ -1,8 +1,9 @@
 """TOML configuration to frozen, typed settings, with every fault reported at once.
 
 `load_config` returns a `Config` or raises `ConfigError` whose `faults` are `(key, problem)`
-pairs such as `("channel[1].rate_limit", "'5/x' is not a rate ...")`: `check-config` prints them
-one per line, and a SIGHUP reload logs them while the old config keeps running.
+pairs such as `('channel "klump".rate_limit', "'5/x' is not a rate ...")`: `check-config` prints
+them one per line, and a SIGHUP reload logs them while the old config keeps running. A channel is
+named by its `name` when it has a usable, unique one, else by its place (`channel[1]`).
 
 Keys of a `[[channel]]` table that the engine does not know (credentials, `match`, `store_map`...)
 belong to the channel type, whose adapter validates them with its own model.
@@ -35,6 +36,9 @@ from daemon.pg.dsn import SCHEMES, check_dsn
 from daemon.plan import Rules, compile_template
 from daemon.secrets import EnvSecret, FileSecret, pick
 from daemon.units import parse_duration, parse_rate
+
+MAX_TIMEOUT = 3600.0
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 __all__ = [
     "BaseUrl",
@@ -71,14 +75,25 @@ def _base_url(value: object) -> str:
 def _listen(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string such as 127.0.0.1:9108")
-    match = re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s]+):(\d{1,5})$", value)
+    match = re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:\s\[\]]+):(\d{1,5})$", value)
     if match is None or not 0 <= int(match.group(2)) <= 65535:
-        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9108 or [::1]:9108)")
+        shown = repr(value) if len(value) <= 60 else repr(value[:60]) + "..."
+        raise ValueError(f"{shown} is not host:port (e.g. 127.0.0.1:9108 or [::1]:9108)")
     return value
+
+
+def _timeout(seconds: float) -> float:
+    if seconds > MAX_TIMEOUT:
+        raise ValueError("must be at most 1h")
+    return seconds
 
 
 #: Seconds, written with a unit; must be above zero.
 Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+#: Seconds for one request or a drain: above zero, at most an hour.
+Timeout = Annotated[
+    float, BeforeValidator(parse_duration), AfterValidator(_positive), AfterValidator(_timeout)
+]
 #: Seconds, written with a unit; zero allowed.
 DurationOrZero = Annotated[float, BeforeValidator(parse_duration)]
 #: Events per second, written "N/s" or "N/m".
@@ -107,7 +122,7 @@ class DaemonSettings(Settings):
     listen: Annotated[str, BeforeValidator(_listen)] = "127.0.0.1:9108"
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_timeout: Duration = 20.0
+    shutdown_timeout: Timeout = 20.0
     history_retention: Duration = 30 * 86400.0
     admin_token_env: EnvSecret | None = None
     admin_token_file: FileSecret | None = None
@@ -156,7 +171,7 @@ class KeycrmSettings(Settings):
     requests_per_minute: int = Field(default=60, gt=0, le=6000)
     poll_interval: Duration = 300.0
     catalog_interval: Duration = 6 * 3600.0
-    timeout: Duration = 30.0
+    timeout: Timeout = 30.0
     #: how long a look-up waits for more webhook SKUs to fill its request (up to 50)
     lookup_window: DurationOrZero = 0.25
     webhook_token_env: EnvSecret | None = None
@@ -211,7 +226,7 @@ class SyncSettings(Settings):
 class ChannelCommon(Settings):
     """The engine's keys of a `[[channel]]` table: naming, planning and dispatch."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    name: Annotated[str, Field(pattern=_NAME)]
     type: str
     key: str | None = None
     key_map: Path | None = None
@@ -221,7 +236,7 @@ class ChannelCommon(Settings):
     subtract_reserve: bool = True
     concurrency: int = Field(default=4, gt=0, le=256)
     rate_limit: Rate | None = None
-    timeout: Duration = 10.0
+    timeout: Timeout = 10.0
     batch_size: int | None = Field(default=None, gt=0)
     reassert_interval: Duration | None = None
 
@@ -282,9 +297,16 @@ def _faults(exc: ValidationError, prefix: tuple[int | str, ...]) -> list[tuple[s
     return out
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """A fault's text as one line of sane length, whatever the file held."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
 def _load_key_map(path: Path) -> dict[str, str]:
     """`sku,key` rows, an optional header; a ValueError naming the line of any bad row."""
     mapping: dict[str, str] = {}
+    number = 0
     try:
         with path.open(encoding="utf-8", newline="") as handle:
             for number, row in enumerate(csv.reader(handle), start=1):
@@ -300,17 +322,27 @@ def _load_key_map(path: Path) -> dict[str, str]:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text") from exc
+    except csv.Error as exc:
+        # A field over csv's limit (128 KiB), a NUL byte, a quote left open.
+        raise ValueError(f"{path}:{number + 1}: not a readable CSV row ({exc})") from exc
     return mapping
 
 
+def _channel_label(index: int, table: Mapping[str, Any], shared: set[str]) -> str:
+    """`channel "klump"` for a channel with a usable name of its own, else `channel[1]`."""
+    name = table.get("name")
+    if isinstance(name, str) and re.match(_NAME, name) and name not in shared:
+        return f'channel "{name}"'
+    return f"channel[{index}]"
+
+
 def _channel(
-    index: int,
+    where: tuple[int | str, ...],
     table: Mapping[str, Any],
     registry: Mapping[str, ChannelSpec],
     base_dir: Path,
     faults: list[tuple[str, str]],
 ) -> ChannelConfig | None:
-    where: tuple[int | str, ...] = ("channel", index)
     before = len(faults)
     engine_keys = ChannelCommon.model_fields.keys()
     common_part = {k: v for k, v in table.items() if k in engine_keys}
@@ -390,14 +422,56 @@ def _channel(
     )
 
 
-def load_config(path: Path, registry: Mapping[str, ChannelSpec]) -> Config:
-    """Read, validate and resolve the whole file, or raise ConfigError with every fault."""
+def _channels(
+    tables: Any,
+    registry: Mapping[str, ChannelSpec],
+    base_dir: Path,
+    faults: list[tuple[str, str]],
+) -> list[ChannelConfig]:
+    """Every `[[channel]]` table; a name used twice is a fault even when the tables have others."""
+    channels: list[ChannelConfig] = []
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        faults.append(("channel", "must be an array of tables: [[channel]]"))
+        tables = []
+    if not tables:
+        faults.append(("channel", "at least one [[channel]] is required"))
+    first: dict[str, int] = {}
+    shared: set[str] = set()
+    for index, table in enumerate(tables):
+        name = table.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            shared.add(name)
+            faults.append(
+                (f"channel[{index}].name", f"{name!r} is also the name of channel[{first[name]}]")
+            )
+        else:
+            first[name] = index
+    for index, table in enumerate(tables):
+        label = _channel_label(index, table, shared)
+        channel = _channel((label,), table, registry, base_dir, faults)
+        if channel is not None:
+            channels.append(channel)
+    return channels
+
+
+def load_config(
+    path: Path, registry: Mapping[str, ChannelSpec], *, check_machine: bool = False
+) -> Config:
+    """Read, validate and resolve the whole file, or raise ConfigError with every fault.
+
+    `check_machine` also checks what the file points at (`daemon.preflight`: the state file's
+    folder, the listener's address), as `check-config` does, so those faults come with the rest.
+    """
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([("config", f"cannot read {path}: {exc.strerror or exc}")]) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([("config", f"{path} is not valid TOML: {exc}")]) from exc
+    except RecursionError as exc:
+        raise ConfigError([("config", f"{path} nests arrays or tables too deeply")]) from exc
     base_dir = path.resolve().parent
     faults: list[tuple[str, str]] = []
     for unknown in sorted(set(document) - {"daemon", "keycrm", "sync", "channel"}):
@@ -415,29 +489,21 @@ def load_config(path: Path, registry: Mapping[str, ChannelSpec]) -> Config:
             return None
 
     daemon = section("daemon", DaemonSettings)
+    if daemon is not None and not daemon.state.is_absolute():
+        daemon = daemon.model_copy(update={"state": base_dir / daemon.state})
+    if daemon is not None and check_machine:
+        from daemon.preflight import preflight  # noqa: PLC0415 -- only check-config needs it
+
+        machine = preflight(daemon.state, daemon.listen)
+        if daemon.database is not None:  # the state is in PostgreSQL: there is no file to check
+            machine = [fault for fault in machine if fault[0] != "daemon.state"]
+        faults.extend(machine)
     keycrm = section("keycrm", KeycrmSettings)
     sync = section("sync", SyncSettings)
 
-    tables = document.get("channel", [])
-    channels: list[ChannelConfig] = []
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        faults.append(("channel", "must be an array of tables: [[channel]]"))
-        tables = []
-    if not tables:
-        faults.append(("channel", "at least one [[channel]] is required"))
-    seen: set[str] = set()
-    for index, table in enumerate(tables):
-        channel = _channel(index, table, registry, base_dir, faults)
-        if channel is None:
-            continue
-        if channel.name in seen:
-            faults.append((f"channel[{index}].name", f"{channel.name!r} is used twice"))
-        seen.add(channel.name)
-        channels.append(channel)
+    channels = _channels(document.get("channel", []), registry, base_dir, faults)
     if faults:
-        raise ConfigError(faults)
-    if not daemon.state.is_absolute():
-        daemon = daemon.model_copy(update={"state": base_dir / daemon.state})
+        raise ConfigError([(_one_line(key), _one_line(problem)) for key, problem in faults])
     return Config(path=path, daemon=daemon, keycrm=keycrm, sync=sync, channels=tuple(channels))
 
 

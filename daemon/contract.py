@@ -9,16 +9,29 @@ a channel.
 
 from __future__ import annotations
 
-from daemon.channel import Channel, ChannelContext, ChannelSpec, Readable, Shape, readable
+from daemon.bodies import MAX_BODY_BYTES, BodyTooLarge, read_body
+from daemon.channel import (
+    Channel,
+    ChannelContext,
+    ChannelSpec,
+    Probe,
+    Probeable,
+    Readable,
+    Shape,
+    readable,
+)
 from daemon.config import BaseUrl, Settings
 from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
 from daemon.models import ItemValue, Outcome, PushResult, Value, join_key, split_key
 from daemon.neterrors import describe_network_error
+from daemon.redact import scrub_text
 from daemon.retry_after import parse_retry_after
 from daemon.secrets import EnvSecret, FileSecret, pick
 
 __all__ = [
+    "MAX_BODY_BYTES",
     "BaseUrl",
+    "BodyTooLarge",
     "Channel",
     "ChannelContext",
     "ChannelError",
@@ -30,6 +43,8 @@ __all__ = [
     "FileSecret",
     "ItemValue",
     "Outcome",
+    "Probe",
+    "Probeable",
     "PushResult",
     "Readable",
     "Settings",
@@ -39,6 +54,8 @@ __all__ = [
     "join_key",
     "parse_retry_after",
     "pick",
+    "read_body",
     "readable",
+    "scrub_text",
     "split_key",
 ]

@@ -35,6 +35,7 @@ from daemon.errors import (
     StoreUnavailable,
 )
 from daemon.models import ItemValue, Outcome, PushResult, Value, Verdict
+from daemon.redact import scrub_text
 from daemon.retry_after import MAX_RETRY_AFTER
 from daemon.store import Store, Timing
 from daemon.telemetry import Metrics
@@ -313,15 +314,16 @@ class Dispatcher:
                     )
                 )
             else:
+                reason = None if result.reason is None else scrub_text(result.reason)
                 verdicts.append(
-                    Verdict(item.key, item.value, result.outcome, result.reason, result.retry_after)
+                    Verdict(item.key, item.value, result.outcome, reason, result.retry_after)
                 )
         return verdicts
 
     def _fail(
         self, items: list[ItemValue], failure: ChannelError, now: float, *, probe: bool
     ) -> list[Verdict]:
-        message = str(failure)
+        message = scrub_text(str(failure))  # channels may echo our credentials back
         self.health.last_error = message
         if isinstance(failure, ChannelRejected):
             return [Verdict(i.key, i.value, Outcome.REJECTED, message) for i in items]

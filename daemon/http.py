@@ -1,7 +1,10 @@
 """The one HTTP listener: metrics, health, readiness, status, the keyCRM webhook, admin resync.
 
 The webhook path carries a secret token, so the access log of this app prints the route's
-pattern (`/webhooks/keycrm/{token}`), never the path as it came.
+pattern (`/webhooks/keycrm/{token}`), never the path as it came. Every body we answer with passes
+through the process-wide scrubber: `/status` quotes channels' error texts, which may echo ours.
+Everything a client sends is bounded: the body (1 MiB), the time to send it, the number of
+webhook items and the length of each SKU; a credential is compared as bytes, whatever it holds.
 """
 
 from __future__ import annotations
@@ -10,20 +13,36 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import anyio
 import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
+from daemon.redact import scrub, scrub_text
 from daemon.telemetry import Metrics
 
-__all__ = ["MAX_WEBHOOK_BYTES", "Controller", "build_app", "parse_webhook"]
+__all__ = [
+    "BODY_TIMEOUT",
+    "MAX_SKU_LENGTH",
+    "MAX_WEBHOOK_BYTES",
+    "MAX_WEBHOOK_ITEMS",
+    "Controller",
+    "build_app",
+    "parse_webhook",
+]
 
 log = structlog.get_logger("stocksync.http")
 
 MAX_WEBHOOK_BYTES = 1024 * 1024
+#: keyCRM's own limit on the items of one stock update (`stocks` maximum: 10000).
 MAX_WEBHOOK_ITEMS = 10_000
+#: keyCRM's OpenAPI gives SKUs no maxLength; they are database strings of at most 255 characters,
+#: and a longer one could not even be looked up (it would overflow the look-up URL).
+MAX_SKU_LENGTH = 255
+#: How long a client may take to send a webhook body, once its request head has arrived.
+BODY_TIMEOUT = 30.0
 
 
 class Controller(Protocol):
@@ -69,6 +88,8 @@ def parse_webhook(body: bytes) -> list[str]:
             sku = str(sku)
         if not isinstance(sku, str) or not sku.strip():
             raise ValueError(f"item {index} has no sku")
+        if len(sku.strip()) > MAX_SKU_LENGTH:
+            raise ValueError(f"item {index}: sku is longer than {MAX_SKU_LENGTH} characters")
         for field in ("in_stock", "in_reserve"):
             value = item.get(field)
             if value is not None and (
@@ -80,12 +101,18 @@ def parse_webhook(body: bytes) -> list[str]:
 
 
 def _same(given: str, secret: SecretStr) -> bool:
-    return hmac.compare_digest(given.encode(), secret.get_secret_value().encode())
+    """A constant-time comparison that any header can take (non-ASCII, undecodable bytes)."""
+    try:
+        # aiohttp hands undecodable header bytes over as surrogate escapes: give them back.
+        raw = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False  # not text any secret could be
+    return hmac.compare_digest(raw, secret.get_secret_value().encode())
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+        body=orjson.dumps(scrub(data), option=orjson.OPT_INDENT_2),
         status=status,
         content_type="application/json",
     )
@@ -136,7 +163,7 @@ def build_app(
         reason = await controller.readiness()
         if reason is None:
             return web.Response(text="ready\n")
-        return web.Response(text=f"not ready: {reason}\n", status=503)
+        return web.Response(text=scrub_text(f"not ready: {reason}\n"), status=503)
 
     async def status(_request: web.Request) -> web.Response:
         return _json(await controller.status())
@@ -147,12 +174,17 @@ def build_app(
         if expected is None or not _same(token, expected):
             raise web.HTTPNotFound
         try:
-            body = await request.read()
+            with anyio.fail_after(BODY_TIMEOUT):
+                body = await request.read()
             skus = parse_webhook(body)
         except web.HTTPRequestEntityTooLarge:
             controller.metrics.webhook_events.labels(outcome="rejected").inc()
             log.warning("webhook.rejected", problem="body too large")
             return _json({"error": "body too large"}, status=400)
+        except TimeoutError:
+            controller.metrics.webhook_events.labels(outcome="rejected").inc()
+            log.warning("webhook.rejected", problem="body too slow", timeout=BODY_TIMEOUT)
+            return _json({"error": f"body not sent within {BODY_TIMEOUT:g}s"}, status=408)
         except ValueError as exc:
             controller.metrics.webhook_events.labels(outcome="rejected").inc()
             log.warning("webhook.rejected", problem=str(exc))

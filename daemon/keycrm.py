@@ -19,6 +19,7 @@ import orjson
 import stamina
 import structlog
 
+from daemon.bodies import BodyTooLarge, read_body
 from daemon.budget import Priority, RequestBudget
 from daemon.config import KeycrmSettings
 from daemon.errors import SourceFatal, SourceRetryable
@@ -148,8 +149,12 @@ class KeycrmClient:
                 ) as response,
             ):
                 status = response.status
-                body = await response.read()
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                body = await read_body(response)
+        except BodyTooLarge as exc:
+            self._metrics.keycrm_requests.labels(kind=kind, status="too_large").inc()
+            log.warning("keycrm.answer_too_large", kind=kind, path=path, limit=exc.limit)
+            raise SourceRetryable(f"keyCRM {path}: {exc}", status="too_large") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._metrics.keycrm_requests.labels(kind=kind, status="network").inc()
             reason = describe_network_error(exc)

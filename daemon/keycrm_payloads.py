@@ -42,21 +42,34 @@ class Page(Generic[T]):
     next_url: bool = False
 
 
+#: No stock or price is near this; `1e999999999` in a page would otherwise cost a billion digits.
+MAX_NUMBER = Decimal(10) ** 15
+_PLACES = Decimal(10) ** -12  # finer than any stock or price; keeps every number 28 digits
+#: keyCRM's ids and page numbers are 64-bit integers; the store keeps them as such.
+_MAX_INT = 2**63 - 1
+
+
 def _number(value: Any, where: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise MalformedPage(f"{where} is not a number")
     try:
-        number = Decimal(str(value))
+        number = Decimal(str(value).strip()) if len(str(value)) <= 100 else Decimal("NaN")
     except InvalidOperation as exc:
         raise MalformedPage(f"{where} is not a number") from exc
     if not number.is_finite():
         raise MalformedPage(f"{where} is not a finite number")
+    if number and number.adjusted() >= 15:  # compares exponents: abs() itself could overflow
+        raise MalformedPage(f"{where} is out of range")
+    if number.as_tuple().exponent < -12:  # type: ignore[operator] # finite: an int
+        number = number.quantize(_PLACES)
     return number
 
 
 def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MalformedPage(f"{where} is not an integer")
+    if not -_MAX_INT <= value <= _MAX_INT:
+        raise MalformedPage(f"{where} is out of range")
     return value
 
 

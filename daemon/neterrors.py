@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+from urllib.parse import urlsplit
 
 import aiohttp
 
-__all__ = ["describe_network_error"]
+__all__ = ["describe", "describe_network_error"]
 
 _ERRNO_TEXT = {
     errno.ECONNREFUSED: "connection refused",
@@ -80,3 +81,14 @@ def describe_network_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return _os_reason(exc)
     return type(exc).__name__
+
+
+def describe(exc: BaseException, url: str, timeout: float | None = None) -> str:
+    """`host:port: reason` for a request to `url`, also where the exception names no host."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_network_error(exc)  # names its host and port itself
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError) and timeout is not None:
+        return f"{where}: no answer within {timeout:g}s"
+    return f"{where}: {describe_network_error(exc)}"

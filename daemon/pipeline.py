@@ -28,7 +28,7 @@ import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
-from daemon import __version__
+from daemon import __version__, redact
 from daemon.assembly import Parts, assemble
 from daemon.budget import RequestBudget
 from daemon.config import Config, secret_values
@@ -143,6 +143,7 @@ class Daemon:
             )
             self._notify("READY=1")
             return
+        redact.update(secret_values(config))  # a rotated secret is masked from now on
         self.metrics.config_reloads.labels(result="ok").inc()
         log.info("config.reloaded", channels=[c.name for c in config.channels])
         self._next_config = config

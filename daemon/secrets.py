@@ -9,12 +9,23 @@ masked: it cannot leak through a log line, an error message or `/status` by acci
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, SecretStr
 
-__all__ = ["EnvSecret", "FileSecret", "pick", "read_env_secret", "read_file_secret"]
+__all__ = [
+    "EnvSecret",
+    "FileSecret",
+    "pick",
+    "read_env_secret",
+    "read_file_secret",
+    "secrets_named_in",
+]
+
+MAX_SECRET_BYTES = 64 * 1024
 
 
 def read_env_secret(name: object) -> SecretStr:
@@ -38,7 +49,11 @@ def read_file_secret(path: object) -> SecretStr:
     if not candidate.is_absolute() and credentials and (Path(credentials) / candidate).exists():
         candidate = Path(credentials) / candidate
     try:
-        value = candidate.read_text(encoding="utf-8").strip()
+        with candidate.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)  # never all of /dev/zero
+        if len(raw) > MAX_SECRET_BYTES:
+            raise ValueError(f"{candidate} is larger than 64 KiB: not a secret")
+        value = raw.decode("utf-8").strip()
     except OSError as exc:
         raise ValueError(f"cannot read {candidate}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
@@ -58,3 +73,38 @@ def pick(env: SecretStr | None, file: SecretStr | None, what: str, *, required: 
         raise ValueError(f"give {what}_env or {what}_file, not both")
     if required and env is None and file is None:
         raise ValueError(f"{what}_env or {what}_file is required")
+
+
+def secrets_named_in(path: Path) -> list[str]:
+    """Every secret the file names that this shell can read, without validating anything else.
+
+    For the commands that do not load the whole config (`status`, `resync`, `history`): they
+    still scrub what they print of any secret they can know of. Unreadable ones are skipped.
+    """
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return []
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                reader: Callable[[object], SecretStr]
+                if isinstance(key, str) and isinstance(value, str) and key.endswith("_env"):
+                    reader = read_env_secret
+                elif isinstance(key, str) and isinstance(value, str) and key.endswith("_file"):
+                    reader = read_file_secret
+                else:
+                    walk(value)
+                    continue
+                try:
+                    found.append(reader(value).get_secret_value())
+                except ValueError:
+                    continue
+
+    walk(document)
+    return found

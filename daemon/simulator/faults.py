@@ -13,12 +13,16 @@ __all__ = ["Fault", "Faults"]
 
 @dataclass(slots=True)
 class Fault:
-    """One scripted answer. `status=0` with `body` set sends a 200 with that (malformed) body."""
+    """One scripted answer. `status=0` with `body` set sends a 200 with that (malformed) body.
+
+    `headers` go out as given: `Content-Encoding: gzip` with a gzipped body makes a gzip bomb.
+    """
 
     status: int
     body: bytes = b""
     retry_after: str | None = None
     delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Faults:
@@ -37,9 +41,11 @@ class Faults:
         body: bytes = b"",
         retry_after: str | None = None,
         delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
+        extra = tuple((headers or {}).items())
         for _ in range(times):
-            self._queue.append(Fault(status, body, retry_after, delay))
+            self._queue.append(Fault(status, body, retry_after, delay, extra))
 
     def clear(self) -> None:
         self._queue.clear()
@@ -60,8 +66,9 @@ class Faults:
         if fault.delay:
             await anyio.sleep(fault.delay)
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        headers.update(fault.headers)
         if fault.status == 0:
-            return web.Response(body=fault.body, content_type="application/json")
+            return web.Response(body=fault.body, headers=headers, content_type="application/json")
         body = fault.body or b'{"message": "simulated failure"}'
         return web.Response(
             status=fault.status, body=body, headers=headers, content_type="application/json"

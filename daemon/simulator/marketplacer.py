@@ -269,9 +269,17 @@ class FakeMarketplacer:
             body=orjson.dumps({"data": data}), content_type="application/vnd.api+json"
         )
 
+    async def variants_get(self, request: web.Request) -> web.Response:
+        """REST look-up of variants by external id: this fake knows none, so an empty list."""
+        refusal = self._auth(request)
+        if refusal is not None:
+            return refusal
+        return web.Response(body=b'{"data": []}', content_type="application/vnd.api+json")
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/graphql", self.graphql)
+        app.router.add_get("/api/v2/client/variants", self.variants_get)
         app.router.add_put("/api/v2/client/variants/{variant}/inventories", self.inventories_put)
         app.router.add_get("/api/v2/client/variants/{variant}/inventories", self.inventories_get)
         return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
@@ -79,6 +80,10 @@ def _item(row: Sequence[Any]) -> Item:
     return Item(*values)
 
 
+def _in_stock(acked: str | None) -> bool:
+    return acked is not None and Value.decode(acked).is_positive
+
+
 def _row(item: Item) -> tuple[Any, ...]:
     return (
         item.channel,
@@ -130,6 +135,8 @@ class SQLiteStore:
             raise
         self._limiter: anyio.CapacityLimiter | None = None
         self._writing = False
+        #: (status, in stock) of the items read in the current transaction, for the counters
+        self._before: dict[tuple[str, str], tuple[Status, bool]] = {}
         self._clock = time.time
 
     async def _run(self, job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -152,6 +159,7 @@ class SQLiteStore:
     @contextmanager
     def _tx(self) -> Iterator[None]:
         self._writing = True
+        self._before.clear()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -174,10 +182,38 @@ class SQLiteStore:
         rows = self._select_in(
             f"SELECT {_COLUMNS} FROM items WHERE channel = ? AND key IN ({{in}})", keys, channel
         )
-        return {row[1]: _item(row) for row in rows}
+        return {row[1]: self._loaded(row) for row in rows}
+
+    def _loaded(self, row: Sequence[Any]) -> Item:
+        """An item read in this transaction; what it was is kept for the counters."""
+        item = _item(row)
+        self._before[(item.channel, item.key)] = (item.status, _in_stock(item.acked))
+        return item
 
     def _write(self, items: Sequence[Item]) -> None:
+        """Store items moved by the lifecycle, and keep the counts per status and in stock."""
         self._db.executemany(_UPSERT, [_row(item) for item in items])
+        by_status: Counter[tuple[str, str]] = Counter()
+        in_stock: Counter[str] = Counter()
+        for item in items:
+            status, positive = self._before.pop((item.channel, item.key), (None, False))
+            now_positive = _in_stock(item.acked)
+            if status is not item.status:
+                by_status[(item.channel, str(item.status))] += 1
+                if status is not None:
+                    by_status[(item.channel, str(status))] -= 1
+            if positive != now_positive:
+                in_stock[item.channel] += 1 if now_positive else -1
+        self._db.executemany(
+            "INSERT INTO item_counts (channel, status, n) VALUES (?, ?, ?) "
+            "ON CONFLICT (channel, status) DO UPDATE SET n = n + excluded.n",
+            [(c, s, n) for (c, s), n in by_status.items() if n],
+        )
+        self._db.executemany(
+            "INSERT INTO in_stock_counts (channel, n) VALUES (?, ?) "
+            "ON CONFLICT (channel) DO UPDATE SET n = n + excluded.n",
+            [(c, n) for c, n in in_stock.items() if n],
+        )
 
     # --- records -------------------------------------------------------------------------------
 
@@ -385,7 +421,7 @@ class SQLiteStore:
                 "AND due_at <= ? ORDER BY priority, due_at LIMIT ?",
                 (channel, now, limit),
             ).fetchall()
-            items = [lifecycle.claim(_item(row)) for row in rows]
+            items = [lifecycle.claim(self._loaded(row)) for row in rows]
             self._write(items)
         return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
 
@@ -510,7 +546,7 @@ class SQLiteStore:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE status = 'sending'"
             ).fetchall()
-            self._write([lifecycle.release(_item(row), now, _NO_TIMING) for row in rows])
+            self._write([lifecycle.release(self._loaded(row), now, _NO_TIMING) for row in rows])
         return len(rows)
 
     async def flush(self, channel: str, now: float) -> None:
@@ -539,7 +575,7 @@ class SQLiteStore:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE rowid > ? AND rowid <= ?", (first, last)
             ).fetchall()
-            self._write([lifecycle.force(_item(row), now) for row in rows])
+            self._write([lifecycle.force(self._loaded(row), now) for row in rows])
         return len(rows)
 
     async def mark_drifted(
@@ -579,7 +615,7 @@ class SQLiteStore:
                 "AND status = 'ok'",
                 (first, last, channel),
             ).fetchall()
-            self._write([lifecycle.reassert(_item(row), now) for row in rows])
+            self._write([lifecycle.reassert(self._loaded(row), now) for row in rows])
         return len(rows)
 
     async def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
@@ -604,7 +640,7 @@ class SQLiteStore:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE held_scan < ?", (before_scan,)
             ).fetchall()
-            self._write([lifecycle.release_held(_item(row), now) for row in rows])
+            self._write([lifecycle.release_held(self._loaded(row), now) for row in rows])
         return len(rows)
 
     # --- reading -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from adapters import ADAPTERS
+from adapters.marketplacer import MarketplacerChannel, MarketplacerSettings
 from adapters.ordergroove import OrdergrooveChannel, signature
 from daemon.channel import Channel, ChannelContext, Readable, readable
 from daemon.errors import ChannelFatal, ChannelRetryable
@@ -380,3 +381,18 @@ def test_ordergroove_needs_one_complete_auth_scheme(monkeypatch: pytest.MonkeyPa
                 "hash_key_env": "T_OG",
             }
         )
+
+
+async def test_a_marketplacer_probe_sees_a_key_without_scope(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeMarketplacer("mp-scope-key-0123")
+    fake.scope_ok = False
+    url = await serve(fake.app())
+    monkeypatch.setenv("T_MP", fake.api_key)
+    settings = MarketplacerSettings.model_validate({"base_url": url, "api_key_env": "T_MP"})
+    async with aiohttp.ClientSession() as session:
+        channel = MarketplacerChannel(settings, ChannelContext("mp", session, 5.0))
+        probe = await channel.probe()
+    assert (probe.ok, probe.verdict) == (False, "auth refused")
+    assert "MISSING_SCOPE" in probe.detail

@@ -22,7 +22,7 @@ from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
 from adapters import ADAPTERS
-from daemon.channel import Channel, ChannelContext, Readable, readable
+from daemon.channel import Channel, ChannelContext, Probeable, Readable, readable
 from daemon.errors import ChannelError, ChannelFatal, ChannelRetryable
 from daemon.models import Outcome, Value
 from tests.adapters.harness import HARNESSES, Harness
@@ -226,3 +226,14 @@ async def test_a_read_without_answer_is_retryable_and_keeps_the_secret(
             await reader.read([read_rig.harness.items[0].key])
     assert read_rig.secret not in str(caught.value)
     assert read_rig.secret not in repr(logs)
+
+
+async def test_a_probe_checks_address_and_credentials_and_changes_nothing(rig: Rig) -> None:
+    assert isinstance(rig.channel, Probeable)
+    probe = await rig.channel.probe()
+    assert (probe.ok, probe.verdict) == (True, "reachable"), probe
+    assert all(rig.harness.held(rig.fake, item) is None for item in rig.harness.items)
+    rig.harness.break_auth(rig.fake)
+    refused = await rig.channel.probe()
+    assert (refused.ok, refused.verdict) == (False, "auth refused"), refused
+    assert rig.secret not in refused.detail

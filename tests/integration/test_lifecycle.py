@@ -19,6 +19,7 @@ import pytest
 from daemon.pipeline import Daemon
 from daemon.source import Source
 from tests.conftest import World, eventually, idle, running
+from tests.integration.test_guard import in_stock, scan
 from tests.integration.test_restart import run_cli
 from tests.integration.test_sync import in_sync
 
@@ -51,19 +52,6 @@ async def post_webhook(port: int, token: str, skus: list[str]) -> int:
         session.post(f"http://127.0.0.1:{port}/webhooks/keycrm/{token}", data=body) as answer,
     ):
         return answer.status
-
-
-async def scan(daemon: Daemon) -> None:
-    assert daemon.parts is not None
-    progress = daemon.parts.source.progress
-    done = progress.scans_completed
-    daemon.parts.source.request_scan()
-    await eventually(lambda: progress.scans_completed > done)
-
-
-def in_stock(world: World) -> None:
-    for offer in world.keycrm.offers.values():
-        offer.stock = {1: (5.0, 0.0)}
 
 
 def zero_all(world: World) -> None:

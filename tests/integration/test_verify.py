@@ -17,12 +17,34 @@ import pytest
 from daemon.pipeline import Daemon
 from daemon.simulator import variant_id
 from tests.conftest import World, eventually, idle, running
-from tests.integration.test_four_channels import all_synced, available, setup
+from tests.integration.test_four_channels import Shops, all_synced, available, setup
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
 
 VERIFY = 'debounce = "0s"\nmax_delay = "1s"\nverify_interval = "300ms"\nverify_share = 0.5'
+
+
+async def rest_channel(world: World, shops: Shops, *, skus: int, extra: str) -> str:
+    """A Marketplacer channel on the REST route: variant `8000 + n` holds SKU n, seller 11."""
+    key_map = world.tmp_path / "legacy.csv"
+    key_map.write_text(
+        "sku,key\n" + "".join(f"SKU-{n:05d},{8000 + n}\n" for n in range(1, skus + 1)),
+        encoding="utf-8",
+    )
+    url = await world._serve(shops.marketplacer.app())
+    return f"""
+[[channel]]
+name = "mp-rest"
+type = "marketplacer"
+base_url = "{url}"
+api_key_env = "T_MP"
+auth_header = "bearer"
+api = "rest"
+seller_map = {{ "1" = 11 }}
+key_map = "{key_map}"
+{extra}
+"""
 
 
 def drift_count(daemon: Daemon, channel: str) -> float:
@@ -60,24 +82,7 @@ async def test_drift_is_found_healed_and_reported(
 
 async def test_drift_on_marketplacer_rest(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     shops, _ = await setup(world, monkeypatch)
-    key_map = world.tmp_path / "legacy.csv"
-    key_map.write_text(
-        "sku,key\n" + "".join(f"SKU-{n:05d},{8000 + n}\n" for n in range(1, 10)),
-        encoding="utf-8",
-    )
-    url = await world._serve(shops.marketplacer.app())
-    channels = f"""
-[[channel]]
-name = "mp-rest"
-type = "marketplacer"
-base_url = "{url}"
-api_key_env = "T_MP"
-auth_header = "bearer"
-api = "rest"
-seller_map = {{ "1" = 11 }}
-key_map = "{key_map}"
-rate_limit = "1000/s"
-"""
+    channels = await rest_channel(world, shops, skus=9, extra='rate_limit = "1000/s"')
     daemon = Daemon(world.config(channels=channels, sync=VERIFY), handle_signals=False)
     inventories = shops.marketplacer.inventories
     expected = {("8003", 11): available(world, "SKU-00003")}
@@ -106,25 +111,9 @@ async def test_read_back_keeps_its_share_and_lets_live_changes_go_first(
 ) -> None:
     shops, _ = await setup(world, monkeypatch, skus=9)
     world.keycrm.populate(60)  # 60 variants on the REST route: one read each
-    key_map = world.tmp_path / "legacy.csv"
-    key_map.write_text(
-        "sku,key\n" + "".join(f"SKU-{n:05d},{8000 + n}\n" for n in range(1, 61)),
-        encoding="utf-8",
+    channels = await rest_channel(
+        world, shops, skus=60, extra='rate_limit = "50/s"\nbatch_size = 1'
     )
-    url = await world._serve(shops.marketplacer.app())
-    channels = f"""
-[[channel]]
-name = "mp-rest"
-type = "marketplacer"
-base_url = "{url}"
-api_key_env = "T_MP"
-auth_header = "bearer"
-api = "rest"
-seller_map = {{ "1" = 11 }}
-key_map = "{key_map}"
-rate_limit = "50/s"
-batch_size = 1
-"""
     sync = 'debounce = "0s"\nmax_delay = "1s"\nverify_interval = "100ms"\nverify_share = 0.2'
     pushes: list[float] = []
     daemon = Daemon(world.config(channels=channels, sync=sync), handle_signals=False)

@@ -70,11 +70,11 @@ def test_every_fault_is_reported_with_its_key(
     found = faults(tmp_path, text)
     assert "not a duration" in found["daemon.shutdown_timeout"]
     assert found["daemon.colour"] == "unknown key"
-    assert "not a rate" in found["channel[0].rate_limit"]
-    assert "greater than 0" in found["channel[0].concurrency"]
-    assert "greater than or equal to 0" in found["channel[0].buffer"]
-    assert "T_POS is not set" in found["channel[0].token_env"]
-    assert "unknown type 'carrier-pigeon'" in found["channel[1].type"]
+    assert "not a rate" in found['channel "pos".rate_limit']
+    assert "greater than 0" in found['channel "pos".concurrency']
+    assert "greater than or equal to 0" in found['channel "pos".buffer']
+    assert "T_POS is not set" in found['channel "pos".token_env']
+    assert "unknown type 'carrier-pigeon'" in found['channel "x".type']
 
 
 def test_secrets_in_files_and_unreadable_key_maps(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_secrets_in_files_and_unreadable_key_maps(tmp_path: Path) -> None:
     text = text.replace('name = "pos"', 'name = "pos"\nkey_map = "nope.csv"')
     found = faults(tmp_path, text)
     assert "cannot read" in found["keycrm.api_key_file"]
-    assert "cannot read" in found["channel[0].key_map"]
+    assert "cannot read" in found['channel "pos".key_map']
 
 
 def test_inventory_api_needs_store_or_store_map_and_a_known_match(tmp_path: Path) -> None:
@@ -101,18 +101,20 @@ def test_no_channel_and_bad_toml(tmp_path: Path) -> None:
 def test_check_config_exit_codes_and_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    good = write(tmp_path, GOOD)
+    text = GOOD.replace('state = "state.db"', 'state = "state.db"\nlisten = "127.0.0.1:0"')
+    good = write(tmp_path, text)
     assert main(["check-config", "-c", str(good)]) == 0
-    bad = write(tmp_path, GOOD.replace('"3"', '"3"\nrate_limit = "fast"'))
+    bad = write(tmp_path, text.replace('"3"', '"3"\nrate_limit = "fast"'))
     assert main(["check-config", "-c", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
-        'channel[0].rate_limit: \'fast\' is not a rate; write e.g. "5/s" or "600/m"'
+        'channel "pos".rate_limit: \'fast\' is not a rate; write e.g. "5/s" or "600/m"'
     ]
 
 
 def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STOCKSYNC_CONFIG", str(write(tmp_path, GOOD)))
+    text = GOOD.replace('state = "state.db"', 'state = "state.db"\nlisten = "127.0.0.1:0"')
+    monkeypatch.setenv("STOCKSYNC_CONFIG", str(write(tmp_path, text)))
     assert main(["check-config"]) == 0
     monkeypatch.delenv("STOCKSYNC_CONFIG")
     assert main(["check-config"]) == 2
@@ -159,10 +161,10 @@ batch_size = 5
 """
     )
     found = faults(tmp_path, text)
-    assert "needs key or key_map" in found["channel[1].key"]
-    assert "seller_map needs api" in found["channel[1]"]
-    assert "T_UNSET_KLUMP is not set" in found["channel[2].secret_key_env"]
-    assert "at most 1" in found["channel[2].batch_size"]
+    assert "needs key or key_map" in found['channel "mp".key']
+    assert "seller_map needs api" in found['channel "mp"']
+    assert "T_UNSET_KLUMP is not set" in found['channel "kl".secret_key_env']
+    assert "at most 1" in found['channel "kl".batch_size']
 
 
 def test_channel_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,4 +202,43 @@ def test_reassert_interval_is_an_optional_duration(tmp_path: Path) -> None:
     assert channel.reassert_interval == 6 * 3600
     for bad, problem in (('"0s"', "longer than zero"), ("6", "with a unit"), ('"often"', "not a")):
         found = faults(tmp_path, GOOD + f"reassert_interval = {bad}\n")
-        assert problem in found["channel[0].reassert_interval"], bad
+        assert problem in found['channel "pos".reassert_interval'], bad
+
+
+def test_durations_and_rates_within_sane_bounds(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'api_key_env = "T_KEY"',
+        'api_key_env = "T_KEY"\npoll_interval = "' + "9" * 400 + 's"\ntimeout = "2h"',
+    )
+    text = text.replace('store = "3"', 'store = "3"\nrate_limit = "1000000/s"\ntimeout = "0.5h"')
+    found = faults(tmp_path, text)
+    assert "is too long; at most 3650d" in found["keycrm.poll_interval"]
+    assert len(found["keycrm.poll_interval"]) < 100
+    assert found["keycrm.timeout"] == "must be at most 1h"
+    assert "too fast" in found['channel "pos".rate_limit']
+    assert 'channel "pos".timeout' not in found
+    slow = faults(tmp_path, GOOD.replace('store = "3"', 'store = "3"\nrate_limit = "0.1/h"'))
+    assert "too slow" in slow['channel "pos".rate_limit']
+
+
+def test_a_duplicate_name_is_reported_with_every_other_fault(tmp_path: Path) -> None:
+    text = GOOD + GOOD[GOOD.index("[[channel]]") :].replace('store = "3"', "buffer = -1")
+    text += (
+        '\n[[channel]]\nname = "kl"\ntype = "klump"\nsecret_key_env = "T_KEY"\nrate_limit = "x"\n'
+    )
+    found = faults(tmp_path, text)
+    assert found["channel[1].name"] == "'pos' is also the name of channel[0]"
+    assert "greater than or equal to 0" in found["channel[1].buffer"]
+    assert "not a rate" in found['channel "kl".rate_limit']
+
+
+def test_a_key_map_with_a_huge_field_is_a_clear_fault(tmp_path: Path) -> None:
+    (tmp_path / "map.csv").write_text("sku,key\nA," + "k" * 200_000 + "\n", encoding="utf-8")
+    text = GOOD.replace('name = "pos"', 'name = "pos"\nkey_map = "map.csv"')
+    problem = faults(tmp_path, text)['channel "pos".key_map']
+    assert "map.csv:2: not a readable CSV row (field larger than field limit" in problem
+
+
+def test_a_file_nested_too_deeply_is_a_fault_not_a_crash(tmp_path: Path) -> None:
+    found = faults(tmp_path, "a = " + "[" * 50_000 + "]" * 50_000)
+    assert "nests arrays or tables too deeply" in found["config"]

@@ -26,3 +26,10 @@ def test_rates(text: str, per_second: float) -> None:
 def test_bad_rates(text: object) -> None:
     with pytest.raises(ValueError, match="rate|zero"):
         parse_rate(text)
+
+
+def test_only_ascii_digits_make_a_duration_or_a_rate() -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("4\u0663s")  # ARABIC-INDIC DIGIT THREE: float() would take it
+    with pytest.raises(ValueError, match="not a rate"):
+        parse_rate("5\u0968/s")
