@@ -192,7 +192,10 @@ class Dispatcher:
         """Claims that could not be settled while the store was failing: pushed again now."""
         if self._orphans:
             keys = sorted(self._orphans)
-            await self._store.release(self.name, keys, self._clock(), self.timing)
+            now = self._clock()
+            await self._store.release(
+                self.name, keys, now, self.timing, not_before=now + self.config.timeout
+            )
             self._orphans.difference_update(keys)
 
     async def _one_finished(self) -> None:
@@ -226,9 +229,15 @@ class Dispatcher:
                 # Cut off (a stop's deadline), a store fault or a bug: the request may have been
                 # applied, so the items go out again.
                 with anyio.CancelScope(shield=True):
+                    now = self._clock()
                     try:
+                        # Due once the request cut off can no longer land after the next one.
                         await self._store.release(
-                            self.name, sorted(unsettled), self._clock(), self.timing
+                            self.name,
+                            sorted(unsettled),
+                            now,
+                            self.timing,
+                            not_before=now + self.config.timeout,
                         )
                     except StoreUnavailable:
                         self._orphans.update(unsettled)

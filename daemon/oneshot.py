@@ -104,7 +104,7 @@ async def _run_once(config: Config, *, wait: float, out: TextIO, progress_every:
     metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
     try:
         async with aiohttp.ClientSession() as session:
-            await store.recover(time.time())
+            await store.recover(time.time(), {c.name: c.timeout for c in config.channels})
             parts = assemble(config, store, session, metrics, debounce=0.0)
             names = [c.name for c in config.channels]
             reporting = progress_reporter(

@@ -315,7 +315,10 @@ class Daemon:
     async def _recover(self, store: Store) -> None:
         """Pushes cut off by the death of the last process: their outcome is unknown."""
         try:
-            recovered = await store.recover(self._clock())
+            # A dead process's request may still be on its way: wait out each channel's
+            # timeout before correcting it, so it cannot land after the correction.
+            grace = {c.name: c.timeout for c in self.config.channels}
+            recovered = await store.recover(self._clock(), grace)
         except StoreUnavailable:
             return  # logged by the store; the items stay `sending` until a start that can write
         if recovered:

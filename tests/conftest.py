@@ -136,7 +136,7 @@ base_url = "{self.urls[name]}"
 token_env = "T_TOKEN_{name.upper().replace("-", "_")}"
 rate_limit = "1000/s"
 concurrency = 8
-timeout = "5s"
+timeout = "2s"
 {extra}
 """
 

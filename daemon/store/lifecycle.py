@@ -19,7 +19,8 @@ value that returns to the acknowledged one while another is in flight stays pend
 value in flight is always followed by the newest one. A zero the scan's guard holds while its
 item is in flight is remembered (`held_scan`) and the item lands in `held` when the push ends.
 A `sending` item whose process died has an unknown outcome: it goes back to `pending` and is
-pushed again (`forced`), even if its desired value equals the acknowledged one.
+pushed again (`forced`), even if its desired value equals the acknowledged one, once the request
+left on the wire can no longer land after the new one (the channel's timeout).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ a replica that lost the lease writes nothing and gets `LeaseLost`. One merchant 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, LiteralString
@@ -502,13 +502,23 @@ class PostgresStore:
                 ],
             )
 
-    async def recover(self, now: float) -> int:
+    async def recover(self, now: float, grace: Mapping[str, float] | None = None) -> int:
+        wait = dict(grace or {})
         async with self._write(lock=_ALL_ITEMS) as conn:
             cursor = await conn.execute(
                 "SELECT " + _COLUMNS + " FROM items WHERE status = 'sending'"
             )
             rows = await cursor.fetchall()
-            await self._save(conn, [lifecycle.release(_item(row), now, _NO_TIMING) for row in rows])
+            items = [_item(row) for row in rows]
+            await self._save(
+                conn,
+                [
+                    lifecycle.release(
+                        item, now, _NO_TIMING, not_before=now + wait.get(item.channel, 0.0)
+                    )
+                    for item in items
+                ],
+            )
         return len(rows)
 
     async def flush(self, channel: str, now: float) -> None:

@@ -6,7 +6,7 @@ cost disk, not RAM. Item states only change through `daemon.store.lifecycle`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -146,8 +146,10 @@ class Store(Protocol):
         """Claims that end without an answer (see `lifecycle.release`)."""
         ...
 
-    async def recover(self, now: float) -> int:
-        """At start: every item left `sending` by a dead process is pending again, forced."""
+    async def recover(self, now: float, grace: Mapping[str, float] | None = None) -> int:
+        """At start: every item left `sending` by a dead process is pending again, forced, and
+        due after its channel's `grace` (seconds): a request the dead process left on the wire
+        may still land, and must not land after the push that corrects it."""
         ...
 
     async def flush(self, channel: str, now: float) -> None:

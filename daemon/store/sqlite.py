@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import partial
@@ -538,15 +538,23 @@ class SQLiteStore:
                 ]
             )
 
-    async def recover(self, now: float) -> int:
-        return await self._run(self._recover, now)
+    async def recover(self, now: float, grace: Mapping[str, float] | None = None) -> int:
+        return await self._run(self._recover, now, dict(grace or {}))
 
-    def _recover(self, now: float) -> int:
+    def _recover(self, now: float, grace: dict[str, float]) -> int:
         with self._tx():
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE status = 'sending'"
             ).fetchall()
-            self._write([lifecycle.release(self._loaded(row), now, _NO_TIMING) for row in rows])
+            items = [self._loaded(row) for row in rows]
+            self._write(
+                [
+                    lifecycle.release(
+                        item, now, _NO_TIMING, not_before=now + grace.get(item.channel, 0.0)
+                    )
+                    for item in items
+                ]
+            )
         return len(rows)
 
     async def flush(self, channel: str, now: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -63,7 +64,8 @@ async def test_status_history_and_resync_need_no_channel_secret(world: World) ->
         code, out, err = await cli("status", "-c", str(path))
         assert code == 0, err
         assert "ready" in out and "NOT READY" not in out
-        assert "last complete scan just now" in out and "None" not in out
+        # "just now", or seconds ago when a loaded machine is slow to start the command
+        assert re.search(r"last complete scan (just now|\d+s ago)", out) and "None" not in out
         assert [
             line.split()[:2] for line in out.splitlines() if line.startswith(("pos", "web"))
         ] == [
