@@ -1,8 +1,8 @@
 """Steady changes through the webhook: how fast the state file grows, and how full the requests
 are (SKUs per keyCRM look-up, variants per Marketplacer request) while changes keep coming.
 
-A driver changes `change_rate` SKUs a second in the fake keyCRM and posts keyCRM's webhook for them
-every 100 ms; a real daemon looks them up and pushes them to Marketplacer (default limits). The
+A driver changes `change_rate` SKUs a second in the fake keyCRM and posts keyCRM's webhook for each,
+one by one; a real daemon looks them up and pushes them to Marketplacer (default limits). The
 state file's size (database, WAL and shared memory) is read before and after, once settled.
 """
 
@@ -23,7 +23,7 @@ from bench.world import DaemonProcess, Fakes, free_port, post_webhook
 
 __all__ = ["run"]
 
-TICK = 0.1
+TICK = 0.01
 REQUESTS_PER_MINUTE = 6000
 
 
@@ -32,6 +32,7 @@ def state_bytes(folder: Path) -> int:
 
 
 async def _drive(fakes: Fakes, daemon: DaemonProcess, rate: float, seconds: float) -> None:
+    """One change per webhook, evenly spread, as keyCRM sends them."""
     rng = random.Random(3)
     offers = [o for o in fakes.keycrm.offers.values() if o.sku]
     token = fakes.env["BENCH_WEBHOOK_TOKEN"]
@@ -46,8 +47,8 @@ async def _drive(fakes: Fakes, daemon: DaemonProcess, rate: float, seconds: floa
             for offer in chosen:
                 warehouse, (quantity, reserve) = next(iter(offer.stock.items()))
                 offer.stock = {warehouse: (max(reserve, quantity + rng.choice((-1, 1))), reserve)}
-            if chosen:
-                await post_webhook(session, daemon.base, token, [o.sku for o in chosen if o.sku])
+                assert offer.sku is not None
+                await post_webhook(session, daemon.base, token, [offer.sku])
             tick += TICK
             await anyio.sleep(max(0.0, tick - time.monotonic()))
 
@@ -72,13 +73,14 @@ async def run(options: Options) -> list[Figure]:
                 keycrm_mark = len(fakes.keycrm.requests)
                 channel_mark = len(fakes.marketplacer.documents)
                 await _drive(fakes, daemon, rate, seconds)
+                await fakes.wait_consistent(60)
+                await daemon.wait_settled(session, within=60)
                 lookups = [
                     len(query["filter[offers_sku]"].split(","))
                     for _, _, query in fakes.keycrm.requests[keycrm_mark:]
                     if "filter[offers_sku]" in query
                 ]
                 items = fakes.marketplacer_items(channel_mark)
-                await daemon.wait_settled(session, within=60)
                 after = state_bytes(Path(folder))
             finally:
                 await daemon.stop()

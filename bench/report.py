@@ -50,7 +50,7 @@ def number(value: float | None, unit: str) -> str:
         return f"{value:,.1f} s"
     if unit == "µs":
         return f"{value:,.1f} µs"
-    if abs(value) >= 100:
+    if abs(value) >= 100 or float(value).is_integer():
         return f"{value:,.0f} {unit}".rstrip()
     return f"{value:,.2f} {unit}".rstrip()
 

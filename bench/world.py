@@ -125,6 +125,15 @@ class Fakes:
         want = expected if expected is not None else self.expected()
         return all(held.get(k) == v for k, v in want.items())
 
+    async def wait_consistent(self, within: float) -> float:
+        """Seconds until Marketplacer holds what keyCRM says for every variant."""
+        expected = self.expected()
+        started = time.monotonic()
+        with anyio.fail_after(within):
+            while not self.marketplacer_consistent(expected):
+                await anyio.sleep(0.01)
+        return time.monotonic() - started
+
     def marketplacer_items(self, since: int = 0) -> list[int]:
         """Items per GraphQL request, for the requests from index `since` on."""
         return [len(d.get("variables") or {}) for d in self.marketplacer.documents[since:]]
