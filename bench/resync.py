@@ -64,12 +64,15 @@ async def _resync_done(
     fakes: Fakes,
     marks: tuple[int, int],
     skus: int,
+    channels: int,
     within: float,
 ) -> None:
+    """Until every channel got every item again and the daemon has settled after its scan."""
+    wanted = skus * ((channels + 1) // 2), skus * (channels // 2)
     with anyio.fail_after(within):
         while True:
             pushed = sum(fakes.marketplacer_items(marks[0])), sum(fakes.ordergroove_items(marks[1]))
-            if min(pushed) >= skus:
+            if pushed[0] >= wanted[0] and pushed[1] >= wanted[1]:
                 status = await daemon.status(session)
                 if status is not None and settled(status, 2):
                     return
@@ -102,7 +105,7 @@ async def run(options: Options) -> list[Figure]:
                 signalled = time.monotonic()
                 daemon.signal(signal.SIGUSR1)
                 await _resync_done(
-                    daemon, session, fakes, marks, skus, within=scan * 4 + skus / 2000 + 120
+                    daemon, session, fakes, marks, skus, count, within=scan * 4 + skus / 2000 + 120
                 )
                 resync_seconds = time.monotonic() - signalled
                 probes = await prober.finish()
