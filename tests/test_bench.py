@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 FIELDS = {"benchmark", "name", "what", "value", "unit", "target", "better", "note", "ratio", "met"}
 
 
-def run_bench(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
+def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", *args, "--json", str(out)],
@@ -22,7 +23,7 @@ def run_bench(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| figure | measured | target | ratio |" in result.stdout
-    report: dict = orjson.loads(out.read_bytes())  # type: ignore[type-arg]
+    report: dict[str, Any] = orjson.loads(out.read_bytes())
     assert report["failed"] == {}
     for figure in report["figures"]:
         assert set(figure) == FIELDS
@@ -30,7 +31,7 @@ def run_bench(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
     return report
 
 
-def by_name(report: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f["name"]: f for f in report["figures"]}
 
 
