@@ -28,7 +28,7 @@ from daemon.config import ChannelConfig
 from daemon.models import CatalogEntry, StockLevel, StockRecord
 from daemon.plan import Contribution, Rules, combine, compile_template, contributions
 from daemon.reconcile import Reconciler
-from daemon.store import SQLiteStore
+from daemon.store import SQLiteStore, Timing
 from daemon.telemetry import Metrics
 
 __all__ = ["child", "run_ingest", "run_memory"]
@@ -66,7 +66,14 @@ def channels() -> tuple[ChannelConfig, ...]:
 
 
 def _reconciler(store: SQLiteStore) -> Reconciler:
-    return Reconciler(store, channels(), {}, Metrics(CollectorRegistry(), [], "bench"))
+    chans = channels()
+    return Reconciler(
+        store,
+        chans,
+        Metrics(CollectorRegistry(), [], "bench"),
+        timing={c.name: Timing(0.0, 0.0) for c in chans},
+        wake=lambda _name: None,
+    )
 
 
 async def ingest_rate(count: int, batch: int) -> float:
