@@ -1,169 +1,142 @@
-"""Benchmarks: throughput of the reconcile path and memory per SKU, each against a naive baseline.
+"""Benchmarks: each figure of issue 9 measured on this machine, printed beside its target.
 
-    python -m bench [--skus N]
+    python -m bench [--only NAME,...] [--skus N] [--big] [--json FILE]
 
-Figures are ratios measured in one run on this machine, so they compare like with like:
-- ingest: records planned and stored per second, in scan-page batches (as the daemon does) vs
-  one record per call (the naive event-pipeline way).
-- memory: peak resident memory of a fresh process tracking N SKUs for two channels, above an idle
-  one: stocksync keeps its state in SQLite (on disk, SQLite's page cache bounded) vs the naive
-  approach of keeping every record and item value in dicts.
+Benchmarks (`--only` takes a comma-separated list of these names):
+- ingest    in process: records/s planned and stored, paged vs one at a time; CPU per SKU of a
+            rescan that finds nothing changed
+- memory    peak memory (VmHWM) of a fresh process tracking N SKUs: SQLite state vs dicts
+- rate      a real daemon at rate_limit = "100/s", `--items` items: the rate it holds
+- baseline  a real daemon vs the naive pull-and-push-all sync, 10,000 SKUs, 1% changing
+- resync    a real daemon at N SKUs: worst /healthz stall during a SIGUSR1 resync, peak memory,
+            /metrics scrape time, /healthz after a restart
+- growth    a real daemon under `--change-rate` changes/s for `--seconds`: state file growth, SKUs
+            per keyCRM look-up, variants per Marketplacer request
+
+`--skus` sets every benchmark's size (default: each its own, 20,000 for resync); `--big` runs the
+million-SKU sizes (ingest, memory, resync), which take many minutes. The real daemon runs as
+`python -m daemon run` against the fakes of daemon/simulator/ on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import subprocess
+import os
+import platform
 import sys
 import tempfile
 import time
-from decimal import Decimal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
-from prometheus_client import CollectorRegistry
+import orjson
 
-from adapters import ADAPTERS
-from daemon.config import ChannelConfig
+from bench import baseline, growth, ingest, rate, resync
+from bench.options import Options
+from bench.report import Figure, table
 from daemon.logs import configure_logging
-from daemon.models import CatalogEntry, StockLevel, StockRecord
-from daemon.plan import Contribution, Rules, combine, compile_template, contributions
-from daemon.reconcile import Reconciler
-from daemon.store import SQLiteStore, Timing
-from daemon.telemetry import Metrics
 
-PAGE = 50
+Benchmark = Callable[[Options], Awaitable[list[Figure]]]
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "ingest": ingest.run_ingest,
+    "memory": ingest.run_memory,
+    "rate": rate.run,
+    "baseline": baseline.run,
+    "resync": resync.run,
+    "growth": growth.run,
+}
 
 
-def records(start: int, stop: int) -> list[StockRecord]:
-    """Synthetic keyCRM records; three variants per product, so Klump-style keys aggregate."""
-    return [
-        StockRecord(
-            StockLevel(f"SKU-{n:07d}", n, Decimal(n * 7 % 40), Decimal(n % 3), Decimal(99)),
-            CatalogEntry(
-                f"SKU-{n:07d}",
-                n,
-                product_id=n // 3,
-                product_name=f"Product {n // 3}",
-                barcode=str(400000000000 + n),
-            ),
+async def main(names: list[str], options: Options) -> tuple[list[Figure], dict[str, str], float]:
+    figures: list[Figure] = []
+    failed: dict[str, str] = {}
+    started = time.monotonic()
+    for name in names:
+        print(f"… {name}", file=sys.stderr, flush=True)
+        begun = time.monotonic()
+        try:
+            figures += await BENCHMARKS[name](options)
+        except Exception as exc:  # one broken benchmark must not hide the others' figures
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            print(f"  {name} failed: {failed[name]}", file=sys.stderr, flush=True)
+        print(f"  {name}: {time.monotonic() - begun:.0f} s", file=sys.stderr, flush=True)
+    return figures, failed, time.monotonic() - started
+
+
+def report(
+    names: list[str], options: Options, figures: list[Figure], failed: dict[str, str], took: float
+) -> bytes:
+    """The JSON written by `--json`: every figure with its target, ratio and verdict."""
+    return orjson.dumps(
+        {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()},
+            "options": {
+                "skus": options.skus,
+                "items": options.items,
+                "big": options.big,
+                "seconds": options.seconds,
+                "change_rate": options.change_rate,
+                "channels": options.channels,
+            },
+            "benchmarks": names,
+            "seconds": round(took, 1),
+            "figures": [f.as_json() for f in figures],
+            "failed": failed,
+        },
+        option=orjson.OPT_INDENT_2,
+    )
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
         )
-        for n in range(start, stop)
-    ]
+    return names
 
 
-def channels() -> tuple[ChannelConfig, ...]:
-    spec = ADAPTERS["inventory_api"]
-    by_name = Rules(key_parts=(compile_template("{product_name}"),), price=True)
-    by_barcode = Rules(key_parts=(compile_template("{barcode}"),), location="3")
-    return tuple(
-        ChannelConfig(
-            name, "inventory_api", spec, spec.settings.model_construct(), rules, 4, 10, 10, 1
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="stocksync benchmarks, each figure beside its target"
+    )
+    parser.add_argument("--only", type=_names, default=list(BENCHMARKS), metavar="NAME,...")
+    parser.add_argument("--skus", type=int, help="size for every benchmark (default: each its own)")
+    parser.add_argument("--big", action="store_true", help="the million-SKU sizes (slow)")
+    parser.add_argument("--items", type=int, default=3000, help="items for the rate benchmark")
+    parser.add_argument("--seconds", type=float, default=30.0, help="growth: how long to drive")
+    parser.add_argument("--change-rate", type=float, default=100.0, help="growth: changes/s")
+    parser.add_argument("--channels", type=int, default=2, help="resync: channels (2 or 4)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    parser.add_argument("--child", choices=("idle", "stocksync", "naive"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    configure_logging(level="warning")
+    if args.child:
+        ingest.child(args.child, args.skus or 0)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="stocksync-bench-") as workdir:
+        options = Options(
+            workdir=Path(workdir),
+            skus=args.skus,
+            items=args.items,
+            seconds=args.seconds,
+            change_rate=args.change_rate,
+            channels=args.channels,
+            big=args.big,
         )
-        for name, rules in (("by-name", by_name), ("by-barcode", by_barcode))
-    )
-
-
-def _reconciler(store: SQLiteStore) -> Reconciler:
-    chans = channels()
-    return Reconciler(
-        store,
-        chans,
-        Metrics(CollectorRegistry(), [], "bench"),
-        timing={c.name: Timing(0.0, 0.0) for c in chans},
-        wake=lambda _name: None,
-    )
-
-
-async def ingest_rate(count: int, batch: int) -> float:
-    with tempfile.TemporaryDirectory() as folder:
-        store = SQLiteStore(Path(folder) / "bench.db")
-        reconciler = _reconciler(store)
-        data = records(0, count)
-        started = time.perf_counter()
-        for start in range(0, count, batch):
-            await reconciler.ingest(data[start : start + batch])
-        elapsed = time.perf_counter() - started
-        await store.close()
-    return count / elapsed
-
-
-async def _track_in_stocksync(count: int) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        store = SQLiteStore(Path(folder) / "bench.db")
-        reconciler = _reconciler(store)
-        for start in range(0, count, PAGE):
-            batch = records(start, min(count, start + PAGE))
-            await store.save_catalog([r.catalog for r in batch if r.catalog])
-            await reconciler.ingest(await store.save_stock([r.stock for r in batch], 1))
-        await store.close()
-
-
-def _track_naively(count: int) -> None:
-    """The naive daemon: every record and every item value in dicts, planned in one pass."""
-    state = {record.sku: record for record in records(0, count)}
-    items: dict[tuple[str, str], object] = {}
-    for channel in channels():
-        shares: dict[str, list[Contribution]] = {}
-        for record in state.values():
-            for share in contributions(record, channel.rules)[0]:
-                shares.setdefault(share.key, []).append(share)
-        for key, group in shares.items():
-            items[(channel.name, key)] = combine(group, channel.rules)
-    assert items
-
-
-def peak_rss(mode: str, count: int) -> int:
-    """Peak resident memory (bytes) of a fresh process tracking `count` SKUs one way or another."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--child", mode, "--skus", str(count)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(result.stdout.strip())
-
-
-def child(mode: str, count: int) -> None:
-    if mode == "stocksync":
-        anyio.run(_track_in_stocksync, count)
-    elif mode == "naive":
-        _track_naively(count)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux reports KiB
-
-
-async def main(skus: int) -> None:
-    print(f"stocksync benchmarks, {skus:,} SKUs, 2 channels")
-    paged = await ingest_rate(skus, PAGE)
-    single = await ingest_rate(min(skus, 5000), 1)
-    print(
-        f"ingest  {paged:,.0f} records/s in {PAGE}-record pages vs {single:,.0f} one at a time: "
-        f"{paged / single:.1f}x"
-    )
-    mib = 1024 * 1024
-    base = peak_rss("idle", 0)
-    ours = peak_rss("stocksync", skus)
-    naive = peak_rss("naive", skus)
-    print(
-        f"memory  peak RSS {ours / mib:.0f} MiB with state in SQLite vs {naive / mib:.0f} MiB "
-        f"with everything in dicts (idle process {base / mib:.0f} MiB): {naive / ours:.1f}x less; "
-        f"above idle {max(ours - base, 0) / skus:,.0f} vs {(naive - base) / skus:,.0f} B/SKU"
-    )
-    pages = -(-skus // PAGE)
-    print(
-        f"keyCRM  a full scan is {pages:,} requests: {pages / 60:.1f} min at 60 requests/min "
-        f"(webhook look-ups carry fresh changes meanwhile)"
-    )
+        figures, failed, took = anyio.run(main, args.only, options)
+    print(table(figures))
+    for name, reason in failed.items():
+        print(f"\n{name}: FAILED ({reason})")
+    if args.json is not None:
+        args.json.write_bytes(report(args.only, options, figures, failed, took))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--skus", type=int, default=20_000)
-    parser.add_argument("--child", choices=("idle", "stocksync", "naive"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    configure_logging(level="warning")
-    if args.child:
-        child(args.child, args.skus)
-    else:
-        anyio.run(main, args.skus)
+    sys.exit(cli())

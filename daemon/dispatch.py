@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import anyio
 import structlog
-from aiolimiter import AsyncLimiter
 
 from daemon.channel import Channel
 from daemon.config import ChannelConfig
@@ -35,6 +34,7 @@ from daemon.errors import (
     StoreUnavailable,
 )
 from daemon.models import ItemValue, Outcome, PushResult, Value, Verdict
+from daemon.pacer import Pacer
 from daemon.redact import scrub_text
 from daemon.retry_after import MAX_RETRY_AFTER
 from daemon.store import Store, Timing
@@ -89,7 +89,7 @@ class Dispatcher:
         self._store = store
         self._metrics = metrics
         self._clock = clock
-        self._limiter = AsyncLimiter(1, 1.0 / config.rate)
+        self._limiter = Pacer(config.rate)
         self._slots = anyio.Semaphore(config.concurrency)
         self._wake = anyio.Event()
         self.health = ChannelHealth()

@@ -46,6 +46,48 @@ class FakeOffer:
         return sum(r for _, r in self.stock.values())
 
 
+class _Offers(dict[int, FakeOffer]):
+    """Offers by id, with their id order kept between changes: a page of a big catalog then
+    costs its own rows, not a sort of the whole catalog (the bench pages through a million)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ordered: list[FakeOffer] | None = None
+
+    def ordered(self) -> list[FakeOffer]:
+        if self._ordered is None:
+            self._ordered = sorted(self.values(), key=lambda o: o.id)
+        return self._ordered
+
+    def __setitem__(self, key: int, value: FakeOffer) -> None:
+        self._ordered = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: int) -> None:
+        self._ordered = None
+        super().__delitem__(key)
+
+    def pop(self, key: int, *default: Any) -> Any:
+        self._ordered = None
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[int, FakeOffer]:
+        self._ordered = None
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._ordered = None
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._ordered = None
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: int, default: Any = None) -> Any:
+        self._ordered = None
+        return super().setdefault(key, default)
+
+
 def _num(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
@@ -62,7 +104,7 @@ class FakeKeycrm:
         warehouse_names: dict[int, str] | None = None,
     ) -> None:
         self.api_key = api_key
-        self.offers: dict[int, FakeOffer] = {}
+        self.offers = _Offers()
         self.limit = limit
         self.window = window
         self.warehouse_names = warehouse_names or {1: "Основний", 2: "Магазин"}
@@ -178,13 +220,16 @@ class FakeKeycrm:
             )
         return limit, page
 
+    @staticmethod
+    def _page(offers: list[FakeOffer], limit: int, page: int) -> list[FakeOffer]:
+        return offers[(page - 1) * limit : page * limit]
+
     def _envelope(
-        self, request: web.Request, rows: list[Any], limit: int, page: int
+        self, request: web.Request, total: int, rows: list[Any], limit: int, page: int
     ) -> web.Response:
-        last = max(1, math.ceil(len(rows) / limit))
+        last = max(1, math.ceil(total / limit))
         base = f"{request.url.origin()}{request.path}"
-        total = len(rows)
-        data = rows[(page - 1) * limit : page * limit]
+        data = rows
         if self.paging_lie == "last_page_1":
             last = 1
         elif self.paging_lie == "short_page_2" and page == 2:
@@ -205,7 +250,7 @@ class FakeKeycrm:
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     def _filtered(self, request: web.Request, id_key: str, sku_key: str) -> list[FakeOffer]:
-        offers = sorted(self.offers.values(), key=lambda o: o.id)
+        offers = self.offers.ordered()
         ids = request.query.get(id_key)
         if ids:
             wanted_ids = {int(i) for i in ids.split(",") if i.strip().isdigit()}
@@ -226,8 +271,9 @@ class FakeKeycrm:
         if "filter[offers_sku]" not in request.query:
             await anyio.sleep(self.page_delay.get(paging[1], 0.0))
         details = request.query.get("filter[details]", "false").lower() in ("true", "1")
+        offers = self._filtered(request, "filter[offers_id]", "filter[offers_sku]")
         rows = []
-        for offer in self._filtered(request, "filter[offers_id]", "filter[offers_sku]"):
+        for offer in self._page(offers, *paging):
             row: dict[str, Any] = {
                 "id": offer.id,
                 "sku": offer.sku,
@@ -247,7 +293,7 @@ class FakeKeycrm:
                     for wid, (q, r) in sorted(offer.stock.items())
                 ]
             rows.append(row)
-        return self._envelope(request, rows, *paging)
+        return self._envelope(request, len(offers), rows, *paging)
 
     async def offers_list(self, request: web.Request) -> web.Response:
         refusal = await self._guard(request)
@@ -257,8 +303,9 @@ class FakeKeycrm:
         if isinstance(paging, web.Response):
             return paging
         include = request.query.get("include", "")
+        offers = self._filtered(request, "filter[id]", "filter[sku]")
         rows = []
-        for offer in self._filtered(request, "filter[id]", "filter[sku]"):
+        for offer in self._page(offers, *paging):
             row: dict[str, Any] = {
                 "id": offer.id,
                 "product_id": offer.product_id,
@@ -287,7 +334,7 @@ class FakeKeycrm:
                     "updated_at": "2024-03-01 12:00:00",
                 }
             rows.append(row)
-        return self._envelope(request, rows, *paging)
+        return self._envelope(request, len(offers), rows, *paging)
 
     def app(self) -> web.Application:
         """Routes under `/v1`, like `https://openapi.keycrm.app/v1`."""

@@ -1,0 +1,71 @@
+"""One figure per measured quantity, with its target beside it, printed as a table or as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+__all__ = ["Figure", "table"]
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A measured value. `better` says which side of `target` meets it; no target, no verdict."""
+
+    benchmark: str
+    name: str
+    what: str
+    value: float | None
+    unit: str
+    target: float | None = None
+    better: Literal["lower", "higher"] | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.target:
+            return None
+        return self.value / self.target
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None or self.target is None or self.better is None:
+            return None
+        return self.value <= self.target if self.better == "lower" else self.value >= self.target
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio, "met": self.met}
+
+
+def number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "B":
+        return f"{value / 2**20:,.0f} MiB"
+    if unit == "B/min":
+        return f"{value / 2**20:,.2f} MiB/min"
+    if unit == "s" and value < 1:
+        return f"{value * 1000:,.0f} ms"
+    if unit == "s":
+        return f"{value:,.1f} s"
+    if unit == "µs":
+        return f"{value:,.1f} µs"
+    if abs(value) >= 100 or float(value).is_integer():
+        return f"{value:,.0f} {unit}".rstrip()
+    return f"{value:,.2f} {unit}".rstrip()
+
+
+def table(figures: list[Figure]) -> str:
+    """A Markdown table: paste-able into the README as it is printed."""
+    rows = [
+        "| figure | measured | target | ratio | |",
+        "|---|---|---|---|---|",
+    ]
+    for f in figures:
+        sign = {"lower": "≤ ", "higher": "≥ "}.get(f.better or "", "")
+        target = f"{sign}{number(f.target, f.unit)}" if f.target is not None else "—"
+        ratio = f"{f.ratio:.2f}" if f.ratio is not None else "—"
+        verdict = {True: "met", False: "**missed**", None: ""}[f.met]
+        what = f"{f.what} ({f.note})" if f.note else f.what
+        rows.append(f"| {what} | {number(f.value, f.unit)} | {target} | {ratio} | {verdict} |")
+    return "\n".join(rows)
