@@ -2,11 +2,12 @@
 
 The store owns the work queue: the worker asks it for due items (`claim`), which come back
 `sending`, so nothing in memory can send a held, acknowledged or rejected item, and at most one
-request per item is ever under way. Per channel: a leaky-bucket limiter (aiolimiter, capacity 1
-so requests go out evenly, never a second's allowance at once), a bounded number of requests in
-flight, a timeout per request. Retries are not loops around a request: a retryable item goes
-back to the store with its next attempt time (exponential backoff, full jitter, or the channel's
-Retry-After), so a restart keeps the schedule. A 429/503 with Retry-After, or a 401/403, pauses
+request per item is ever under way. Per channel: a pacer that holds the rate by schedule
+(`daemon/pacer.py`: late wake-ups are made up, at most 2 back to back, never a second's
+allowance at once), a bounded number of requests in flight, a timeout per request. Retries are
+not loops around a request: a retryable item goes back to the store with its next attempt time
+(exponential backoff, full jitter, or the channel's Retry-After), so a restart keeps the
+schedule. A 429/503 with Retry-After, or a 401/403, pauses
 the whole channel; the others never notice. A batch the channel refuses as a whole for its
 content is split in halves until the poison item stands alone, so it cannot hold its
 neighbours back.

@@ -99,10 +99,14 @@ async def test_zeroes_held_by_a_scan_stay_held_for_items_already_queued(world: W
     daemon = Daemon(world.config(), handle_signals=False)  # guard_fraction 0.3: 12 of 40
     async with running(daemon):
         await eventually(lambda: in_sync(world) and idle(daemon))
-        pos.faults.add(429, retry_after="1")
-        daemon.resync("http")  # every item queued again, and the channel pauses at once
         assert daemon.parts is not None
+        progress = daemon.parts.source.progress
+        scans = progress.scans_completed
+        pos.faults.add(429, retry_after="3")
+        daemon.resync("http")  # every item queued again, and the channel pauses at once
         await eventually(lambda: daemon.parts.dispatchers["pos"].health.paused_until > 0)  # type: ignore[union-attr]
+        # The resync's own scan must not see the zeroes: two complete scans would confirm them.
+        await eventually(lambda: progress.scans_completed > scans)
         zero_all(world)
         await scan(daemon)
         await eventually(lambda: idle(daemon), timeout=15)
