@@ -66,6 +66,7 @@ def assemble(
     debounce: float | None = None,
     budget: RequestBudget | None = None,
     lookups: LookupQueue | None = None,
+    may_push: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Parts:
     """Build every stage. `debounce` overrides the config's (`once` pushes without waiting);
@@ -85,6 +86,7 @@ def assemble(
             timing,
             metrics,
             batch_window=0.0 if debounce is not None else sync.batch_window,
+            may_push=may_push,
             clock=clock,
         )
 

@@ -22,13 +22,16 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+import structlog
 
 __all__ = ["Priority", "RequestBudget"]
+
+log = structlog.get_logger("stocksync.keycrm")
 
 
 class Priority(enum.IntEnum):
@@ -60,6 +63,8 @@ class RequestBudget:
         self._seq = itertools.count()
         self._changed = anyio.Event()
         self._paused_until = 0.0
+        #: called after each request's answer (PostgreSQL records it in the shared window)
+        self.on_done: Callable[[], Awaitable[None]] | None = None
 
     @property
     def waiting(self) -> int:
@@ -145,6 +150,12 @@ class RequestBudget:
         finally:
             entry.done = self._clock()
             self._notify()
+            if self.on_done is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self.on_done()
+                    except Exception:
+                        log.debug("keycrm.budget_not_shared")
 
     async def _acquire(self, priority: Priority) -> _Request:
         key = (int(priority), next(self._seq))

@@ -277,12 +277,12 @@ def _command(args: argparse.Namespace) -> int:
     config = _load(args, check_machine=args.command == "check-config")
     if args.command == "check-config":
         return _check_config(config, connect_too=args.connect)
-    if config.daemon.database is not None and args.command in ("run", "once", "drift"):
-        # The store, the lease, the shared budget and the look-up queue are in; the daemon's
-        # leader/standby roles are not wired yet, and without them replicas would not be fenced.
+    if config.daemon.database is not None and args.command in ("once", "drift"):
+        # `run` leads or stands by under the lease; these one-off commands would write (once)
+        # or read a leader's state outside it: run them against a SQLite copy instead.
         print(
-            "daemon.state: running on PostgreSQL is not wired into the daemon yet "
-            "(stocksync migrate-state already copies a state into it)",
+            f"daemon.state: `{args.command}` works on a SQLite state; on PostgreSQL use the "
+            "running replicas (status, resync) or copy the state with migrate-state",
             file=sys.stderr,
         )
         return EXIT_CONFIG

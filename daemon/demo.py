@@ -19,6 +19,7 @@ import os
 import random
 import secrets
 import shlex
+import shutil
 import socket
 import sys
 import tempfile
@@ -191,8 +192,14 @@ def _free_port() -> int:
 
 def _command() -> str:
     """How this process was started: `stocksync`, or `python -m daemon` from a checkout."""
-    if Path(sys.argv[0]).name == "stocksync":
-        return "stocksync"
+    started = Path(sys.argv[0])
+    if started.name == "stocksync":
+        # Bare only when another shell finds this same program (an activated venv, a package);
+        # else the full path, so the lines work as printed after `.venv/bin/stocksync demo`.
+        found = shutil.which("stocksync")
+        if found is not None and Path(found).resolve() == started.resolve():
+            return "stocksync"
+        return shlex.quote(str(started.resolve()))
     return f"{shlex.quote(sys.executable)} -m daemon"
 
 

@@ -32,6 +32,7 @@ from daemon.errors import (
     ChannelFatal,
     ChannelRejected,
     ChannelRetryable,
+    StateError,
     StoreUnavailable,
 )
 from daemon.models import ItemValue, Outcome, PushResult, Value, Verdict
@@ -80,12 +81,14 @@ class Dispatcher:
         metrics: Metrics,
         *,
         batch_window: float = 0.0,
+        may_push: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.name = config.name
         self.timing = timing
         self.batch_window = batch_window
+        self._may_push = may_push
         self._channel = channel
         self._store = store
         self._metrics = metrics
@@ -221,7 +224,7 @@ class Dispatcher:
         unsettled = {item.key for item in items}
         try:
             await self._push(items, unsettled)
-        except StoreUnavailable:
+        except StateError:
             pass  # not acknowledged: pushed again once the store can write (at least once)
         except Exception:
             self._log.exception("channel.settle_failed")
@@ -240,7 +243,7 @@ class Dispatcher:
                             self.timing,
                             not_before=now + self.config.timeout,
                         )
-                    except StoreUnavailable:
+                    except StateError:  # failing, or no longer ours: at start they recover
                         self._orphans.update(unsettled)
             self.in_flight -= len(items)
             self._slots.release()
@@ -250,6 +253,14 @@ class Dispatcher:
         """One request for `items`, then settle them (or split a batch refused as a whole)."""
         await self._limiter.acquire()
         started = self._clock()
+        if self._may_push is not None and not self._may_push():
+            # No longer the leader (a lease lost, a pause past it): this request must not leave.
+            keys = [i.key for i in items]
+            await self._store.release(
+                self.name, keys, started, self.timing, sent=False, not_before=started + 1.0
+            )
+            unsettled.difference_update(keys)
+            return
         if self.health.paused_until > started:
             # The channel was paused while this batch waited for its turn: put it back, unsent.
             keys = [i.key for i in items]

@@ -58,7 +58,9 @@ class Controller(Protocol):
 
     async def status(self) -> dict[str, Any]: ...
 
-    def webhook(self, skus: list[str]) -> None: ...
+    async def webhook(self, skus: list[str]) -> None:
+        """Take the SKUs for a look-up; returns once they are safe (queued, or durable)."""
+        ...
 
     def resync(self, trigger: str) -> None: ...
 
@@ -190,7 +192,7 @@ def build_app(
             log.warning("webhook.rejected", problem=str(exc))
             return _json({"error": str(exc)}, status=400)
         controller.metrics.webhook_events.labels(outcome="accepted").inc()
-        controller.webhook(skus)
+        await controller.webhook(skus)
         log.info("webhook.accepted", skus=len(skus))
         return _json({"accepted": len(skus)}, status=202)
 

@@ -32,11 +32,13 @@ from daemon import __version__, redact
 from daemon.assembly import Parts, assemble
 from daemon.budget import RequestBudget
 from daemon.config import Config, secret_values
-from daemon.errors import ConfigError, StartupError, StoreUnavailable
+from daemon.errors import ConfigError, SourceError, StartupError, StoreUnavailable
 from daemon.http import build_app
 from daemon.listener import Listener
 from daemon.logs import scrubber
 from daemon.lookups import LookupQueue
+from daemon.pg.lease import Lease
+from daemon.pg.replica import Replica
 from daemon.plan import fingerprint
 from daemon.statelock import StateLock
 from daemon.store import Store, open_store
@@ -47,6 +49,8 @@ __all__ = ["Daemon", "Parts", "assemble"]
 log = structlog.get_logger("stocksync.pipeline")
 
 _HOUSEKEEPING_EVERY = 60.0
+#: the one merchant a deployment serves today (the lease and queues are keyed by it)
+MERCHANT = "default"
 _BUDGET_SAVE_EVERY = 2.0
 _STORE_RETRY = 5.0
 
@@ -100,6 +104,11 @@ class Daemon:
         self.budget = RequestBudget(config.keycrm.requests_per_minute)
         self.lookups = LookupQueue()
         self._listener: Listener | None = None
+        #: set on PostgreSQL: this process is one replica of several
+        self.replica: Replica | None = None
+        self._leading = False
+        self._led = anyio.Event()
+        self._terminate = anyio.Event()
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -107,6 +116,7 @@ class Daemon:
         """Graceful stop (SIGTERM, SIGINT)."""
         self._stopping = True
         self._stop.set()
+        self._terminate.set()
 
     def resync(self, trigger: str) -> None:
         """Full resync (SIGUSR1, `POST /admin/resync`); merged with one already under way."""
@@ -114,9 +124,15 @@ class Daemon:
         self._resync_trigger = trigger
         self._resync_wanted.set()
 
-    def webhook(self, skus: list[str]) -> None:
-        if self.parts is not None:
+    async def webhook(self, skus: list[str]) -> None:
+        """A webhook's SKUs: on PostgreSQL into the durable queue the leader consumes (any
+        replica takes them, and none is lost in a crash); else into the process's queue."""
+        if self.replica is not None:
+            await self.replica.enqueue(skus)
+        elif self.parts is not None:
             self.parts.source.request_lookup(skus)
+        else:
+            self.lookups.push(skus)  # before the first pipeline: it will find them
 
     async def reload(self) -> None:
         """SIGHUP: re-read and validate the file, bind a changed listener; on any fault keep
@@ -130,7 +146,7 @@ class Daemon:
                 try:
                     self.bound_port = await self._listener.rebind(config.daemon.listen)
                 except OSError as exc:
-                    reason = exc.strerror or str(exc)
+                    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                     raise ConfigError(
                         [("daemon.listen", f"cannot listen there: {reason}")]
                     ) from exc
@@ -146,6 +162,9 @@ class Daemon:
         redact.update(secret_values(config))  # a rotated secret is masked from now on
         self.metrics.config_reloads.labels(result="ok").inc()
         log.info("config.reloaded", channels=[c.name for c in config.channels])
+        if self.replica is not None and not self._leading:
+            self._switch(config)  # a standby has no pipeline to replace
+            return
         self._next_config = config
         self._stop.set()
 
@@ -173,6 +192,9 @@ class Daemon:
 
     async def readiness(self) -> str | None:
         parts = self.parts
+        if self.replica is not None and not self._leading and self.store is not None:
+            # A healthy standby is ready: the Service keeps sending it webhooks to queue.
+            return None if self._stopping is False else "stopping"
         if parts is None or self.store is None:
             return "starting"
         if self._stopping:
@@ -190,9 +212,21 @@ class Daemon:
         return None
 
     async def status(self) -> dict[str, Any]:
+        report = await self._status()
+        if self.replica is not None:
+            try:
+                report["replica"] = await self.replica.status()
+            except Exception as exc:
+                report["replica"] = {"error": f"cannot read the lease: {type(exc).__name__}"}
+        # Errors quote channel answers; a channel that echoes our credentials must not leak them.
+        scrubbed: dict[str, Any] = self._scrub(report)
+        return scrubbed
+
+    async def _status(self) -> dict[str, Any]:
         parts = self.parts
         if parts is None or self.store is None:
-            return {"version": __version__, "ready": False, "reason": "starting"}
+            reason = await self.readiness()
+            return {"version": __version__, "ready": reason is None, "reason": reason}
         try:
             counts = await self.store.counts()
             oldest = await self.store.oldest_pending()
@@ -245,14 +279,15 @@ class Daemon:
             },
             "channels": channels,
         }
-        # Errors quote channel answers; a channel that echoes our credentials must not leak them.
-        scrubbed: dict[str, Any] = self._scrub(report)
-        return scrubbed
+        return report
 
     # --- running ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until stopped. Reloads replace the pipeline; the shell stays throughout."""
+        if self.config.daemon.database is not None:
+            await self._run_replicated(self.config.daemon.database)
+            return
         state = self.config.daemon.state
         with StateLock(state):
             store = open_store(state)
@@ -268,7 +303,33 @@ class Daemon:
                     await store.close()
                 log.info("daemon.stopped")
 
-    async def _live(self, store: Store) -> None:
+    async def _run_replicated(self, dsn: str) -> None:
+        """On PostgreSQL: one of several replicas, leading the merchant while it holds the
+        lease (`daemon.pg`), a useful standby otherwise."""
+        settings = self.config.daemon
+        password = settings.database_password
+        replica = await Replica.open(
+            dsn,
+            MERCHANT,
+            password=None if password is None else password.get_secret_value(),
+            ttl=settings.lease_ttl,
+        )
+        self.replica = replica
+        self.store = replica.store
+        replica.store.health.on_error = lambda op: self.metrics.store_errors.labels(
+            operation=op
+        ).inc()
+        self.metrics.leader.labels(merchant=MERCHANT).set(0)
+        self.budget.on_done = replica.record_request
+        try:
+            await self._live(replica.store, replica=replica)
+        finally:
+            self._notify("STOPPING=1")
+            with anyio.CancelScope(shield=True):
+                await replica.close()
+            log.info("daemon.stopped")
+
+    async def _live(self, store: Store, *, replica: Replica | None = None) -> None:
         app = build_app(
             self,
             webhook_token=lambda: self.config.keycrm.webhook_token,
@@ -281,7 +342,10 @@ class Daemon:
                 await life.start(self._signals)
             if self._watchdog_every is not None:
                 life.start_soon(self._watchdog, self._watchdog_every)
-            life.start_soon(self._keep_budget, store)
+            if replica is None:
+                life.start_soon(self._keep_budget, store)
+            else:
+                await life.start(replica.run)
             try:
                 try:
                     self.bound_port = await listener.start(self.config.daemon.listen)
@@ -289,19 +353,58 @@ class Daemon:
                     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                     listen = self.config.daemon.listen
                     raise StartupError(f"cannot listen on {listen}: {reason}") from exc
-                await self._recover(store)
-                resync_first = False
-                while not self._stopping:
-                    await self._run_pipeline(self.config, resync_first=resync_first)
-                    if self._next_config is None or self._stopping:
-                        break
-                    self._switch(self._next_config)
-                    resync_first = True
+                if replica is None:
+                    await self._recover(store)
+                    await self._pipelines()
+                else:
+                    await self._follow(replica)
             finally:
                 with anyio.CancelScope(shield=True):
                     await listener.close()
                 self._listener = None
             life.cancel_scope.cancel()
+
+    async def _pipelines(self, lease: Lease | None = None) -> None:
+        """Pipeline after pipeline (a reload replaces one), until a stop."""
+        resync_first = False
+        if self._next_config is not None:  # a reload a standby took before it led
+            self._switch(self._next_config)
+        while not self._stopping:
+            await self._run_pipeline(self.config, resync_first=resync_first, lease=lease)
+            if self._next_config is None or self._stopping:
+                break
+            self._switch(self._next_config)
+            resync_first = True
+
+    async def _follow(self, replica: Replica) -> None:
+        """Lead whenever this replica holds the lease, stand by otherwise, until a stop."""
+        async with anyio.create_task_group() as roles:
+            roles.start_soon(replica.keeper.lead, self._lead)
+            await self._terminate.wait()
+            if self._leading:
+                await self._led.wait()  # the leader's pipeline drains first
+            roles.cancel_scope.cancel()
+
+    async def _lead(self, lease: Lease) -> None:
+        """This replica leads: take over the keyCRM window and the pushes a dead leader left
+        in flight, then run the pipelines. Cancelled (by the keeper) the moment the lease ends
+        on this process's own clock."""
+        assert self.replica is not None
+        assert self.store is not None
+        self._leading, self._led = True, anyio.Event()
+        self.metrics.leader.labels(merchant=MERCHANT).set(1)
+        log.info("replica.leading", merchant=MERCHANT, epoch=lease.epoch)
+        try:
+            inherited = await self.replica.inherit_budget(self.budget)
+            log.info("keycrm.budget_inherited", requests=inherited)
+            await self._recover(self.store)
+            await self._pipelines(lease)
+        finally:
+            self._leading = False
+            self.parts = None
+            self.metrics.leader.labels(merchant=MERCHANT).set(0)
+            self._led.set()
+            log.info("replica.standing_by", merchant=MERCHANT, epoch=lease.epoch)
 
     def _switch(self, config: Config) -> None:
         """Take a validated new config for the next pipeline (the shell's parts stay)."""
@@ -324,9 +427,12 @@ class Daemon:
         if recovered:
             log.warning("daemon.recovered_in_flight", items=recovered)
 
-    async def _run_pipeline(self, config: Config, *, resync_first: bool) -> None:
+    async def _run_pipeline(
+        self, config: Config, *, resync_first: bool, lease: Lease | None = None
+    ) -> None:
         assert self.store is not None
         store = self.store
+        keeper = None if self.replica is None else self.replica.keeper
         async with aiohttp.ClientSession() as session:
             parts = assemble(
                 config,
@@ -335,6 +441,9 @@ class Daemon:
                 self.metrics,
                 budget=self.budget,
                 lookups=self.lookups,
+                # Before each push: do we still lead, on our own clock? A leader that was
+                # paused past its lease wakes up pushing nothing.
+                may_push=None if keeper is None else keeper.leading,
                 clock=self._clock,
             )
             self.parts = parts
@@ -353,10 +462,10 @@ class Daemon:
             self.started.set()
             if resync_first:
                 self.resync("signal")
-            await self._serve(parts)
+            await self._serve(parts, lease)
             self.parts = None
 
-    async def _serve(self, parts: Parts) -> None:
+    async def _serve(self, parts: Parts, lease: Lease | None = None) -> None:
         config = parts.config
         async with anyio.create_task_group() as workers:
             for dispatcher in parts.dispatchers.values():
@@ -368,7 +477,10 @@ class Daemon:
                 feeders.start_soon(self._replan, parts)
                 feeders.start_soon(parts.source.run_scans)
                 feeders.start_soon(parts.source.run_catalog)
-                feeders.start_soon(parts.source.run_lookups)
+                if self.replica is None or lease is None:
+                    feeders.start_soon(parts.source.run_lookups)
+                else:  # webhooks any replica took, from the durable queue
+                    feeders.start_soon(self._consume_lookups, self.replica, lease, parts)
                 feeders.start_soon(self._resyncs, parts)
                 feeders.start_soon(self._housekeeping)
                 for checker in parts.checkers:
@@ -391,6 +503,17 @@ class Daemon:
             await dispatcher.drain(deadline)
         except StoreUnavailable:
             return  # what was not settled is pushed again after the restart
+
+    @staticmethod
+    async def _consume_lookups(replica: Replica, lease: Lease, parts: Parts) -> None:
+        """The leader serves the durable look-up queue; a failed look-up leaves its SKUs
+        queued (claimable again) and is tried again after a pause."""
+        while True:
+            try:
+                await replica.consume_lookups(lease, parts.source.look_up)
+            except (SourceError, StoreUnavailable) as exc:
+                log.warning("keycrm.lookup_failed", error=str(exc))
+                await anyio.sleep(_STORE_RETRY)
 
     async def _replan(self, parts: Parts) -> None:
         """Plan every stored record again if the rules changed since they were last planned

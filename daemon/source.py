@@ -297,22 +297,27 @@ class Source:
             batch = self.lookups.take(_LOOKUP_BATCH)
 
             async def look(skus: list[str] = batch) -> None:
-                found = await self.client.lookup(skus)
-                for reason, dropped in found.dropped.items():
-                    self._metrics.lookups_dropped.labels(reason=reason).inc(len(dropped))
-                    log.warning(
-                        "keycrm.lookup_skipped",
-                        reason=reason,
-                        count=len(dropped),
-                        skus=[sku[:80] for sku in dropped[:10]],
-                    )
-                changed = await self._store.save_stock(found.levels, None)
-                await self._reconciler.ingest(changed)  # no guard: a sell-out goes out now
+                await self.look_up(skus)
 
             if not await self._guarded(look, "keycrm.lookup_failed"):
                 # Back to the front of the queue; do not spin on a failing keyCRM meanwhile.
                 self.lookups.put_back(batch)
                 await anyio.sleep(self.retry_in)
+
+    async def look_up(self, skus: list[str]) -> None:
+        """Look these SKUs up in keyCRM and plan what changed (no guard: a sell-out goes out
+        now). Raises on failure, so a durable queue can hand them out again."""
+        found = await self.client.lookup(skus)
+        for reason, dropped in found.dropped.items():
+            self._metrics.lookups_dropped.labels(reason=reason).inc(len(dropped))
+            log.warning(
+                "keycrm.lookup_skipped",
+                reason=reason,
+                count=len(dropped),
+                skus=[sku[:80] for sku in dropped[:10]],
+            )
+        changed = await self._store.save_stock(found.levels, None)
+        await self._reconciler.ingest(changed)
 
     async def _guarded(self, job: Callable[[], Awaitable[None]], event: str) -> bool:
         """Run one read of keyCRM; False (and `self.retry_in` set) if it failed as expected."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 from typing import Any
 
 import orjson
@@ -50,6 +52,7 @@ def test_in_process_figures_and_the_channel_rate(tmp_path: Path) -> None:
     assert figures["memory.stocksync"]["value"] > 10 * 2**20  # a VmHWM, not a KiB count
 
 
+@pytest.mark.bench
 def test_real_daemon_figures(tmp_path: Path) -> None:
     report = run_bench(
         tmp_path,
@@ -73,6 +76,7 @@ def test_real_daemon_figures(tmp_path: Path) -> None:
     assert figures["resync.healthz_worst_stall"]["target"] == 0.1
 
 
+@pytest.mark.bench
 def test_baseline_against_the_naive_sync(tmp_path: Path) -> None:
     figures = by_name(run_bench(tmp_path, "--only", "baseline", "--skus", "200"))
     assert figures["baseline.channel_requests"]["value"] >= 1

@@ -126,8 +126,15 @@ async def fence(conn: AsyncConnection[TupleRow], lease: Lease) -> None:
     """First statement of a leader's write transaction: raises `LeaseLost` if it moved on.
 
     The lock it takes lasts until the caller's transaction ends, so no takeover can happen
-    between this check and the caller's commit.
+    between this check and the caller's commit. A leader frozen inside that transaction (a
+    SIGSTOP, a paused VM) would hold the lock forever and block every takeover, so the server
+    ends such a session after a third of the TTL idle in the transaction (`SET LOCAL`: scoped
+    to this transaction, safe behind a pooler).
     """
+    idle = f"{max(1000, int(lease.ttl * 1000 / 3))}ms"
+    await conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (idle,)
+    )
     cursor = await conn.execute("SELECT " + FENCE, fence_params(lease))
     row = await cursor.fetchone()
     if row is None or not row[0]:
@@ -154,7 +161,12 @@ async def acquire(
             " VALUES (%s, '', 0, '-infinity', '-infinity') ON CONFLICT (merchant) DO NOTHING",
             (merchant,),
         )
-        # FOR UPDATE waits for the old leader's fenced transactions (FOR KEY SHARE) to end.
+        # FOR UPDATE waits for the old leader's fenced transactions (FOR KEY SHARE) to end;
+        # not forever: a frozen leader's are ended by the server (see `fence`), and the next
+        # bid comes soon anyway.
+        await conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)", (f"{max(1000, int(ttl * 1000 / 3))}ms",)
+        )
         cursor = await conn.execute(
             "SELECT expires_at > clock_timestamp() FROM leases WHERE merchant = %s FOR UPDATE",
             (merchant,),

@@ -7,6 +7,7 @@ products are a 404. Keeps what it was told per product and store, and every requ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,10 @@ class FakeInventoryApi:
         self.answer_delay = 0.0
         #: while set to an unset event, applied requests wait for it before answering
         self.answer_gate: anyio.Event | None = None
+        #: more tokens taken as valid: tests give each replica its own, to see who pushed
+        self.also_accept: set[str] = set()
+        #: (monotonic time, token) of every authenticated request, in order
+        self.senders: list[tuple[float, str]] = []
 
     def quantity(
         self, product: str, store: str, size: str | None = None, width: str | None = None
@@ -54,8 +59,10 @@ class FakeInventoryApi:
             self.in_flight -= 1
 
     async def _inventory(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if given != self.token and given not in self.also_accept:
             return web.json_response({"error": "Invalid or missing API token"}, status=401)
+        self.senders.append((time.monotonic(), given))
         fault = await self.faults.answer()
         if fault is not None:
             return fault

@@ -31,7 +31,7 @@ async def test_look_ups_gather_a_stream_of_webhooks(world: World) -> None:
         asked = len(world.keycrm.requests)
         for offer in world.keycrm.offers.values():  # one webhook per SKU, 200 a second
             offer.stock = {1: (1.0, 0.0)}
-            daemon.webhook([offer.sku or ""])
+            await daemon.webhook([offer.sku or ""])
             await anyio.sleep(0.005)
         await eventually(lambda: in_sync(world) and idle(daemon))
     lookups = [q for _, _, q in world.keycrm.requests[asked:] if "filter[offers_sku]" in q]
@@ -74,4 +74,48 @@ async def test_a_batching_channel_gathers_items_that_come_due_one_by_one(
         "stocksync_push_requests_total", {"channel": "c", "outcome": "ok"}
     )
     assert requests == 1, f"{requests} requests for {len(items)} items"
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "rig", [h for h in HARNESSES if h.id == "inventory_api"], ids=lambda h: h.id, indirect=True
+)
+async def test_a_dispatcher_that_may_not_push_sends_nothing(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A replica whose lease ran out on its own clock (`may_push` false) puts claimed items
+    back unsent, even ones already waiting for their turn."""
+    store = SQLiteStore(tmp_path / "state.db")
+    timing = Timing(0.0, 0.0)
+    config = SimpleNamespace(
+        name="c", type=rig.harness.type, rate=1000.0, concurrency=4, batch_size=1, timeout=5.0
+    )
+    metrics = Metrics(CollectorRegistry(), ["c"], "test")
+    leading = [False]
+    dispatcher = Dispatcher(
+        config,  # type: ignore[arg-type]
+        rig.channel,
+        store,
+        timing,
+        metrics,
+        may_push=lambda: leading[0],
+    )
+    items = rig.harness.items
+    await store.set_desired("c", {i.key: i.value for i in items}, time.time(), timing)
+    async with anyio.create_task_group() as group:
+        group.start_soon(dispatcher.run)
+        dispatcher.notify()
+        await anyio.sleep(0.3)
+        assert all(rig.harness.held(rig.fake, i) is None for i in items)
+        counts = (await store.counts())["c"]
+        assert counts.get("pending", 0) + counts.get("sending", 0) == len(items)
+        leading[0] = True  # leading again (a new lease): now they go
+        dispatcher.notify()
+
+        async def settled() -> bool:
+            return (await store.counts())["c"].get("ok", 0) == len(items)
+
+        await eventually(settled)
+        group.cancel_scope.cancel()
     await store.close()

@@ -48,7 +48,7 @@ class Quiet:
     async def status(self) -> dict[str, Any]:
         return {"ok": True}
 
-    def webhook(self, skus: list[str]) -> None:
+    async def webhook(self, skus: list[str]) -> None:
         self.hooks.append(skus)
 
     def resync(self, trigger: str) -> None: ...
@@ -248,21 +248,25 @@ async def test_a_malformed_request_carrying_the_token_is_one_scrubbed_line(
     path = f"/webhooks/keycrm/{world.webhook_token}".encode()
     async with running(daemon):
         assert daemon.bound_port is not None
+        # The last one is over the request line limit, with the token cut in two by any
+        # fixed-length quote of it: no masking of the whole token could catch the halves.
+        cut = b"/" * (100 - len(b"POST ") - len(b"/webhooks/keycrm/") - 6)
         for raw in (
             b"POST " + path + b" HTTP/1.1\r\nBad Header\r\n\r\n",
             b"POST " + path + b"\x00 HTTP/1.1\r\n\r\n",
             b"POST " + path + b" HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+            b"POST " + cut + path + b"?" + b"x" * 9000 + b" HTTP/1.1\r\n\r\n",
         ):
             answer = await exchange(daemon.bound_port, raw)
             assert answer.startswith(b"HTTP/1.0 400"), answer
-            assert world.webhook_token.encode() not in answer  # not quoted back either
+            assert world.webhook_token[3:9].encode() not in answer  # no part quoted back
     lines = [orjson.loads(line) for line in logs.getvalue().splitlines()]
     bad = [line for line in lines if line["event"] == "http.bad_request"]
-    assert [line["status"] for line in bad] == [400, 400, 400]
+    assert [line["status"] for line in bad] == [400, 400, 400, 400]
     assert all("Traceback" not in str(line) for line in bad)
     printed = capfd.readouterr()
     for text in (logs.getvalue(), caplog.text, printed.out, printed.err):
-        assert world.webhook_token not in text
+        assert world.webhook_token[3:9] not in text
 
 
 def test_file_descriptor_exhaustion_is_one_line_a_minute() -> None:

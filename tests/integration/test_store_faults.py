@@ -82,7 +82,7 @@ async def test_a_full_disk_is_a_state_that_passes(
             store.full = True
             restock(world, 7)
             assert daemon.parts is not None
-            daemon.webhook([o.sku or "" for o in world.keycrm.offers.values()])
+            await daemon.webhook([o.sku or "" for o in world.keycrm.offers.values()])
             daemon.parts.source.request_scan()
             await eventually(lambda: failing(daemon))
             status, text = await readyz(port)

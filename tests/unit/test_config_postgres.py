@@ -72,10 +72,10 @@ def test_database_faults_are_reported_without_the_password(
     assert "hunter2" not in str(found)
 
 
-def test_commands_that_open_the_state_refuse_a_dsn_until_the_daemon_is_wired(
+def test_one_off_commands_that_write_the_state_refuse_a_dsn(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write(tmp_path, with_daemon(f'state = "{DSN}"'))
     assert main(["check-config", "-c", str(path)]) == 0
     assert main(["once", "-c", str(path)]) == 2
-    assert "not wired into the daemon yet" in capsys.readouterr().err
+    assert "works on a SQLite state" in capsys.readouterr().err
