@@ -5,11 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 from typing import Any
 
 import orjson
+import pytest
 
 FIELDS = {"benchmark", "name", "what", "value", "unit", "target", "better", "note", "ratio", "met"}
 
