@@ -59,6 +59,10 @@ def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACK
     return random.uniform(0, ceiling)  # noqa: S311 (jitter, not a secret)
 
 
+class _NoAnswer(ChannelRetryable):
+    """A request that got no answer within the channel's timeout: its outcome is unknown."""
+
+
 @dataclass(slots=True)
 class ChannelHealth:
     """What `/status` shows about a channel's own state."""
@@ -283,7 +287,7 @@ class Dispatcher:
         except ChannelError as exc:
             failure = exc
         except TimeoutError:
-            failure = ChannelRetryable(f"{self.name}: no answer within {self.config.timeout:g}s")
+            failure = _NoAnswer(f"{self.name}: no answer within {self.config.timeout:g}s")
         except Exception as exc:
             self._log.exception("channel.push_crashed")
             failure = ChannelRetryable(f"{self.name}: unexpected {type(exc).__name__}")
@@ -356,6 +360,12 @@ class Dispatcher:
                 exponent = min(self.health.failures_in_a_row - 1, 16)
                 self._pause(now + min(PROBE_CAP, PROBE_BASE * 2**exponent), down=True)
             wait = max(0.0, self.health.paused_until - now)
+            return [Verdict(i.key, i.value, Outcome.RETRY, message, wait) for i in items]
+        if isinstance(failure, _NoAnswer):
+            # The channel may still apply the request it did not answer: the next push of these
+            # items waits as long again, so it does not land before the old one (no pause of
+            # the channel: other items are not affected).
+            wait = self.config.timeout
             return [Verdict(i.key, i.value, Outcome.RETRY, message, wait) for i in items]
         retry_after = failure.retry_after if isinstance(failure, ChannelRetryable) else None
         if retry_after is not None:

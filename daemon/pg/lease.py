@@ -122,6 +122,15 @@ def fence_params(lease: Lease) -> dict[str, object]:
             "lease_epoch": lease.epoch}  # fmt: skip
 
 
+async def limit_idle(conn: AsyncConnection[TupleRow], ttl: float) -> None:
+    """This transaction's session is ended by the server if it sits idle in it for a third of
+    the TTL: a frozen process must not keep the lease row locked (`SET LOCAL`: pooler-safe)."""
+    idle = f"{max(1000, int(ttl * 1000 / 3))}ms"
+    await conn.execute(
+        "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (idle,)
+    )
+
+
 async def fence(conn: AsyncConnection[TupleRow], lease: Lease) -> None:
     """First statement of a leader's write transaction: raises `LeaseLost` if it moved on.
 
@@ -131,10 +140,7 @@ async def fence(conn: AsyncConnection[TupleRow], lease: Lease) -> None:
     ends such a session after a third of the TTL idle in the transaction (`SET LOCAL`: scoped
     to this transaction, safe behind a pooler).
     """
-    idle = f"{max(1000, int(lease.ttl * 1000 / 3))}ms"
-    await conn.execute(
-        "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (idle,)
-    )
+    await limit_idle(conn, lease.ttl)
     cursor = await conn.execute("SELECT " + FENCE, fence_params(lease))
     row = await cursor.fetchone()
     if row is None or not row[0]:
@@ -156,11 +162,31 @@ async def acquire(
     """
     started = clock()
     async with conn.transaction():
+        await limit_idle(conn, ttl)
         await conn.execute(
             "INSERT INTO leases (merchant, holder, epoch, expires_at, acquired_at)"
             " VALUES (%s, '', 0, '-infinity', '-infinity') ON CONFLICT (merchant) DO NOTHING",
             (merchant,),
         )
+        # An expired lease whose row is still locked belongs to a leader frozen inside a
+        # transaction (SIGSTOP, a paused VM): end its sessions, or it would block every
+        # takeover for as long as it stays frozen. Same role: no superuser needed.
+        cursor = await conn.execute(
+            "SELECT expires_at <= clock_timestamp() FROM leases WHERE merchant = %s", (merchant,)
+        )
+        expired = await cursor.fetchone()
+        if expired is not None and expired[0]:
+            # Only sessions stuck for longer than a live transaction ever takes (idle in it,
+            # or an answer its frozen client never reads): one that is merely slow is waited
+            # for, as below.
+            await conn.execute(
+                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+                " JOIN pg_locks l ON l.pid = a.pid"
+                " WHERE l.relation = 'leases'::regclass AND l.granted"
+                " AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL"
+                " AND clock_timestamp() - a.state_change > make_interval(secs => %s)",
+                (ttl / 3,),
+            )
         # FOR UPDATE waits for the old leader's fenced transactions (FOR KEY SHARE) to end;
         # not forever: a frozen leader's are ended by the server (see `fence`), and the next
         # bid comes soon anyway.
@@ -199,6 +225,7 @@ async def renew(
     """Extend a lease still held under its epoch; None if it expired or another took it."""
     started = clock()
     async with conn.transaction():
+        await limit_idle(conn, lease.ttl)
         cursor = await conn.execute(
             "UPDATE leases SET expires_at = clock_timestamp() + make_interval(secs => %s)"
             " WHERE merchant = %s AND holder = %s AND epoch = %s"
@@ -212,6 +239,7 @@ async def renew(
 async def release(conn: AsyncConnection[TupleRow], lease: Lease) -> None:
     """Give the lease up now (a graceful stop), and NOTIFY `RELEASED` so standbys bid at once."""
     async with conn.transaction():
+        await limit_idle(conn, lease.ttl)
         await conn.execute(
             "UPDATE leases SET expires_at = clock_timestamp()"
             " WHERE merchant = %s AND holder = %s AND epoch = %s",

@@ -28,7 +28,7 @@ from typing import Any, LiteralString
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import TupleRow
 
-from daemon.codec import decode_catalog, decode_stock, encode_catalog, encode_stock
+from daemon.codec import encode_catalog, encode_stock
 from daemon.errors import StateUnusable, StoreUnavailable
 from daemon.guard import ScanGuard
 from daemon.models import (
@@ -49,6 +49,7 @@ from daemon.store import lifecycle
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Item, Status, Timing
 from daemon.store.protocol import HistoryRow, ItemRow, Settled, Store
+from daemon.store.records import record_from, zeroed
 from daemon.store.schema import ITEM_COLUMNS
 
 __all__ = ["PostgresStore"]
@@ -109,14 +110,6 @@ def _row(item: Item) -> tuple[Any, ...]:
         item.due_at,
         item.last_error,
         item.held_scan,
-    )
-
-
-def _record(sku: str, stock: str | None, catalog: str | None) -> StockRecord | None:
-    if stock is None:
-        return None
-    return StockRecord(
-        decode_stock(sku, stock), None if catalog is None else decode_catalog(sku, catalog)
     )
 
 
@@ -255,7 +248,7 @@ class PostgresStore:
                 text = encode_stock(level)
                 stock, catalog = old.get(level.sku, (None, None))
                 if text != stock:
-                    record = _record(level.sku, text, catalog)
+                    record = record_from(level.sku, text, catalog)
                     assert record is not None
                     changed.append(record)
                 rows.append((level.sku, text, scan or 0, now))
@@ -282,7 +275,7 @@ class PostgresStore:
                 stock, catalog = old.get(entry.sku, (None, None))
                 if text == catalog:
                     continue
-                record = _record(entry.sku, stock, text)
+                record = record_from(entry.sku, stock, text)
                 if record is not None:
                     changed.append(record)
                 rows.append((entry.sku, text, now))
@@ -306,23 +299,10 @@ class PostgresStore:
             rows = await cursor.fetchall()
         gone = []
         for sku, stock, catalog in rows:
-            record = _record(sku, stock, catalog)
-            assert record is not None
-            level = record.stock
-            if level.quantity == 0 and level.reserve == 0:
-                continue
-            empty = Decimal(0)
-            zero = StockLevel(
-                sku=sku,
-                offer_id=level.offer_id,
-                quantity=empty,
-                reserve=empty,
-                price=level.price,
-                warehouses=None
-                if level.warehouses is None
-                else tuple(type(w)(w.id, empty, empty) for w in level.warehouses),
-            )
-            gone.append(StockRecord(zero, record.catalog))
+            record = record_from(sku, stock, catalog)
+            zero = None if record is None else zeroed(record)
+            if zero is not None:
+                gone.append(zero)
         if gone:
             await self.save_stock([r.stock for r in gone], None)
         return gone
@@ -335,7 +315,7 @@ class PostgresStore:
                 (after, limit),
             )
             rows = await cursor.fetchall()
-        return [r for r in (_record(*row) for row in rows) if r is not None]
+        return [r for r in (record_from(*row) for row in rows) if r is not None]
 
     # --- planning ------------------------------------------------------------------------------
 

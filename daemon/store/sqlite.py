@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 
-from daemon.codec import decode_catalog, decode_stock, encode_catalog, encode_stock
+from daemon.codec import encode_catalog, encode_stock
 from daemon.errors import StateUnusable, StoreUnavailable
 from daemon.guard import ScanGuard
 from daemon.models import (
@@ -38,6 +38,7 @@ from daemon.store import lifecycle
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Item, Status, Timing
 from daemon.store.protocol import HistoryRow, ItemRow, Settled
+from daemon.store.records import record_from, zeroed
 from daemon.store.schema import ITEM_COLUMNS, migrate
 
 __all__ = ["SQLiteStore"]
@@ -221,14 +222,6 @@ class SQLiteStore:
         rows = self._select_in("SELECT sku, stock, catalog FROM records WHERE sku IN ({in})", skus)
         return {sku: (stock, catalog) for sku, stock, catalog in rows}
 
-    @staticmethod
-    def _record(sku: str, stock: str | None, catalog: str | None) -> StockRecord | None:
-        if stock is None:
-            return None
-        return StockRecord(
-            decode_stock(sku, stock), None if catalog is None else decode_catalog(sku, catalog)
-        )
-
     async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
         return await self._run(self._save_stock, levels, scan)
 
@@ -242,7 +235,7 @@ class SQLiteStore:
                 text = encode_stock(level)
                 stock, catalog = old.get(level.sku, (None, None))
                 if text != stock:
-                    record = self._record(level.sku, text, catalog)
+                    record = record_from(level.sku, text, catalog)
                     assert record is not None
                     changed.append(record)
                 rows.append((level.sku, text, scan or 0, now))
@@ -269,7 +262,7 @@ class SQLiteStore:
                 stock, catalog = old.get(entry.sku, (None, None))
                 if text == catalog:
                     continue
-                record = self._record(entry.sku, stock, text)
+                record = record_from(entry.sku, stock, text)
                 if record is not None:
                     changed.append(record)
                 rows.append((entry.sku, text, now))
@@ -292,26 +285,13 @@ class SQLiteStore:
             "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND seen_scan < ?",
             (scan - 1,),
         ).fetchall()
-        zeroed = []
+        gone = []
         for sku, stock, catalog in rows:
-            record = self._record(sku, stock, catalog)
-            assert record is not None
-            level = record.stock
-            if level.quantity == 0 and level.reserve == 0:
-                continue
-            empty = Decimal(0)
-            zero = StockLevel(
-                sku=sku,
-                offer_id=level.offer_id,
-                quantity=empty,
-                reserve=empty,
-                price=level.price,
-                warehouses=None
-                if level.warehouses is None
-                else tuple(type(w)(w.id, empty, empty) for w in level.warehouses),
-            )
-            zeroed.append(StockRecord(zero, record.catalog))
-        return zeroed
+            record = record_from(sku, stock, catalog)
+            zero = None if record is None else zeroed(record)
+            if zero is not None:
+                gone.append(zero)
+        return gone
 
     async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
         return await self._run(self._records, after, limit)
@@ -322,7 +302,7 @@ class SQLiteStore:
             "ORDER BY sku LIMIT ?",
             (after, limit),
         )
-        return [r for r in (self._record(*row) for row in rows) if r is not None]
+        return [r for r in (record_from(*row) for row in rows) if r is not None]
 
     # --- planning ------------------------------------------------------------------------------
 

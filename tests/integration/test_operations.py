@@ -47,9 +47,14 @@ class Notifications:
 
 @asynccontextmanager
 async def daemon_process(path: Path, env: dict[str, str]) -> AsyncIterator[anyio.abc.Process]:
-    process = await anyio.open_process(
-        [sys.executable, "-m", "daemon", "run", "-c", str(path)], env={**os.environ, **env}
-    )
+    # Its log goes to a file: a pipe nobody reads fills up and stalls the daemon.
+    with (path.parent / "daemon.log").open("ab") as log:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "daemon", "run", "-c", str(path)],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+        )
     try:
         yield process
     finally:
@@ -123,7 +128,9 @@ async def test_systemd_notify_signals_and_commands(world: World) -> None:
 
             process.send_signal(signal.SIGTERM)
             with anyio.fail_after(10):
-                assert await process.wait() == 0
+                code = await process.wait()
+            log = (path.parent / "daemon.log").read_text()[-3000:]
+            assert code == 0, log
         await eventually(lambda: notes.seen("STOPPING=1"))
         group.cancel_scope.cancel()
     notes.sock.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import anyio
@@ -50,10 +51,15 @@ async def test_a_crash_mid_push_loses_nothing(world: World) -> None:
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> anyio.abc.Process:
-    return await anyio.open_process(
-        [sys.executable, "-m", "daemon", *args],
-        env={**os.environ, **(env or {})},
-    )
+    """A command in the background; its output goes to a temporary file, never to a pipe that
+    nobody reads (a full pipe stalls the daemon writing its log)."""
+    with tempfile.TemporaryFile() as sink:
+        return await anyio.open_process(
+            [sys.executable, "-m", "daemon", *args],
+            env={**os.environ, **(env or {})},
+            stdout=sink,
+            stderr=sink,
+        )
 
 
 async def test_sigterm_mid_push_finishes_in_flight_requests_then_once_completes(

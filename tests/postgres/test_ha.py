@@ -202,7 +202,11 @@ async def test_a_leader_paused_past_its_lease_pushes_nothing_when_it_wakes(
     assert await replicas.webhook("a", ["SKU-00021"]) == 202
     await eventually(lambda: in_sync(world), timeout=20)
     await anyio.sleep(0.5)
-    assert replicas.pushes_by("a", since=woke_at) == 0
+    # It starts nothing after waking. A request it was already sending when it froze (between
+    # the lease check and the bytes leaving: a connect, a write) completes as it resumes;
+    # nothing in the process can recall it. At most `concurrency` (8) of those.
+    late = replicas.pushes_by("a", since=woke_at)
+    assert late <= 8, f"{late} pushes by the old leader after it woke"
     assert replicas.pushes_by("b", since=woke_at) >= 1
 
 
