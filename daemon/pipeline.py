@@ -52,6 +52,7 @@ _HOUSEKEEPING_EVERY = 60.0
 #: the one merchant a deployment serves today (the lease and queues are keyed by it)
 MERCHANT = "default"
 _BUDGET_SAVE_EVERY = 2.0
+_CLEAN_STOP = "clean_stop"
 _STORE_RETRY = 5.0
 
 
@@ -109,6 +110,8 @@ class Daemon:
         self._leading = False
         self._led = anyio.Event()
         self._terminate = anyio.Event()
+        #: plan every stored record at the next pipeline start (the last process died)
+        self._replan_all = False
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -295,7 +298,10 @@ class Daemon:
             store.health.on_error = lambda op: self.metrics.store_errors.labels(operation=op).inc()
             try:
                 await self._load_budget(store)
+                await self._note_start(store)
                 await self._live(store)
+                with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                    await store.set_meta(_CLEAN_STOP, "1")  # reached only by a graceful stop
             finally:
                 self._notify("STOPPING=1")
                 with anyio.CancelScope(shield=True):
@@ -397,6 +403,8 @@ class Daemon:
         try:
             inherited = await self.replica.inherit_budget(self.budget)
             log.info("keycrm.budget_inherited", requests=inherited)
+            # The predecessor may have died between storing records and planning them.
+            self._replan_all = inherited > 0 or await self.store.get_meta(_CLEAN_STOP) == "0"
             await self._recover(self.store)
             await self._pipelines(lease)
         finally:
@@ -414,6 +422,16 @@ class Daemon:
         for channel in config.channels:
             self.metrics.add_channel(channel.name)
         self._stop = anyio.Event()
+
+    async def _note_start(self, store: Store) -> None:
+        """Whether the last process stopped gracefully. If it died, records it had stored may
+        not have been planned yet (a kill between the two transactions): plan everything again
+        at this start, whatever the rules' fingerprint says."""
+        try:
+            self._replan_all = await store.get_meta(_CLEAN_STOP) == "0"
+            await store.set_meta(_CLEAN_STOP, "0")
+        except StoreUnavailable:
+            self._replan_all = True
 
     async def _recover(self, store: Store) -> None:
         """Pushes cut off by the death of the last process: their outcome is unknown."""
@@ -523,11 +541,14 @@ class Daemon:
         rules = fingerprint({c.name: c.rules for c in parts.config.channels})
         while True:
             try:
-                if await self.store.get_meta("plan_fingerprint") == rules:
+                unchanged = await self.store.get_meta("plan_fingerprint") == rules
+                if unchanged and not self._replan_all:
                     return
-                log.info("plan.replanning", reason="the planning rules changed")
+                reason = "the planning rules changed" if not unchanged else "an unclean stop"
+                log.info("plan.replanning", reason=reason)
                 replanned = await parts.reconciler.replan()
                 await self.store.set_meta("plan_fingerprint", rules)
+                self._replan_all = False
             except StoreUnavailable:
                 await anyio.sleep(_STORE_RETRY)
                 continue

@@ -150,6 +150,11 @@ async def test_one_leads_a_killed_leader_is_replaced_and_nothing_is_lost(
     for name in ("a", "b", "c"):
         await replicas.start(name)
     await eventually(lambda: in_sync(world), timeout=30)
+
+    async def all_answer() -> bool:
+        return all([await replicas.status(name) is not None for name in replicas.processes])
+
+    await eventually(all_answer, timeout=20)
     leader = await leader_elected(replicas)
     standbys = [name for name in replicas.processes if name != leader]
     for name in standbys:  # standbys are ready and say who leads
