@@ -26,7 +26,7 @@ left on the wire can no longer land after the new one (the channel's timeout).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from daemon.models import Outcome, Value, Verdict
@@ -35,6 +35,7 @@ __all__ = [
     "BACKLOG",
     "FRESH",
     "Item",
+    "Outcomes",
     "Settlement",
     "Status",
     "Timing",
@@ -46,6 +47,7 @@ __all__ = [
     "release",
     "release_held",
     "settle",
+    "settle_all",
     "zeroing",
 ]
 
@@ -264,6 +266,48 @@ def settle(
     else:
         _to_pending(item, timing, now)
     return Settlement(before, None, item.attempts)
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """What settling one push's verdicts gives a backend to write, in one transaction."""
+
+    writes: list[Item]
+    #: history rows: (channel, key, before, after, outcome, error, at)
+    history: list[tuple[str, str, str | None, str, str, str | None, float]]
+    propagated: list[float]
+    attempts: dict[str, int]
+
+
+def settle_all(
+    channel: str,
+    current: dict[str, Item],
+    verdicts: Sequence[Verdict],
+    now: float,
+    *,
+    timing: Timing,
+    backoff: Callable[[int], float],
+) -> Outcomes:
+    """Apply a push's verdicts to the items as loaded. Only an item still `sending` the very
+    value the verdict is about moves (one released or recovered meanwhile does not); every
+    verdict is recorded in the history."""
+    out = Outcomes([], [], [], {})
+    for verdict in verdicts:
+        sent = verdict.sent.encode()
+        item = current.get(verdict.key)
+        before = None if item is None else item.acked
+        if item is not None and item.status is Status.SENDING and item.sent == sent:
+            done = settle(item, verdict, now, timing, backoff)
+            before = done.before
+            if done.propagated is not None:
+                out.propagated.append(done.propagated)
+            if done.attempts is not None:
+                out.attempts[verdict.key] = done.attempts
+            out.writes.append(item)
+        out.history.append(
+            (channel, verdict.key, before, sent, str(verdict.outcome), verdict.error, now)
+        )
+    return out
 
 
 def release(

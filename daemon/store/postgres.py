@@ -422,27 +422,12 @@ class PostgresStore:
         timing: Timing,
         backoff: Callable[[int], float],
     ) -> Settled:
-        propagated: list[float] = []
-        attempts: dict[str, int] = {}
-        history = []
-        writes: list[Item] = []
         async with self._write(channel=channel) as conn:
             current = await self._load(conn, channel, [v.key for v in verdicts])
-            for verdict in verdicts:
-                sent = verdict.sent.encode()
-                item = current.get(verdict.key)
-                before = None if item is None else item.acked
-                if item is not None and item.status is Status.SENDING and item.sent == sent:
-                    done = lifecycle.settle(item, verdict, now, timing, backoff)
-                    before = done.before
-                    if done.propagated is not None:
-                        propagated.append(done.propagated)
-                    if done.attempts is not None:
-                        attempts[verdict.key] = done.attempts
-                    writes.append(item)
-                history.append(
-                    (channel, verdict.key, before, sent, str(verdict.outcome), verdict.error, now)
-                )
+            done = lifecycle.settle_all(
+                channel, current, verdicts, now, timing=timing, backoff=backoff
+            )
+            writes, history = done.writes, done.history
             await self._save(conn, writes)
             if history:
                 async with conn.cursor() as cursor:
@@ -460,7 +445,7 @@ class PostgresStore:
                     (sorted({v.key for v in verdicts}), channel, channel,
                      self.history_per_item - 1),
                 )  # fmt: skip
-        return Settled(propagated, attempts)
+        return Settled(done.propagated, done.attempts)
 
     async def release(
         self,

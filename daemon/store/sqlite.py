@@ -450,27 +450,12 @@ class SQLiteStore:
         timing: Timing,
         backoff: Callable[[int], float],
     ) -> Settled:
-        propagated: list[float] = []
-        attempts: dict[str, int] = {}
-        history = []
-        writes: list[Item] = []
         with self._tx():
             current = self._load(channel, [v.key for v in verdicts])
-            for verdict in verdicts:
-                sent = verdict.sent.encode()
-                item = current.get(verdict.key)
-                before = None if item is None else item.acked
-                if item is not None and item.status is Status.SENDING and item.sent == sent:
-                    done = lifecycle.settle(item, verdict, now, timing, backoff)
-                    before = done.before
-                    if done.propagated is not None:
-                        propagated.append(done.propagated)
-                    if done.attempts is not None:
-                        attempts[verdict.key] = done.attempts
-                    writes.append(item)
-                history.append(
-                    (channel, verdict.key, before, sent, str(verdict.outcome), verdict.error, now)
-                )
+            done = lifecycle.settle_all(
+                channel, current, verdicts, now, timing=timing, backoff=backoff
+            )
+            writes, history = done.writes, done.history
             self._write(writes)
             self._db.executemany(
                 "INSERT INTO history (channel, key, before, after, outcome, error, at) "
@@ -485,7 +470,7 @@ class SQLiteStore:
                 "ORDER BY at DESC LIMIT 1 OFFSET ?)",
                 [(channel, v.key, channel, v.key, self.history_per_item - 1) for v in verdicts],
             )
-        return Settled(propagated, attempts)
+        return Settled(done.propagated, done.attempts)
 
     async def release(
         self,
