@@ -50,6 +50,9 @@ class StockLevel:
     reserve: Decimal
     price: Decimal | None
     warehouses: tuple[WarehouseStock, ...] | None = None
+    #: `raw_digest` of the offer this level was parsed from (None: not from a keyCRM page).
+    #: Not part of the value: two equal levels are equal whatever bytes they came from.
+    digest: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,7 +139,14 @@ def _step_3_counters(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX items_lag ON items (channel, status, diverged_at)")
 
 
-_STEPS = (_step_1_base, _step_2_work_queue, _step_3_counters)
+def _step_4_record_digests(db: sqlite3.Connection) -> None:
+    """Each record's raw offer digest (`keycrm_payloads.raw_digest`): a rescan skips what did
+    not change. Existing records have none, so their first rescan compares them in full."""
+    if "digest" not in _columns(db, "records"):
+        db.execute("ALTER TABLE records ADD COLUMN digest BLOB")
+
+
+_STEPS = (_step_1_base, _step_2_work_queue, _step_3_counters, _step_4_record_digests)
 
 
 def migrate(db: sqlite3.Connection) -> None:

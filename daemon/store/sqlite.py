@@ -229,23 +229,39 @@ class SQLiteStore:
         now = self._clock()
         changed: list[StockRecord] = []
         rows = []
+        seen = []
         with self._tx():
-            old = self._existing([level.sku for level in levels])
+            old = self._select_in(
+                "SELECT sku, stock, catalog, digest FROM records WHERE sku IN ({in})",
+                [level.sku for level in levels],
+            )
+            existing = {sku: (stock, catalog, digest) for sku, stock, catalog, digest in old}
             for level in levels:
+                stock, catalog, digest = existing.get(level.sku, (None, None, None))
+                if level.digest is not None and level.digest == digest:
+                    # The same bytes as last time: the same level. Only the scan mark moves.
+                    seen.append((scan, level.sku))
+                    continue
                 text = encode_stock(level)
-                stock, catalog = old.get(level.sku, (None, None))
                 if text != stock:
                     record = record_from(level.sku, text, catalog)
                     assert record is not None
                     changed.append(record)
-                rows.append((level.sku, text, scan or 0, now))
+                rows.append((level.sku, text, level.digest, scan or 0, now))
             self._db.executemany(
-                "INSERT INTO records (sku, stock, seen_scan, updated_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO records (sku, stock, digest, seen_scan, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock, "
+                "digest = excluded.digest, "
                 "seen_scan = MAX(records.seen_scan, excluded.seen_scan), "
-                "updated_at = excluded.updated_at",
+                "updated_at = CASE WHEN records.stock IS excluded.stock "
+                "THEN records.updated_at ELSE excluded.updated_at END",
                 rows,
             )
+            if scan is not None and seen:
+                self._db.executemany(
+                    "UPDATE records SET seen_scan = ?1 WHERE sku = ?2 AND seen_scan < ?1", seen
+                )
         return changed
 
     async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:

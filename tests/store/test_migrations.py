@@ -54,3 +54,19 @@ async def test_a_state_file_from_a_newer_stocksync_is_refused(tmp_path: Path) ->
     db.close()
     with pytest.raises(StateUnusable, match="newer stocksync"):
         SQLiteStore(path)
+
+
+async def test_an_old_state_file_gains_the_rescan_digest_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(OLD)
+    db.close()
+    await SQLiteStore(path).close()  # opening migrates
+    db = sqlite3.connect(path)
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        db.close()
+    assert "digest" in columns
+    assert version >= 4
