@@ -91,14 +91,20 @@ def _number(value: Any, where: str) -> Decimal:
 _DIGEST_PERSON = b"stock-level-v1"
 
 
-def raw_digest(item: dict[str, Any]) -> bytes:
-    """A fingerprint of one offer exactly as keyCRM sent it.
+def raw_digest(item: dict[str, Any]) -> bytes | None:
+    """A fingerprint of one offer exactly as keyCRM sent it (None: it has none, see below).
 
     The store keeps it beside the record: an offer whose bytes did not change since the last
     scan cannot have a different level, so a rescan skips encoding and comparing it (most of a
     rescan's cost at a million SKUs). Eight bytes: a false match needs a 64-bit collision.
+    An offer orjson cannot write back (an integer past 64 bits in a field stocksync ignores)
+    gets no digest: the store then compares its level in full, as before digests existed.
     """
-    return hashlib.blake2b(orjson.dumps(item), digest_size=8, person=_DIGEST_PERSON).digest()
+    try:
+        raw = orjson.dumps(item)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return None
+    return hashlib.blake2b(raw, digest_size=8, person=_DIGEST_PERSON).digest()
 
 
 def _int(value: Any, where: str) -> int:

@@ -111,3 +111,17 @@ async def test_the_digest_is_not_part_of_a_levels_value(store: Store) -> None:
     await store.save_stock([parsed], 1)
     assert await store.save_stock([replace(parsed, digest=None)], 2) == []
     assert await store.save_stock([replace(parsed, digest=b"other")], 3) == []
+
+
+async def test_an_offer_orjson_cannot_write_back_is_stored_without_a_digest(
+    sqlite_store: SQLiteStore, tmp_path: Path
+) -> None:
+    # Python's json reads integers of any size; orjson writes at most 64 bits. A field
+    # stocksync ignores must not stop the page: the offer is simply compared in full.
+    body = {"current_page": 1, "last_page": 1, "total": 1}
+    body["data"] = [{**offer("A", 3), "external_id": 2**70}]
+    [level] = parse_stock_page(body).items
+    assert level.digest is None
+    assert [r.sku for r in await sqlite_store.save_stock([level], 1)] == ["A"]
+    assert row(tmp_path / "state.db", "A")[1] is None
+    assert await sqlite_store.save_stock([level], 2) == []  # still no change, compared in full
