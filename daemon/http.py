@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
+from daemon.errors import StoreUnavailable
 from daemon.redact import scrub, scrub_text
 from daemon.telemetry import Metrics
 
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_SKU_LENGTH",
     "MAX_WEBHOOK_BYTES",
     "MAX_WEBHOOK_ITEMS",
+    "WEBHOOK_RETRY_AFTER",
     "Controller",
     "build_app",
     "parse_webhook",
@@ -43,6 +45,8 @@ MAX_WEBHOOK_ITEMS = 10_000
 MAX_SKU_LENGTH = 255
 #: How long a client may take to send a webhook body, once its request head has arrived.
 BODY_TIMEOUT = 30.0
+#: Seconds a webhook refused for a store that cannot write suggests waiting (`Retry-After`).
+WEBHOOK_RETRY_AFTER = 5
 
 
 class Controller(Protocol):
@@ -59,7 +63,9 @@ class Controller(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
     async def webhook(self, skus: list[str]) -> None:
-        """Take the SKUs for a look-up; returns once they are safe (queued, or durable)."""
+        """Take the SKUs for a look-up; returns once they are committed to the state.
+
+        Raises `StoreUnavailable` if they cannot be (the webhook is answered 503)."""
         ...
 
     def resync(self, trigger: str) -> None: ...
@@ -112,12 +118,32 @@ def _same(given: str, secret: SecretStr) -> bool:
     return hmac.compare_digest(raw, secret.get_secret_value().encode())
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(scrub(data), option=orjson.OPT_INDENT_2),
         status=status,
+        headers=headers,
         content_type="application/json",
     )
+
+
+async def _take(controller: Controller, skus: list[str]) -> web.Response:
+    """202 once the SKUs are committed to the state; 503 if the store cannot write them."""
+    try:
+        await controller.webhook(skus)
+    except StoreUnavailable:
+        # Not on disk, so not accepted: a 5xx tells keyCRM the delivery failed (whether it
+        # sends it again is undocumented; the next scan carries the change either way).
+        controller.metrics.webhook_events.labels(outcome="rejected").inc()
+        log.warning("webhook.refused", problem="the state store cannot write", skus=len(skus))
+        return _json(
+            {"error": "the state store cannot take the webhook now; send it again"},
+            status=503,
+            headers={"Retry-After": str(WEBHOOK_RETRY_AFTER)},
+        )
+    controller.metrics.webhook_events.labels(outcome="accepted").inc()
+    log.info("webhook.accepted", skus=len(skus))
+    return _json({"accepted": len(skus)}, status=202)
 
 
 @web.middleware
@@ -191,10 +217,7 @@ def build_app(
             controller.metrics.webhook_events.labels(outcome="rejected").inc()
             log.warning("webhook.rejected", problem=str(exc))
             return _json({"error": str(exc)}, status=400)
-        controller.metrics.webhook_events.labels(outcome="accepted").inc()
-        await controller.webhook(skus)
-        log.info("webhook.accepted", skus=len(skus))
-        return _json({"accepted": len(skus)}, status=202)
+        return await _take(controller, skus)
 
     async def admin_resync(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "")

@@ -103,7 +103,8 @@ class Daemon:
         self.started = anyio.Event()
         self.bound_port: int | None = None
         self.budget = RequestBudget(config.keycrm.requests_per_minute)
-        self.lookups = LookupQueue()
+        #: webhook look-ups on a SQLite state (PostgreSQL: the replica's queue); set by `run`
+        self.lookups: LookupQueue | None = None
         self._listener: Listener | None = None
         #: set on PostgreSQL: this process is one replica of several
         self.replica: Replica | None = None
@@ -128,14 +129,19 @@ class Daemon:
         self._resync_wanted.set()
 
     async def webhook(self, skus: list[str]) -> None:
-        """A webhook's SKUs: on PostgreSQL into the durable queue the leader consumes (any
-        replica takes them, and none is lost in a crash); else into the process's queue."""
+        """A webhook's SKUs into the durable look-up queue: on PostgreSQL the one the leader
+        consumes (any replica takes them), else the state file's. Returns once they are
+        committed, so a crash after the 2xx loses none; raises `StoreUnavailable` when they
+        cannot be (the webhook is refused, and keyCRM may send it again)."""
         if self.replica is not None:
             await self.replica.enqueue(skus)
-        elif self.parts is not None:
-            self.parts.source.request_lookup(skus)
-        else:
-            self.lookups.push(skus)  # before the first pipeline: it will find them
+            return
+        if self.lookups is None:
+            raise StoreUnavailable("the state store is not open yet", operation="write")
+        overflow = await self.lookups.push(skus)
+        if overflow:
+            self.metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
+            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=self.lookups.cap)
 
     async def reload(self) -> None:
         """SIGHUP: re-read and validate the file, bind a changed listener; on any fault keep
@@ -296,7 +302,10 @@ class Daemon:
             store = open_store(state)
             self.store = store
             store.health.on_error = lambda op: self.metrics.store_errors.labels(operation=op).inc()
+            self.lookups = LookupQueue(store)
             try:
+                with contextlib.suppress(StoreUnavailable):  # then the consumer asks the store
+                    await self.lookups.load()  # what a killed process left: looked up first
                 await self._load_budget(store)
                 await self._note_start(store)
                 await self._live(store)

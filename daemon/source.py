@@ -4,8 +4,8 @@ The scan is the safety net (it sees every SKU, one 50-offer page per request); l
 fresh changes ahead of it within the same budget. Each page is stored and planned as it arrives,
 so a scan interrupted halfway has still done its share; but only a complete scan (see
 `daemon.completeness`) may vanish SKUs or confirm zeroes its guard held. Look-ups are served
-first in, first out, from a bounded queue: a flood of SKUs cannot starve the ones before it, and
-what overflows is left to the next scan (and counted).
+first in, first out, from a bounded queue on disk (`daemon.lookups`): a flood of SKUs cannot
+starve the ones before it, and a SKU leaves the queue only once its answer is stored.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from daemon.keycrm import PAGE_SIZE, KeycrmClient
 from daemon.lookups import LookupQueue
 from daemon.models import StockLevel
 from daemon.reconcile import Reconciler
-from daemon.store import Store
+from daemon.store import LookupEntry, Store
 from daemon.telemetry import Metrics
 
 __all__ = ["ScanProgress", "Source"]
@@ -119,7 +119,8 @@ class Source:
         self._clock = clock
         self.progress = ScanProgress()
         self._scan_requested = anyio.Event()
-        self.lookups = LookupQueue() if lookups is None else lookups
+        #: the process's webhook look-ups (None: this pipeline serves none, e.g. `once`)
+        self.lookups = lookups
         self._lookup_window = lookup_window
         #: how long to wait before trying again after the last failed read
         self.retry_in = _FAILED_SCAN_RETRY
@@ -127,18 +128,11 @@ class Source:
 
     @property
     def lookups_queued(self) -> int:
-        return len(self.lookups)
+        return 0 if self.lookups is None else len(self.lookups)
 
     def request_scan(self) -> None:
         """Start a full scan now (a resync); requests during a scan merge into the next one."""
         self._scan_requested.set()
-
-    def request_lookup(self, skus: list[str]) -> None:
-        """Ask keyCRM for these SKUs' stock ahead of the scan (a webhook's trigger)."""
-        overflow = self.lookups.push(skus)
-        if overflow:
-            self._metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
-            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=self.lookups.cap)
 
     async def load_state(self) -> None:
         """Pick up what earlier runs recorded, so `/status` and readiness survive a restart."""
@@ -287,21 +281,43 @@ class Source:
             await self._guarded(self.catalog_once, "keycrm.catalog_failed")
 
     async def run_lookups(self) -> None:
-        """Serve look-up requests first in, first out, in 50-SKU requests ahead of the scan."""
+        """Serve look-up requests first in, first out, in 50-SKU requests ahead of the scan.
+
+        A batch stays queued on disk until its answer is stored; a failed look-up, or one cut
+        off by a reload or a stop, leaves it queued in its place."""
+        queue = self.lookups
+        if queue is None:
+            return
         while True:
-            await self.lookups.wait()
+            await queue.wait()
             if self._lookup_window > 0:
                 # A moment for more SKUs to come: one request then carries up to 50 of them.
                 with anyio.move_on_after(self._lookup_window):
-                    await self.lookups.wait(PAGE_SIZE)
-            batch = self.lookups.take(_LOOKUP_BATCH)
+                    await queue.wait(PAGE_SIZE)
+            try:
+                batch = await queue.take(_LOOKUP_BATCH)
+            except StoreUnavailable:
+                await anyio.sleep(_STORE_RETRY)
+                continue
+            if not batch:
+                continue
 
-            async def look(skus: list[str] = batch) -> None:
+            skus = [entry.sku for entry in batch]
+
+            async def look(skus: list[str] = skus) -> None:
                 await self.look_up(skus)
 
-            if not await self._guarded(look, "keycrm.lookup_failed"):
-                # Back to the front of the queue; do not spin on a failing keyCRM meanwhile.
-                self.lookups.put_back(batch)
+            try:
+                looked = await self._guarded(look, "keycrm.lookup_failed")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await _settle_lookups(queue.put_back, batch, attempts=1)
+                raise
+            if looked:
+                await _settle_lookups(queue.done, batch)
+            else:
+                # Claimable again at once; do not spin on a failing keyCRM meanwhile.
+                await _settle_lookups(queue.put_back, batch)
                 await anyio.sleep(self.retry_in)
 
     async def look_up(self, skus: list[str]) -> None:
@@ -335,3 +351,24 @@ class Source:
             self.retry_in = _FAILED_SCAN_RETRY
             return False
         return True
+
+
+async def _settle_lookups(
+    step: Callable[[list[LookupEntry]], Awaitable[None]],
+    batch: list[LookupEntry],
+    *,
+    attempts: int | None = None,
+) -> None:
+    """Finish a claimed batch (`done` or `put_back`), retrying while the store cannot write:
+    until then its SKUs stay queued, claimed (taken again after `RECLAIM_AFTER` at worst)."""
+    tried = 0
+    while True:
+        try:
+            await step(batch)
+        except StoreUnavailable:
+            tried += 1
+            if attempts is not None and tried >= attempts:
+                return
+            await anyio.sleep(_STORE_RETRY)
+        else:
+            return

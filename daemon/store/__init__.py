@@ -18,12 +18,23 @@ from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
 from daemon.store.migrate_state import TargetNotEmpty, copy_state
 from daemon.store.postgres import PostgresStore
-from daemon.store.protocol import HistoryRow, ItemRow, Settled, Store
+from daemon.store.protocol import (
+    Enqueued,
+    HistoryRow,
+    ItemRow,
+    LookupEntry,
+    LookupStore,
+    Settled,
+    Store,
+)
 from daemon.store.sqlite import SQLiteStore
 
 __all__ = [
+    "Enqueued",
     "HistoryRow",
     "ItemRow",
+    "LookupEntry",
+    "LookupStore",
     "PostgresStore",
     "SQLiteStore",
     "Settled",
@@ -37,6 +48,7 @@ __all__ = [
 ]
 
 
-def open_store(state: Path) -> Store:
-    """The store behind `daemon.state` (a file path: SQLite)."""
+def open_store(state: Path) -> SQLiteStore:
+    """The store behind `daemon.state` (a file path: SQLite, which also keeps the look-up
+    queue; a `postgresql://` state is opened by `daemon.pg.replica`)."""
     return SQLiteStore(state)

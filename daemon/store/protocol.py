@@ -16,7 +16,7 @@ from daemon.plan import Contribution
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Timing
 
-__all__ = ["HistoryRow", "ItemRow", "Settled", "Store"]
+__all__ = ["Enqueued", "HistoryRow", "ItemRow", "LookupEntry", "LookupStore", "Settled", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,23 @@ class HistoryRow:
     outcome: str
     error: str | None
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What `enqueue_lookups` did: SKUs that joined the queue, and those the cap turned away."""
+
+    added: int
+    overflow: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupEntry:
+    """One claimed look-up: its SKU, the `seq` that `lookups_done` checks, when it was queued."""
+
+    sku: str
+    seq: int
+    queued_at: float
 
 
 class Store(Protocol):
@@ -209,3 +226,38 @@ class Store(Protocol):
     async def set_meta(self, name: str, value: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class LookupStore(Protocol):
+    """The durable queue of webhook look-ups in an embedded state (SQLite).
+
+    A webhook is answered 2xx only once its SKUs are committed here, so a kill loses none; an
+    entry leaves only when its look-up's answer is stored. PostgreSQL keeps its own queue,
+    merchant-keyed and fenced by the lease (`daemon.pg.lookups`), with the same semantics.
+    """
+
+    async def enqueue_lookups(self, skus: Sequence[str], cap: int, now: float) -> Enqueued:
+        """Queue SKUs, first in first out, in one transaction. A SKU already queued keeps its
+        place and is claimable again (its look-up in flight may have read the stock before
+        the change); new SKUs beyond `cap` queued entries are turned away and counted."""
+        ...
+
+    async def claim_lookups(
+        self, claimer: str, limit: int, now: float, reclaim_after: float = 60.0
+    ) -> list[LookupEntry]:
+        """Up to `limit` entries, oldest first, now claimed by `claimer`: unclaimed ones,
+        ones claimed by another claimer (a process that died), or claimed over
+        `reclaim_after` seconds ago (a look-up that hung)."""
+        ...
+
+    async def lookups_done(self, entries: Sequence[LookupEntry]) -> int:
+        """Remove looked-up entries not queued again since their claim; return how many."""
+        ...
+
+    async def unclaim_lookups(self, entries: Sequence[LookupEntry]) -> None:
+        """A look-up failed: its entries are claimable again at once, in their place."""
+        ...
+
+    async def lookup_depth(self) -> tuple[int, float | None]:
+        """Entries queued (claimed ones included) and when the oldest was queued (None: none)."""
+        ...

@@ -146,7 +146,26 @@ def _step_4_record_digests(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE records ADD COLUMN digest BLOB")
 
 
-_STEPS = (_step_1_base, _step_2_work_queue, _step_3_counters, _step_4_record_digests)
+def _step_5_lookup_queue(db: sqlite3.Connection) -> None:
+    """Webhook SKUs wait for their look-up on disk, so a webhook answered 2xx survives a kill
+    (`SQLiteStore.enqueue_lookups`). `pos` is the place in line (kept when a waiting SKU is
+    named again); `seq` counts the times it was named, so finishing a look-up spares a SKU
+    named again while it ran; a claim is its claimer and time (a claim left by a dead process
+    or a look-up that hung is taken again)."""
+    db.execute(
+        "CREATE TABLE lookup_queue (pos INTEGER PRIMARY KEY, sku TEXT NOT NULL UNIQUE, "
+        "seq INTEGER NOT NULL DEFAULT 0, queued_at REAL NOT NULL, claimed_by TEXT, "
+        "claimed_at REAL)"
+    )
+
+
+_STEPS = (
+    _step_1_base,
+    _step_2_work_queue,
+    _step_3_counters,
+    _step_4_record_digests,
+    _step_5_lookup_queue,
+)
 
 
 def migrate(db: sqlite3.Connection) -> None:

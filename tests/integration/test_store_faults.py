@@ -25,7 +25,7 @@ from daemon.config import load_config
 from daemon.pipeline import Daemon
 from daemon.store import SQLiteStore
 from tests.conftest import World, eventually, idle, running
-from tests.integration.test_lifecycle import free_port
+from tests.integration.test_lifecycle import free_port, post_webhook
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
@@ -82,7 +82,9 @@ async def test_a_full_disk_is_a_state_that_passes(
             store.full = True
             restock(world, 7)
             assert daemon.parts is not None
-            await daemon.webhook([o.sku or "" for o in world.keycrm.offers.values()])
+            # A webhook the store cannot keep is refused, so keyCRM knows it did not land.
+            skus = [o.sku or "" for o in world.keycrm.offers.values()]
+            assert await post_webhook(port, world.webhook_token, skus) == 503
             daemon.parts.source.request_scan()
             await eventually(lambda: failing(daemon))
             status, text = await readyz(port)
@@ -102,7 +104,13 @@ async def test_a_full_disk_is_a_state_that_passes(
             store.full = False  # space is back
             await eventually(lambda: in_sync(world) and idle(daemon), timeout=15)
             assert (await readyz(port))[0] == 200
+            assert await post_webhook(port, world.webhook_token, skus) == 202
+    refused = daemon.metrics.registry.get_sample_value(
+        "stocksync_webhook_events_total", {"outcome": "rejected"}
+    )
+    assert refused == 1
     events = [e["event"] for e in logs]
+    assert events.count("webhook.refused") == 1
     assert events.count("store.unavailable") == 1  # once per episode, not per call
     assert events.count("store.recovered") == 1
 
