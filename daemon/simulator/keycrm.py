@@ -121,6 +121,8 @@ class FakeKeycrm:
         self.paging_lie: str | None = None
         #: page number -> seconds the full scan's answer for that page takes (look-ups unaffected)
         self.page_delay: dict[int, float] = {}
+        #: while set, the full scan's pages wait for it (look-ups unaffected)
+        self.scan_gate: anyio.Event | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -269,6 +271,8 @@ class FakeKeycrm:
         if isinstance(paging, web.Response):
             return paging
         if "filter[offers_sku]" not in request.query:
+            if self.scan_gate is not None:
+                await self.scan_gate.wait()
             await anyio.sleep(self.page_delay.get(paging[1], 0.0))
         details = request.query.get("filter[details]", "false").lower() in ("true", "1")
         offers = self._filtered(request, "filter[offers_id]", "filter[offers_sku]")
