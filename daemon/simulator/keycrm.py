@@ -123,6 +123,8 @@ class FakeKeycrm:
         self.page_delay: dict[int, float] = {}
         #: while set, the full scan's pages wait for it (look-ups unaffected)
         self.scan_gate: anyio.Event | None = None
+        #: while set, look-ups (`filter[offers_sku]`) wait for it (the scan unaffected)
+        self.lookup_gate: anyio.Event | None = None
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -274,6 +276,8 @@ class FakeKeycrm:
             if self.scan_gate is not None:
                 await self.scan_gate.wait()
             await anyio.sleep(self.page_delay.get(paging[1], 0.0))
+        elif self.lookup_gate is not None:
+            await self.lookup_gate.wait()
         details = request.query.get("filter[details]", "false").lower() in ("true", "1")
         offers = self._filtered(request, "filter[offers_id]", "filter[offers_sku]")
         rows = []
