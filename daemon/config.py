@@ -11,7 +11,6 @@ belong to the channel type, whose adapter validates them with its own model.
 
 from __future__ import annotations
 
-import csv
 import re
 import tomllib
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from pydantic import (
 
 from daemon.channel import ChannelSpec, Shape
 from daemon.errors import ConfigError
+from daemon.keymap import KeyMapCache
 from daemon.pg.dsn import SCHEMES, check_dsn
 from daemon.plan import Rules, compile_template
 from daemon.secrets import EnvSecret, FileSecret, pick
@@ -303,31 +303,6 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
-def _load_key_map(path: Path) -> dict[str, str]:
-    """`sku,key` rows, an optional header; a ValueError naming the line of any bad row."""
-    mapping: dict[str, str] = {}
-    number = 0
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            for number, row in enumerate(csv.reader(handle), start=1):
-                if not row or (number == 1 and [c.strip().lower() for c in row] == ["sku", "key"]):
-                    continue
-                if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                    raise ValueError(f"{path}:{number}: want two non-empty columns, sku,key")
-                sku = row[0].strip()
-                if sku in mapping:
-                    raise ValueError(f"{path}:{number}: sku {sku!r} is mapped twice")
-                mapping[sku] = row[1].strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text") from exc
-    except csv.Error as exc:
-        # A field over csv's limit (128 KiB), a NUL byte, a quote left open.
-        raise ValueError(f"{path}:{number + 1}: not a readable CSV row ({exc})") from exc
-    return mapping
-
-
 def _channel_label(index: int, table: Mapping[str, Any], shared: set[str]) -> str:
     """`channel "klump"` for a channel with a usable name of its own, else `channel[1]`."""
     name = table.get("name")
@@ -342,6 +317,8 @@ def _channel(
     registry: Mapping[str, ChannelSpec],
     base_dir: Path,
     faults: list[tuple[str, str]],
+    *,
+    key_maps: KeyMapCache,
 ) -> ChannelConfig | None:
     before = len(faults)
     engine_keys = ChannelCommon.model_fields.keys()
@@ -379,7 +356,7 @@ def _channel(
             faults.append((_key_text((*where, "key")), "give key or key_map, not both"))
         path = common.key_map if common.key_map.is_absolute() else base_dir / common.key_map
         try:
-            key_map = _load_key_map(path)
+            key_map = key_maps.load(path)
         except ValueError as exc:
             faults.append((_key_text((*where, "key_map")), str(exc)))
     shape: Shape | None = None
@@ -430,6 +407,7 @@ def _channels(
 ) -> list[ChannelConfig]:
     """Every `[[channel]]` table; a name used twice is a fault even when the tables have others."""
     channels: list[ChannelConfig] = []
+    key_maps = KeyMapCache()
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         faults.append(("channel", "must be an array of tables: [[channel]]"))
         tables = []
@@ -450,7 +428,7 @@ def _channels(
             first[name] = index
     for index, table in enumerate(tables):
         label = _channel_label(index, table, shared)
-        channel = _channel((label,), table, registry, base_dir, faults)
+        channel = _channel((label,), table, registry, base_dir, faults, key_maps=key_maps)
         if channel is not None:
             channels.append(channel)
     return channels

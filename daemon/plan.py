@@ -17,6 +17,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 import orjson
 
+from daemon.keymap import KeyMap
 from daemon.models import StockRecord, Value, join_key
 
 __all__ = [
@@ -206,6 +207,8 @@ PLAN_VERSION = 1
 
 
 def _canonical(value: object) -> object:
+    if isinstance(value, KeyMap):
+        return {"key_map": value.digest}  # its content, without copying a million rows
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, frozenset | set):
