@@ -19,19 +19,54 @@ import anyio
 
 from bench.options import Options
 from bench.report import Figure
-from bench.world import DaemonProcess, Fakes, free_port, post_webhook
+from bench.world import DaemonProcess, Fakes, available, free_port, post_webhook
+from daemon.simulator import variant_id
 
 __all__ = ["run"]
 
 TICK = 0.01
 REQUESTS_PER_MINUTE = 6000
+#: the daemon's default `sync.debounce`: freshness is measured against it plus one second
+DEBOUNCE = 2.0
+
+
+class Freshness:
+    """From each change in keyCRM to Marketplacer holding it: the look-up window, the debounce
+    and the batch window together. A change overtaken by a later one of the same variant is
+    not timed (the later one is)."""
+
+    def __init__(self, fakes: Fakes) -> None:
+        self._fakes = fakes
+        self._waiting: dict[str, tuple[int, float]] = {}
+        self.seconds: list[float] = []
+
+    def changed(self, variant: str, want: int) -> None:
+        self._waiting[variant] = (want, time.monotonic())
+
+    async def watch(self) -> None:
+        held = self._fakes.marketplacer.count_on_hand
+        while True:
+            now = time.monotonic()
+            for variant, (want, since) in list(self._waiting.items()):
+                if held.get(variant) == want:
+                    self.seconds.append(now - since)
+                    del self._waiting[variant]
+            await anyio.sleep(0.005)
+
+    def p99(self) -> float | None:
+        if not self.seconds:
+            return None
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 def state_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("state.db*"))
 
 
-async def _drive(fakes: Fakes, daemon: DaemonProcess, rate: float, seconds: float) -> None:
+async def _drive(
+    fakes: Fakes, daemon: DaemonProcess, rate: float, seconds: float, fresh: Freshness
+) -> None:
     """One change per webhook, evenly spread, as keyCRM sends them."""
     rng = random.Random(3)
     offers = [o for o in fakes.keycrm.offers.values() if o.sku]
@@ -46,7 +81,10 @@ async def _drive(fakes: Fakes, daemon: DaemonProcess, rate: float, seconds: floa
             owed -= len(chosen)
             for offer in chosen:
                 warehouse, (quantity, reserve) = next(iter(offer.stock.items()))
+                before = available(offer.quantity, offer.reserve)
                 offer.stock = {warehouse: (max(reserve, quantity + rng.choice((-1, 1))), reserve)}
+                if available(offer.quantity, offer.reserve) != before:
+                    fresh.changed(variant_id(offer.id), available(offer.quantity, offer.reserve))
                 assert offer.sku is not None
                 await post_webhook(session, daemon.base, token, [offer.sku])
             tick += TICK
@@ -72,8 +110,13 @@ async def run(options: Options) -> list[Figure]:
                 before = state_bytes(Path(folder))
                 keycrm_mark = len(fakes.keycrm.requests)
                 channel_mark = len(fakes.marketplacer.documents)
-                await _drive(fakes, daemon, rate, seconds)
-                await fakes.wait_consistent(60)
+                fresh = Freshness(fakes)
+                async with anyio.create_task_group() as watching:
+                    watching.start_soon(fresh.watch)
+                    await _drive(fakes, daemon, rate, seconds, fresh)
+                    await fakes.wait_consistent(60)
+                    await anyio.sleep(0.02)  # one more look by the watcher
+                    watching.cancel_scope.cancel()
                 await daemon.wait_settled(session, within=60)
                 lookups = [
                     len(query["filter[offers_sku]"].split(","))
@@ -115,5 +158,16 @@ async def run(options: Options) -> list[Figure]:
             10,
             "higher",
             load,
+        ),
+        Figure(
+            "growth",
+            "growth.freshness_p99",
+            "change in keyCRM to Marketplacer holding it, p99",
+            fresh.p99(),
+            "s",
+            DEBOUNCE + 1.0,
+            "lower",
+            f"{load}; {len(fresh.seconds):,} changes timed; target: the debounce "
+            f"({DEBOUNCE:g} s) + 1 s",
         ),
     ]

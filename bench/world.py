@@ -35,7 +35,7 @@ from daemon.simulator import (
     variant_id,
 )
 
-__all__ = ["DaemonProcess", "Fakes", "free_port", "vm_hwm"]
+__all__ = ["DaemonProcess", "Fakes", "available", "free_port", "vm_hwm"]
 
 
 def free_port() -> int:

@@ -69,10 +69,15 @@ def test_real_daemon_figures(tmp_path: Path) -> None:
         "resync.healthz_worst_stall",
         "resync.peak_memory",
         "restart.healthz_seconds",
+        "resync.rescan_cpu",
+        "resync.ack_cpu",
         "growth.state_bytes_per_minute",
         "growth.keycrm_skus_per_lookup",
+        "growth.freshness_p99",
     } <= set(figures)
     assert figures["resync.healthz_worst_stall"]["target"] == 0.1
+    assert figures["growth.freshness_p99"]["value"] is not None  # some changes were timed
+    assert figures["growth.freshness_p99"]["target"] == 3.0
 
 
 @pytest.mark.bench
