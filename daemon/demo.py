@@ -34,6 +34,7 @@ from aiohttp import web
 
 from daemon.channel import ChannelSpec
 from daemon.config import load_config
+from daemon.errors import StartupError
 from daemon.logs import configure_logging
 from daemon.pipeline import Daemon
 from daemon.simulator import (
@@ -235,6 +236,21 @@ def _howto(folder: Path, config: Path, base: str, sku: str, *, port: int, secret
     )
 
 
+async def _run_with_port_hint(daemon: Daemon) -> None:
+    """The daemon, with a way out added when its port is taken: most often by a demo still
+    running in another terminal."""
+    try:
+        await daemon.run()
+    except* StartupError as failed:
+        first = failed.exceptions[0]
+        if "cannot listen" not in str(first):
+            raise
+        raise StartupError(
+            f"{first} (another demo or stocksync holds it: stop that one, or run "
+            "`stocksync demo --port 0` for any free port)"
+        ) from first
+
+
 async def run_demo(
     registry: dict[str, ChannelSpec],
     *,
@@ -313,7 +329,7 @@ async def run_demo(
             async with anyio.create_task_group() as group:
 
                 async def run_then_end_demo() -> None:
-                    await daemon.run()
+                    await _run_with_port_hint(daemon)
                     group.cancel_scope.cancel()  # the shop floor stops with the daemon
 
                 group.start_soon(run_then_end_demo)

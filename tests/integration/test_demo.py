@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -128,3 +129,19 @@ async def test_the_commands_the_demo_prints_work_in_another_shell(tmp_path: Path
     # --state-dir keeps the state (and the config) after the demo ends
     assert (folder / "stocksync.db").exists()
     assert (folder / "stocksync.toml").exists()
+
+
+async def test_a_demo_on_a_taken_port_says_how_to_pick_another(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await anyio.run_process(
+            [sys.executable, "-m", "daemon", "demo", "--port", str(port), "--duration", "5"],
+            check=False,
+        )
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "--port 0" in err
+    assert "Traceback" not in err
