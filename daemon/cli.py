@@ -16,7 +16,7 @@ from psycopg import Error as PsycopgError
 
 from adapters import ADAPTERS
 from daemon import __version__, redact
-from daemon.audit import DEFAULT_LIMIT, parse_since, show_history
+from daemon.audit import DEFAULT_LIMIT, parse_since, show_history, show_history_pg
 from daemon.config import Config, load_config, secret_values
 from daemon.connect import connect
 from daemon.demo import run_demo
@@ -25,8 +25,14 @@ from daemon.errors import ConfigError, StateUnusable, StocksyncError
 from daemon.logs import configure_logging
 from daemon.once_report import LINE_EVERY
 from daemon.oneshot import dry_run, run_once
-from daemon.opsconfig import OpsSettings, admin_token, daemon_url, read_ops_settings
-from daemon.pg.dsn import check_dsn, describe
+from daemon.opsconfig import (
+    OpsSettings,
+    admin_token,
+    daemon_url,
+    database_password,
+    read_ops_settings,
+)
+from daemon.pg.dsn import SCHEMES, check_dsn, describe
 from daemon.pipeline import Daemon
 from daemon.remote import request_resync, show_status, watch_status
 from daemon.sdnotify import notifier, watchdog_interval
@@ -136,7 +142,10 @@ def _ops_commands(with_config: Callable[[str, str], argparse.ArgumentParser]) ->
     )
     history = with_config("history", "the audit trail of one SKU: every push per channel")
     history.add_argument("sku")
-    history.add_argument("--state", type=Path, help="the state file (default: daemon.state of -c)")
+    history.add_argument(
+        "--state",
+        help="the state file or PostgreSQL DSN (default: daemon.state of -c)",
+    )
     history.add_argument("--channel", help="only this channel")
     history.add_argument(
         "--since", help="only pushes after this: a duration back (30m, 2h, 7d) or a UTC date/time"
@@ -186,24 +195,52 @@ def _ops(args: argparse.Namespace) -> int:
         raise ConfigError(
             [("config", "no file given: use -c FILE, --state FILE or STOCKSYNC_CONFIG")]
         )
-    state = args.state if args.state is not None else settings.state  # type: ignore[union-attr]
-    if str(state).startswith(("postgresql:", "postgres:")):
-        raise ConfigError(
-            [("daemon.state", "history reads a SQLite state; on PostgreSQL it is not wired yet")]
-        )
     try:
         since = None if args.since is None else parse_since(args.since, time.time())
     except ValueError as exc:
         raise ConfigError([("--since", str(exc))]) from exc
+    limit = None if args.limit <= 0 else args.limit
+    dsn = _history_dsn(args, settings)
+    if dsn is not None:
+        # The password as the daemon gets it: the config's state_password_env/_file (with -c),
+        # else libpq's PGPASSWORD/PGPASSFILE. Never in the DSN, so never in what we print.
+        password = database_password(settings or (_ops_settings(args) if args.config else None))
+        secret = None if password is None else password.get_secret_value()
+        redact.update([s for s in (secret, os.environ.get("PGPASSWORD")) if s])
+        return anyio.run(
+            lambda: show_history_pg(
+                dsn,
+                args.sku,
+                password=secret,
+                channel=args.channel,
+                since=since,
+                limit=limit,
+                as_json=args.json,
+                out=sys.stdout,
+            )
+        )
+    state = Path(args.state) if args.state is not None else settings.state  # type: ignore[union-attr]
     return show_history(
-        Path(state),
+        state,
         args.sku,
         channel=args.channel,
         since=since,
-        limit=None if args.limit <= 0 else args.limit,
+        limit=limit,
         as_json=args.json,
         out=sys.stdout,
     )
+
+
+def _history_dsn(args: argparse.Namespace, settings: OpsSettings | None) -> str | None:
+    """The PostgreSQL DSN `history` reads: `--state DSN` or a DSN `daemon.state`; else None."""
+    if args.state is None:
+        return None if settings is None else settings.database
+    if not str(args.state).startswith(SCHEMES):
+        return None
+    try:
+        return check_dsn(args.state)
+    except ValueError as exc:
+        raise ConfigError([("--state", str(exc))]) from exc
 
 
 def _load(args: argparse.Namespace, *, check_machine: bool = False) -> Config:

@@ -3,8 +3,9 @@
 `status`, `resync` and `history` run in another shell than the daemon: an operator's terminal,
 `kubectl exec`, a cron job. That shell rarely holds the channels' secrets (systemd hands them to
 the service alone), so loading the whole config there would fail on "variable is not set" before
-doing anything. These commands read only `[daemon]`: where it listens, where its state is, and
-where the admin token comes from (resolved only by `resync`, only when it needs it).
+doing anything. These commands read only `[daemon]`: where it listens, where its state is (a file,
+or a PostgreSQL DSN and where its password comes from), and where the admin token comes from
+(each resolved only by the command that needs it, only when it does).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from daemon.errors import ConfigError
+from daemon.pg.dsn import SCHEMES, check_dsn
 from daemon.secrets import read_env_secret, read_file_secret
 
-__all__ = ["OpsSettings", "admin_token", "daemon_url", "read_ops_settings"]
+__all__ = ["OpsSettings", "admin_token", "daemon_url", "database_password", "read_ops_settings"]
 
 DEFAULT_LISTEN = "127.0.0.1:9108"
 
@@ -32,6 +34,10 @@ class OpsSettings:
     state: Path = Path("stocksync.db")
     admin_token_env: str | None = None
     admin_token_file: str | None = None
+    #: the PostgreSQL DSN when `state` is one (then `state` is unused)
+    database: str | None = None
+    state_password_env: str | None = None
+    state_password_file: str | None = None
 
 
 def _string(table: dict[str, object], key: str, faults: list[tuple[str, str]]) -> str | None:
@@ -59,14 +65,29 @@ def read_ops_settings(path: Path) -> OpsSettings:
     listen = _string(table, "listen", faults) or DEFAULT_LISTEN
     raw_state = _string(table, "state", faults) or "stocksync.db"
     state = Path(raw_state)
-    if "://" not in raw_state and not state.is_absolute():  # (Path turns :// into :/)
+    database = None
+    if raw_state.startswith(SCHEMES):
+        try:
+            database = check_dsn(raw_state)
+        except ValueError as exc:
+            faults.append(("daemon.state", str(exc)))
+    elif not state.is_absolute():
         state = path.resolve().parent / state
     env = _string(table, "admin_token_env", faults)
     file = _string(table, "admin_token_file", faults)
+    password_env = _string(table, "state_password_env", faults)
+    password_file = _string(table, "state_password_file", faults)
     if faults:
         raise ConfigError(faults)
     return OpsSettings(
-        path=path, listen=listen, state=state, admin_token_env=env, admin_token_file=file
+        path=path,
+        listen=listen,
+        state=state,
+        admin_token_env=env,
+        admin_token_file=file,
+        database=database,
+        state_password_env=password_env,
+        state_password_file=password_file,
     )
 
 
@@ -76,6 +97,21 @@ def daemon_url(listen: str) -> str:
     if host in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104 -- reaching a wildcard listener locally
         host = "127.0.0.1"
     return f"http://{host}:{port}"
+
+
+def database_password(settings: OpsSettings | None) -> SecretStr | None:
+    """The PostgreSQL password from `state_password_env`/`_file`; None leaves it to libpq
+    (`PGPASSWORD`, `PGPASSFILE`). Raises ConfigError naming the key if it cannot be read."""
+    if settings is None:
+        return None
+    try:
+        if settings.state_password_env is not None:
+            return read_env_secret(settings.state_password_env)
+        if settings.state_password_file is not None:
+            return read_file_secret(settings.state_password_file)
+    except ValueError as exc:
+        raise ConfigError([("daemon.state_password", str(exc))]) from exc
+    return None
 
 
 def admin_token(settings: OpsSettings | None, token_env: str | None) -> SecretStr | None:

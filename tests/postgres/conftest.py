@@ -1,16 +1,21 @@
-"""PostgreSQL tests: one server per session (tests/pg.py), a database and a pool per test."""
+"""PostgreSQL tests: one server per session (tests/pg.py), a database and a pool per test, and
+a role that logs in with a password."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from daemon.pg.connect import Pool, open_pool
 from daemon.pg.migrate import migrate
-from tests.pg import pg_dsn, postgres_server
+from tests.pg import PostgresServer, pg_dsn, postgres_server
 
-__all__ = ["pg_dsn", "pool", "postgres_server"]
+__all__ = ["password_role", "pg_dsn", "pool", "postgres_server"]
 
 
 @pytest.fixture
@@ -23,3 +28,36 @@ async def pool(pg_dsn: str) -> AsyncIterator[Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture(scope="session")
+def password_role(postgres_server: PostgresServer) -> Iterator[tuple[str, str]]:
+    """A role that must give its password (SCRAM), on the session's otherwise trusting cluster.
+
+    One line for this role alone goes first in pg_hba.conf; every other role still trusts."""
+    name, password = "pw_" + secrets.token_hex(4), "pw-" + secrets.token_hex(12)
+    hba = postgres_server.socket_dir / "data" / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text(f"local all {name} scram-sha-256\n{original}")
+    with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+        admin.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the server reloads its configuration on its own time
+        try:
+            psycopg.connect(
+                postgres_server.dsn("postgres").replace("user=postgres", f"user={name}")
+            ).close()
+        except psycopg.OperationalError:
+            break
+        time.sleep(0.02)
+    try:
+        yield name, password
+    finally:
+        hba.write_text(original)
+        with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
+            admin.execute("SELECT pg_reload_conf()")

@@ -13,7 +13,6 @@ from daemon.models import ItemValue, Outcome, StockLevel, Value, Verdict
 from daemon.plan import Contribution
 from daemon.store import SQLiteStore, Store, Timing
 from daemon.store.postgres import PostgresStore
-from tests.unit.test_config import GOOD
 
 T = Timing(debounce=0.0, max_delay=30.0)
 
@@ -95,11 +94,3 @@ def test_migrate_state_refuses_to_mix_states_and_passwords_in_the_dsn(
     err = capsys.readouterr().err
     assert "must not contain the password" in err and "hunter2" not in err
 
-
-def test_history_says_it_does_not_read_a_postgresql_state_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = tmp_path / "c.toml"
-    config.write_text(GOOD.replace('state = "state.db"', 'state = "postgresql://db/stocksync"'))
-    assert main(["history", "-c", str(config), "S1"]) == 2
-    assert "not wired yet" in capsys.readouterr().err
