@@ -42,6 +42,17 @@ from daemon.store import TargetNotEmpty, copy_state
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
+#: `run` leads or stands by under the lease; a one-off process beside the replicas would push
+#: (once) outside the lease, beside a live leader, or read channels against acknowledgements the
+#: leader is moving (drift). So on PostgreSQL they refuse, before touching the database.
+_ONE_OFF_ON_POSTGRES = {
+    "once": "daemon.state: `once` works on a SQLite state only; on PostgreSQL it would push "
+    "beside the leader, outside its lease: ask the running replicas for a full resync instead "
+    "(stocksync resync) and watch it with stocksync status",
+    "drift": "daemon.state: `drift` works on a SQLite state only; on PostgreSQL the leader "
+    "reads the channels back itself (sync.verify_interval): watch stocksync_drift_items_total, "
+    "and stocksync history SKU shows each drift",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -315,13 +326,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         return _check_config(config, connect_too=args.connect)
     if config.daemon.database is not None and args.command in ("once", "drift"):
-        # `run` leads or stands by under the lease; these one-off commands would write (once)
-        # or read a leader's state outside it: run them against a SQLite copy instead.
-        print(
-            f"daemon.state: `{args.command}` works on a SQLite state; on PostgreSQL use the "
-            "running replicas (status, resync) or copy the state with migrate-state",
-            file=sys.stderr,
-        )
+        print(_ONE_OFF_ON_POSTGRES[args.command], file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(
         fmt=config.daemon.log_format, level=config.daemon.log_level, secrets=secret_values(config)
