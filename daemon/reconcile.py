@@ -4,6 +4,12 @@ This is the level-triggered heart of stocksync: events (a scan page, a webhook l
 only ever update desired values; whatever differs from what a channel may hold is work, queued
 in the store. Each scan's mass-change guard (`daemon.guard.ScanGuard`) is a value passed along
 with that scan's records; look-ups plan without one, so a sell-out is never held.
+
+Plans are made one at a time, each from the records as stored when it runs, not as its caller
+saw them: a re-plan, a scan page and a look-up run side by side, and a plan made from a record
+that a newer one replaced meanwhile would otherwise overwrite the newer plan, and stay wrong,
+since the next scan finds the stored record unchanged. Each save of a record is followed by a
+plan of it, so the last plan to run for a SKU is always made from its newest record.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class Reconciler:
         self._wake = wake
         self._guard_fraction = guard_fraction
         self._clock = clock
+        self._planning = anyio.Lock()  # one plan at a time (module docstring)
 
     async def begin_scan(self, scan: int) -> ScanGuard:
         """The guard of scan number `scan`: its baseline is what channels hold in stock now."""
@@ -84,8 +91,12 @@ class Reconciler:
         total = 0
         after = ""
         try:
-            while records := await self._store.records(after, batch):
-                total += await self.ingest(records, guard)
+            while True:
+                async with self._planning:
+                    records = await self._store.records(after, batch)
+                    if not records:
+                        break
+                    total += await self._plan(records, guard)
                 after = records[-1].sku
                 await anyio.lowlevel.checkpoint()  # a million records must not freeze /healthz
         finally:
@@ -93,7 +104,16 @@ class Reconciler:
         return total
 
     async def ingest(self, records: Sequence[StockRecord], guard: ScanGuard | None = None) -> int:
-        """Plan changed records for every channel; return how many items now wait for a push."""
+        """Plan changed records for every channel; return how many items now wait for a push.
+
+        The records say which SKUs changed; their plans are made from what the store holds
+        for them now (module docstring)."""
+        if not records:
+            return 0
+        async with self._planning:
+            return await self._plan(await self._store.records_of([r.sku for r in records]), guard)
+
+    async def _plan(self, records: Sequence[StockRecord], guard: ScanGuard | None) -> int:
         if not records:
             return 0
         now = self._clock()

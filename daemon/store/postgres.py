@@ -317,6 +317,16 @@ class PostgresStore:
             rows = await cursor.fetchall()
         return [r for r in (record_from(*row) for row in rows) if r is not None]
 
+    async def records_of(self, skus: Sequence[str]) -> list[StockRecord]:
+        async with self._read() as conn:
+            cursor = await conn.execute(
+                "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL"
+                " AND sku = ANY(%s) ORDER BY sku",
+                (sorted(set(skus)),),
+            )
+            rows = await cursor.fetchall()
+        return [r for r in (record_from(*row) for row in rows) if r is not None]
+
     # --- planning ------------------------------------------------------------------------------
 
     async def replace_shares(

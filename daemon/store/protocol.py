@@ -102,6 +102,10 @@ class Store(Protocol):
         """Up to `limit` records with stock, SKUs after `after` in order (a paged re-plan)."""
         ...
 
+    async def records_of(self, skus: Sequence[str]) -> list[StockRecord]:
+        """The records with stock among these SKUs, as stored now (in SKU order)."""
+        ...
+
     # --- planning --------------------------------------------------------------------------------
 
     async def replace_shares(

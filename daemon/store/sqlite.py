@@ -320,6 +320,19 @@ class SQLiteStore:
         )
         return [r for r in (record_from(*row) for row in rows) if r is not None]
 
+    async def records_of(self, skus: Sequence[str]) -> list[StockRecord]:
+        return await self._run(self._records_of, skus)
+
+    def _records_of(self, skus: Sequence[str]) -> list[StockRecord]:
+        rows = self._select_in(
+            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku IN ({in})",
+            sorted(set(skus)),
+        )
+        return sorted(
+            (r for r in (record_from(*row) for row in rows) if r is not None),
+            key=lambda r: r.sku,
+        )
+
     # --- planning ------------------------------------------------------------------------------
 
     async def replace_shares(

@@ -256,6 +256,10 @@ async def test_sigkill_at_random_moments_loses_nothing(
                     if have != available(world, o.sku or ""):
                         print("MISMATCH", shop, o.sku, have, available(world, o.sku or ""))
             assert daemon.store is not None
+            for record in await daemon.store.records(limit=1000):
+                stored = max(0, int(record.stock.quantity - record.stock.reserve))
+                if stored != available(world, record.sku):
+                    print("RECORD", record.sku, stored, record.stock)
             for row in await daemon.store.items():
                 if row.status != "ok":
                     print("ITEM", row)
