@@ -93,4 +93,3 @@ def test_migrate_state_refuses_to_mix_states_and_passwords_in_the_dsn(
     assert main(["migrate-state", "--from", str(path), "--to", leaky]) == 2
     err = capsys.readouterr().err
     assert "must not contain the password" in err and "hunter2" not in err
-
