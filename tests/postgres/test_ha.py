@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import quote
 
 import aiohttp
 import anyio
@@ -21,6 +20,7 @@ import anyio.abc
 import orjson
 import pytest
 
+from bench.pgserver import state_url
 from tests.conftest import World, eventually
 from tests.integration.test_lifecycle import free_port
 from tests.integration.test_sync import in_sync
@@ -30,19 +30,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 TTL = 3.0
 
 
-def url_dsn(dsn: str) -> str:
-    """libpq's `key=value` form as the `postgresql://` URL `daemon.state` takes."""
-    parts = dict(item.split("=", 1) for item in dsn.split())
-    host = quote(parts["host"], safe="")
-    return f"postgresql://{parts['user']}@/{parts['dbname']}?host={host}&port={parts['port']}"
-
-
 class Replicas:
     """Replica processes of one deployment, each with its own port, token and log."""
 
     def __init__(self, world: World, dsn: str) -> None:
         self.world = world
-        self.dsn = url_dsn(dsn)
+        self.dsn = state_url(dsn)
         self.ports: dict[str, int] = {}
         self.tokens: dict[str, str] = {}
         self.processes: dict[str, anyio.abc.Process] = {}
@@ -223,7 +216,7 @@ async def _role_is(replicas: Replicas, name: str, role: str) -> bool:
     return await replicas.role(name) == role
 
 
-def test_url_dsn_keeps_the_socket_folder() -> None:
-    assert url_dsn("host=/tmp/pg port=5432 user=postgres dbname=t_1") == (
+def test_state_url_keeps_the_socket_folder() -> None:
+    assert state_url("host=/tmp/pg port=5432 user=postgres dbname=t_1") == (
         "postgresql://postgres@/t_1?host=%2Ftmp%2Fpg&port=5432"
     )
