@@ -12,10 +12,16 @@ Benchmarks (`--only` takes a comma-separated list of these names):
             /metrics scrape time, /healthz after a restart
 - growth    a real daemon under `--change-rate` changes/s for `--seconds`: state file growth, SKUs
             per keyCRM look-up, variants per Marketplacer request
+- ha        three replicas on PostgreSQL under `--change-rate` changes/s: the leader SIGKILLed
+            twice, seconds to the first push by the new leader (`--lease-ttl`, default 15 s)
+- store     a real daemon's steady-state throughput (acknowledged items/s, batching channel) on
+            SQLite and on PostgreSQL, side by side
 
 `--skus` sets every benchmark's size (default: each its own, 20,000 for resync); `--big` runs the
 million-SKU sizes (ingest, memory, resync), which take many minutes. The real daemon runs as
-`python -m daemon run` against the fakes of daemon/simulator/ on loopback.
+`python -m daemon run` against the fakes of daemon/simulator/ on loopback. The PostgreSQL
+figures run on a throwaway cluster (bench/pgserver.py) and are skipped, with the reason, when no
+PostgreSQL server binaries are found.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import orjson
 
-from bench import baseline, growth, ingest, rate, resync
+from bench import baseline, failover, growth, ingest, rate, resync, throughput
 from bench.options import Options
-from bench.report import Figure, table
+from bench.report import Figure, Skipped, table
 from daemon.logs import configure_logging
 
 Benchmark = Callable[[Options], Awaitable[list[Figure]]]
@@ -47,29 +54,49 @@ BENCHMARKS: dict[str, Benchmark] = {
     "baseline": baseline.run,
     "resync": resync.run,
     "growth": growth.run,
+    "ha": failover.run,
+    "store": throughput.run,
 }
 
 
-async def main(names: list[str], options: Options) -> tuple[list[Figure], dict[str, str], float]:
+class Outcome(NamedTuple):
+    figures: list[Figure]
+    failed: dict[str, str]
+    skipped: dict[str, str]
+    seconds: float
+
+
+async def main(names: list[str], options: Options) -> Outcome:
     figures: list[Figure] = []
     failed: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     started = time.monotonic()
     for name in names:
         print(f"… {name}", file=sys.stderr, flush=True)
         begun = time.monotonic()
         try:
             figures += await BENCHMARKS[name](options)
+        except Skipped as skip:
+            figures += skip.figures
+            skipped[name] = skip.reason
+            print(f"  {name} skipped: {skip.reason}", file=sys.stderr, flush=True)
         except Exception as exc:  # one broken benchmark must not hide the others' figures
-            failed[name] = f"{type(exc).__name__}: {exc}"
+            failed[name] = _reason(exc)
             print(f"  {name} failed: {failed[name]}", file=sys.stderr, flush=True)
         print(f"  {name}: {time.monotonic() - begun:.0f} s", file=sys.stderr, flush=True)
-    return figures, failed, time.monotonic() - started
+    return Outcome(figures, failed, skipped, time.monotonic() - started)
 
 
-def report(
-    names: list[str], options: Options, figures: list[Figure], failed: dict[str, str], took: float
-) -> bytes:
-    """The JSON written by `--json`: every figure with its target, ratio and verdict."""
+def _reason(exc: BaseException) -> str:
+    """What went wrong, from inside task groups' exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_reason(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def report(names: list[str], options: Options, outcome: Outcome) -> bytes:
+    """The JSON written by `--json`: every figure with its target, ratio and verdict; what
+    failed to run, and what could not run here (`skipped`), each with its reason."""
     return orjson.dumps(
         {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -81,11 +108,13 @@ def report(
                 "seconds": options.seconds,
                 "change_rate": options.change_rate,
                 "channels": options.channels,
+                "lease_ttl": options.lease_ttl,
             },
             "benchmarks": names,
-            "seconds": round(took, 1),
-            "figures": [f.as_json() for f in figures],
-            "failed": failed,
+            "seconds": round(outcome.seconds, 1),
+            "figures": [f.as_json() for f in outcome.figures],
+            "failed": outcome.failed,
+            "skipped": outcome.skipped,
         },
         option=orjson.OPT_INDENT_2,
     )
@@ -101,6 +130,13 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _lease_ttl(text: str) -> float:
+    seconds = float(text)
+    if seconds < 3:
+        raise argparse.ArgumentTypeError("at least 3 (the daemon renews every third of it)")
+    return seconds
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="stocksync benchmarks, each figure beside its target"
@@ -112,6 +148,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="growth: how long to drive")
     parser.add_argument("--change-rate", type=float, default=100.0, help="growth: changes/s")
     parser.add_argument("--channels", type=int, default=2, help="resync: channels (2 or 4)")
+    parser.add_argument(
+        "--lease-ttl", type=_lease_ttl, default=15.0, help="ha: the replicas' lease_ttl in s (>= 3)"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument("--child", choices=("idle", "stocksync", "naive"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -128,14 +167,17 @@ def cli(argv: list[str] | None = None) -> int:
             change_rate=args.change_rate,
             channels=args.channels,
             big=args.big,
+            lease_ttl=args.lease_ttl,
         )
-        figures, failed, took = anyio.run(main, args.only, options)
-    print(table(figures))
-    for name, reason in failed.items():
+        outcome = anyio.run(main, args.only, options)
+    print(table(outcome.figures))
+    for name, reason in outcome.skipped.items():
+        print(f"\n{name}: skipped ({reason})")
+    for name, reason in outcome.failed.items():
         print(f"\n{name}: FAILED ({reason})")
     if args.json is not None:
-        args.json.write_bytes(report(args.only, options, figures, failed, took))
-    return 1 if failed else 0
+        args.json.write_bytes(report(args.only, options, outcome))
+    return 1 if outcome.failed else 0
 
 
 if __name__ == "__main__":

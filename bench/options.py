@@ -19,6 +19,7 @@ class Options:
     change_rate: float = 100.0
     channels: int = 2
     big: bool = False
+    lease_ttl: float = 15.0
 
     def size(self, default: int, big: int | None = None) -> int:
         if self.skus is not None:

@@ -52,10 +52,11 @@ DURABLE = {"listen_addresses": "", "max_connections": "200"}
 
 
 def find_bindir() -> Path | None:
-    """The folder holding initdb and pg_ctl: $STOCKSYNC_PG_BINDIR, PATH, or Debian's newest."""
+    """The folder holding initdb and pg_ctl: $STOCKSYNC_PG_BINDIR (if set, the only place
+    looked), PATH, or Debian's newest. None: no server binaries here."""
     configured = os.environ.get("STOCKSYNC_PG_BINDIR")
     if configured:
-        return Path(configured)
+        return Path(configured) if (Path(configured) / "initdb").exists() else None
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent

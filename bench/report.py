@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-__all__ = ["Figure", "table"]
+__all__ = ["Figure", "Skipped", "table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,16 @@ class Figure:
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "ratio": self.ratio, "met": self.met}
+
+
+class Skipped(Exception):
+    """A benchmark that cannot run here (say, no PostgreSQL server): `reason` is printed, and
+    the figures it measured before finding out are kept."""
+
+    def __init__(self, reason: str, figures: list[Figure] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.figures = figures or []
 
 
 def number(value: float | None, unit: str) -> str:

@@ -134,6 +134,13 @@ class Fakes:
                 await anyio.sleep(0.01)
         return time.monotonic() - started
 
+    def pos_consistent(self) -> bool:
+        """Whether the Inventory Update API holds what keyCRM says for every offer (by UPC)."""
+        return all(
+            self.pos.quantity(o.barcode or "", "S1") == available(o.quantity, o.reserve)
+            for o in self.keycrm.offers.values()
+        )
+
     def marketplacer_items(self, since: int = 0) -> list[int]:
         """Items per GraphQL request, for the requests from index `since` on."""
         return [len(d.get("variables") or {}) for d in self.marketplacer.documents[since:]]
@@ -191,15 +198,21 @@ class Fakes:
         requests_per_minute: int = 6000,
         sync: str = "",
         poll_interval: str = "1h",
+        state: str | None = None,
+        daemon: str = "",
+        filename: str = "stocksync.toml",
     ) -> Path:
-        path = folder / "stocksync.toml"
+        """`state`: a SQLite file in `folder` unless given (a `postgresql://` URL); `daemon`
+        adds keys to `[daemon]`."""
+        path = folder / filename
         path.write_text(
             f"""
 [daemon]
-state = "{folder / "state.db"}"
+state = "{state or folder / "state.db"}"
 listen = "127.0.0.1:{port}"
 log_level = "warning"
 shutdown_timeout = "10s"
+{daemon}
 
 [keycrm]
 base_url = "{self.urls["keycrm"]}/v1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +11,18 @@ from typing import Any
 import orjson
 import pytest
 
+from bench.pgserver import NO_BINARIES, find_bindir
+
 FIELDS = {"benchmark", "name", "what", "value", "unit", "target", "better", "note", "ratio", "met"}
 
 
-def run_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+def run_bench(tmp_path: Path, *args: str, timeout: float = 50) -> dict[str, Any]:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", *args, "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -85,6 +88,62 @@ def test_baseline_against_the_naive_sync(tmp_path: Path) -> None:
     figures = by_name(run_bench(tmp_path, "--only", "baseline", "--skus", "200"))
     assert figures["baseline.channel_requests"]["value"] >= 1
     assert figures["baseline.naive_channel_requests"]["value"] >= 200 / 25
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(120)
+def test_failover_and_store_throughput_on_postgresql(tmp_path: Path) -> None:
+    if find_bindir() is None:
+        if os.environ.get("CI"):
+            pytest.fail(NO_BINARIES + " (.ci/run installs it)")
+        pytest.skip(NO_BINARIES)
+    args = ("--only", "ha,store", "--skus", "200", "--lease-ttl", "3", "--change-rate", "20")
+    report = run_bench(tmp_path, *args, timeout=110)
+    assert report["skipped"] == {}
+    assert report["options"]["lease_ttl"] == 3
+    figures = by_name(report)
+    failover = figures["ha.failover"]
+    assert failover["target"] == 3 + 5  # the bound: lease TTL + 5 s
+    assert failover["better"] == "lower"
+    assert 0 < failover["value"] <= 3 + 5
+    assert figures["ha.lease_ttl"]["value"] == 3
+    sqlite, postgresql = figures["store.throughput_sqlite"], figures["store.throughput_postgresql"]
+    assert sqlite["value"] > 0 and postgresql["value"] > 0
+    # Informational: SQLite's figure stands as the target, PostgreSQL's ratio is relative to it.
+    assert postgresql["target"] == sqlite["value"]
+    assert postgresql["met"] is None
+    assert postgresql["ratio"] == pytest.approx(postgresql["value"] / sqlite["value"])
+
+
+def without_postgresql(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "STOCKSYNC_PG_BINDIR": str(tmp_path)},  # set: the only place looked
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout, orjson.loads(out.read_bytes())
+
+
+def test_failover_is_skipped_with_the_reason_without_a_postgresql_server(tmp_path: Path) -> None:
+    printed, report = without_postgresql(tmp_path, "--only", "ha", timeout=20)
+    assert "ha: skipped (no PostgreSQL server binaries (initdb) found" in printed
+    assert report["skipped"]["ha"].startswith("no PostgreSQL server binaries")
+    assert report["figures"] == []
+
+
+@pytest.mark.bench
+def test_store_throughput_keeps_the_sqlite_figure_without_a_postgresql_server(
+    tmp_path: Path,
+) -> None:
+    printed, report = without_postgresql(tmp_path, "--only", "store", "--skus", "200", timeout=50)
+    assert "store: skipped (PostgreSQL figure: no PostgreSQL server binaries" in printed
+    assert [f["name"] for f in report["figures"]] == ["store.throughput_sqlite"]
+    assert report["figures"][0]["value"] > 0
 
 
 def test_unknown_benchmark_names_are_refused() -> None:
