@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from bench.pgserver import NO_BINARIES, find_bindir
+from bench.throughput import steady_rate
 
 FIELDS = {"benchmark", "name", "what", "value", "unit", "target", "better", "note", "ratio", "met"}
 
@@ -144,6 +145,14 @@ def test_store_throughput_keeps_the_sqlite_figure_without_a_postgresql_server(
     assert "store: skipped (PostgreSQL figure: no PostgreSQL server binaries" in printed
     assert [f["name"] for f in report["figures"]] == ["store.throughput_sqlite"]
     assert report["figures"][0]["value"] > 0
+
+
+def test_steady_rate_leaves_out_the_start_and_the_tail() -> None:
+    # 100 items in the first second (replan, paging), then 1,000 items/s, then a slow tail.
+    samples = [(0.0, 0), (1.0, 100), *((1.0 + n / 10, 100 + n * 100) for n in range(1, 9))]
+    samples.append((5.0, 1000))
+    assert steady_rate(samples, 1000) == pytest.approx(1000.0)
+    assert steady_rate([(0.0, 0), (0.02, 200)], 200) == pytest.approx(10_000.0)  # tiny: all
 
 
 def test_unknown_benchmark_names_are_refused() -> None:
