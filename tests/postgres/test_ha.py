@@ -20,7 +20,7 @@ import anyio.abc
 import orjson
 import pytest
 
-from bench.pgserver import state_url
+from bench.pgserver import state_url as url_dsn
 from tests.conftest import World, eventually
 from tests.integration.test_lifecycle import free_port
 from tests.integration.test_sync import in_sync
@@ -35,7 +35,7 @@ class Replicas:
 
     def __init__(self, world: World, dsn: str) -> None:
         self.world = world
-        self.dsn = state_url(dsn)
+        self.dsn = url_dsn(dsn)
         self.ports: dict[str, int] = {}
         self.tokens: dict[str, str] = {}
         self.processes: dict[str, anyio.abc.Process] = {}
@@ -216,7 +216,7 @@ async def _role_is(replicas: Replicas, name: str, role: str) -> bool:
     return await replicas.role(name) == role
 
 
-def test_state_url_keeps_the_socket_folder() -> None:
-    assert state_url("host=/tmp/pg port=5432 user=postgres dbname=t_1") == (
+def test_url_dsn_keeps_the_socket_folder() -> None:
+    assert url_dsn("host=/tmp/pg port=5432 user=postgres dbname=t_1") == (
         "postgresql://postgres@/t_1?host=%2Ftmp%2Fpg&port=5432"
     )
