@@ -84,10 +84,18 @@ async def ingest_rate(count: int, batch: int) -> float:
         store = SQLiteStore(Path(folder) / "bench.db")
         reconciler = _reconciler(store)
         data = records(0, count)
+        waiting = 0
         started = time.perf_counter()
         for start in range(0, count, batch):
-            await reconciler.ingest(data[start : start + batch])
+            chunk = data[start : start + batch]
+            # Stored first: the reconciler plans what the store holds (daemon.reconcile).
+            await store.save_catalog([r.catalog for r in chunk if r.catalog])
+            waiting += await reconciler.ingest(
+                await store.save_stock([r.stock for r in chunk], None)
+            )
         elapsed = time.perf_counter() - started
+        if waiting < count:  # a rate of doing nothing is no figure
+            raise RuntimeError(f"only {waiting} items were planned for {count} records")
         await store.close()
     return count / elapsed
 
