@@ -63,15 +63,29 @@ _COLUMNS: LiteralString = (
     "priority, attempts, next_attempt, due_at, last_error, held_scan"
 )
 assert ", ".join(ITEM_COLUMNS) == _COLUMNS
+#: The items' columns as arrays, one per column, in `_COLUMNS` order (`_columns(_row(...))`).
+_ITEM_ARRAYS: LiteralString = (
+    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::float8[], %s::text[],"
+    " %s::float8[], %s::text[], %s::bool[], %s::int4[], %s::int4[], %s::float8[], %s::float8[],"
+    " %s::text[], %s::int8[]"
+)
+#: A batch of items in one statement (one parse, plan and round trip, not one per row).
 _UPSERT: LiteralString = (
-    "INSERT INTO items (" + _COLUMNS + ") VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "INSERT INTO items (" + _COLUMNS + ") SELECT * FROM unnest(" + _ITEM_ARRAYS + ") "
     "ON CONFLICT (channel, key) DO UPDATE SET desired = excluded.desired, "
     "changed_at = excluded.changed_at, status = excluded.status, "
     "diverged_at = excluded.diverged_at, acked = excluded.acked, acked_at = excluded.acked_at, "
     "sent = excluded.sent, forced = excluded.forced, priority = excluded.priority, "
     "attempts = excluded.attempts, next_attempt = excluded.next_attempt, "
     "due_at = excluded.due_at, last_error = excluded.last_error, held_scan = excluded.held_scan"
+)
+#: History rows (channel, key, before, after, outcome, error, at) in one statement; ids follow
+#: the rows' order, which `history` sorts ties of `at` by.
+_HISTORY: LiteralString = (
+    "INSERT INTO history (channel, key, before, after, outcome, error, at)"
+    " SELECT c, k, b, a, o, e, t FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::float8[]) WITH ORDINALITY AS u(c, k, b, a, o, e, t, n)"
+    " ORDER BY n"
 )
 _NO_TIMING = Timing(0.0, 0.0)
 
@@ -92,25 +106,35 @@ def _item(row: Sequence[Any]) -> Item:
     return Item(*values)
 
 
+def _float(value: float | None) -> float | None:
+    """As float: a float8[] array must not mix ints (a clock's whole second) with floats."""
+    return None if value is None else float(value)
+
+
 def _row(item: Item) -> tuple[Any, ...]:
     return (
         item.channel,
         item.key,
         item.desired,
-        item.changed_at,
+        float(item.changed_at),
         str(item.status),
-        item.diverged_at,
+        _float(item.diverged_at),
         item.acked,
-        item.acked_at,
+        _float(item.acked_at),
         item.sent,
-        item.forced,
+        bool(item.forced),
         item.priority,
         item.attempts,
-        item.next_attempt,
-        item.due_at,
+        float(item.next_attempt),
+        _float(item.due_at),
         item.last_error,
         item.held_scan,
     )
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column: the parameters of an `unnest` of a batch."""
+    return [[row[i] for row in rows] for i in range(width)]
 
 
 Conn = AsyncConnection[TupleRow]
@@ -223,9 +247,17 @@ class PostgresStore:
 
     @staticmethod
     async def _save(conn: Conn, items: Sequence[Item]) -> None:
-        if items:
-            async with conn.cursor() as cursor:
-                await cursor.executemany(_UPSERT, [_row(item) for item in items])
+        """Write `items` back in one statement; a key given twice keeps its last state, as one
+        upsert per row did (one statement may not touch a row twice)."""
+        rows = {(item.channel, item.key): _row(item) for item in items}
+        if rows:
+            await conn.execute(_UPSERT, _columns([rows[k] for k in sorted(rows)], 16))
+
+    @staticmethod
+    async def _history(conn: Conn, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            at = [float(row[6]) for row in rows]
+            await conn.execute(_HISTORY, [*_columns(rows, 6), at])
 
     # --- records -------------------------------------------------------------------------------
 
@@ -241,7 +273,7 @@ class PostgresStore:
     async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
         now = self._clock()
         changed: list[StockRecord] = []
-        rows = []
+        rows: dict[str, str] = {}  # one row per SKU: the last level given wins, as before
         async with self._write(lock=_RECORDS) as conn:
             old = await self._existing(conn, [level.sku for level in levels])
             for level in levels:
@@ -251,23 +283,24 @@ class PostgresStore:
                     record = record_from(level.sku, text, catalog)
                     assert record is not None
                     changed.append(record)
-                rows.append((level.sku, text, scan or 0, now))
+                rows[level.sku] = text
             if rows:
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(
-                        "INSERT INTO records (sku, stock, seen_scan, updated_at)"
-                        " VALUES (%s, %s, %s, %s)"
-                        " ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock,"
-                        " seen_scan = GREATEST(records.seen_scan, excluded.seen_scan),"
-                        " updated_at = excluded.updated_at",
-                        rows,
-                    )
+                skus = sorted(rows)
+                await conn.execute(
+                    "INSERT INTO records (sku, stock, seen_scan, updated_at)"
+                    " SELECT sku, stock, %s::int8, %s::float8"
+                    " FROM unnest(%s::text[], %s::text[]) AS r(sku, stock)"
+                    " ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock,"
+                    " seen_scan = GREATEST(records.seen_scan, excluded.seen_scan),"
+                    " updated_at = excluded.updated_at",
+                    (scan or 0, float(now), skus, [rows[sku] for sku in skus]),
+                )
         return changed
 
     async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
         now = self._clock()
         changed: list[StockRecord] = []
-        rows = []
+        rows: dict[str, str] = {}  # one row per SKU: the last entry given wins, as before
         async with self._write(lock=_RECORDS) as conn:
             old = await self._existing(conn, [entry.sku for entry in entries])
             for entry in entries:
@@ -278,15 +311,17 @@ class PostgresStore:
                 record = record_from(entry.sku, stock, text)
                 if record is not None:
                     changed.append(record)
-                rows.append((entry.sku, text, now))
+                rows[entry.sku] = text
             if rows:
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(
-                        "INSERT INTO records (sku, catalog, updated_at) VALUES (%s, %s, %s)"
-                        " ON CONFLICT (sku) DO UPDATE SET catalog = excluded.catalog,"
-                        " updated_at = excluded.updated_at",
-                        rows,
-                    )
+                skus = sorted(rows)
+                await conn.execute(
+                    "INSERT INTO records (sku, catalog, updated_at)"
+                    " SELECT sku, catalog, %s::float8"
+                    " FROM unnest(%s::text[], %s::text[]) AS r(sku, catalog)"
+                    " ON CONFLICT (sku) DO UPDATE SET catalog = excluded.catalog,"
+                    " updated_at = excluded.updated_at",
+                    (float(now), skus, [rows[sku] for sku in skus]),
+                )
         return changed
 
     async def vanished(self, scan: int) -> list[StockRecord]:
@@ -339,18 +374,21 @@ class PostgresStore:
                 (channel, list(skus)),
             )
             affected.update(key for (key,) in await cursor.fetchall())
-            if shares:
-                async with conn.cursor() as many:
-                    await many.executemany(
-                        "INSERT INTO shares (channel, sku, key, quantity, price)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (channel, sku, key)"
-                        " DO UPDATE SET quantity = excluded.quantity, price = excluded.price",
-                        [
-                            (channel, sku, s.key, plain(s.quantity),
-                             None if s.price is None else plain(s.price))
-                            for sku, s in shares
-                        ],
-                    )  # fmt: skip
+            # One row per (sku, key): the last share given wins, as one upsert per row did.
+            rows = {
+                (sku, s.key): (sku, s.key, plain(s.quantity),
+                               None if s.price is None else plain(s.price))
+                for sku, s in shares
+            }  # fmt: skip
+            if rows:
+                await conn.execute(
+                    "INSERT INTO shares (channel, sku, key, quantity, price)"
+                    " SELECT %s::text, *"
+                    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+                    " ON CONFLICT (channel, sku, key)"
+                    " DO UPDATE SET quantity = excluded.quantity, price = excluded.price",
+                    (channel, *_columns([rows[k] for k in sorted(rows)], 4)),
+                )
             result: dict[str, list[Contribution]] = {key: [] for key in affected}
             cursor = await conn.execute(
                 "SELECT key, quantity, price FROM shares WHERE channel = %s AND key = ANY(%s)"
@@ -440,12 +478,7 @@ class PostgresStore:
             writes, history = done.writes, done.history
             await self._save(conn, writes)
             if history:
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(
-                        "INSERT INTO history (channel, key, before, after, outcome, error, at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        history,
-                    )
+                await self._history(conn, history)
                 # A bounded trail per item, whatever the retention (as in SQLite).
                 await conn.execute(
                     "DELETE FROM history h USING unnest(%s::text[]) AS k(key)"
@@ -532,15 +565,12 @@ class PostgresStore:
                 before = item.acked
                 if lifecycle.drifted(item, seen[item.key], now):
                     moved.append(item)
-                    history.append((channel, item.key, before, seen[item.key], now))
+                    history.append(
+                        (channel, item.key, before, seen[item.key], "drift",
+                         "changed on the channel", float(now))
+                    )  # fmt: skip
             await self._save(conn, moved)
-            if history:
-                async with conn.cursor() as cursor:
-                    await cursor.executemany(
-                        "INSERT INTO history (channel, key, before, after, outcome, error, at)"
-                        " VALUES (%s, %s, %s, %s, 'drift', 'changed on the channel', %s)",
-                        history,
-                    )
+            await self._history(conn, history)
         return [item.key for item in moved]
 
     async def reassert(self, channel: str, now: float) -> int:
