@@ -3,7 +3,9 @@
 Each call is one transaction on a pooled connection (psycopg's async pool; safe behind PgBouncer
 in transaction mode, see `daemon.pg.connect`). Item states change only through
 `daemon.store.lifecycle`, exactly as in SQLite: a write loads the rows, applies the pure
-transitions and writes them back.
+transitions and writes them back. A batch goes in one statement per table (`unnest` of one
+array per column), never one per row: a statement's parse, plan and trigger cost the same for one
+row as for a hundred, and the item counts are kept per statement (migration 5).
 
 SQLite runs one call at a time; here calls run side by side on several connections, so each
 read-modify-write takes transaction-scoped advisory locks first: writes to one channel's items
@@ -86,6 +88,24 @@ _HISTORY: LiteralString = (
     " SELECT c, k, b, a, o, e, t FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
     " %s::text[], %s::text[], %s::float8[]) WITH ORDINALITY AS u(c, k, b, a, o, e, t, n)"
     " ORDER BY n"
+)
+#: A channel's items by key: one primary-key probe per wanted key, whatever the planner
+#: believes. Before the table has statistics (a fresh database's first minute, a first import)
+#: `key = ANY(...)` or a join would read all of the channel's items and filter them.
+_LOAD: LiteralString = (
+    "SELECT " + _COLUMNS + " FROM unnest(%s::text[]) AS wanted(wanted_key)"
+    " CROSS JOIN LATERAL (SELECT * FROM items"
+    "  WHERE items.channel = %s AND items.key = wanted_key LIMIT 1) AS items"
+)
+#: The history of the given keys beyond the newest N: index probes per key (the laterals) and
+#: by id, for the same reason (a join would read the channel's whole history).
+_TRIM_HISTORY: LiteralString = (
+    "DELETE FROM history WHERE id = ANY(ARRAY("
+    " SELECT old.id FROM unnest(%s::text[]) AS k(key)"
+    " CROSS JOIN LATERAL (SELECT at FROM history WHERE channel = %s"
+    "  AND key = k.key ORDER BY at DESC LIMIT 1 OFFSET %s) AS oldest_kept"
+    " CROSS JOIN LATERAL (SELECT id FROM history WHERE channel = %s"
+    "  AND key = k.key AND at < oldest_kept.at OFFSET 0) AS old))"
 )
 _NO_TIMING = Timing(0.0, 0.0)
 
@@ -239,10 +259,7 @@ class PostgresStore:
 
     @staticmethod
     async def _load(conn: Conn, channel: str, keys: Sequence[str]) -> dict[str, Item]:
-        cursor = await conn.execute(
-            "SELECT " + _COLUMNS + " FROM items WHERE channel = %s AND key = ANY(%s)",
-            (channel, list(keys)),
-        )
+        cursor = await conn.execute(_LOAD, (list(keys), channel))
         return {row[1]: _item(row) for row in await cursor.fetchall()}
 
     @staticmethod
@@ -481,12 +498,9 @@ class PostgresStore:
                 await self._history(conn, history)
                 # A bounded trail per item, whatever the retention (as in SQLite).
                 await conn.execute(
-                    "DELETE FROM history h USING unnest(%s::text[]) AS k(key)"
-                    " WHERE h.channel = %s AND h.key = k.key AND h.at < ("
-                    "  SELECT at FROM history WHERE channel = %s AND key = k.key"
-                    "  ORDER BY at DESC LIMIT 1 OFFSET %s)",
-                    (sorted({v.key for v in verdicts}), channel, channel,
-                     self.history_per_item - 1),
+                    _TRIM_HISTORY,
+                    (sorted({v.key for v in verdicts}), channel, self.history_per_item - 1,
+                     channel),
                 )  # fmt: skip
         return Settled(done.propagated, done.attempts)
 
