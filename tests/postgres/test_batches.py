@@ -159,3 +159,18 @@ async def test_writes_probe_indexes_before_the_tables_have_statistics(pool: Pool
             assert node["Index Name"] == "history_pkey", node
         elif node["Node Type"] == "Seq Scan":
             assert node["Filter"].startswith("(id = ANY"), node
+
+
+async def test_next_due_is_the_earliest_over_every_priority(pool: Pool) -> None:
+    store = PostgresStore(pool)
+    slow = Timing(debounce=50.0, max_delay=100.0)
+    assert await store.next_due("c") is None
+    await store.set_desired("c", {"a": ON_HAND}, 1.0, slow)
+    sent = await store.claim("c", 60.0, 10)
+    await store.settle("c", [Verdict(i.key, i.value, Outcome.ACKNOWLEDGED) for i in sent], 61.0,
+                       slow, backoff)  # fmt: skip
+    await store.force_all(70.0)  # the backlog: due at once, behind fresh changes
+    await store.set_desired("c", {"b": ON_HAND, "c": SOLD_OUT}, 71.0, slow)  # fresh: due at 121
+    assert await store.next_due("c") == 70.0
+    assert [i.key for i in await store.claim("c", 70.0, 10)] == ["a"]
+    assert await store.next_due("c") == 121.0
