@@ -11,8 +11,9 @@ SQLite runs one call at a time; here calls run side by side on several connectio
 read-modify-write takes transaction-scoped advisory locks first: writes to one channel's items
 take that channel's lock (and a shared lock on all items), calls that move items of every
 channel (`recover`, `force_all`, `release_held`) take the all-items lock exclusively, and
-writes to keyCRM records take the records lock. The locks end with the transaction, so nothing
-leaks through a pooler, and reads take none (MVCC).
+writes to keyCRM records take the records lock. A claim alone takes no channel lock: it skips
+and locks the rows it takes, and the other writes lock the rows they load (see `_write`). The
+locks end with the transaction, so nothing leaks through a pooler, and reads take none (MVCC).
 
 With a `fence` (the lease keeper's `lease`), every write first checks, in its own transaction,
 that this replica still holds the merchant's lease under its epoch (`daemon.pg.lease.fence`):
@@ -95,7 +96,7 @@ _HISTORY: LiteralString = (
 _LOAD: LiteralString = (
     "SELECT " + _COLUMNS + " FROM unnest(%s::text[]) AS wanted(wanted_key)"
     " CROSS JOIN LATERAL (SELECT * FROM items"
-    "  WHERE items.channel = %s AND items.key = wanted_key LIMIT 1) AS items"
+    "  WHERE items.channel = %s AND items.key = wanted_key LIMIT 1 FOR UPDATE) AS items"
 )
 #: The history of the given keys beyond the newest N: index probes per key (the laterals) and
 #: by id, for the same reason (a join would read the channel's whole history).
@@ -234,9 +235,16 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _write(
-        self, *, channel: str | None = None, lock: int | None = None
+        self, *, channel: str | None = None, lock: int | None = None, claim: bool = False
     ) -> AsyncIterator[Conn]:
-        """A write transaction: fenced by the lease (if any), then the advisory locks."""
+        """A write transaction: fenced by the lease (if any), then the advisory locks.
+
+        A `claim` takes only the shared lock on all items, not its channel's: it locks the
+        rows it takes (`SKIP LOCKED`), and every other write locks the rows it loads
+        (`FOR UPDATE`), so neither can write back over the other's change. The fence comes
+        first in every transaction, then the advisory locks, then the row locks: a takeover
+        waiting for the fenced transactions never waits on a lock one of them waits for.
+        """
         async with (
             self._faults("write"),
             self._pool.connection() as conn,
@@ -247,7 +255,9 @@ class PostgresStore:
                 if lease is None:
                     raise LeaseLost("this replica does not hold the lease")
                 await fence(conn, lease)
-            if channel is not None:
+            if claim:
+                await conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int8)", (_ALL_ITEMS,))
+            elif channel is not None:
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock_shared(%s::int8),"
                     " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
@@ -449,10 +459,12 @@ class PostgresStore:
     # --- the work queue ------------------------------------------------------------------------
 
     async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
-        async with self._write(channel=channel) as conn:
+        # Without the channel's lock (see `_write`): the claims and settles of a channel's
+        # batches in flight overlap instead of queueing behind each other.
+        async with self._write(claim=True) as conn:
             cursor = await conn.execute(
                 "SELECT " + _COLUMNS + " FROM items WHERE channel = %s AND status = 'pending'"
-                " AND due_at <= %s ORDER BY priority, due_at LIMIT %s",
+                " AND due_at <= %s ORDER BY priority, due_at LIMIT %s FOR UPDATE SKIP LOCKED",
                 (channel, now, limit),
             )
             items = [lifecycle.claim(_item(row)) for row in await cursor.fetchall()]

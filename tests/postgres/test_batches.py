@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, LiteralString
 
+import anyio
 import orjson
 import pytest
 
@@ -19,7 +20,7 @@ from daemon.pg.connect import Pool, open_pool
 from daemon.pg.migrate import MIGRATIONS, migrate
 from daemon.plan import Contribution
 from daemon.store import Timing
-from daemon.store.postgres import _LOAD, _TRIM_HISTORY, PostgresStore
+from daemon.store.postgres import _CHANNEL_CLASS, _LOAD, _TRIM_HISTORY, PostgresStore
 
 pytestmark = pytest.mark.anyio
 
@@ -174,3 +175,18 @@ async def test_next_due_is_the_earliest_over_every_priority(pool: Pool) -> None:
     assert await store.next_due("c") == 70.0
     assert [i.key for i in await store.claim("c", 70.0, 10)] == ["a"]
     assert await store.next_due("c") == 121.0
+
+
+async def test_a_claim_waits_for_no_other_write_of_its_channel(pool: Pool) -> None:
+    store = PostgresStore(pool)
+    await store.set_desired("c", {k: ON_HAND for k in ("a", "b", "c")}, 1.0, T)
+    async with pool.connection() as other, other.transaction():
+        # Another write of the channel under way: its channel lock, and the row it loaded.
+        await other.execute(
+            "SELECT pg_advisory_xact_lock(%s::int4, hashtext('c'))", (_CHANNEL_CLASS,)
+        )
+        await other.execute("SELECT 1 FROM items WHERE key = 'a' FOR UPDATE")
+        with anyio.fail_after(10):  # it would wait for the other transaction to end
+            taken = await store.claim("c", 2.0, 10)
+        assert sorted(i.key for i in taken) == ["b", "c"]  # never a row another write holds
+    assert [i.key for i in await store.claim("c", 3.0, 10)] == ["a"]
