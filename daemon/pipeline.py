@@ -37,6 +37,7 @@ from daemon.http import build_app
 from daemon.listener import Listener
 from daemon.logs import scrubber
 from daemon.lookups import LookupQueue
+from daemon.looplag import watch_loop
 from daemon.pg.lease import Lease
 from daemon.pg.replica import Replica
 from daemon.plan import fingerprint
@@ -355,6 +356,7 @@ class Daemon:
         async with anyio.create_task_group() as life:
             if self._handle_signals:
                 await life.start(self._signals)
+            life.start_soon(lambda: watch_loop(self.metrics.event_loop_lag))
             if self._watchdog_every is not None:
                 life.start_soon(self._watchdog, self._watchdog_every)
             if replica is None:

@@ -202,6 +202,13 @@ class Metrics:
             "a cold start's first scan runs (the daemon is ready and takes webhooks meanwhile).",
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "stocksync_event_loop_lag_seconds",
+            "How late the event loop woke a ticker due every 0.25 s: a stall here delays "
+            "/healthz, webhooks and pushes alike.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.build_info = Gauge(
             "stocksync_build_info", "Always 1; the version is a label.", ["version"], registry=r
         )

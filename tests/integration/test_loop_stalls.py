@@ -72,3 +72,13 @@ async def test_a_big_resync_never_stalls_healthz(world: World) -> None:
             done.set()
     print(f"worst /healthz during a resync of {ITEMS} items: {worst:.3f}s")
     assert worst < STALL_LIMIT, f"/healthz took {worst:.3f}s during the resync"
+
+
+async def test_a_running_daemon_exports_its_event_loop_lag(world: World) -> None:
+    world.keycrm.populate(3)
+    await world.add_shop("pos")
+    daemon = Daemon(world.config(), handle_signals=False)
+    async with running(daemon):
+        registry = daemon.metrics.registry
+        name = "stocksync_event_loop_lag_seconds_count"
+        await eventually(lambda: (registry.get_sample_value(name) or 0) >= 2)
