@@ -71,6 +71,17 @@ class StoreUnavailable(StateError):
         self.operation = operation
 
 
+class LookupQueueFull(StocksyncError):
+    """Some SKUs of a webhook did not fit in the look-up queue: the webhook is refused (503),
+    so a 202 always means every SKU of it is queued; those that fit stay queued."""
+
+    def __init__(self, dropped: int, cap: int) -> None:
+        super().__init__(
+            f"{dropped} SKU(s) did not fit in the look-up queue (it holds {cap:,}); send it again"
+        )
+        self.dropped = dropped
+
+
 class SourceError(StocksyncError):
     """keyCRM did not give us what we asked for."""
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
-from daemon.errors import StoreUnavailable
+from daemon.errors import LookupQueueFull, StoreUnavailable
 from daemon.redact import scrub, scrub_text
 from daemon.telemetry import Metrics
 
@@ -128,9 +128,19 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 async def _take(controller: Controller, skus: list[str]) -> web.Response:
-    """202 once the SKUs are committed to the state; 503 if the store cannot write them."""
+    """202 once every SKU is committed to the state; 503 if the store cannot write them (in
+    time) or the look-up queue cannot hold them all."""
     try:
         await controller.webhook(skus)
+    except LookupQueueFull as exc:
+        # The SKUs that fit are queued; the sender learns the delivery did not fully land.
+        controller.metrics.webhook_events.labels(outcome="rejected").inc()
+        log.warning("webhook.refused", problem="the look-up queue is full", skus=len(skus))
+        return _json(
+            {"error": str(exc), "dropped": exc.dropped},
+            status=503,
+            headers={"Retry-After": str(WEBHOOK_RETRY_AFTER)},
+        )
     except StoreUnavailable:
         # Not on disk, so not accepted: a 5xx tells keyCRM the delivery failed (whether it
         # sends it again is undocumented; the next scan carries the change either way).

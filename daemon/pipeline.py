@@ -32,7 +32,13 @@ from daemon import __version__, redact
 from daemon.assembly import Parts, assemble
 from daemon.budget import RequestBudget
 from daemon.config import Config, secret_values
-from daemon.errors import ConfigError, SourceError, StartupError, StoreUnavailable
+from daemon.errors import (
+    ConfigError,
+    LookupQueueFull,
+    SourceError,
+    StartupError,
+    StoreUnavailable,
+)
 from daemon.http import build_app
 from daemon.listener import Listener
 from daemon.logs import scrubber
@@ -55,6 +61,8 @@ MERCHANT = "default"
 _BUDGET_SAVE_EVERY = 2.0
 _CLEAN_STOP = "clean_stop"
 _STORE_RETRY = 5.0
+#: how long a webhook waits for its SKUs to be committed before it is answered 503
+WEBHOOK_STORE_WAIT = 5.0
 
 
 def _iso(ts: float | None) -> str | None:
@@ -106,6 +114,8 @@ class Daemon:
         self.budget = RequestBudget(config.keycrm.requests_per_minute)
         #: webhook look-ups on a SQLite state (PostgreSQL: the replica's queue); set by `run`
         self.lookups: LookupQueue | None = None
+        #: the process's lifetime task group, while `run` runs (webhook writes run in it)
+        self._life: anyio.abc.TaskGroup | None = None
         self._listener: Listener | None = None
         #: set on PostgreSQL: this process is one replica of several
         self.replica: Replica | None = None
@@ -137,12 +147,36 @@ class Daemon:
         if self.replica is not None:
             await self.replica.enqueue(skus)
             return
-        if self.lookups is None:
+        queue, life = self.lookups, self._life
+        if queue is None or life is None:
             raise StoreUnavailable("the state store is not open yet", operation="write")
-        overflow = await self.lookups.push(skus)
-        if overflow:
+        # The write runs beside the request, and the request waits for it only so long: a
+        # state file locked by another program must cost the sender a prompt 503, not a
+        # timeout. A write that lands after the 503 only queues SKUs the sender will resend.
+        done = anyio.Event()
+        outcome: list[int | StoreUnavailable] = []
+
+        async def queue_them() -> None:
+            try:
+                outcome.append(await queue.push(skus))
+            except StoreUnavailable as exc:
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        life.start_soon(queue_them)
+        with anyio.move_on_after(WEBHOOK_STORE_WAIT):
+            await done.wait()
+        if not outcome:
+            raise StoreUnavailable(
+                f"the state store did not answer within {WEBHOOK_STORE_WAIT:g} s", operation="write"
+            )
+        if isinstance(outcome[0], StoreUnavailable):
+            raise outcome[0]
+        if overflow := outcome[0]:
             self.metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
-            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=self.lookups.cap)
+            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=queue.cap)
+            raise LookupQueueFull(overflow, queue.cap)
 
     async def reload(self) -> None:
         """SIGHUP: re-read and validate the file, bind a changed listener; on any fault keep
@@ -354,6 +388,7 @@ class Daemon:
         listener = Listener(app)
         self._listener = listener
         async with anyio.create_task_group() as life:
+            self._life = life
             if self._handle_signals:
                 await life.start(self._signals)
             life.start_soon(lambda: watch_loop(self.metrics.event_loop_lag))

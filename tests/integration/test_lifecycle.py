@@ -16,6 +16,7 @@ import anyio
 import orjson
 import pytest
 
+from daemon.errors import LookupQueueFull
 from daemon.pipeline import Daemon
 from daemon.source import Source
 from tests.conftest import World, eventually, idle, running
@@ -208,7 +209,8 @@ async def test_look_ups_are_first_in_first_out_and_bounded(
         world.keycrm.faults.gate = anyio.Event()  # hold keyCRM while the queue fills
         asked = len(world.keycrm.requests)
         newest_first = [f"SKU-{n:05d}" for n in range(300, 0, -1)]
-        await daemon.webhook(newest_first)
+        with pytest.raises(LookupQueueFull):  # 40 did not fit: the sender is told (503)
+            await daemon.webhook(newest_first)
         await eventually(lambda: len(world.keycrm.requests) > asked)
         world.keycrm.faults.gate.set()
         world.keycrm.faults.gate = None
