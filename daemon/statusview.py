@@ -122,11 +122,30 @@ def _source_lines(source: dict[str, Any], now: float) -> list[str]:
     ]
 
 
+def _replica_line(replica: dict[str, Any]) -> str:
+    """One replica of several (PostgreSQL): its role, who leads, and the shared look-up queue,
+    which is what an operator paged for "no leader" needs first."""
+    if "error" in replica:
+        return f"replica: {replica['error']}"
+    leader = replica.get("leader") or "nobody (the lease has run out)"
+    queued = replica.get("lookups_queued", 0)
+    oldest = replica.get("lookups_oldest_seconds") or 0.0
+    waiting = f"{queued} look-ups queued" + (f", oldest {duration(oldest)}" if queued else "")
+    return (
+        f"replica {replica.get('replica', '?')}: {replica.get('role', '?')} of merchant "
+        f"{replica.get('merchant', '?')}; leader {leader}, epoch {replica.get('epoch', '-')}; "
+        f"{waiting}"
+    )
+
+
 def render(data: dict[str, Any], now: float, url: str = "") -> str:
     """The whole status as lines of text (what `status` prints and `--watch` redraws)."""
     ready = "ready" if data.get("ready") else f"NOT READY: {data.get('reason') or 'unknown'}"
     where = f" at {url}" if url else ""
     lines = [f"stocksync {data.get('version', '?')}{where}  {ready}"]
+    replica = data.get("replica")
+    if isinstance(replica, dict):
+        lines.append(_replica_line(replica))
     source = data.get("source")
     if isinstance(source, dict):
         lines += _source_lines(source, now)

@@ -56,3 +56,26 @@ def test_render_shows_progress_with_an_eta_and_never_for_a_missing_scan() -> Non
     assert "last complete scan never" in text
     assert "scanning page 12/40, ETA 1m 10s (first scan since a cold start)" in text
     assert "klump" in text and "None" not in text
+
+
+def test_a_replica_says_its_role_who_leads_and_the_queue() -> None:
+    standby = {
+        "merchant": "default",
+        "replica": "pod-b",
+        "role": "standby",
+        "leader": "pod-a",
+        "epoch": 4,
+        "lookups_queued": 12,
+        "lookups_oldest_seconds": 130.0,
+    }
+    text = render({"version": "1", "ready": True, "replica": standby}, NOW)
+    assert (
+        "replica pod-b: standby of merchant default; leader pod-a, epoch 4; "
+        "12 look-ups queued, oldest 2m 10s"
+    ) in text
+    nobody = render({"ready": True, "replica": {**standby, "leader": None}}, NOW)
+    assert "leader nobody (the lease has run out)" in nobody
+    assert "replica: cannot read the lease" in render(
+        {"ready": False, "replica": {"error": "cannot read the lease: OperationalError"}}, NOW
+    )
+    assert "replica" not in render({"ready": True}, NOW)  # SQLite: one process, no line
