@@ -246,8 +246,8 @@ async def _run_with_port_hint(daemon: Daemon) -> None:
         if "cannot listen" not in str(first):
             raise
         raise StartupError(
-            f"{first} (another demo or stocksync holds it: stop that one, or run "
-            "`stocksync demo --port 0` for any free port)"
+            f"{first} (another program holds it, often a demo still running: stop it, or "
+            "run `stocksync demo --port 0` for any free port)"
         ) from first
 
 
