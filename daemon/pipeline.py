@@ -414,6 +414,7 @@ class Daemon:
                 with anyio.CancelScope(shield=True):
                     await listener.close()
                 self._listener = None
+                self._life = None  # webhooks now find no task group to write in: 503
             life.cancel_scope.cancel()
 
     async def _pipelines(self, lease: Lease | None = None) -> None:
