@@ -63,9 +63,10 @@ class Controller(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
     async def webhook(self, skus: list[str]) -> None:
-        """Take the SKUs for a look-up; returns once they are committed to the state.
+        """Take the SKUs for a look-up; returns once every one is committed to the state.
 
-        Raises `StoreUnavailable` if they cannot be (the webhook is answered 503)."""
+        Raises `StoreUnavailable` if they cannot be (in time), `LookupQueueFull` if some did
+        not fit in the queue; either way the webhook is answered 503."""
         ...
 
     def resync(self, trigger: str) -> None: ...

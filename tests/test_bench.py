@@ -17,7 +17,10 @@ from bench.throughput import steady_rate
 FIELDS = {"benchmark", "name", "what", "value", "unit", "target", "better", "note", "ratio", "met"}
 
 
-def run_bench(tmp_path: Path, *args: str, timeout: float = 50) -> dict[str, Any]:
+def bench(
+    tmp_path: Path, *args: str, timeout: float, env: dict[str, str] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """`python -m bench ARGS --json FILE`: what it printed and the report it wrote."""
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", *args, "--json", str(out)],
@@ -25,10 +28,15 @@ def run_bench(tmp_path: Path, *args: str, timeout: float = 50) -> dict[str, Any]
         text=True,
         timeout=timeout,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "| figure | measured | target | ratio |" in result.stdout
-    report: dict[str, Any] = orjson.loads(out.read_bytes())
+    return result.stdout, orjson.loads(out.read_bytes())
+
+
+def run_bench(tmp_path: Path, *args: str, timeout: float = 50) -> dict[str, Any]:
+    printed, report = bench(tmp_path, *args, timeout=timeout)
+    assert "| figure | measured | target | ratio |" in printed
     assert report["failed"] == {}
     for figure in report["figures"]:
         assert set(figure) == FIELDS
@@ -117,17 +125,9 @@ def test_failover_and_store_throughput_on_postgresql(tmp_path: Path) -> None:
 
 
 def without_postgresql(tmp_path: Path, *args: str, timeout: float) -> tuple[str, dict[str, Any]]:
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", *args, "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "STOCKSYNC_PG_BINDIR": str(tmp_path)},  # set: the only place looked
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout, orjson.loads(out.read_bytes())
+    # STOCKSYNC_PG_BINDIR set to a folder without binaries: the only place looked.
+    env = {**os.environ, "STOCKSYNC_PG_BINDIR": str(tmp_path)}
+    return bench(tmp_path, *args, timeout=timeout, env=env)
 
 
 def test_failover_is_skipped_with_the_reason_without_a_postgresql_server(tmp_path: Path) -> None:
