@@ -1,4 +1,9 @@
-"""Scripted misbehaviour shared by every fake: the next N requests answer with a fault."""
+"""Scripted misbehaviour shared by every fake: the next N requests answer with a fault.
+
+Two kinds: a transport fault (`add`: a status, a body, Retry-After, a delay), the same for every
+fake; and a failure reported inside a 200 (`fail_in_body`), which each fake words as its API
+does (`{"success": false, "error": ...}`, GraphQL `errors`, a per-item status), applying nothing.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ class Faults:
 
     def __init__(self) -> None:
         self._queue: deque[Fault] = deque()
+        self._in_body: deque[str] = deque()
         self.delay = 0.0
         self.gate: anyio.Event | None = None
 
@@ -47,8 +53,18 @@ class Faults:
         for _ in range(times):
             self._queue.append(Fault(status, body, retry_after, delay, extra))
 
+    def fail_in_body(self, message: str, *, times: int = 1) -> None:
+        """The next `times` updates answer 200 with a body that reports `message` as the failure,
+        in the fake's API's own words, and change nothing (a locked database behind the API)."""
+        self._in_body.extend([message] * times)
+
+    def body_failure(self) -> str | None:
+        """The message this update must fail with inside a 200, or None to apply it."""
+        return self._in_body.popleft() if self._in_body else None
+
     def clear(self) -> None:
         self._queue.clear()
+        self._in_body.clear()
 
     @property
     def queued(self) -> int:

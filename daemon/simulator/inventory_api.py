@@ -2,7 +2,9 @@
 
 Checks the Bearer token and the required fields (`store`, `quantity`, and `upc` or all of `sku`,
 `size`, `width`), answering `{"error": "Missing required field: sku"}`-style bodies; unknown
-products are a 404. Keeps what it was told per product and store, and every request in order.
+products are a 404. `faults.fail_in_body` answers `200 {"success": false, "error": ...}`, as a
+real one did with "database is locked". Keeps what it was told per product and store, and every
+request in order.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class FakeInventoryApi:
         fault = await self.faults.answer()
         if fault is not None:
             return fault
+        failure = self.faults.body_failure()
+        if failure is not None:  # what the issue saw: a 200 that says the update failed
+            return web.json_response({"success": False, "error": failure})
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:

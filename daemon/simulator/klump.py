@@ -39,6 +39,9 @@ class FakeKlump:
         fault = await self.faults.answer()
         if fault is not None:
             return fault
+        failure = self.faults.body_failure()
+        if failure is not None:  # "an error code and a message", under a 200
+            return web.json_response({"status": "error", "message": failure})
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:

@@ -5,7 +5,9 @@ Auth as Marketplacer documents it: `marketplacer-api-key` or `Authorization: Bea
 is `401 API Token has expired`. The GraphQL route accepts documents of aliased
 `variantUpdate(input: $var)` mutations (parsed strictly, not executed by a GraphQL engine),
 answers `errors { field messages }` per alias for unknown variants, and `MISSING_SCOPE` as a
-top-level error when the key lacks the scope.
+top-level error when the key lacks the scope. A failure inside a 200 (`faults.fail_in_body`, or
+`failing` for one variant) is a top-level error whose path names the alias (GraphQL) or a JSON:API
+`errors` document (REST), and changes nothing.
 
 Read-back as documented: `query ($ids: [ID!]!) { nodes(ids: $ids) { ... on Variant { id
 countOnHand } } }` answers the nodes in the order asked, null for a variant the seller cannot see;
@@ -74,6 +76,9 @@ class FakeMarketplacer:
         #: variants whose input the server cannot coerce: GraphQL refuses the whole document
         #: with an error that has no path (graphql-ruby's variable errors); REST answers 422
         self.poison: set[str] = set()
+        #: variant -> message: its update fails inside a 200 (GraphQL: an error whose path names
+        #: its alias, the other aliases applied; REST: a JSON:API errors document), unapplied
+        self.failing: dict[str, str] = {}
         self.count_on_hand: dict[str, int] = {}
         self.inventories: dict[tuple[str, int | None], int] = {}
         self.known: set[str] | None = None
@@ -142,7 +147,10 @@ class FakeMarketplacer:
                     ],
                 }
             )
+        failure = self.faults.body_failure()
         if isinstance(query, str) and query.lstrip().startswith("query"):
+            if failure is not None:
+                return web.json_response({"data": None, "errors": [{"message": failure}]})
             return self._read(query, variables)
         document = _DOCUMENT.match(query)
         declared = set(_VARIABLE.findall(document.group("vars"))) if document else set()
@@ -165,9 +173,19 @@ class FakeMarketplacer:
                 }
                 return web.json_response({"errors": [error]})
         data: dict[str, Any] = {}
+        errors: list[dict[str, Any]] = []
         for alias, variable in fields:
-            data[alias] = self._variant_update(variables.get(variable))
-        return web.json_response({"data": data})
+            given = variables.get(variable)
+            variant = given.get("variantId") if isinstance(given, dict) else None
+            failed = failure or self.failing.get(str(variant))
+            if failed is not None:
+                # graphql-ruby's shape for a field whose resolver failed: null data, an error
+                # whose path names the field, and the other fields resolved as usual
+                data[alias] = None
+                errors.append({"message": failed, "locations": [], "path": [alias]})
+                continue
+            data[alias] = self._variant_update(given)
+        return web.json_response({"data": data, "errors": errors} if errors else {"data": data})
 
     def _read(self, query: str, variables: Any) -> web.Response:
         self.reads.append(time.monotonic())
@@ -244,6 +262,10 @@ class FakeMarketplacer:
         if fault is not None:
             return fault
         variant = request.match_info["variant"]
+        failure = self.faults.body_failure() or self.failing.get(variant)
+        if failure is not None:  # a JSON:API errors document, under a 200: nothing applied
+            body = {"errors": [{"status": "500", "title": failure}]}
+            return web.Response(body=orjson.dumps(body), content_type="application/vnd.api+json")
         if variant in self.poison:
             return web.json_response(
                 {"errors": [{"status": "422", "title": "Invalid inventories document"}]}, status=422

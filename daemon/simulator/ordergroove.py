@@ -3,7 +3,9 @@
 Recomputes the HMAC of the `authorization` header (`sig_field|ts` with the hash key, Base64),
 refuses a `ts` older than two hours or a missing `og-authorization: True`, or takes `x-api-key`.
 Answers the reference shape `{"results": [...]}` (or, when told, the guide's list of result
-objects) with 200 per updated product, 404 for unknown ones, 400 for a bad entry.
+objects) with 200 per updated product, 404 for unknown ones, 400 for a bad entry; a failure
+inside the 200 (`faults.fail_in_body`, or `failing` for one product) is that product's 500,
+unapplied.
 
 Read-back: `GET /products/{product_id}/` answers the product (`live`, `discontinued`,
 `last_update`, ...) or `404 {"detail": "Not found."}`. `edit_by_hand` flips a product's flag the
@@ -48,6 +50,8 @@ class FakeOrdergroove:
         self.known: set[str] | None = None
         #: products the API chokes on: a batch holding one is refused whole (400), unapplied
         self.poison: set[str] = set()
+        #: products whose update fails inside the 200: their result says 500, nothing applied
+        self.failing: set[str] = set()
         self.guide_shape = False
         self.requests: list[list[dict[str, Any]]] = []
         self.timestamps: list[int] = []
@@ -105,10 +109,13 @@ class FakeOrdergroove:
         if self.poison.intersection(p for p in bad if isinstance(p, str)):
             return web.json_response({"detail": "Invalid product data in batch"}, status=400)
         results = []
+        failure = self.faults.body_failure()
         for entry in body:
             product = entry.get("product_id") if isinstance(entry, dict) else None
             live = entry.get("live") if isinstance(entry, dict) else None
-            if not isinstance(product, str) or not isinstance(live, bool):
+            if failure is not None or product in self.failing:
+                results.append({"product_id": str(product), "status": 500})
+            elif not isinstance(product, str) or not isinstance(live, bool):
                 results.append({"product_id": str(product), "status": 400})
             elif self.known is not None and product not in self.known:
                 results.append({"product_id": product, "status": 404})
