@@ -1,8 +1,17 @@
-"""What every adapter does with HTTP the same way: status to error class, Retry-After, safe text.
+"""What every adapter does with HTTP the same way: status to error class, 2xx bodies, safe text.
 
 The mapping from an HTTP status to what the dispatcher should do lives here and nowhere else:
-2xx is the adapter's to read; 408, 425, 429 and 5xx are retryable (429/503 with Retry-After pause
-the channel); 401 and 403 are fatal for the channel; any other 4xx rejects the request's items.
+408, 425, 429 and 5xx are retryable (429/503 with Retry-After pause the channel); 401 and 403 are
+fatal for the channel; any other 4xx rejects the request's items.
+
+A 2xx is not an acknowledgement by itself: APIs answer 200 with `{"success": false, "error":
+...}`, GraphQL `errors`, a per-item failure. So an acknowledged `PushResult` is made here only,
+by `confirm` (one item's request) and `acknowledged` (one item of a batch, given the part of the
+body about it), and both look at the body first: a failure it reports is retryable, and a body
+that is not the JSON the API documents is retryable too (nothing says the update was applied).
+Adapters decide from their API's own per-item shapes what names an item invalid (rejected).
+`tests/adapters/test_acknowledgement.py` keeps `Outcome.ACKNOWLEDGED` out of the adapters.
+
 Bodies are read with a ceiling (`daemon.bodies`): a larger answer is retryable and says the limit.
 Error texts quote the channel's answer scrubbed of every configured secret (`daemon.redact`).
 """
@@ -34,14 +43,18 @@ from daemon.contract import (
 __all__ = [
     "NETWORK_ERRORS",
     "Answer",
+    "acknowledged",
+    "confirm",
     "error_for_status",
     "get",
-    "item_result",
+    "json_document",
     "json_number",
     "network_error",
     "probe_result",
+    "reported_failure",
     "send",
     "short_text",
+    "success_document",
 ]
 
 
@@ -160,14 +173,135 @@ async def _request(
         raise network_error(exc, channel=channel) from exc
 
 
-def item_result(key: str, answer: Answer, *, channel: str) -> PushResult:
-    """The outcome of a one-item request: 2xx acknowledged, a 4xx about it rejected, else raise."""
-    if answer.ok:
+#: `status` values with which a body reports a failure ("an error code and a message")
+FAILED_STATUSES = frozenset({"error", "fail", "failed", "failure"})
+
+
+def reported_failure(document: object) -> str | None:
+    """What a JSON body reports as a failure despite its 2xx status, or None if it reports none.
+
+    The shapes the channel APIs use: an `error` key (the Inventory Update API's `{"error":
+    "..."}`), `success: false`, `status: "error"`, a non-empty `errors` (GraphQL, JSON:API,
+    Marketplacer's mutation payloads). `"error": null` and `"errors": []` report nothing.
+    """
+    if not isinstance(document, dict):
+        return None
+    status = document.get("status")
+    if not (
+        document.get("error") not in (None, False, "", [], {})
+        or document.get("success") is False
+        or (isinstance(status, str) and status.lower() in FAILED_STATUSES)
+        or document.get("errors") not in (None, False, "", [], {})
+    ):
+        return None
+    texts = [_text(document.get("error")), _text(document.get("message"))]
+    errors = document.get("errors")
+    texts.extend(_text(e) for e in (errors if isinstance(errors, list) else [errors]))
+    said = "; ".join(t for t in texts if t)
+    return short_text(said.encode()) if said else "the answer reports a failure"
+
+
+def _text(part: object) -> str:
+    """The human part of one error entry: a string, or an object's message, title or detail."""
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict):
+        for name in ("message", "title", "detail", "messages"):
+            value = part.get(name)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, list) and value:
+                return "; ".join(str(v) for v in value)
+    return ""
+
+
+def json_document(answer: Answer, *, channel: str, empty_ok: bool = False) -> object:
+    """A 2xx body parsed as the JSON the API promises; anything else is retryable.
+
+    `empty_ok` for APIs that document no success body (None then). A proxy's HTML page, a cut-off
+    answer or an empty one where JSON is promised says nothing about the update: send it again.
+    """
+    if not answer.body.strip():
+        if empty_ok:
+            return None
+        raise ChannelRetryable(
+            f"{channel}: HTTP {answer.status} with an empty answer", status=answer.status
+        )
+    try:
+        return orjson.loads(answer.body)
+    except orjson.JSONDecodeError as exc:
+        detail = (
+            f"{channel}: HTTP {answer.status} but the answer is not JSON: {short_text(answer.body)}"
+        )
+        raise ChannelRetryable(detail, status=answer.status) from exc
+
+
+def success_document(
+    answer: Answer,
+    *,
+    channel: str,
+    empty_ok: bool = False,
+    min_retry_after: float | None = None,
+) -> object:
+    """The body of an answer that says the request succeeded; any other answer raises.
+
+    Not 2xx: the status's error class (`ChannelRejected` for a 4xx about the content). 2xx: the
+    JSON the API documents, which must report no failure (`reported_failure`), else retryable:
+    nothing in such a body names an item as invalid, and sending again costs little.
+    """
+    if not answer.ok:
+        raise error_for_status(
+            answer.status,
+            answer.body,
+            answer.headers,
+            channel=channel,
+            min_retry_after=min_retry_after,
+        )
+    document = json_document(answer, channel=channel, empty_ok=empty_ok)
+    failure = reported_failure(document)
+    if failure is not None:
+        detail = f"{channel}: HTTP {answer.status} but the answer reports a failure: {failure}"
+        raise ChannelRetryable(detail, status=answer.status)
+    return document
+
+
+def confirm(
+    key: str,
+    answer: Answer,
+    *,
+    channel: str,
+    empty_ok: bool = False,
+    already_done: frozenset[int] = frozenset(),
+) -> PushResult:
+    """The outcome of a one-item request, read from its status and its body.
+
+    Acknowledged only for a 2xx whose body is a JSON object reporting no failure (or empty, with
+    `empty_ok`), or for a status the API documents as "already applied" (`already_done`, Klump's
+    409); a 4xx about the item rejects it; anything else raises its error class.
+    """
+    if answer.status in already_done:
         return PushResult(key, Outcome.ACKNOWLEDGED)
-    error = error_for_status(answer.status, answer.body, answer.headers, channel=channel)
-    if isinstance(error, ChannelRejected):
-        return PushResult(key, Outcome.REJECTED, reason=str(error))
-    raise error
+    try:
+        document = success_document(answer, channel=channel, empty_ok=empty_ok)
+    except ChannelRejected as exc:
+        return PushResult(key, Outcome.REJECTED, reason=str(exc))
+    if document is not None and not isinstance(document, dict):
+        what = short_text(answer.body)
+        detail = f"{channel}: HTTP {answer.status} but the answer is not a JSON object: {what}"
+        raise ChannelRetryable(detail, status=answer.status)
+    return PushResult(key, Outcome.ACKNOWLEDGED)
+
+
+def acknowledged(key: str, evidence: object, *, channel: str) -> PushResult:
+    """One item of a batch that the adapter read as applied, given the part of the body about it.
+
+    Still retried if that part reports a failure after all (`reported_failure`): the adapter
+    read its API's own per-item fields, this reads the shapes every API shares.
+    """
+    failure = reported_failure(evidence)
+    if failure is not None:
+        return PushResult(key, Outcome.RETRY, reason=f"{channel}: {failure}")
+    return PushResult(key, Outcome.ACKNOWLEDGED)
 
 
 #: What a deliberately incomplete probe request earns once the channel has accepted our

@@ -4,6 +4,10 @@ Body `{"upc", "store", "quantity"}`, or `{"sku", "size", "width", "store", "quan
 there is no UPC; Bearer token. The API has no batch form, so `max_batch` is 1 and the dispatcher's
 `concurrency` runs requests side by side. Keys: the offer's barcode (or SKU, size and width taken
 from keyCRM properties) plus the store code, from `store` (totals) or `store_map` (per warehouse).
+
+The API documents no success body and its errors as `{"error": "..."}` without a status, and has
+been seen answering `200 {"success": false, "error": "database is locked"}`: a 2xx is
+acknowledged only with an empty body or a JSON object that reports no failure; else retried.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Literal
 import aiohttp
 from pydantic import SecretStr, model_validator
 
-from adapters._http import item_result, probe_result, send
+from adapters._http import confirm, probe_result, send
 from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import BaseUrl, EnvSecret, FileSecret, ItemValue, PushResult, Settings, pick
 
@@ -51,7 +55,7 @@ class InventoryApiSettings(Settings):
 
 
 class InventoryApiChannel:
-    """Pushes one item per request; the answer's status decides the item's outcome."""
+    """Pushes one item per request; the answer's status and body decide the item's outcome."""
 
     max_batch = 1
 
@@ -88,7 +92,9 @@ class InventoryApiChannel:
             headers=headers,
             timeout=self._timeout,
         )
-        return item_result(item.key, answer, channel=self.name)
+        # The API documents no success body, and errors as `{"error": "..."}` without a status:
+        # a 200 carrying one (`{"success": false, "error": "database is locked"}`) is retried.
+        return confirm(item.key, answer, channel=self.name, empty_ok=True)
 
     async def probe(self) -> Probe:
         """An empty update: the API checks the token, then refuses the missing fields (400)."""

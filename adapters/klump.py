@@ -3,7 +3,9 @@
 Header `klump-secret-key`; body `{"name", "price", "quantity"}`. Klump identifies a product only
 by its name, so the default key is `{product_name}` and variants that share a name are one Klump
 item (quantities summed, lowest price). `sync_price = false` leaves the price out. 409 means
-"already treated": acknowledged. One product per request; Klump publishes no rate limit.
+"already treated": acknowledged. A 2xx is acknowledged only with a JSON object that reports no
+failure (the docs show the product); an error in it, or a body that is not JSON, is retried. One
+product per request; Klump publishes no rate limit.
 """
 
 from __future__ import annotations
@@ -13,20 +15,21 @@ from collections.abc import Sequence
 import aiohttp
 from pydantic import SecretStr, model_validator
 
-from adapters._http import item_result, json_number, probe_result, send
+from adapters._http import confirm, json_number, probe_result, send
 from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import (
     BaseUrl,
     EnvSecret,
     FileSecret,
     ItemValue,
-    Outcome,
     PushResult,
     Settings,
     pick,
 )
 
 __all__ = ["SPEC", "KlumpChannel", "KlumpSettings"]
+
+ALREADY_TREATED = frozenset({409})
 
 
 class KlumpSettings(Settings):
@@ -50,7 +53,7 @@ class KlumpSettings(Settings):
 
 
 class KlumpChannel:
-    """One PATCH per product; the status decides the item's outcome."""
+    """One PATCH per product; the status and the body decide the item's outcome."""
 
     max_batch = 1
 
@@ -84,10 +87,9 @@ class KlumpChannel:
             headers=headers,
             timeout=self._timeout,
         )
-        if answer.status == 409:
-            # 409: "high likelihood that we have already treated this request".
-            return PushResult(item.key, Outcome.ACKNOWLEDGED)
-        return item_result(item.key, answer, channel=self.name)
+        # 409: "high likelihood that we have already treated this request". A 2xx must carry
+        # the product object the docs show, not an error ("an error code and a message").
+        return confirm(item.key, answer, channel=self.name, already_done=ALREADY_TREATED)
 
     async def probe(self) -> Probe:
         """An update without `name`: Klump checks the key, then refuses the body (400)."""

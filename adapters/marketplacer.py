@@ -30,7 +30,17 @@ import aiohttp
 import orjson
 from pydantic import SecretStr, model_validator
 
-from adapters._http import Answer, error_for_status, get, probe_result, send, short_text
+from adapters._http import (
+    Answer,
+    acknowledged,
+    error_for_status,
+    get,
+    json_document,
+    probe_result,
+    send,
+    short_text,
+    success_document,
+)
 from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import (
     BaseUrl,
@@ -55,6 +65,8 @@ MIN_RETRY_AFTER = 60.0  # Marketplacer: "if Retry-After is absent, wait at least
 FATAL_CODES = {"MISSING_SCOPE", "UNAUTHORIZED", "UNAUTHENTICATED", "FORBIDDEN"}
 #: codes of errors about the document's content: the whole batch is refused, none applied
 CONTENT_CODES = {"BAD_USER_INPUT", "GRAPHQL_VALIDATION_FAILED", "INVALID_VARIABLES"}
+#: codes of an error whose path names one alias that say that item's input is at fault
+ITEM_CODES = CONTENT_CODES | {"NOT_FOUND", "UNPROCESSABLE", "INVALID"}
 _SELECTION = "variant { id countOnHand } errors { field messages }"
 #: read-back: `nodes` answers in the order asked, null for an id the seller cannot see
 READ_QUERY = (
@@ -233,11 +245,8 @@ class MarketplacerChannel:
             "POST", f"{self._settings.base_url}/graphql", payload, "application/json"
         )
         self._raise_for(reply)
-        try:
-            answer = orjson.loads(reply.body)
-        except orjson.JSONDecodeError as exc:
-            detail = f"{self.name}: answer is not JSON: {short_text(reply.body)}"
-            raise ChannelRetryable(detail) from exc
+        # GraphQL's `errors` are read below (an alias's, the call's); here only "is it JSON"
+        answer = json_document(reply, channel=self.name)
         if not isinstance(answer, dict):
             raise ChannelRetryable(f"{self.name}: answer is not a JSON object")
         return answer
@@ -293,20 +302,27 @@ class MarketplacerChannel:
         for n, item in enumerate(items):
             alias = f"i{n}"
             result = data.get(alias) if isinstance(data, dict) else None
+            variant = result.get("variant") if isinstance(result, dict) else None
             if alias in per_alias:
-                results.append(PushResult(item.key, Outcome.REJECTED, reason=per_alias[alias]))
-            elif not isinstance(result, dict):
-                results.append(PushResult(item.key, Outcome.RETRY, reason="no result for it"))
-            elif result.get("errors"):
+                results.append(PushResult(item.key, *per_alias[alias]))
+            elif isinstance(result, dict) and result.get("errors"):
+                # the mutation's own `errors { field messages }`: the input named is invalid
                 reason = f"{self.name}: {_messages(result['errors'])}"
                 results.append(PushResult(item.key, Outcome.REJECTED, reason=reason))
+            elif not isinstance(variant, dict) or variant.get("id") != item.key:
+                reason = f"{self.name}: no updated variant in the answer for it"
+                results.append(PushResult(item.key, Outcome.RETRY, reason=reason))
             else:
-                results.append(PushResult(item.key, Outcome.ACKNOWLEDGED))
+                results.append(acknowledged(item.key, result, channel=self.name))
         return results
 
-    def _top_level_errors(self, errors: Any) -> dict[str, str]:
-        """Errors naming an alias reject that item; any other error is about the whole call."""
-        per_alias: dict[str, str] = {}
+    def _top_level_errors(self, errors: Any) -> dict[str, tuple[Outcome, str]]:
+        """Errors naming an alias fail that item; any other error is about the whole call.
+
+        An alias's error rejects it only when its code says the input is at fault; otherwise
+        (a resolver that failed: "database is locked") the item is retried.
+        """
+        per_alias: dict[str, tuple[Outcome, str]] = {}
         for error in errors if isinstance(errors, list) else []:
             if not isinstance(error, dict):
                 continue
@@ -315,7 +331,8 @@ class MarketplacerChannel:
             extensions = error.get("extensions")
             code = extensions.get("code") if isinstance(extensions, dict) else None
             if isinstance(path, list) and path and isinstance(path[0], str):
-                per_alias[path[0]] = f"{self.name}: {message}"
+                outcome = Outcome.REJECTED if code in ITEM_CODES else Outcome.RETRY
+                per_alias[path[0]] = (outcome, f"{self.name}: {message}")
             elif code in FATAL_CODES:
                 raise ChannelFatal(f"{self.name}: {code}: {message}")
             elif _about_input(message, extensions, code):
@@ -342,22 +359,26 @@ class MarketplacerChannel:
                 records.append({"type": "inventories", "attributes": attributes})
             url = f"{self._settings.base_url}/api/v2/client/variants/{variant}/inventories"
             reply = await self._send("PUT", url, {"data": records}, "application/vnd.api+json")
-            if reply.ok:
-                result = PushResult("", Outcome.ACKNOWLEDGED)
-            else:
-                error = error_for_status(
-                    reply.status,
-                    reply.body,
-                    reply.headers,
-                    channel=self.name,
-                    min_retry_after=MIN_RETRY_AFTER,
-                )
-                if not isinstance(error, ChannelRejected):
-                    raise error
-                result = PushResult("", Outcome.REJECTED, reason=str(error))
             for item in group:
-                outcome[item.key] = PushResult(item.key, result.outcome, result.reason)
+                outcome[item.key] = self._rest_outcome(item.key, reply)
         return [outcome[item.key] for item in items]
+
+    def _rest_outcome(self, key: str, reply: Answer) -> PushResult:
+        """One variant's PUT: a 4xx rejects it; a 2xx must be the JSON:API `data` document the
+        docs show, without `errors` (else this variant is retried, the batch's others stand);
+        any other failure raises for the whole batch, as a 429 or 5xx is about the channel."""
+        try:
+            document = success_document(reply, channel=self.name, min_retry_after=MIN_RETRY_AFTER)
+        except ChannelRejected as exc:
+            return PushResult(key, Outcome.REJECTED, reason=str(exc))
+        except ChannelRetryable as exc:
+            if not reply.ok:
+                raise
+            return PushResult(key, Outcome.RETRY, reason=str(exc))
+        if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+            reason = f"{self.name}: not an inventories document: {short_text(reply.body)}"
+            return PushResult(key, Outcome.RETRY, reason=reason)
+        return acknowledged(key, document, channel=self.name)
 
     async def _read_rest(self, keys: Sequence[str]) -> dict[str, Value | None]:
         by_variant: dict[str, list[str]] = {}

@@ -6,7 +6,9 @@ push at all. Auth is the API-user HMAC scheme (an `authorization` header carryin
 `{"public_id", "ts", "sig_field", "sig"}` with `sig = base64(HMAC-SHA256(hash key,
 "{sig_field}|{ts}"))`, a fresh `ts` each request, and `og-authorization: True`) or, for the newer
 application scope, `x-api-key`. The per-product results decide each item: 200 acknowledged, 400
-and 404 rejected; both response shapes the documents show are accepted.
+and 404 rejected, any other status or a missing result retried; both response shapes the
+documents show are accepted. A 2xx whose body is not one of them (not JSON, no `results`, an
+`error` or `errors` of its own) is retried whole: nothing says any product was updated.
 
 Read-back (drift): `GET {base_url}/products/{product_id}/`, one product per request, its `live`
 flag; 404 means the product is missing. The reference lists the application and storefront scopes
@@ -27,7 +29,15 @@ import aiohttp
 import orjson
 from pydantic import Field, SecretStr, model_validator
 
-from adapters._http import error_for_status, get, probe_result, send, short_text
+from adapters._http import (
+    acknowledged,
+    error_for_status,
+    get,
+    probe_result,
+    send,
+    short_text,
+    success_document,
+)
 from adapters.base import Channel, ChannelContext, ChannelSpec, Probe, Shape
 from daemon.contract import (
     BaseUrl,
@@ -86,22 +96,22 @@ def signature(hash_key: str, sig_field: str, ts: int) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _results(body: Any) -> dict[str, int]:
-    """Per-product statuses from `{"results": [...]}` or `[{"results": [...]}, ...]`."""
+def _results(body: Any) -> dict[str, dict[str, Any]]:
+    """Per-product results from `{"results": [...]}` or `[{"results": [...]}, ...]`."""
     groups = body if isinstance(body, list) else [body]
-    statuses: dict[str, int] = {}
+    results: dict[str, dict[str, Any]] = {}
     for group in groups:
-        results = group.get("results") if isinstance(group, dict) else None
-        if not isinstance(results, list):
+        listed = group.get("results") if isinstance(group, dict) else None
+        if not isinstance(listed, list):
             raise ValueError("no `results` list")
-        for result in results:
+        for result in listed:
             if not isinstance(result, dict):
                 raise ValueError("a result is not an object")
             product, status = result.get("product_id"), result.get("status")
             if not isinstance(product, str | int) or not isinstance(status, int):
                 raise ValueError("a result lacks product_id or status")
-            statuses[str(product)] = status
-    return statuses
+            results[str(product)] = result
+    return results
 
 
 class OrdergrooveChannel:
@@ -154,14 +164,13 @@ class OrdergrooveChannel:
             headers=self._headers(),
             timeout=self._timeout,
         )
-        if not answer.ok:
-            raise error_for_status(answer.status, answer.body, answer.headers, channel=self.name)
+        document = success_document(answer, channel=self.name)
         try:
-            statuses = _results(orjson.loads(answer.body))
-        except (orjson.JSONDecodeError, ValueError) as exc:
+            results = _results(document)
+        except ValueError as exc:
             detail = f"{self.name}: unreadable answer ({exc}): {short_text(answer.body)}"
             raise ChannelRetryable(detail, status=answer.status) from exc
-        return [self._outcome(item.key, statuses.get(item.key)) for item in items]
+        return [self._outcome(item.key, results.get(item.key)) for item in items]
 
     async def read(self, keys: Sequence[str]) -> dict[str, Value | None]:
         values: dict[str, Value | None] = {}
@@ -203,11 +212,12 @@ class OrdergrooveChannel:
         )
         return probe_result(answer)
 
-    def _outcome(self, key: str, status: int | None) -> PushResult:
-        if status is None:
+    def _outcome(self, key: str, result: dict[str, Any] | None) -> PushResult:
+        if result is None:
             return PushResult(key, Outcome.RETRY, reason=f"{self.name}: no result for the product")
+        status = result["status"]
         if 200 <= status < 300:
-            return PushResult(key, Outcome.ACKNOWLEDGED)
+            return acknowledged(key, result, channel=self.name)
         if status in (400, 404):
             what = "not found" if status == 404 else "refused"
             return PushResult(

@@ -2,7 +2,8 @@
 
 A new channel is one module, one registry line, one fake and one `Harness`: this suite then
 checks it pushes a batch, re-pushes harmlessly, maps per-item rejections, turns 429, 5xx, 401
-and network failures into the right error class, and never puts a secret in an error. A channel
+and network failures into the right error class, never acknowledges a 2xx whose body reports a
+failure or is not the JSON the API documents, and never puts a secret in an error. A channel
 that can be read back (`Readable`) also reads back what it pushed and what was changed by hand,
 reports missing items as None, and fails reads with the same error classes as pushes.
 """
@@ -106,6 +107,37 @@ async def test_one_rejected_item_leaves_the_others_acknowledged(rig: Rig) -> Non
     assert [o for i, o in enumerate(outcomes) if i != 1] == [Outcome.ACKNOWLEDGED] * (
         len(outcomes) - 1
     )
+
+
+async def outcomes_of(rig: Rig, items: list[Any]) -> list[Outcome | ChannelError]:
+    """Each item's outcome, or the error the whole request raised for every item of it."""
+    try:
+        return [r.outcome for r in await rig.channel.push(items)]
+    except ChannelError as exc:
+        return [exc] * len(items)
+
+
+async def test_a_2xx_whose_body_reports_a_failure_is_retried_then_lands(rig: Rig) -> None:
+    # What the Inventory Update API did: `200 {"success": false, "error": "database is locked"}`.
+    # Each fake words it as its API does; nothing names the item as invalid, so: retry.
+    items = rig.harness.items[: rig.channel.max_batch]
+    rig.fake.faults.fail_in_body("database is locked")
+    outcomes = await outcomes_of(rig, items[:1])
+    assert all(o is Outcome.RETRY or isinstance(o, ChannelRetryable) for o in outcomes), outcomes
+    assert rig.harness.held(rig.fake, items[0]) is None
+    assert await outcomes_of(rig, items[:1]) == [Outcome.ACKNOWLEDGED]
+    assert rig.harness.held(rig.fake, items[0]) == items[0].value
+
+
+@pytest.mark.parametrize(
+    "body", [b"<html><body>Service Unavailable</body></html>", b"[1, 2", b'"queued"']
+)
+async def test_a_2xx_that_is_not_the_documented_json_is_retried(rig: Rig, body: bytes) -> None:
+    # A proxy's page, a cut-off answer, or a bare JSON string where an object is promised:
+    # nothing says the update was applied, so it is sent again rather than counted done.
+    rig.fake.faults.add(0, body=body)
+    outcomes = await outcomes_of(rig, rig.harness.items[:1])
+    assert all(o is Outcome.RETRY or isinstance(o, ChannelRetryable) for o in outcomes), outcomes
 
 
 async def test_429_with_retry_after_is_retryable_with_the_delay(rig: Rig) -> None:
