@@ -2,13 +2,18 @@
 
 GraphQL (default): `POST {base_url}/graphql`, several variants per request as aliased
 `variantUpdate(input: {variantId, attributes: {countOnHand}})` mutations in one document; each
-alias's `errors { field messages }` (or a top-level error whose path names the alias) rejects that
-item alone, while a top-level error such as `MISSING_SCOPE` pauses the channel. Keys are variant
-global ids, from a `key_map` or a key template.
+alias's `errors { field messages }` rejects that item alone. A top-level error whose path names
+the alias (a resolver that failed, under a 200) retries that item alone, or rejects it if its code
+says the input is at fault (`BAD_USER_INPUT`, `NOT_FOUND`, ...); an alias without its updated
+`variant` is retried, never taken as done. A top-level error without a path is about the call:
+`MISSING_SCOPE` pauses the channel. Keys are variant global ids, from a `key_map` or a key
+template.
 
 REST (`api = "rest"`, multi-store adverts): `PUT {base_url}/api/v2/client/variants/{id}/inventories`
 with JSON:API records of `count_on_hand` per `seller_id` (`seller_map` maps keyCRM warehouses to
 sellers; a seller with nothing gets an explicit 0, since a seller left out keeps its old stock).
+A 2xx must be the JSON:API `data` document the docs show: one with `errors`, or not JSON, retries
+that variant.
 
 Read-back (drift): GraphQL `nodes(ids: [...]) { ... on Variant { id countOnHand } }`, null for a
 variant the seller cannot see; REST `GET .../variants/{id}/inventories`, 404 for an unknown

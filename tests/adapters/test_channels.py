@@ -17,7 +17,13 @@ from adapters.ordergroove import OrdergrooveChannel, signature
 from daemon.channel import Channel, ChannelContext, Readable, readable
 from daemon.errors import ChannelFatal, ChannelRetryable
 from daemon.models import ItemValue, Outcome, Value, join_key
-from daemon.simulator import FakeKlump, FakeMarketplacer, FakeOrdergroove, variant_id
+from daemon.simulator import (
+    FakeInventoryApi,
+    FakeKlump,
+    FakeMarketplacer,
+    FakeOrdergroove,
+    variant_id,
+)
 from tests.conftest import Serve
 
 pytestmark = pytest.mark.anyio
@@ -57,6 +63,40 @@ async def test_klump_409_means_already_treated(
     fake.faults.add(409, body=b'{"status": "error", "message": "conflict"}')
     (result,) = await channel.push([ItemValue("Shirt", Value(quantity=2, price=Decimal(10)))])
     assert result.outcome is Outcome.ACKNOWLEDGED
+
+
+async def test_klump_200_with_an_error_is_retried_with_its_message(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeKlump("k-secret-1234")
+    monkeypatch.setenv("T_KLUMP", "k-secret-1234")
+    channel = build(
+        "klump",
+        {"base_url": await serve(fake.app()), "secret_key_env": "T_KLUMP"},
+        session,
+        monkeypatch,
+    )
+    fake.faults.fail_in_body("product update queue is full")
+    with pytest.raises(ChannelRetryable, match="queue is full") as caught:
+        await channel.push([ItemValue("Shirt", Value(quantity=2, price=Decimal(10)))])
+    assert caught.value.status == 200
+    assert fake.products == {}
+
+
+async def test_inventory_api_empty_200_is_acknowledged_as_documented(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The API documents no success body: an empty 200 is done, a 200 with `error` is not.
+    fake = FakeInventoryApi("pos-token-1234")
+    monkeypatch.setenv("T_POS", "pos-token-1234")
+    options = {"base_url": await serve(fake.app()), "token_env": "T_POS", "store": "3"}
+    channel = build("inventory_api", options, session, monkeypatch)
+    item = ItemValue(join_key(("849632048260", "3")), Value(quantity=12))
+    fake.faults.add(0, body=b"")
+    assert [r.outcome for r in await channel.push([item])] == [Outcome.ACKNOWLEDGED]
+    fake.faults.add(0, body=b'{"error": "Missing required field: sku"}')
+    with pytest.raises(ChannelRetryable, match="Missing required field"):
+        await channel.push([item])
 
 
 async def test_klump_without_price_sync_sends_no_price(
@@ -110,6 +150,28 @@ async def test_marketplacer_sends_a_batch_as_one_aliased_document(
         "variantId": variant_id(3),
         "attributes": {"countOnHand": 3},
     }
+
+
+async def test_marketplacer_an_alias_error_retries_unless_its_code_blames_the_input(
+    serve: Serve, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, channel = await marketplacer(serve, session, monkeypatch)
+    items = [ItemValue(variant_id(n), Value(quantity=n)) for n in (1, 2)]
+    body = {
+        "data": {"i0": None, "i1": None},
+        "errors": [
+            {"message": "database is locked", "path": ["i0"]},
+            {"message": "no such variant", "path": ["i1"], "extensions": {"code": "NOT_FOUND"}},
+        ],
+    }
+    fake.faults.add(0, body=orjson.dumps(body))
+    first, second = await channel.push(items)
+    assert (first.outcome, second.outcome) == (Outcome.RETRY, Outcome.REJECTED)
+    assert "database is locked" in (first.reason or "")
+    # a 200 naming no alias and no error, without the updated variant: not done either
+    fake.faults.add(0, body=b'{"data": {"i0": {"variant": null, "errors": []}}}')
+    (result,) = await channel.push(items[:1])
+    assert result.outcome is Outcome.RETRY
 
 
 async def test_marketplacer_missing_scope_is_fatal(
