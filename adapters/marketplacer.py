@@ -314,7 +314,7 @@ class MarketplacerChannel:
                 # the mutation's own `errors { field messages }`: the input named is invalid
                 reason = f"{self.name}: {_messages(result['errors'])}"
                 results.append(PushResult(item.key, Outcome.REJECTED, reason=reason))
-            elif not isinstance(variant, dict) or variant.get("id") != item.key:
+            elif not isinstance(variant, dict):
                 reason = f"{self.name}: no updated variant in the answer for it"
                 results.append(PushResult(item.key, Outcome.RETRY, reason=reason))
             else:
