@@ -194,6 +194,9 @@ def _guard_release(
 
 
 async def _release_guard(controller: Controller, request: web.Request) -> web.Response:
+    # A misspelt `?chanel=pos` must not release every channel's hold: only `channel`, once.
+    if set(request.query) - {"channel"} or len(request.query.getall("channel", [])) > 1:
+        return _json({"error": "the only query parameter is one channel=NAME"}, status=400)
     channel = request.query.get("channel") or None
     try:
         released = await controller.release_guard(channel, _operator(request))
