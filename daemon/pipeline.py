@@ -234,6 +234,7 @@ class Daemon:
         try:
             counts = await self.store.counts()
             oldest = await self.store.oldest_pending()
+            holds = await self.parts.reconciler.holds.report(counts)
         except StoreUnavailable:
             return  # the last values stand; stocksync_store_errors_total says why
         now = self._clock()
@@ -241,7 +242,9 @@ class Daemon:
             per_status = counts.get(name, {})
             self.metrics.pending.labels(channel=name).set(_unacknowledged(per_status))
             self.metrics.rejected.labels(channel=name).set(per_status.get("rejected", 0))
-            self.metrics.guard_held.labels(channel=name).set(per_status.get("held", 0))
+            # Only a hold's zeroes: those a running scan holds until its verdict page nobody.
+            hold = holds.get(name)
+            self.metrics.guard_held.labels(channel=name).set(0 if hold is None else hold["held"])
             since = oldest.get(name)
             self.metrics.sync_lag.labels(channel=name).set(
                 0 if since is None else max(0.0, now - since)

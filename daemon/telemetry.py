@@ -154,8 +154,8 @@ class Metrics:
         )
         self.guard_held = Gauge(
             "stocksync_guard_held_items",
-            "Zeroes the mass-change guard holds now: they wait for an operator's release "
-            "(stocksync guard release) or for keyCRM to show their stock again.",
+            "Zeroes of a channel the mass-change guard put on hold: they wait for an operator's "
+            "release (stocksync guard release) or for keyCRM to show their stock again.",
             ["channel"],
             registry=r,
         )
