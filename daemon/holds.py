@@ -168,4 +168,4 @@ class Holds:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
