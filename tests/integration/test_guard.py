@@ -3,12 +3,14 @@ until an operator releases them by name, or keyCRM shows their stock again."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import aiohttp
 import pytest
 
 from daemon.http import OPERATOR_HEADER
+from daemon.oneshot import dry_run, run_once
 from daemon.pipeline import Daemon
 from daemon.simulator import FakeInventoryApi, FakeOffer
 from tests.conftest import World, eventually, idle, running
@@ -250,3 +252,25 @@ async def test_a_config_change_that_would_zero_a_channel_is_held_too(world: Worl
         await eventually(lambda: sum(1 for k, q in pos.stock.items() if k[1] == "S2") == 40)
         await eventually(lambda: blocked(restarted) == 40)
         assert sum(1 for k, q in pos.stock.items() if k[1] == "S1" and q == 0) == 0
+
+
+async def test_once_holds_a_mass_change_and_a_second_once_does_not_release_it(
+    world: World,
+) -> None:
+    world.keycrm.populate(20)
+    in_stock(world)
+    pos = await world.add_shop("pos")
+    config = world.config()
+    assert await run_once(config, wait=10, out=io.StringIO()) == 0
+    for offer in world.keycrm.offers.values():
+        offer.stock = {1: (0.0, 0.0)}
+    preview = io.StringIO()
+    assert await dry_run(config, preview) == 0
+    assert preview.getvalue().endswith(
+        "# pos: 0 to push; 20 zeroes held by the mass-change guard (not pushed)\n"
+    )
+    for _ in range(2):  # the second run agrees with the first: no evidence either
+        out = io.StringIO()
+        assert await run_once(config, wait=10, out=out) == 1
+        assert "20 zeroes held by the mass-change guard" in out.getvalue()
+        assert zeros(pos) == 0
