@@ -139,10 +139,17 @@ async def test_zeroes_beyond_the_fraction_are_all_held_until_keycrm_is_right_aga
         assert len(pos.requests) == pushed  # not one zero went out, not the first 12 either
         assert blocked(daemon) == 40
         assert (await daemon.status())["channels"]["pos"]["held"] == 40
+    restarted = Daemon(world.config(), handle_signals=False)
+    async with running(restarted):  # a hold outlives a restart, its reason too
+        await scan(restarted)
+        await eventually(lambda: idle(restarted))
+        assert len(pos.requests) == pushed
+        hold = (await restarted.status())["channels"]["pos"]["guard"]
+        assert hold["held"] == 40 and "would zero 40 of 40" in hold["reason"]
         in_stock(world)  # keyCRM is right again: the hold ends by itself
-        await scan(daemon)
-        await eventually(lambda: in_sync(world) and idle(daemon))
-        status = await daemon.status()
+        await scan(restarted)
+        await eventually(lambda: in_sync(world) and idle(restarted))
+        status = await restarted.status()
     assert len(pos.requests) == pushed
     assert status["channels"]["pos"]["held"] == 0
     assert status["channels"]["pos"]["guard"] is None
