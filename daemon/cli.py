@@ -34,7 +34,7 @@ from daemon.opsconfig import (
 )
 from daemon.pg.dsn import SCHEMES, check_dsn, describe
 from daemon.pipeline import Daemon
-from daemon.remote import request_resync, show_status, watch_status
+from daemon.remote import release_guard, request_resync, show_status, watch_status
 from daemon.sdnotify import notifier, watchdog_interval
 from daemon.secrets import secrets_named_in
 from daemon.store import TargetNotEmpty, copy_state
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "exit 1 if any fails",
     )
     _ops_commands(with_config)
+    _guard_commands(commands)
     drift = with_config(
         "drift", "read back what readable channels hold; report drift; change nothing"
     )
@@ -170,6 +171,36 @@ def _ops_commands(with_config: Callable[[str, str], argparse.ArgumentParser]) ->
     history.add_argument("--json", action="store_true", help="one JSON array")
 
 
+def _guard_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`guard release`: like resync, a client of the running daemon's admin route."""
+    guard = commands.add_parser(
+        "guard", help="the mass-change guard", description="the mass-change guard"
+    )
+    actions = guard.add_subparsers(dest="guard_command", required=True)
+    text = (
+        "show the zeros the mass-change guard holds, then release them (they are pushed now, "
+        "and each release is recorded in the history)"
+    )
+    release = actions.add_parser("release", help=text, description=text)
+    release.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=os.environ.get("STOCKSYNC_CONFIG"),
+        help="the TOML file (default: $STOCKSYNC_CONFIG)",
+    )
+    release.add_argument("--channel", metavar="NAME", help="only this channel's hold")
+    release.add_argument(
+        "--url",
+        help="the daemon's listener, e.g. http://127.0.0.1:9108 (default: daemon.listen of -c)",
+    )
+    release.add_argument(
+        "--token-env",
+        metavar="VARIABLE",
+        help="the environment variable holding the admin token (default: the config's)",
+    )
+
+
 def _ops_settings(args: argparse.Namespace) -> OpsSettings | None:
     """`[daemon]` of -c (secrets untouched), or None when the flags say everything."""
     if args.config is None:
@@ -201,6 +232,10 @@ def _ops(args: argparse.Namespace) -> int:
         url = _daemon_url(args)
         token = admin_token(_ops_settings(args) if args.config else None, args.token_env)
         return anyio.run(request_resync, url, token)
+    if args.command == "guard":
+        url = _daemon_url(args)
+        token = admin_token(_ops_settings(args) if args.config else None, args.token_env)
+        return anyio.run(lambda: release_guard(url, token, args.channel, out=sys.stdout))
     settings = _ops_settings(args) if args.state is None else None
     if args.state is None and settings is None:
         raise ConfigError(
@@ -320,7 +355,7 @@ def _command(args: argparse.Namespace) -> int:
                 out=sys.stdout,
             )
         )
-    if args.command in ("status", "resync", "history"):
+    if args.command in ("status", "resync", "history", "guard"):
         return _ops(args)
     config = _load(args, check_machine=args.command == "check-config")
     if args.command == "check-config":

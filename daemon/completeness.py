@@ -1,7 +1,8 @@
 """When a keyCRM scan counts as complete: the scan fails closed.
 
-A scan that missed offers would make their SKUs look vanished (and then zeroed), or confirm zeroes
-the guard held. So a scan is complete only when every one of these holds:
+A scan that missed offers would make their SKUs look vanished (and then zeroed), or let the zeroes
+its guard held go out as too few to be a mass change. So a scan is complete only when every one
+of these holds:
 
 - the offers seen, SKU-less ones included, add up to the `total` keyCRM announced;
 - `total` is the same on every page;
@@ -10,7 +11,8 @@ the guard held. So a scan is complete only when every one of these holds:
   another page follows.
 
 Anything else is an incomplete scan: its pages still update the SKUs they carry, but it vanishes
-nothing, confirms no held zero, and the scan is retried soon.
+nothing, lets none of the zeroes it held go out (a complete pass decides them), and the scan is
+retried soon.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """The mass-change guard of one scan, as a value handed to whoever plans that scan's pages.
 
 A keyCRM glitch that returns zeros, or a wrong mapping, could empty every channel in a minute.
-Each scan (or re-plan after a rule change) gets its own `ScanGuard`: once more than
-`guard_fraction` of a channel's in-stock items (and at least `GUARD_MIN_ITEMS`) have gone to zero
-in it, further zeroes are held. They go out when a later complete scan confirms them, or when an
-operator resyncs. Look-ups triggered by webhooks plan without a guard: a single sell-out must
-reach channels at once. Nothing here is shared between scans, so a re-plan cannot end the guard
-of a scan that runs beside it.
+Each scan (or re-plan, or catalog pass) gets its own `ScanGuard`. Every zero it plans that takes
+an in-stock item out of stock is held (`held` in the store) until the pass has a verdict: a
+zero let through early could not be called back once the count passed the fraction, and
+design.md wants *all* of a mass change's zeroes held, not the excess. The verdict
+(`daemon.holds`) releases them when the channel lost no more than `guard_fraction` of its
+in-stock items (and at most `GUARD_MIN_ITEMS`), and otherwise keeps every one of them held
+until an operator releases the hold by name. Look-ups triggered by webhooks plan without a
+guard: a single sell-out reaches channels at once. Nothing here is shared between scans, so a
+re-plan cannot end the guard of a scan that runs beside it.
 """
 
 from __future__ import annotations
@@ -17,18 +20,22 @@ from dataclasses import dataclass, field
 
 __all__ = ["GUARD_MIN_ITEMS", "ScanGuard"]
 
-#: Below this many zeroes in one scan the guard never trips: small shops do sell out.
+#: Up to this many zeroes in one scan the guard never trips: small shops do sell out.
 GUARD_MIN_ITEMS = 10
 
 
 @dataclass(slots=True)
 class ScanGuard:
-    """How many zeroes each channel may still take in scan number `scan`."""
+    """The zeroes scan number `scan` held per channel, and how many a channel may lose."""
 
     scan: int
     allowed: dict[str, int]
-    zeroed: Counter[str] = field(default_factory=Counter)
+    #: per channel, items in stock (acknowledged above zero) when the scan began
+    in_stock: dict[str, int] = field(default_factory=dict)
+    fraction: float = 1.0
     held: Counter[str] = field(default_factory=Counter)
+    #: per channel, how many of `held` the hold has already counted and logged
+    reported: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def for_scan(
@@ -39,15 +46,24 @@ class ScanGuard:
         fraction: float,
     ) -> ScanGuard:
         """`in_stock`: per channel, items whose acknowledged value is above zero now."""
+        names = list(channels)
         allowed = {
-            name: max(GUARD_MIN_ITEMS, int(fraction * in_stock.get(name, 0))) for name in channels
+            name: max(GUARD_MIN_ITEMS, int(fraction * in_stock.get(name, 0))) for name in names
         }
-        return cls(scan, allowed)
+        return cls(scan, allowed, {name: in_stock.get(name, 0) for name in names}, fraction)
 
-    def admit(self, channel: str) -> bool:
-        """One more zero for `channel`: True if it may go out, False if it must be held."""
-        if self.zeroed[channel] < self.allowed.get(channel, GUARD_MIN_ITEMS):
-            self.zeroed[channel] += 1
-            return True
+    def hold(self, channel: str) -> int:
+        """One more zero for `channel`, held until the verdict; returns the scan that holds it."""
         self.held[channel] += 1
-        return False
+        return self.scan
+
+    def trips(self, channel: str, zeroes: int) -> bool:
+        """Whether `zeroes` held zeroes are a mass change for `channel`."""
+        return zeroes > self.allowed.get(channel, GUARD_MIN_ITEMS)
+
+    def reason(self, channel: str, zeroes: int) -> str:
+        """Why a hold began, as `/status` and the logs say it."""
+        return (
+            f"scan {self.scan} would zero {zeroes} of {self.in_stock.get(channel, 0)} "
+            f"in-stock items (fraction {self.fraction:g})"
+        )

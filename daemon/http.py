@@ -1,4 +1,4 @@
-"""The one HTTP listener: metrics, health, readiness, status, the keyCRM webhook, admin resync.
+"""The one HTTP listener: metrics, health, readiness, status, the keyCRM webhook, admin routes.
 
 The webhook path carries a secret token, so the access log of this app prints the route's
 pattern (`/webhooks/keycrm/{token}`), never the path as it came. Every body we answer with passes
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_SKU_LENGTH",
     "MAX_WEBHOOK_BYTES",
     "MAX_WEBHOOK_ITEMS",
+    "OPERATOR_HEADER",
     "WEBHOOK_RETRY_AFTER",
     "Controller",
     "build_app",
@@ -70,6 +71,11 @@ class Controller(Protocol):
         ...
 
     def resync(self, trigger: str) -> None: ...
+
+    async def release_guard(self, channel: str | None, by: str) -> dict[str, int]:
+        """Release the zeroes the mass-change guard holds (one channel, or all); per channel
+        how many. KeyError: no such channel; `StoreUnavailable`: not now."""
+        ...
 
 
 def parse_webhook(body: bytes) -> list[str]:
@@ -155,6 +161,54 @@ async def _take(controller: Controller, skus: list[str]) -> web.Response:
     controller.metrics.webhook_events.labels(outcome="accepted").inc()
     log.info("webhook.accepted", skus=len(skus))
     return _json({"accepted": len(skus)}, status=202)
+
+
+#: who released a hold, as the history records it: what the client says, bounded and printable
+OPERATOR_HEADER = "X-Stocksync-Operator"
+_MAX_OPERATOR = 80
+
+
+def _operator(request: web.Request) -> str:
+    """`guard release by NAME via POST /admin/guard/release` (NAME from `OPERATOR_HEADER`)."""
+    given = request.headers.get(OPERATOR_HEADER, "")
+    name = "".join(c for c in given if c.isprintable())[:_MAX_OPERATOR].strip() or "an operator"
+    return f"guard release by {name} via POST /admin/guard/release"
+
+
+def _guard_release(
+    controller: Controller, admin_token: Callable[[], SecretStr | None]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`POST /admin/guard/release[?channel=NAME]`, behind the admin token like `/admin/resync`."""
+
+    async def admin_guard_release(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        expected = admin_token()
+        if expected is None:
+            raise web.HTTPNotFound
+        if scheme.lower() != "bearer" or not _same(token.strip(), expected):
+            return _json({"error": "a valid admin bearer token is required"}, status=401)
+        return await _release_guard(controller, request)
+
+    return admin_guard_release
+
+
+async def _release_guard(controller: Controller, request: web.Request) -> web.Response:
+    # A misspelt `?chanel=pos` must not release every channel's hold: only `channel`, once.
+    if set(request.query) - {"channel"} or len(request.query.getall("channel", [])) > 1:
+        return _json({"error": "the only query parameter is one channel=NAME"}, status=400)
+    channel = request.query.get("channel") or None
+    try:
+        released = await controller.release_guard(channel, _operator(request))
+    except KeyError:
+        return _json({"error": "no channel of that name is configured"}, status=404)
+    except StoreUnavailable as exc:
+        return _json(
+            {"error": f"cannot release now: {exc}"},
+            status=503,
+            headers={"Retry-After": str(WEBHOOK_RETRY_AFTER)},
+        )
+    return _json({"released": released, "items": sum(released.values())})
 
 
 @web.middleware
@@ -247,4 +301,5 @@ def build_app(
     app.router.add_get("/status", status)
     app.router.add_post("/webhooks/keycrm/{token}", webhook)
     app.router.add_post("/admin/resync", admin_resync)
+    app.router.add_post("/admin/guard/release", _guard_release(controller, admin_token))
     return app

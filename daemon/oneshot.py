@@ -76,14 +76,18 @@ async def dry_run(config: Config, out: TextIO = sys.stdout) -> int:
                     print(f"keyCRM: {exc}", file=sys.stderr)
                     return 1
             for channel in config.channels:
-                rows = [r for r in await store.items(channel.name) if r.status == "pending"]
+                items = await store.items(channel.name)
+                rows = [r for r in items if r.status == "pending"]
                 for row in rows:
                     was = "unknown" if row.acked is None else row.acked.describe()
                     print(
                         f"{channel.name}\t{row.key}\t{row.desired.describe()}\t(now: {was})",
                         file=out,
                     )
-                print(f"# {channel.name}: {len(rows)} to push", file=out)
+                line = f"# {channel.name}: {len(rows)} to push"
+                if held := sum(1 for r in items if r.status == "held"):
+                    line += f"; {held} zeroes held by the mass-change guard (not pushed)"
+                print(line, file=out)
         finally:
             await store.close()
     finally:

@@ -139,6 +139,20 @@ class Daemon:
         self._resync_trigger = trigger
         self._resync_wanted.set()
 
+    async def release_guard(self, channel: str | None, by: str) -> dict[str, int]:
+        """`POST /admin/guard/release`: the zeroes the guard holds go out (one channel, or all),
+        recorded in the history. Raises KeyError for a channel not configured, and
+        `StoreUnavailable` when this process runs no pipeline (starting, or a standby replica:
+        ask the leader) or the state cannot write."""
+        parts = self.parts
+        if channel is not None and channel not in {c.name for c in self.config.channels}:
+            raise KeyError(channel)
+        if parts is None:
+            raise StoreUnavailable(
+                "no pipeline runs here (starting, or a standby replica)", operation="write"
+            )
+        return await parts.reconciler.holds.release(channel, by)
+
     async def webhook(self, skus: list[str]) -> None:
         """A webhook's SKUs into the durable look-up queue: on PostgreSQL the one the leader
         consumes (any replica takes them), else the state file's. Returns once they are
@@ -220,6 +234,7 @@ class Daemon:
         try:
             counts = await self.store.counts()
             oldest = await self.store.oldest_pending()
+            holds = await self.parts.reconciler.holds.report(counts)
         except StoreUnavailable:
             return  # the last values stand; stocksync_store_errors_total says why
         now = self._clock()
@@ -227,6 +242,9 @@ class Daemon:
             per_status = counts.get(name, {})
             self.metrics.pending.labels(channel=name).set(_unacknowledged(per_status))
             self.metrics.rejected.labels(channel=name).set(per_status.get("rejected", 0))
+            # Only a hold's zeroes: those a running scan holds until its verdict page nobody.
+            hold = holds.get(name)
+            self.metrics.guard_held.labels(channel=name).set(0 if hold is None else hold["held"])
             since = oldest.get(name)
             self.metrics.sync_lag.labels(channel=name).set(
                 0 if since is None else max(0.0, now - since)
@@ -274,8 +292,9 @@ class Daemon:
         try:
             counts = await self.store.counts()
             oldest = await self.store.oldest_pending()
+            holds = await parts.reconciler.holds.report(counts)
         except StoreUnavailable:
-            counts, oldest = {}, {}
+            counts, oldest, holds = {}, {}, {}
         now = self._clock()
         channels = {}
         for name, dispatcher in parts.dispatchers.items():
@@ -286,6 +305,7 @@ class Daemon:
                 "type": dispatcher.config.type,
                 "pending": _unacknowledged(per_status),
                 "held": per_status.get("held", 0),
+                "guard": holds.get(name),
                 "rejected": per_status.get("rejected", 0),
                 "acknowledged": per_status.get("ok", 0),
                 "in_flight": dispatcher.in_flight,

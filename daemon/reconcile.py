@@ -3,7 +3,8 @@
 This is the level-triggered heart of stocksync: events (a scan page, a webhook look-up, a resync)
 only ever update desired values; whatever differs from what a channel may hold is work, queued
 in the store. Each scan's mass-change guard (`daemon.guard.ScanGuard`) is a value passed along
-with that scan's records; look-ups plan without one, so a sell-out is never held.
+with that scan's records, and its verdict at the scan's end is `daemon.holds`; look-ups plan
+without one, so a sell-out is never held.
 
 Plans are made one at a time, each from the records as stored when it runs, not as its caller
 saw them: a re-plan, a scan page and a look-up run side by side, and a plan made from a record
@@ -23,6 +24,7 @@ import structlog
 
 from daemon.config import ChannelConfig
 from daemon.guard import ScanGuard
+from daemon.holds import Holds
 from daemon.models import StockRecord
 from daemon.plan import Contribution, combine, contributions
 from daemon.store import Store, Timing
@@ -55,41 +57,32 @@ class Reconciler:
         self._guard_fraction = guard_fraction
         self._clock = clock
         self._planning = anyio.Lock()  # one plan at a time (module docstring)
+        self._passes = 0  # guarded passes (scans, re-plans, catalog passes) running now
+        self.holds = Holds(store, [c.name for c in channels], metrics, wake=wake, clock=clock)
 
     async def begin_scan(self, scan: int) -> ScanGuard:
         """The guard of scan number `scan`: its baseline is what channels hold in stock now."""
         in_stock = await self._store.positive_acked()
         names = [c.name for c in self._channels]
+        self._passes += 1
         return ScanGuard.for_scan(scan, names, in_stock, self._guard_fraction)
 
     async def end_scan(self, guard: ScanGuard, *, complete: bool) -> None:
-        """A scan ended. If complete, zeroes held by earlier scans are confirmed: release them."""
-        for channel, count in guard.held.items():
-            log.error(
-                "guard.zeroes_held",
-                channel=channel,
-                held=count,
-                allowed=guard.allowed.get(channel),
-                hint="released after the next complete scan confirms them, or by a resync",
-            )
-        if not complete:
-            return
-        released = await self._store.release_held(before_scan=guard.scan, now=self._clock())
-        if released:
-            log.warning("guard.zeroes_confirmed", items=released)
-            for config in self._channels:
-                self._wake(config.name)
+        """A pass ended (`complete`: it saw everything it was to see): the guard's verdict
+        (`daemon.holds`). Held zeroes that are no mass change go out only once no other pass
+        runs, since the verdict counts every held zero of the channel."""
+        self._passes -= 1
+        await self.holds.verdict(guard, final=complete and self._passes == 0)
 
     async def replan(self, batch: int = 500) -> int:
         """Plan every stored record again: the rules may have changed (a reload, a new start)."""
         # A rule change (a wrong key template, a store code edited) can zero every item at once:
-        # the re-plan answers to a guard of its own, like a scan. The next scan reads the same
-        # records and cannot tell a wrong rule from a right one, so held zeroes wait for the
-        # scan after it: one poll interval in which the guard's error and alert reach a person.
+        # the re-plan answers to a guard of its own, like a scan.
         last = int(await self._store.get_meta("scan_generation") or 0)
         guard = await self.begin_scan(last + 1)
         total = 0
         after = ""
+        complete = False
         try:
             while True:
                 async with self._planning:
@@ -99,8 +92,9 @@ class Reconciler:
                     total += await self._plan(records, guard)
                 after = records[-1].sku
                 await anyio.lowlevel.checkpoint()  # a million records must not freeze /healthz
+            complete = True
         finally:
-            await self.end_scan(guard, complete=False)
+            await self.end_scan(guard, complete=complete)
         return total
 
     async def ingest(self, records: Sequence[StockRecord], guard: ScanGuard | None = None) -> int:
@@ -133,13 +127,11 @@ class Reconciler:
                 log.debug("plan.records_skipped", channel=channel.name, **dict(skipped))
             affected = await self._store.replace_shares(channel.name, skus, shares)
             values = {key: combine(group, channel.rules) for key, group in affected.items()}
-            held_before = 0 if guard is None else guard.held[channel.name]
             waiting = await self._store.set_desired(
                 channel.name, values, now, self._timing[channel.name], guard
             )
-            if guard is not None and guard.held[channel.name] > held_before:
-                held = guard.held[channel.name] - held_before
-                self._metrics.guard_blocked.labels(channel=channel.name).inc(held)
+            if guard is not None:
+                await self.holds.trip_early(guard, channel.name)
             if waiting:
                 self._wake(channel.name)
             total += waiting

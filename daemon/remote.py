@@ -1,11 +1,13 @@
-"""`stocksync status` and `stocksync resync`: a client of the running daemon's listener.
+"""`stocksync status`, `resync` and `guard release`: a client of the running daemon's listener.
 
-Both need only the daemon's address (`--url`, or `daemon.listen` from the file) and `resync`
-the admin token; neither touches a channel secret (see `daemon.opsconfig`).
+They need only the daemon's address (`--url`, or `daemon.listen` from the file) and `resync`
+and `guard release` the admin token; none touches a channel secret (see `daemon.opsconfig`).
 """
 
 from __future__ import annotations
 
+import getpass
+import socket
 import sys
 import time
 from typing import Any, TextIO
@@ -18,7 +20,14 @@ from pydantic import SecretStr
 from daemon.neterrors import describe_network_error
 from daemon.statusview import render, with_states
 
-__all__ = ["DaemonUnreachable", "fetch_status", "request_resync", "show_status", "watch_status"]
+__all__ = [
+    "DaemonUnreachable",
+    "fetch_status",
+    "release_guard",
+    "request_resync",
+    "show_status",
+    "watch_status",
+]
 
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -136,4 +145,92 @@ async def request_resync(url: str, token: SecretStr | None) -> int:
         )
     else:
         print(f"the daemon answered HTTP {status}", file=sys.stderr)
+    return 1
+
+
+def _holds(data: dict[str, Any], channel: str | None) -> list[str]:
+    """One line per channel on hold (or with zeroes held): how many, since when, why."""
+    lines = []
+    for name, info in data.get("channels", {}).items():
+        if channel is not None and name != channel:
+            continue
+        hold = info.get("guard") or {}
+        held = int(info.get("held") or 0)
+        if not hold and not held:
+            continue
+        since = f" since {hold['since']}" if hold.get("since") else ""
+        why = f": {hold['reason']}" if hold.get("reason") else ""
+        lines.append(f"{name}: {held} zeros held{since}{why}")
+    return lines
+
+
+def _operator() -> str:
+    """Who runs this command, for the history (`user@host`); no secret, no environment dump."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+async def release_guard(
+    url: str, token: SecretStr | None, channel: str | None, *, out: TextIO = sys.stdout
+) -> int:
+    """`stocksync guard release`: show what the guard holds (`/status`), then release it
+    (`POST /admin/guard/release`); 0 when the daemon released it or nothing was held."""
+    if token is None:
+        print(
+            "no admin token: set daemon.admin_token_env (or _file) in the config, or pass "
+            "--token-env VARIABLE",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        data = await fetch_status(url)
+    except DaemonUnreachable as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if channel is not None and channel not in data.get("channels", {}):
+        print(f"the daemon has no channel named {channel!r}", file=sys.stderr)
+        return 1
+    shown = _holds(data, channel)
+    if not shown:
+        where = f" for {channel}" if channel else ""
+        print(f"the mass-change guard holds nothing{where}", file=out)
+        return 0
+    print("releasing:", *shown, sep="\n  ", file=out)
+    headers = {
+        "Authorization": f"Bearer {token.get_secret_value()}",
+        "X-Stocksync-Operator": _operator(),
+    }
+    params = {} if channel is None else {"channel": channel}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{url}/admin/guard/release", headers=headers, params=params, timeout=_TIMEOUT
+            ) as response,
+        ):
+            status = response.status
+            body = await response.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"cannot reach the daemon at {url}: {describe_network_error(exc)}", file=sys.stderr)
+        return 1
+    if status == 200:
+        released = orjson.loads(body).get("released", {})
+        for name, count in sorted(released.items()):
+            print(f"{name}: {count} zeros released; they are pushed now", file=out)
+        print(f"follow them with: stocksync status --url {url}; stocksync history SKU", file=out)
+        return 0
+    if status == 401:
+        print("the daemon refused the admin token (HTTP 401)", file=sys.stderr)
+    elif status == 404:
+        print(
+            "the daemon has no such channel or no admin route (HTTP 404): its config sets no "
+            "admin token",
+            file=sys.stderr,
+        )
+    else:
+        answer = body.decode(errors="replace")
+        print(f"the daemon answered HTTP {status}: {answer}", file=sys.stderr)
     return 1

@@ -3,9 +3,11 @@
 The scan is the safety net (it sees every SKU, one 50-offer page per request); look-ups carry
 fresh changes ahead of it within the same budget. Each page is stored and planned as it arrives,
 so a scan interrupted halfway has still done its share; but only a complete scan (see
-`daemon.completeness`) may vanish SKUs or confirm zeroes its guard held. Look-ups are served
-first in, first out, from a bounded queue on disk (`daemon.lookups`): a flood of SKUs cannot
-starve the ones before it, and a SKU leaves the queue only once its answer is stored.
+`daemon.completeness`) may vanish SKUs or let out the zeroes its guard held when they are no
+mass change (`daemon.holds`); a mass change waits for a person however many scans agree.
+Look-ups are served first in, first out, from a bounded queue on disk (`daemon.lookups`): a
+flood of SKUs cannot starve the ones before it, and a SKU leaves the queue only once its answer
+is stored.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ class Source:
             reason=reason,
             detail=detail,
             pages=tally.pages,
-            hint="nothing vanishes and no held zero is released; the scan is retried",
+            hint="nothing vanishes, the zeroes it held wait for a complete pass; retried soon",
         )
         raise IncompleteScan(reason, detail)
 
@@ -232,6 +234,7 @@ class Source:
         progress = self.progress
         progress.catalog_running, progress.catalog_page = True, 0
         progress.catalog_last_page, progress.catalog_started_at = None, self._clock()
+        complete = False
         try:
             async for page in self.client.catalog():
                 # A duplicated SKU keeps its first offer here too, as the scan does.
@@ -243,9 +246,10 @@ class Source:
                 count += len(entries)
                 progress.catalog_page += 1
                 progress.catalog_last_page = page.last_page
+            complete = True
         finally:
             progress.catalog_running = False
-            await self._reconciler.end_scan(guard, complete=False)
+            await self._reconciler.end_scan(guard, complete=complete)
         now = self._clock()
         await self._store.set_meta("catalog_at", str(now))
         self.progress.catalog_at = now

@@ -168,4 +168,26 @@ def render(data: dict[str, Any], now: float, url: str = "") -> str:
                 f"{channel.get('rejected', 0):>8} {channel.get('acknowledged', 0):>7} "
                 f"{duration(lag) if lag else '0s':>8}  {error}"
             )
+        lines += _hold_lines(channels, now)
     return "\n".join(lines)
+
+
+def _hold_lines(channels: dict[str, Any], now: float) -> list[str]:
+    """A channel on hold by the mass-change guard: what, since when, why, and the way out (its
+    zeroes go out only when a person says so)."""
+    lines = []
+    for name, channel in channels.items():
+        hold = channel.get("guard")
+        if not isinstance(hold, dict):
+            continue
+        lines.append(
+            f"HELD      {name}: {hold.get('held', 0)} zeros held by the mass-change guard since "
+            f"{ago(hold.get('since'), now)}: {hold.get('reason') or '?'}"
+        )
+        lines.append(
+            f"          if keyCRM is right: stocksync guard release --channel {name}; if not, "
+            "fix it (the hold ends as stock comes back)"
+        )
+    if lines:
+        lines.insert(0, "")
+    return lines

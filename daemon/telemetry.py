@@ -152,6 +152,13 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.guard_held = Gauge(
+            "stocksync_guard_held_items",
+            "Zeroes of a channel the mass-change guard put on hold: they wait for an operator's "
+            "release (stocksync guard release) or for keyCRM to show their stock again.",
+            ["channel"],
+            registry=r,
+        )
         self.incomplete_scans = Counter(
             "stocksync_keycrm_incomplete_scans",
             "Scans that did not count as complete, by reason (see daemon/completeness.py).",
@@ -244,6 +251,7 @@ class Metrics:
             self.push_requests.labels(channel=channel, outcome=outcome)
         self.push_duration.labels(channel=channel)
         self.guard_blocked.labels(channel=channel)
+        self.guard_held.labels(channel=channel)
         for reason in SKIP_REASONS:
             self.records_skipped.labels(channel=channel, reason=reason)
         self.drift_items.labels(channel=channel)

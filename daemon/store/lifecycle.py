@@ -11,8 +11,9 @@ edge is tested in milliseconds (tests/unit/test_lifecycle.py).
                        │                    ├──settle: rejected──> rejected
                        │                    └──release (cancelled, or found at start)──> pending
       ok / rejected ──desire (differs from what the channel may hold)──> pending
-      held ──release_held (a later complete scan confirmed it) / force──> pending
-      any ──force (resync)──> pending (backlog)
+      held ──release_held (an operator released the hold, or its scan's verdict)──> pending
+      held ──desire (keyCRM shows stock again)──> ok / pending
+      any but held ──force (resync)──> pending (backlog); a held item stays held, forced
 
 "What the channel may hold" is the value in flight while `sending`, else the acknowledged one: a
 value that returns to the acknowledged one while another is in flight stays pending, so the
@@ -183,15 +184,19 @@ def desire(
     item.next_attempt = 0.0
     item.last_error = None
     if item.status is Status.SENDING:
-        # Settle decides where it goes once the value in flight is answered for.
-        item.held_scan = hold_scan
+        # Settle decides where it goes once the value in flight is answered for: held if a
+        # scan held this zero or an earlier one, unless keyCRM shows stock again.
+        if hold_scan is not None:
+            item.held_scan = hold_scan if item.held_scan is None else item.held_scan
+        elif _is_positive(text):
+            item.held_scan = None
         return item
     if text == item.may_hold and not item.forced:
         _to_ok(item)
     elif hold_scan is not None:
         _to_held(item, hold_scan if item.held_scan is None else item.held_scan)
     elif item.status is Status.HELD and not _is_positive(text):
-        pass  # still a zero: stays held until a complete scan confirms it
+        pass  # still a zero: stays held until a person releases it (a look-up's zero too)
     else:
         item.held_scan = None
         _to_pending(item, timing, now)
@@ -334,11 +339,14 @@ def release(
 
 
 def release_held(item: Item, now: float) -> Item:
-    """A complete scan after the one that held this zero confirmed it: it may go out now."""
-    if item.status is Status.SENDING:
-        item.held_scan = None
-        return item
+    """The hold on this zero ends without keyCRM showing stock: an operator released it by
+    name, or its scan's verdict found no mass change. It may go out now."""
     item.held_scan = None
+    if item.status is not Status.HELD:
+        return item  # in flight: settle no longer puts it back in `held`
+    if item.desired == item.acked and not item.forced:
+        _to_ok(item)
+        return item
     item.status = Status.PENDING
     if item.diverged_at is None:
         item.diverged_at = now
@@ -374,12 +382,14 @@ def _reassert(item: Item, now: float) -> None:
 
 
 def force(item: Item, now: float) -> Item:
-    """A resync: push this item again whatever was acknowledged, behind fresh changes."""
+    """A resync: push this item again whatever was acknowledged, behind fresh changes.
+
+    A held zero stays held (forced, so it is pushed once released): a resync is no evidence
+    that a mass change is right, and the scan it starts applies the guard again."""
     item.forced = True
-    item.held_scan = None
     item.attempts = 0
     item.next_attempt = 0.0
-    if item.status is Status.SENDING:
+    if item.status in (Status.SENDING, Status.HELD):
         return item
     item.status = Status.PENDING
     item.priority = BACKLOG

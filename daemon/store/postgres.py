@@ -23,6 +23,7 @@ a replica that lost the lease writes nothing and gets `LeaseLost`. One merchant 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -444,8 +445,8 @@ class PostgresStore:
                 text = value.encode()
                 item = current.get(key)
                 hold = None
-                if guard is not None and lifecycle.zeroing(item, text) and not guard.admit(channel):
-                    hold = guard.scan
+                if guard is not None and lifecycle.zeroing(item, text):
+                    hold = guard.hold(channel)
                 changed = lifecycle.desire(
                     item, text, channel=channel, key=key, now=now, timing=timing, hold_scan=hold
                 )
@@ -639,14 +640,35 @@ class PostgresStore:
             for c, k, d, a, s, n, e, dv, ch in rows
         ]
 
-    async def release_held(self, before_scan: int, now: float) -> int:
-        async with self._write(lock=_ALL_ITEMS) as conn:
-            cursor = await conn.execute(
-                "SELECT " + _COLUMNS + " FROM items WHERE held_scan < %s", (before_scan,)
-            )
-            rows = await cursor.fetchall()
-            await self._save(conn, [lifecycle.release_held(_item(row), now) for row in rows])
-        return len(rows)
+    async def release_held(
+        self, channel: str | None, now: float, *, by: str | None = None
+    ) -> dict[str, int]:
+        released: Counter[str] = Counter()
+        while True:
+            async with self._write(lock=_ALL_ITEMS) as conn:
+                if channel is None:
+                    cursor = await conn.execute(
+                        "SELECT " + _COLUMNS + " FROM items WHERE held_scan IS NOT NULL"
+                        " LIMIT %s FOR UPDATE",
+                        (_PAGE,),
+                    )
+                else:
+                    cursor = await conn.execute(
+                        "SELECT " + _COLUMNS + " FROM items WHERE held_scan IS NOT NULL"
+                        " AND channel = %s LIMIT %s FOR UPDATE",
+                        (channel, _PAGE),
+                    )
+                items = [_item(row) for row in await cursor.fetchall()]
+                history = [
+                    (i.channel, i.key, i.acked, i.desired, "released", by, float(now))
+                    for i in items
+                    if by is not None
+                ]
+                await self._save(conn, [lifecycle.release_held(item, now) for item in items])
+                await self._history(conn, history)
+            released.update(item.channel for item in items)
+            if len(items) < _PAGE:
+                return dict(released)
 
     # --- reading -------------------------------------------------------------------------------
 

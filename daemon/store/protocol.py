@@ -197,8 +197,12 @@ class Store(Protocol):
         """Up to `limit` items of the channel with keys after `after`, in key order."""
         ...
 
-    async def release_held(self, before_scan: int, now: float) -> int:
-        """Release zeroes held by scans before `before_scan`: a later complete scan confirmed."""
+    async def release_held(
+        self, channel: str | None, now: float, *, by: str | None = None
+    ) -> dict[str, int]:
+        """End the holds on the channel's held zeroes (every channel's with None): they may go
+        out now. `by` (who released them, and how) puts one `released` row per item in the
+        history; the scan's own verdict passes none. Returns how many per channel."""
         ...
 
     # --- reading ---------------------------------------------------------------------------------

@@ -406,8 +406,8 @@ class SQLiteStore:
                 text = value.encode()
                 item = current.get(key)
                 hold = None
-                if guard is not None and lifecycle.zeroing(item, text) and not guard.admit(channel):
-                    hold = guard.scan
+                if guard is not None and lifecycle.zeroing(item, text):
+                    hold = guard.hold(channel)
                 changed = lifecycle.desire(
                     item, text, channel=channel, key=key, now=now, timing=timing, hold_scan=hold
                 )
@@ -634,16 +634,37 @@ class SQLiteStore:
             for c, k, d, a, s, n, e, dv, ch in rows
         ]
 
-    async def release_held(self, before_scan: int, now: float) -> int:
-        return await self._run(self._release_held, before_scan, now)
+    async def release_held(
+        self, channel: str | None, now: float, *, by: str | None = None
+    ) -> dict[str, int]:
+        released: Counter[str] = Counter()
+        while True:
+            page = await self._run(self._release_held_page, channel, now, by)
+            released.update(page)
+            if page.total() < _PAGE:
+                return dict(released)
 
-    def _release_held(self, before_scan: int, now: float) -> int:
+    def _release_held_page(self, channel: str | None, now: float, by: str | None) -> Counter[str]:
+        query = f"SELECT {_COLUMNS} FROM items WHERE held_scan IS NOT NULL"
+        params: tuple[str | int, ...] = (_PAGE,)
+        if channel is not None:
+            query += " AND channel = ?"
+            params = (channel, _PAGE)
         with self._tx():
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE held_scan < ?", (before_scan,)
-            ).fetchall()
-            self._write([lifecycle.release_held(self._loaded(row), now) for row in rows])
-        return len(rows)
+            rows = self._db.execute(query + " LIMIT ?", params).fetchall()
+            items = [self._loaded(row) for row in rows]
+            history = [
+                (i.channel, i.key, i.acked, i.desired, "released", by, now)
+                for i in items
+                if by is not None
+            ]
+            self._write([lifecycle.release_held(item, now) for item in items])
+            self._db.executemany(
+                "INSERT INTO history (channel, key, before, after, outcome, error, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                history,
+            )
+        return Counter(item.channel for item in items)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The daemon's HTTP listener: webhook, admin resync, health, readiness, status, metrics."""
+"""The daemon's HTTP listener: webhook, admin routes, health, readiness, status, metrics."""
 
 from __future__ import annotations
 
@@ -84,6 +84,23 @@ async def test_admin_resync_needs_the_bearer_token_and_pushes_everything_again(
         daemon.metrics.registry.get_sample_value("stocksync_resyncs_total", {"trigger": "http"})
         == 1
     )
+
+
+async def test_admin_guard_release_needs_the_token_and_a_channel_it_knows(synced: World) -> None:
+    world = synced
+    daemon = Daemon(world.config(), handle_signals=False)
+    admin = {"Authorization": f"Bearer {world.admin_token}"}
+    async with running(daemon), aiohttp.ClientSession() as session:
+        await eventually(lambda: in_sync(world) and idle(daemon))
+        url = f"{base(daemon)}/admin/guard/release"
+        async with session.post(url, headers={"Authorization": "Bearer nope"}) as r:
+            assert r.status == 401
+        async with session.post(url + "?chanel=pos", headers=admin) as r:
+            assert r.status == 400  # a misspelt parameter must not release every channel
+        async with session.post(url + "?channel=nope", headers=admin) as r:
+            assert r.status == 404
+        async with session.post(url + "?channel=pos", headers=admin) as r:
+            assert (r.status, await r.json()) == (200, {"released": {}, "items": 0})
 
 
 async def test_health_readiness_and_status(synced: World) -> None:

@@ -20,7 +20,7 @@ from daemon.errors import LookupQueueFull
 from daemon.pipeline import Daemon
 from daemon.source import Source
 from tests.conftest import World, eventually, idle, running
-from tests.integration.test_guard import in_stock, scan
+from tests.integration.test_guard import blocked, in_stock, scan
 from tests.integration.test_restart import run_cli
 from tests.integration.test_sync import in_sync
 
@@ -112,11 +112,11 @@ async def test_zeroes_held_by_a_scan_stay_held_for_items_already_queued(world: W
         await scan(daemon)
         await eventually(lambda: idle(daemon), timeout=15)
     zeroes = sum(1 for quantity in pos.stock.values() if quantity == 0)
-    assert zeroes == 12, f"{zeroes} of 40 items went to 0; the guard allows 12"
+    assert zeroes == 0, f"{zeroes} of 40 items went to 0; the guard holds all of them"
 
 
 async def test_a_sell_out_found_by_a_webhook_is_never_held(world: World) -> None:
-    """Mid-scan, with the scan's guard already spent, a webhook's zero still goes out."""
+    """Mid-scan, with the scan's guard already holding, a webhook's zero still goes out."""
     world.keycrm.populate(150)
     in_stock(world)
     pos = await world.add_shop("pos")
@@ -127,14 +127,16 @@ async def test_a_sell_out_found_by_a_webhook_is_never_held(world: World) -> None
         offers = sorted(world.keycrm.offers.values(), key=lambda o: o.id)
         for offer in offers[:50]:
             offer.stock = {1: (0.0, 0.0)}  # page 1: 50 zeroes, 5 past what the guard allows
-        world.keycrm.page_delay = {2: 3.0}  # the scan waits on page 2 with its guard spent
+        world.keycrm.page_delay = {2: 3.0}  # the scan waits on page 2, its guard holding
         daemon.parts.source.request_scan()
-        await eventually(lambda: sum(1 for q in pos.stock.values() if q == 0) == 45)
+        await eventually(lambda: blocked(daemon) == 50)  # the hold begins mid-scan
+        assert not any(q == 0 for q in pos.stock.values())
         last = offers[-1]
         last.stock = {1: (0.0, 0.0)}  # a real sell-out on page 3, reported by the webhook
         await daemon.webhook([last.sku or ""])
         await eventually(lambda: pos.quantity(last.barcode or "", "S1") == 0, timeout=2.5)
         assert daemon.parts.source.progress.running  # it went out before the scan ended
+    assert sum(1 for q in pos.stock.values() if q == 0) == 1
 
 
 @pytest.mark.parametrize(

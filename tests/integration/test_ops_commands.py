@@ -22,6 +22,7 @@ from daemon.config import load_config
 from daemon.errors import ConfigError
 from daemon.pipeline import Daemon
 from tests.conftest import World, eventually, idle, running
+from tests.integration.test_guard import glitch, in_stock, scan
 from tests.integration.test_sync import in_sync
 
 pytestmark = pytest.mark.anyio
@@ -115,6 +116,47 @@ async def test_status_history_and_resync_need_no_channel_secret(world: World) ->
         code, _, err = await cli("resync", "-c", str(path))
         assert code == 2
         assert err.strip() == "daemon.admin_token: environment variable T_ADMIN_TOKEN is not set"
+
+
+async def test_guard_release_shows_the_hold_then_releases_it_by_name(world: World) -> None:
+    """`stocksync guard release`: the admin token only, like resync; what is held is shown
+    first, and the history tells who released each item."""
+    world.keycrm.populate(20)
+    in_stock(world)
+    pos = await world.add_shop("pos")
+    await world.add_shop("web")
+    daemon, path = await started(world, free_port())
+    admin = without_secrets(T_ADMIN_TOKEN=world.admin_token)
+    async with running(daemon):
+        await eventually(lambda: in_sync(world) and in_sync(world, "web") and idle(daemon))
+        code, out, err = await cli("guard", "release", "-c", str(path), env=admin)
+        assert (code, out.strip()) == (0, "the mass-change guard holds nothing"), err
+        glitch(world)
+        await scan(daemon)
+        await scan(daemon)  # every SKU vanished: both channels on hold
+
+        code, out, err = await cli("status", "-c", str(path))
+        assert "HELD      pos: 20 zeros held by the mass-change guard" in out, err
+
+        code, _, err = await cli("guard", "release", "-c", str(path), "--channel", "pos")
+        assert code == 2 and "T_ADMIN_TOKEN is not set" in err
+        code, out, err = await cli(
+            "guard", "release", "-c", str(path), "--channel", "pos", env=admin
+        )
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "releasing:"
+        assert re.fullmatch(
+            r"  pos: 20 zeros held since \S+: scan \d+ would zero 20 of 20 in-stock items "
+            r"\(fraction 0.3\)",
+            lines[1],
+        )
+        assert lines[2] == "pos: 20 zeros released; they are pushed now"
+        await eventually(lambda: set(pos.stock.values()) == {0} and idle(daemon))
+        assert set(world.shops["web"].stock.values()) == {5}  # its hold is its own
+
+        code, out, err = await cli("history", "-c", str(path), "SKU-00001", "--channel", "pos")
+        assert re.search(r"released  guard release by \S+@\S+ via POST /admin/guard/release", out)
 
 
 async def test_history_filters_newest_first(world: World) -> None:

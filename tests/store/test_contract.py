@@ -205,9 +205,9 @@ async def test_flush_makes_debounced_items_due_but_keeps_retry_times(store: Stor
 
 async def test_the_guard_holds_zeroes_and_nothing_sends_them(store: Store, reopen: Opener) -> None:
     await acknowledge(store, q(4), 100)
-    refuses = ScanGuard(scan=5, allowed={"c": 0})
-    await store.set_desired("c", {"k": q(0)}, 200, T, refuses)
-    assert refuses.held["c"] == 1
+    guard = ScanGuard(scan=5, allowed={"c": 0})
+    await store.set_desired("c", {"k": q(0)}, 200, T, guard)
+    assert guard.held["c"] == 1
     assert await status(store) == "held"
     assert await store.claim("c", 1000, 10) == []
     await store.close()
@@ -215,11 +215,24 @@ async def test_the_guard_holds_zeroes_and_nothing_sends_them(store: Store, reope
     try:
         assert await store.recover(1000) == 0
         assert await store.claim("c", 1000, 10) == []
-        assert await store.release_held(before_scan=5, now=1000) == 0  # its own scan: not yet
-        assert await store.release_held(before_scan=6, now=1000) == 1  # a later complete scan
+        assert await store.release_held("other", 1000) == {}  # another channel's hold
+        assert await store.release_held("c", 1000) == {"c": 1}
         assert await store.claim("c", 1000, 10) == [ItemValue("k", q(0))]
     finally:
         await store.close()
+
+
+async def test_a_release_by_an_operator_is_in_the_history_per_item(store: Store) -> None:
+    shares = [(sku, Contribution(key, Decimal(4), None)) for sku, key in (("A", "a"), ("B", "b"))]
+    await store.replace_shares("c", ["A", "B"], shares)
+    await acknowledge(store, q(4), 100, key="a")
+    await acknowledge(store, q(4), 100, key="b")
+    await store.set_desired("c", {"a": q(0), "b": q(0)}, 200, T, ScanGuard(5, {"c": 0}))
+    assert await store.release_held(None, 300, by="guard release by ops") == {"c": 2}
+    rows = [(r.key, r.before, r.after, r.outcome, r.error) for r in await store.history("B")]
+    assert rows[-1] == ("b", q(4), q(0), "released", "guard release by ops")
+    assert {i.key for i in await store.claim("c", 300, 10)} == {"a", "b"}
+    assert await store.release_held(None, 400, by="again") == {}
 
 
 async def test_a_zero_held_while_its_item_is_in_flight_lands_in_held(store: Store) -> None:
@@ -241,11 +254,15 @@ async def test_keycrm_right_again_ends_a_hold(store: Store) -> None:
     assert await status(store) == "ok"
 
 
-async def test_a_resync_releases_held_zeroes(store: Store) -> None:
+async def test_a_resync_keeps_held_zeroes_held(store: Store) -> None:
+    """Issue 17: a resync is no evidence that a mass change is right; the release is."""
     await acknowledge(store, q(4), 100)
     await store.set_desired("c", {"k": q(0)}, 200, T, ScanGuard(scan=5, allowed={"c": 0}))
     await store.force_all(300)
-    assert await store.claim("c", 300, 10) == [ItemValue("k", q(0))]
+    assert await store.claim("c", 300, 10) == []
+    assert await status(store) == "held"
+    await store.release_held("c", 400)
+    assert await store.claim("c", 400, 10) == [ItemValue("k", q(0))]
 
 
 async def test_history_follows_a_sku_through_its_keys(store: Store) -> None:
@@ -295,7 +312,7 @@ async def test_counts_stay_true_through_any_sequence_of_moves(store: Store) -> N
             claimed = await store.claim("c", now + 100, 3)
             await store.release("c", [i.key for i in claimed], now, T, sent=rng.random() < 0.5)
         elif move < 0.9:
-            await store.release_held(before_scan=step, now=now)
+            await store.release_held(rng.choice(["c", None]), now, by=rng.choice([None, "x"]))
         elif move < 0.95:
             await store.force_all(now)
         else:

@@ -81,14 +81,26 @@ def test_an_unknown_outcome_forces_a_push_a_known_unsent_one_does_not() -> None:
     assert unsent.status is Status.OK
 
 
-def test_a_resync_is_backlog_and_clears_holds() -> None:
+def test_a_resync_keeps_a_held_zero_held_and_forced() -> None:
     item = force(new(acked(FIVE), ZERO, 100, hold=3) or acked(FIVE), 200)
-    assert (item.status, item.priority, item.held_scan, item.forced) == (
-        Status.PENDING,
-        1,
-        None,
-        True,
-    )
+    assert (item.status, item.held_scan, item.forced) == (Status.HELD, 3, True)
+    released = release_held(item, 300)
+    assert (released.status, released.held_scan, released.due_at) == (Status.PENDING, None, 300)
+
+
+def test_a_resync_is_backlog() -> None:
+    item = force(acked(FIVE), 200)
+    assert (item.status, item.priority, item.forced) == (Status.PENDING, 1, True)
+
+
+def test_in_flight_a_look_up_zero_keeps_the_hold_and_stock_ends_it() -> None:
+    item = claim(new(acked(FIVE), Value(quantity=6).encode(), 100) or acked(FIVE))
+    item = new(item, ZERO, 101, hold=3) or item
+    assert item.held_scan == 3
+    item = new(item, Value(quantity=0, price=Decimal(2)).encode(), 102) or item  # a look-up
+    assert item.held_scan == 3
+    item = new(item, Value(quantity=2).encode(), 103) or item  # stock again
+    assert item.held_scan is None
 
 
 def test_rejection_of_an_outdated_value_retries_the_new_one() -> None:

@@ -79,3 +79,12 @@ def test_a_replica_says_its_role_who_leads_and_the_queue() -> None:
         {"ready": False, "replica": {"error": "cannot read the lease: OperationalError"}}, NOW
     )
     assert "replica" not in render({"ready": True}, NOW)  # SQLite: one process, no line
+
+
+def test_a_channel_on_hold_says_since_when_why_and_the_way_out() -> None:
+    hold = {"held": 286, "since": NOW - 600, "reason": "scan 12 would zero 286 of 286 in-stock"}
+    data = {"ready": True, "channels": {"mp": {"up": True, "held": 286, "guard": hold}}}
+    text = render(data, NOW)
+    assert "HELD      mp: 286 zeros held by the mass-change guard since 10m ago: scan 12" in text
+    assert "stocksync guard release --channel mp" in text
+    assert "HELD" not in render({"channels": {"mp": {"up": True, "guard": None}}}, NOW)

@@ -35,6 +35,7 @@ DESIGN_FAMILIES = {
     "stocksync_drift_items_total": {"channel"},
     "stocksync_verify_last_success_timestamp_seconds": {"channel"},
     "stocksync_records_skipped_total": {"channel", "reason"},
+    "stocksync_guard_held_items": {"channel"},
 }
 
 
