@@ -52,6 +52,14 @@ async def test_a_newer_config_takes_over_and_the_older_never_takes_it_back(pool:
     assert old.config is not None and old.config.differs and old.outranked()
     assert new.config is not None and not new.config.differs
     assert old.leader is not None and old.leader.holder == "new"
+    async with pool.connection() as conn:  # the leader's config in the database (README's query)
+        cursor = await conn.execute(
+            "SELECT l.holder, r.fingerprint, g.generation"
+            " FROM leases l JOIN replica_configs r USING (merchant, holder)"
+            " JOIN config_generations g USING (merchant, fingerprint) WHERE l.merchant = %s",
+            (M,),
+        )
+        assert await cursor.fetchall() == [("new", NEW, 2)]
 
 
 async def test_a_rollback_leads_once_the_last_newer_replica_stops(pool: Pool) -> None:
