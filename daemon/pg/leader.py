@@ -234,10 +234,12 @@ class LeaseKeeper:
             return
         try:
             async with self.pool.connection() as conn:
+                # Not live any more before the standbys are told (NOTIFY) to bid: one of an
+                # older config must not find us still live and wait another step.
+                if self.fingerprint is not None:
+                    await configs.forget(conn, self.merchant, self.holder)
                 if held is not None:
                     await leases.release(conn, held)
                     log.info("lease.released", merchant=self.merchant, epoch=held.epoch)
-                if self.fingerprint is not None:
-                    await configs.forget(conn, self.merchant, self.holder)
         except (PsycopgError, PoolTimeout) as exc:
             log.warning("lease.release_failed", merchant=self.merchant, error=type(exc).__name__)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import World, eventually
 from tests.integration.test_sync import in_sync
-from tests.postgres.test_ha import Replicas, _is_leader, leader_elected
+from tests.postgres.test_ha import TTL, Replicas, _is_leader, leader_elected
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -78,3 +78,13 @@ async def test_a_rolling_update_that_adds_a_channel_converges_on_the_new_config(
     assert '"lease.yielded"' in log and '"lease.bid_withheld"' in log
     assert await replicas.role("old") == "standby"  # and it never took the lease back
     assert '"lease.acquired"' not in log.split('"lease.yielded"', 1)[1]
+
+    # The last replica of the newer config stops (the end of a rollback): the old one leads at
+    # once, without waiting out the newer replica's heartbeat.
+    replicas.processes["new"].terminate()
+    await replicas.processes["new"].wait()
+    stopped_at = anyio.current_time()
+    await eventually(lambda: _is_leader(replicas, "old"), timeout=20)
+    assert anyio.current_time() - stopped_at < TTL
+    _, metrics = await get(replicas, "old", "/metrics")
+    assert 'stocksync_config_mismatch{merchant="default"} 0.0' in metrics
