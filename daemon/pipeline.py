@@ -62,7 +62,7 @@ MERCHANT = "default"
 _BUDGET_SAVE_EVERY = 2.0
 _CLEAN_STOP = "clean_stop"
 _STORE_RETRY = 5.0
-#: what `/readyz` and `/status` say on a replica whose config is not the leader's
+#: what `/readyz` adds on a replica whose config is not the leader's
 CONFIG_DIFFERS = "config differs from leader's"
 #: how long a webhook waits for its SKUs to be committed before it is answered 503
 WEBHOOK_STORE_WAIT = 5.0

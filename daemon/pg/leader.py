@@ -145,15 +145,15 @@ class LeaseKeeper:
             return None
         try:
             async with self.pool.connection() as conn:
-                if self.fingerprint is not None:
-                    self.config = await configs.beat(
-                        conn, self.merchant, self.holder, self.fingerprint, self.ttl
-                    )
                 if held is not None:
                     renewed = await leases.renew(conn, held, clock=self._clock)
                     if renewed is None:
                         log.warning("lease.lost", merchant=self.merchant, epoch=held.epoch)
                     self._lease = renewed
+                if self.fingerprint is not None:  # after the renewal, which must not wait
+                    self.config = await configs.beat(
+                        conn, self.merchant, self.holder, self.fingerprint, self.ttl
+                    )
                 if self._lease is not None and self.outranked():
                     await self._step_down(conn, self._lease)
                 if self._lease is None and self.outranked():
