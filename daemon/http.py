@@ -61,6 +61,10 @@ class Controller(Protocol):
         """None when ready, else the reason it is not."""
         ...
 
+    def readiness_note(self) -> str | None:
+        """What a ready daemon still wants noticed (its config differs from the leader's)."""
+        ...
+
     async def status(self) -> dict[str, Any]: ...
 
     async def webhook(self, skus: list[str]) -> None:
@@ -255,7 +259,8 @@ def build_app(
     async def readyz(_request: web.Request) -> web.Response:
         reason = await controller.readiness()
         if reason is None:
-            return web.Response(text="ready\n")
+            note = controller.readiness_note()
+            return web.Response(text="ready\n" if note is None else f"ready: {note}\n")
         return web.Response(text=scrub_text(f"not ready: {reason}\n"), status=503)
 
     async def status(_request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ from daemon import __version__, redact
 from daemon.assembly import Parts, assemble
 from daemon.budget import RequestBudget
 from daemon.config import Config, secret_values
+from daemon.config_fingerprint import config_fingerprint
 from daemon.errors import (
     ConfigError,
     LookupQueueFull,
@@ -61,6 +62,8 @@ MERCHANT = "default"
 _BUDGET_SAVE_EVERY = 2.0
 _CLEAN_STOP = "clean_stop"
 _STORE_RETRY = 5.0
+#: what `/readyz` adds on a replica whose config is not the leader's
+CONFIG_DIFFERS = "config differs from leader's"
 #: how long a webhook waits for its SKUs to be committed before it is answered 503
 WEBHOOK_STORE_WAIT = 5.0
 
@@ -229,6 +232,9 @@ class Daemon:
     # --- HTTP controller -------------------------------------------------------------------------
 
     async def refresh_metrics(self) -> None:
+        if self.replica is not None:
+            differs = self.replica.config_differs()
+            self.metrics.config_mismatch.labels(merchant=MERCHANT).set(1 if differs else 0)
         if self.store is None or self.parts is None:
             return
         try:
@@ -271,6 +277,16 @@ class Daemon:
         limit = 3 * parts.config.keycrm.poll_interval + parts.config.keycrm.timeout
         if self._clock() - reached > limit:
             return f"keyCRM has not answered for {self._clock() - reached:.0f}s"
+        return None
+
+    def readiness_note(self) -> str | None:
+        """Why a ready replica still wants attention: its config differs from the leader's.
+
+        Not a reason to be unready: a standby serves webhooks whatever its config, and a
+        Kubernetes rolling update (`maxUnavailable: 0`) waits for the new pods, which differ
+        from the leader until one of them leads, to be ready."""
+        if self.replica is not None and self.replica.config_differs():
+            return CONFIG_DIFFERS
         return None
 
     async def status(self) -> dict[str, Any]:
@@ -383,6 +399,7 @@ class Daemon:
             MERCHANT,
             password=None if password is None else password.get_secret_value(),
             ttl=settings.lease_ttl,
+            fingerprint=config_fingerprint(self.config),
         )
         self.replica = replica
         self.store = replica.store
@@ -484,6 +501,8 @@ class Daemon:
     def _switch(self, config: Config) -> None:
         """Take a validated new config for the next pipeline (the shell's parts stay)."""
         self.config, self._next_config = config, None
+        if self.replica is not None:  # published with the next lease step
+            self.replica.keeper.fingerprint = config_fingerprint(config)
         self._scrub = scrubber(secret_values(config))
         self.budget.resize(config.keycrm.requests_per_minute)
         for channel in config.channels:

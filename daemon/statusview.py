@@ -131,11 +131,19 @@ def _replica_line(replica: dict[str, Any]) -> str:
     queued = replica.get("lookups_queued", 0)
     oldest = replica.get("lookups_oldest_seconds") or 0.0
     waiting = f"{queued} look-ups queued" + (f", oldest {duration(oldest)}" if queued else "")
-    return (
+    line = (
         f"replica {replica.get('replica', '?')}: {replica.get('role', '?')} of merchant "
         f"{replica.get('merchant', '?')}; leader {leader}, epoch {replica.get('epoch', '-')}; "
         f"{waiting}"
     )
+    config = replica.get("config")
+    if isinstance(config, dict) and config.get("differs_from_leader"):
+        line += (
+            f"\nconfig differs from leader's: this replica runs {config.get('fingerprint')} "
+            f"(generation {config.get('generation')}), the leader "
+            f"{config.get('leader_fingerprint')} (generation {config.get('leader_generation')})"
+        )
+    return line
 
 
 def render(data: dict[str, Any], now: float, url: str = "") -> str:

@@ -185,6 +185,13 @@ class Metrics:
             ["merchant"],
             registry=r,
         )
+        self.config_mismatch = Gauge(
+            "stocksync_config_mismatch",
+            "1 on a replica whose config (what is pushed where) differs from the leader's; "
+            "always 0 with SQLite.",
+            ["merchant"],
+            registry=r,
+        )
         self.drift_items = Counter(
             "stocksync_drift_items",
             "Items whose read-back value differed from the acknowledged one.",
@@ -237,6 +244,7 @@ class Metrics:
         for operation in STORE_OPERATIONS:
             self.store_errors.labels(operation=operation)
         self.leader.labels(merchant="default").set(1)
+        self.config_mismatch.labels(merchant="default").set(0)
         for channel in channels:
             self.add_channel(channel)
 

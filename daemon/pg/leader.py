@@ -5,6 +5,11 @@ and gets the lease only while it is valid on this process's monotonic clock; `wa
 wakes whoever starts and stops the leader's work. A database error does not end leadership at
 once: the lease stays valid until its local deadline, which two failed renewals in a row leave
 time for, and a third makes the replica a standby.
+
+Given its config's fingerprint, each step also publishes it (`daemon.pg.configs`): a replica
+whose config is older than a live replica's does not bid, and a leader in that position hands
+its lease over, so replicas of different configs converge on the newest instead of on whoever
+bid first. Without a fingerprint a keeper bids exactly as before.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
+from psycopg import AsyncConnection
 from psycopg import Error as PsycopgError
+from psycopg.rows import TupleRow
 from psycopg_pool import PoolTimeout
 
+from daemon.pg import configs
 from daemon.pg import lease as leases
 from daemon.pg.connect import Pool
 from daemon.pg.lease import Lease, LeaseLost
@@ -38,6 +46,7 @@ class LeaseKeeper:
         *,
         margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fingerprint: str | None = None,
     ) -> None:
         self.pool = pool
         self.merchant = merchant
@@ -52,6 +61,11 @@ class LeaseKeeper:
         self._changed = anyio.Event()
         #: who leads, as last read from the database while we did not (for `/status`)
         self.leader: leases.LeaseInfo | None = None
+        #: this replica's config fingerprint, published with every step (set again on reload)
+        self.fingerprint = fingerprint
+        #: how our config compares with the leader's and the newest live one, as last published
+        self.config: configs.ConfigView | None = None
+        self._withheld = False  # said once per episode that we do not bid (an older config)
 
     def poke(self) -> None:
         """Bid now rather than at the next renewal time (the leader just released its lease)."""
@@ -66,6 +80,11 @@ class LeaseKeeper:
 
     def leading(self) -> bool:
         return self.lease() is not None
+
+    def outranked(self) -> bool:
+        """A live replica runs a newer config (as of the last step): we must not lead."""
+        view = self.config
+        return view is not None and view.fingerprint == self.fingerprint and view.outranked
 
     async def wait_changed(self) -> None:
         """Return after the next time this replica starts or stops leading (or re-takes the
@@ -131,7 +150,17 @@ class LeaseKeeper:
                     if renewed is None:
                         log.warning("lease.lost", merchant=self.merchant, epoch=held.epoch)
                     self._lease = renewed
-                if self._lease is None:
+                if self.fingerprint is not None:  # after the renewal, which must not wait
+                    self.config = await configs.beat(
+                        conn, self.merchant, self.holder, self.fingerprint, self.ttl
+                    )
+                if self._lease is not None and self.outranked():
+                    await self._step_down(conn, self._lease)
+                if self._lease is None and self.outranked():
+                    self._withhold()
+                    self.leader = await leases.read(conn, self.merchant)
+                elif self._lease is None:
+                    self._withheld = False
                     self._lease = await leases.acquire(
                         conn, self.merchant, self.holder, self.ttl,
                         margin=self.margin, clock=self._clock,
@@ -161,7 +190,7 @@ class LeaseKeeper:
             if current is not None and self.leading():
                 # Wake at the deadline too, so a missed renewal is reported on time.
                 wait = min(wait, max(0.0, current.deadline - self._clock()))
-            elif self.leader is not None:
+            elif self.leader is not None and not self.outranked():
                 # Bid right after the leader's lease runs out: failover takes the TTL, not more.
                 wait = min(wait, max(0.0, self.leader.expires_in) + 0.05)
             poke = self._poke
@@ -171,17 +200,46 @@ class LeaseKeeper:
                 self._poke = anyio.Event()
             self._note()
 
+    async def _step_down(self, conn: AsyncConnection[TupleRow], held: Lease) -> None:
+        """Hand the lease over to the replica with the newer config (NOTIFY tells it)."""
+        view = self.config
+        await leases.release(conn, held)
+        self._lease = None
+        log.warning(
+            "lease.yielded", merchant=self.merchant, epoch=held.epoch,
+            generation=None if view is None else view.generation,
+            newest=None if view is None else view.newest,
+        )  # fmt: skip
+
+    def _withhold(self) -> None:
+        """Say once per episode why this replica does not bid."""
+        if not self._withheld:
+            view = self.config
+            log.warning(
+                "lease.bid_withheld", merchant=self.merchant,
+                generation=None if view is None else view.generation,
+                newest=None if view is None else view.newest,
+                hint="a live replica runs a newer config; this one stands by while it lives",
+            )  # fmt: skip
+            self._withheld = True
+
     async def release(self) -> None:
         """Give the lease up for good (graceful stop) so a standby takes over without waiting
-        the TTL; this keeper bids no more."""
+        the TTL; this keeper bids no more. Our config stops counting as live at once, so an
+        older one may lead if ours was the newest."""
         self._released = True
         held, self._lease = self._lease, None
         self._note()
-        if held is None:
+        if held is None and self.fingerprint is None:
             return
         try:
             async with self.pool.connection() as conn:
-                await leases.release(conn, held)
-            log.info("lease.released", merchant=self.merchant, epoch=held.epoch)
+                # Not live any more before the standbys are told (NOTIFY) to bid: one of an
+                # older config must not find us still live and wait another step.
+                if self.fingerprint is not None:
+                    await configs.forget(conn, self.merchant, self.holder)
+                if held is not None:
+                    await leases.release(conn, held)
+                    log.info("lease.released", merchant=self.merchant, epoch=held.epoch)
         except (PsycopgError, PoolTimeout) as exc:
             log.warning("lease.release_failed", merchant=self.merchant, error=type(exc).__name__)

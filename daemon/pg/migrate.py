@@ -269,6 +269,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             " FOR EACH STATEMENT EXECUTE FUNCTION stocksync_count_item_rows()",
         ),
     ),
+    Migration(
+        6,
+        "config fingerprints: their generations and each replica's heartbeat",
+        # daemon/pg/configs.py: a fingerprint's generation is given once, when it is first
+        # published (one higher than any before it), and never changes; a replica's row says
+        # which fingerprint it runs and when it last said so (live: within lease_ttl).
+        (
+            """
+            CREATE TABLE config_generations (
+                merchant text NOT NULL,
+                fingerprint text NOT NULL,
+                generation bigint NOT NULL,
+                first_seen timestamptz NOT NULL DEFAULT clock_timestamp(),
+                PRIMARY KEY (merchant, fingerprint),
+                UNIQUE (merchant, generation)
+            )
+            """,
+            """
+            CREATE TABLE replica_configs (
+                merchant text NOT NULL,
+                holder text NOT NULL,
+                fingerprint text NOT NULL,
+                seen_at timestamptz NOT NULL,
+                PRIMARY KEY (merchant, holder)
+            )
+            """,
+        ),
+    ),
 )
 
 

@@ -24,6 +24,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from daemon.budget import RequestBudget
+from daemon.config_fingerprint import short
 from daemon.pg import budget as shared_budget
 from daemon.pg import lookups
 from daemon.pg.connect import Pool, open_pool
@@ -52,12 +53,15 @@ class Replica:
         ttl: float = 15.0,
         holder: str | None = None,
         poll: float = 2.0,
+        fingerprint: str | None = None,
     ) -> None:
         self.pool = pool
         self.dsn = dsn
         self.merchant = merchant
         self.poll = poll
-        self.keeper = LeaseKeeper(pool, merchant, holder or make_holder(), ttl)
+        self.keeper = LeaseKeeper(
+            pool, merchant, holder or make_holder(), ttl, fingerprint=fingerprint
+        )
         self.wakeup = Wakeup(dsn, merchant, password=password, on_released=self.keeper.poke)
         self.store = PostgresStore(pool, fence=self.keeper.lease)
 
@@ -71,6 +75,7 @@ class Replica:
         ttl: float = 15.0,
         holder: str | None = None,
         max_size: int = 8,
+        fingerprint: str | None = None,
     ) -> Replica:
         """Open the pool and bring the schema up to date (replicas starting together: once)."""
         pool = await open_pool(dsn, password=password, max_size=max_size)
@@ -81,7 +86,9 @@ class Replica:
             await pool.close()
             raise
         log.info("replica.opened", database=describe(dsn), merchant=merchant)
-        return cls(pool, dsn, merchant, password=password, ttl=ttl, holder=holder)
+        return cls(
+            pool, dsn, merchant, password=password, ttl=ttl, holder=holder, fingerprint=fingerprint
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the lease and listen for look-ups until cancelled; started once both run."""
@@ -146,6 +153,25 @@ class Replica:
 
     # --- what /status shows ----------------------------------------------------------------------
 
+    def config_differs(self) -> bool:
+        """Our config is not the leader's (as of the last lease step): metric and readiness."""
+        view = self.keeper.config
+        return view is not None and view.fingerprint == self.keeper.fingerprint and view.differs
+
+    def config_status(self) -> dict[str, Any] | None:
+        """Our config and the leader's, by fingerprint (first 12 digits) and generation."""
+        view = self.keeper.config
+        if view is None:
+            return None
+        return {
+            "fingerprint": short(view.fingerprint),
+            "generation": view.generation,
+            "leader_fingerprint": short(view.leader_fingerprint),
+            "leader_generation": view.leader_generation,
+            "newest_live_generation": view.newest,
+            "differs_from_leader": self.config_differs(),
+        }
+
     async def status(self) -> dict[str, Any]:
         """Who leads this merchant, this replica's role, and the look-up queue."""
         lease = self.keeper.lease()
@@ -160,4 +186,5 @@ class Replica:
             "epoch": None if info is None else info.epoch,
             "lookups_queued": waiting,
             "lookups_oldest_seconds": round(oldest, 3),
+            "config": self.config_status(),
         }

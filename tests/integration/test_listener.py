@@ -45,6 +45,9 @@ class Quiet:
     async def readiness(self) -> str | None:
         return None
 
+    def readiness_note(self) -> str | None:
+        return None
+
     async def status(self) -> dict[str, Any]:
         return {"ok": True}
 

@@ -40,12 +40,14 @@ class Replicas:
         self.tokens: dict[str, str] = {}
         self.processes: dict[str, anyio.abc.Process] = {}
 
-    async def start(self, name: str, *, rate: str = "1000/s") -> None:
+    async def start(self, name: str, *, rate: str = "1000/s", channels: str | None = None) -> None:
         port = free_port()
         self.ports[name] = port
         self.tokens[name] = f"{name}-token"
         self.world.shops["pos"].also_accept.add(self.tokens[name])
-        path = self.world.write_config(listen=f"127.0.0.1:{port}", daemon=f'lease_ttl = "{TTL:g}s"')
+        path = self.world.write_config(
+            listen=f"127.0.0.1:{port}", daemon=f'lease_ttl = "{TTL:g}s"', channels=channels
+        )
         text = (
             path.read_text()
             .replace(f'state = "{self.world.tmp_path / "state.db"}"', f'state = "{self.dsn}"')

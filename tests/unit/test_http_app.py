@@ -24,6 +24,9 @@ class Broken:
     async def readiness(self) -> str | None:
         return None
 
+    def readiness_note(self) -> str | None:
+        return None
+
     async def status(self) -> dict[str, Any]:
         raise RuntimeError("store went away")
 

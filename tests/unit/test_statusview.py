@@ -88,3 +88,30 @@ def test_a_channel_on_hold_says_since_when_why_and_the_way_out() -> None:
     assert "HELD      mp: 286 zeros held by the mass-change guard since 10m ago: scan 12" in text
     assert "stocksync guard release --channel mp" in text
     assert "HELD" not in render({"channels": {"mp": {"up": True, "guard": None}}}, NOW)
+
+
+def test_a_replica_whose_config_differs_from_the_leaders_says_which_two() -> None:
+    config = {
+        "fingerprint": "3f0c9a1d2b7e",
+        "generation": 1,
+        "leader_fingerprint": "9e41d07c55a2",
+        "leader_generation": 2,
+        "newest_live_generation": 2,
+        "differs_from_leader": True,
+    }
+    standby = {
+        "merchant": "default",
+        "replica": "pod-b",
+        "role": "standby",
+        "leader": "pod-a",
+        "epoch": 4,
+        "lookups_queued": 0,
+        "config": config,
+    }
+    text = render({"version": "1", "ready": True, "replica": standby}, NOW)
+    assert (
+        "config differs from leader's: this replica runs 3f0c9a1d2b7e (generation 1), "
+        "the leader 9e41d07c55a2 (generation 2)"
+    ) in text
+    same = {**standby, "config": {**config, "differs_from_leader": False}}
+    assert "differs" not in render({"ready": True, "replica": same}, NOW)

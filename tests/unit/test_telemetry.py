@@ -76,6 +76,10 @@ def test_the_leader_is_always_1_with_sqlite() -> None:
     assert 'stocksync_leader{merchant="default"} 1.0' in exposition()
 
 
+def test_no_config_mismatch_is_exported_from_the_start() -> None:
+    assert 'stocksync_config_mismatch{merchant="default"} 0.0' in exposition()
+
+
 def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
