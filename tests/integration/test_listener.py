@@ -27,6 +27,7 @@ from daemon.http import MAX_SKU_LENGTH, build_app
 from daemon.listener import Listener, _FdExhaustion
 from daemon.logs import configure_logging
 from daemon.pipeline import Daemon
+from daemon.request_body import read_request_body
 from daemon.telemetry import Metrics
 from tests.conftest import World, eventually, running
 
@@ -376,10 +377,25 @@ GOOD = b'[{"sku": "SKU-1", "in_stock": 1}]'
             webhook_request(gzip.compress(GOOD * 50)[:20] + b"\0" * 200, "Content-Encoding: gzip"),
             "not valid gzip",
         ),
+        (  # JSON is UTF-8: a body in another charset is not JSON, whatever the header says
+            webhook_request(
+                '[{"sku": "caf\u00e9"}]'.encode("latin-1"),
+                "Content-Type: application/json; charset=latin-1",
+            ),
+            "not JSON",
+        ),
         (webhook_request(b"x", "Content-Encoding: br"), "Content-Encoding"),  # no brotli here
         (webhook_request(zlib.compress(GOOD)[:-4], "Content-Encoding: deflate"), "decode"),
     ],
-    ids=["gzip", "deflate", "gzip-chunked", "gzip-corrupt-midway", "br", "deflate-truncated"],
+    ids=[
+        "gzip",
+        "deflate",
+        "gzip-chunked",
+        "gzip-corrupt-midway",
+        "latin-1",
+        "br",
+        "deflate-truncated",
+    ],
 )
 async def test_a_body_that_does_not_decode_is_a_400_and_changes_nothing(
     listener: Listener, controller: Quiet, raw: bytes, problem: str
@@ -445,3 +461,37 @@ async def test_any_route_reading_a_body_that_breaks_is_a_400_without_a_traceback
         b"body does not decode as its Content-Encoding says, or that encoding is not supported"
     )
     assert [e for e in logs if e["log_level"] != "debug" or "exc_info" in e] == []
+
+
+async def test_a_handler_cancelled_while_reading_is_one_debug_line() -> None:
+    """With aiohttp's handler cancellation on, a client that leaves cancels the read itself."""
+    reached: list[str] = []
+
+    async def take(request: web.Request) -> web.Response:
+        try:
+            await read_request_body(request, within=5)
+        finally:
+            reached.append("read")
+        return web.Response(text="never")
+
+    app = web.Application()
+    app.router.add_post("/take", take)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                await stream.send(
+                    b"POST /take HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 100\r\n\r\n[{"
+                )
+                with anyio.fail_after(5):
+                    assert b"100 Continue" in await stream.receive()
+            await eventually(lambda: reached == ["read"])
+    finally:
+        await runner.cleanup()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("http.client_gone", "debug")]
+    assert (logs[0]["route"], logs[0]["problem"]) == ("/take", "cancelled while reading")
