@@ -12,7 +12,8 @@ import aiohttp
 
 __all__ = ["MAX_BODY_BYTES", "BodyTooLarge", "read_body"]
 
-#: 10 MiB: a keyCRM page of 50 offers or a channel's answer to one batch is a few KiB.
+#: 10 MiB: a channel's answer to one batch is a few KiB. keyCRM's pages have ceilings of their
+#: own, by what 50 offers can weigh (`daemon/keycrm.py`).
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
 _CHUNK = 64 * 1024

@@ -13,7 +13,6 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-import anyio
 import orjson
 import structlog
 from aiohttp import web
@@ -22,6 +21,7 @@ from pydantic import SecretStr
 
 from daemon.errors import LookupQueueFull, StoreUnavailable
 from daemon.redact import scrub, scrub_text
+from daemon.request_body import CLIENT_GONE_STATUS, BodyRefused, ClientGone, read_request_body
 from daemon.telemetry import Metrics
 
 __all__ = [
@@ -272,17 +272,14 @@ def build_app(
         if expected is None or not _same(token, expected):
             raise web.HTTPNotFound
         try:
-            with anyio.fail_after(BODY_TIMEOUT):
-                body = await request.read()
+            body = await read_request_body(request, within=BODY_TIMEOUT)
             skus = parse_webhook(body)
-        except web.HTTPRequestEntityTooLarge:
+        except ClientGone:
+            return web.Response(status=CLIENT_GONE_STATUS)  # for the access log only
+        except BodyRefused as exc:
             controller.metrics.webhook_events.labels(outcome="rejected").inc()
-            log.warning("webhook.rejected", problem="body too large")
-            return _json({"error": "body too large"}, status=400)
-        except TimeoutError:
-            controller.metrics.webhook_events.labels(outcome="rejected").inc()
-            log.warning("webhook.rejected", problem="body too slow", timeout=BODY_TIMEOUT)
-            return _json({"error": f"body not sent within {BODY_TIMEOUT:g}s"}, status=408)
+            log.warning("webhook.rejected", problem=exc.problem)
+            return _json({"error": exc.message}, status=exc.status)
         except ValueError as exc:
             controller.metrics.webhook_events.labels(outcome="rejected").inc()
             log.warning("webhook.rejected", problem=str(exc))

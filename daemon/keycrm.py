@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
-import orjson
 import stamina
 import structlog
 
@@ -26,10 +25,19 @@ from daemon.errors import SourceFatal, SourceRetryable
 from daemon.keycrm_payloads import MalformedPage, Page, parse_catalog_page, parse_stock_page
 from daemon.models import CatalogEntry, StockLevel
 from daemon.neterrors import describe_network_error
+from daemon.page_split import NotJson, decode_page
 from daemon.retry_after import parse_retry_after
 from daemon.telemetry import Metrics
 
-__all__ = ["MAX_SKU_LENGTH", "PAGE_SIZE", "KeycrmClient", "Lookup", "lookup_batches"]
+__all__ = [
+    "CATALOG_PAGE_BYTES",
+    "MAX_SKU_LENGTH",
+    "PAGE_SIZE",
+    "STOCK_PAGE_BYTES",
+    "KeycrmClient",
+    "Lookup",
+    "lookup_batches",
+]
 
 PAGE_SIZE = 50  # the most keyCRM's `limit` takes
 #: keyCRM publishes no limit; its SKU columns are Laravel strings (255). A longer SKU cannot
@@ -39,6 +47,18 @@ MAX_SKU_LENGTH = 255
 #: common front ends (nginx's default) take, whatever the SKUs look like
 MAX_FILTER_LENGTH = 2000
 MAX_PAGES = 100_000  # a scan this long means keyCRM's paging is broken; stop rather than loop
+#: The most a keyCRM page may weigh once decompressed, by what it holds. A page is at most
+#: `PAGE_SIZE` offers, so the ceiling is what 50 offers can honestly weigh, not the 10 MiB every
+#: other answer gets: memory follows it (decoded whole, a page of many small values cost ~20
+#: times its size: 190 MiB at 10 MiB; decoded offer by offer, daemon/page_split.py, under 10):
+#: - a stock page (scan, look-up): an offer is an id, a SKU (255 characters at most), price,
+#:   quantity, reserve and a ~60-byte row per warehouse: 1 MiB is 20 KiB an offer, room for
+#:   some 300 warehouses each;
+#: - a catalog page: each offer carries its product, description included (HTML, repeated in
+#:   every variant's offer): 4 MiB is 80 KiB an offer.
+STOCK_PAGE_BYTES = 1024 * 1024
+CATALOG_PAGE_BYTES = 4 * 1024 * 1024
+_PAGE_BYTES = {"scan": STOCK_PAGE_BYTES, "lookup": STOCK_PAGE_BYTES, "catalog": CATALOG_PAGE_BYTES}
 _DEFAULT_429_PAUSE = 10.0
 _ATTEMPTS = 6
 
@@ -150,7 +170,7 @@ class KeycrmClient:
             ):
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                body = await read_body(response)
+                body = await read_body(response, _PAGE_BYTES[kind])
         except BodyTooLarge as exc:
             self._metrics.keycrm_requests.labels(kind=kind, status="too_large").inc()
             log.warning("keycrm.answer_too_large", kind=kind, path=path, limit=exc.limit)
@@ -176,8 +196,10 @@ class KeycrmClient:
         if status != 200:
             raise SourceFatal(f"keyCRM {path}: HTTP {status}", status=str(status))
         try:
-            page = parse(orjson.loads(body))
-        except orjson.JSONDecodeError as exc:
+            decoded = decode_page(body)
+            del body  # a split page keeps its own text; a whole one is all values now
+            page = parse(decoded)
+        except NotJson as exc:
             self._count_malformed(kind, path, "the body is not JSON")
             raise MalformedPage("the body is not JSON") from exc
         except MalformedPage as exc:

@@ -16,6 +16,7 @@ import orjson
 
 from daemon.errors import SourceRetryable
 from daemon.models import CatalogEntry, StockLevel, WarehouseStock
+from daemon.page_split import NotJson, RawOffer
 
 __all__ = ["MalformedPage", "Page", "parse_catalog_page", "parse_stock_page", "raw_digest"]
 
@@ -183,9 +184,12 @@ def _offers(data: list[Any], parse: Callable[[Any], T | None]) -> tuple[list[T],
     no_sku = 0
     for index, item in enumerate(data):
         try:
-            one = parse(item)
+            # A large page comes split (daemon/page_split.py): each offer decoded only now.
+            one = parse(item.decode() if isinstance(item, RawOffer) else item)
         except _Bad as exc:
             raise MalformedPage(f"data[{index}]{exc.text}") from None
+        except NotJson:
+            raise MalformedPage(f"data[{index}] is not JSON") from None
         if one is None:
             no_sku += 1
         else:

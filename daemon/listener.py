@@ -14,7 +14,10 @@ aiohttp serves the app; this module owns what aiohttp leaves open when facing th
   carries its secret token. aiohttp's server logger is replaced by one that writes a single
   `http.bad_request` line with the parser's reason only (scrubbed, first line, no traceback),
   and the 400 answer says that reason without quoting the request back either.
-  Real bugs in a route are still logged with their traceback, scrubbed.
+  A body that breaks while a route reads it (not the gzip or deflate it says, broken chunks)
+  is a 400 too, and a client that leaves mid-request one `http.client_gone` debug line, for
+  any route (`daemon/request_body.py` says why). Real bugs in a route are still logged with
+  their traceback, scrubbed.
 - *File descriptor exhaustion.* When `accept()` fails with EMFILE/ENFILE, asyncio logs a
   traceback every second per socket. One `http.fd_exhausted` error a minute says it instead,
   with how many were suppressed; connections are accepted again once descriptors free up.
@@ -32,8 +35,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from daemon.redact import scrub_text
+from daemon.request_body import reason
 
 __all__ = [
     "FD_LOG_EVERY",
@@ -65,27 +70,6 @@ def split_listen(listen: str) -> tuple[str, int]:
     return parse_listen(listen)
 
 
-#: what a parser error means, by its class: never the parser's own message, which quotes the
-#: request bytes (a cut through the webhook token would defeat any masking)
-_REASONS = {
-    "LineTooLong": "request line or header too long",
-    "BadStatusLine": "malformed request line",
-    "InvalidURLError": "malformed request target",
-    "InvalidHeader": "malformed header",
-    "BadHttpMessage": "malformed request",
-    "ContentLengthError": "body shorter than its Content-Length",
-    "TransferEncodingError": "malformed chunked body",
-}
-
-
-def _reason(exc: HttpProcessingError) -> str:
-    """What was wrong with a request, in words of ours: no byte of the request is quoted."""
-    for kind in type(exc).__mro__:
-        if kind.__name__ in _REASONS:
-            return _REASONS[kind.__name__]
-    return "malformed request"
-
-
 class _ServerLog(logging.Logger):
     """aiohttp's server logger, replaced: one scrubbed structlog line per event, like ours."""
 
@@ -97,7 +81,7 @@ class _ServerLog(logging.Logger):
         if isinstance(exc, HttpProcessingError):
             # aiohttp says debug for non-HTTP noise on a fresh connection (scanners, TLS).
             emit = log.debug if record.levelno < logging.WARNING else log.info
-            emit("http.bad_request", status=exc.code or 400, problem=_reason(exc))
+            emit("http.bad_request", status=exc.code or 400, problem=reason(exc))
             return
         if record.levelno < logging.WARNING:
             return
@@ -109,7 +93,14 @@ class _ServerLog(logging.Logger):
 
 
 class _Handler(web.RequestHandler):
-    """aiohttp's per-connection protocol, answering a malformed request without quoting it."""
+    """aiohttp's per-connection protocol, answering a malformed request without quoting it.
+
+    A body that breaks while a route reads it (not decodable, broken chunks) is the client's
+    fault whichever route reads it: 400 with its reason, one debug line. So is a client that
+    leaves mid-request: one debug line. Routes read bodies through `read_request_body` and
+    answer these themselves; this is for any that does not, and for aiohttp's own last read
+    of a broken body after the route answered.
+    """
 
     __slots__ = ()
 
@@ -121,8 +112,19 @@ class _Handler(web.RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         if isinstance(exc, HttpProcessingError):
-            message = _reason(exc)
+            message = reason(exc)
+        elif isinstance(exc, RequestPayloadError):
+            status, message = 400, reason(exc.__cause__)
         return super().handle_error(request, status, exc, message)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError):
+            log.debug("http.bad_request", status=400, problem=reason(exc.__cause__))
+        elif isinstance(exc, ConnectionError) and self.transport is None:
+            log.debug("http.client_gone", problem="closed before the request ended")
+        else:
+            super().log_exception(*args, **kw)
 
 
 class _Guarded(asyncio.Protocol):

@@ -109,7 +109,7 @@ class Verifier:
         limiter = AsyncLimiter(1, 1.0 / self._rate)
         batch = max(1, self._reader.max_read_batch)
         after = ""
-        healed = 0
+        meanwhile = 0
         started = self._clock()
         while page := await self._store.items_page(self.name, after, _PAGE):
             after = page[-1].key
@@ -119,9 +119,13 @@ class Verifier:
                 chunk = rows[start : start + batch]
                 drifted_before = len(found.drifted)
                 await check_batch(self._reader, chunk, limiter, found, pace=self._dispatcher.pace)
-                fresh = found.drifted[drifted_before:]
-                if fresh:
-                    healed += await self._heal(fresh)
+                seen = found.drifted[drifted_before:]
+                if seen:
+                    # Only what the store confirms is drift, in the log as in the metric.
+                    del found.drifted[drifted_before:]
+                    confirmed = await self._heal(seen)
+                    found.drifted.extend(confirmed)
+                    meanwhile += len(seen) - len(confirmed)
         if found.missing:
             self._log.warning(
                 "verify.items_missing",
@@ -138,33 +142,41 @@ class Verifier:
             checked=found.checked,
             agree=found.agree,
             drifted=len(found.drifted),
-            healed=healed,
+            healed=len(found.drifted),
+            changed_meanwhile=meanwhile,
             missing=len(found.missing),
             unreadable=len(found.unreadable),
             duration_ms=round((finished - started) * 1000),
         )
         return found
 
-    async def _heal(self, drifted: list[Drifted]) -> int:
-        moved = await self._store.mark_drifted(
-            self.name, [(d.key, d.live) for d in drifted], self._clock()
-        )
-        if not moved:
-            return 0
-        self._metrics.drift_items.labels(channel=self.name).inc(len(moved))
-        skus = await self._store.skus(self.name, moved)
-        for item in drifted:
-            if item.key in moved:
-                self._log.warning(
-                    "verify.drift",
-                    key=item.key,
-                    sku=",".join(skus.get(item.key, [])) or None,
-                    before=item.acked.describe(),
-                    live=item.live.describe(),
-                    desired=item.desired.describe(),
-                )
+    async def _heal(self, seen: list[Drifted]) -> list[Drifted]:
+        """Push again what read-back saw drift on, and return the items that are drift.
+
+        Read-back compares the channel with rows read before the request went out; an item the
+        daemon pushed meanwhile (the channel holds the new value, the row the old one) looks
+        like drift but is not. The store decides, in the transaction that moves the item: only
+        an item still `ok` with that acknowledgement is drift. That one answer feeds the
+        metric, the `verify.drift` lines and the pass's `drifted` count alike.
+        """
+        live = [(item.key, item.live) for item in seen]
+        moved = set(await self._store.mark_drifted(self.name, live, self._clock()))
+        confirmed = [item for item in seen if item.key in moved]
+        if not confirmed:
+            return []
+        self._metrics.drift_items.labels(channel=self.name).inc(len(confirmed))
+        skus = await self._store.skus(self.name, [item.key for item in confirmed])
+        for item in confirmed:
+            self._log.warning(
+                "verify.drift",
+                key=item.key,
+                sku=",".join(skus.get(item.key, [])) or None,
+                before=item.acked.describe(),
+                live=item.live.describe(),
+                desired=item.desired.describe(),
+            )
         self._dispatcher.notify()
-        return len(moved)
+        return confirmed
 
 
 class Reasserter:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import tracemalloc
+from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -14,7 +16,7 @@ from daemon.bodies import MAX_BODY_BYTES
 from daemon.budget import RequestBudget
 from daemon.config import KeycrmSettings
 from daemon.errors import ChannelRetryable
-from daemon.keycrm import KeycrmClient
+from daemon.keycrm import CATALOG_PAGE_BYTES, STOCK_PAGE_BYTES, KeycrmClient
 from daemon.simulator import FakeInventoryApi, FakeKeycrm
 from daemon.telemetry import Metrics
 from tests.conftest import Serve
@@ -83,3 +85,81 @@ async def test_a_keycrm_gzip_bomb_is_counted_and_retried(
         "stocksync_keycrm_requests_total", {"kind": "scan", "status": "too_large"}
     )
     assert too_large == 1
+
+
+def heavy_page(size: int, *, catalog: bool) -> bytes:
+    """A page of 50 offers that weighs about `size` bytes as JSON, in the shape that costs the
+    most memory per byte: each offer carries many tiny values (warehouse rows; properties)."""
+
+    def offer(n: int, rows: int) -> dict[str, Any]:
+        if catalog:
+            extra: dict[str, Any] = {"properties": [{"name": "p", "value": "v"}] * rows}
+            extra["product"] = {"id": n, "name": f"Product {n}"}
+        else:
+            extra = {"warehouse": [{"id": 1, "quantity": 1, "reserve": 0}] * rows}
+        return {"id": n, "sku": f"HEAVY-{n}", "price": 1, "quantity": 1, "reserve": 0, **extra}
+
+    def page(rows: int) -> bytes:
+        data = [offer(n, rows) for n in range(1, 51)]
+        return orjson.dumps(
+            {"current_page": 1, "last_page": 1, "total": 50, "next_page_url": None, "data": data}
+        )
+
+    one_row = len(page(2)) - len(page(1))  # one more row in each offer
+    body = page(1 + (size - len(page(1))) // one_row)
+    assert size - one_row < len(body) <= size
+    return body
+
+
+async def peak_of_one_pass(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, body: bytes, *, catalog: bool
+) -> tuple[int, float]:
+    """Peak traced memory while the client reads `body` as the first page of a scan (or
+    catalog pass) and how many of its answers were too large; the fake answers normally
+    after it."""
+    fake = FakeKeycrm("kc-heavy-key-0123")
+    fake.populate(3)
+    fake.faults.add(0, body=body)
+    url = await serve(fake.app())
+    monkeypatch.setenv("T_KC", fake.api_key)
+    settings = KeycrmSettings.model_validate({"base_url": f"{url}/v1", "api_key_env": "T_KC"})
+    metrics = Metrics(CollectorRegistry(), [], "test")
+    async with aiohttp.ClientSession() as session:
+        client = KeycrmClient(settings, session, RequestBudget(6000), metrics, details=True)
+        pages = client.catalog() if catalog else client.scan()
+        tracemalloc.start()
+        try:
+            async for _ in pages:
+                pass
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    kind = "catalog" if catalog else "scan"
+    too_large = metrics.registry.get_sample_value(
+        "stocksync_keycrm_requests_total", {"kind": kind, "status": "too_large"}
+    )
+    return peak, too_large or 0.0
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("catalog", [False, True], ids=["stock", "catalog"])
+async def test_a_keycrm_page_costs_a_bounded_share_of_memory(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, catalog: bool
+) -> None:
+    """A page holds at most 50 offers: its ceiling is what 50 offers can honestly weigh, and
+    the heaviest page under it, decoded offer by offer, costs under ten times its size (its
+    text, its records, one offer's values at a time; the fake's sending included). At the old
+    10 MiB ceiling, decoded whole, one such page cost 190 MiB (stock) and 250 MiB (catalog)."""
+    limit = CATALOG_PAGE_BYTES if catalog else STOCK_PAGE_BYTES
+    peak, too_large = await peak_of_one_pass(
+        serve, monkeypatch, heavy_page(limit, catalog=catalog), catalog=catalog
+    )
+    assert too_large == 0  # a page at the ceiling is read
+    assert peak < 10 * limit + 4 * MiB, f"{peak / MiB:.0f} MiB"
+    heavy = heavy_page(10 * MiB - 4096, catalog=catalog)
+    peak, too_large = await peak_of_one_pass(serve, monkeypatch, heavy, catalog=catalog)
+    assert too_large == 1  # refused before it is parsed, and asked again
+    # The fake's sending holds about the body; what the client reads stays near the ceiling.
+    assert peak < len(heavy) + 2 * limit + 8 * MiB, f"{peak / MiB:.0f} MiB"

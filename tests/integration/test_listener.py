@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import io
 import logging
 import os
 import sys
 import textwrap
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +17,7 @@ import anyio
 import orjson
 import pytest
 import structlog
+from aiohttp import web
 from anyio.abc import ByteStream
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -24,6 +27,7 @@ from daemon.http import MAX_SKU_LENGTH, build_app
 from daemon.listener import Listener, _FdExhaustion
 from daemon.logs import configure_logging
 from daemon.pipeline import Daemon
+from daemon.request_body import read_request_body
 from daemon.telemetry import Metrics
 from tests.conftest import World, eventually, running
 
@@ -345,3 +349,152 @@ async def test_running_out_of_file_descriptors_is_quiet_and_recovers() -> None:
     assert stderr.count(b"http.fd_exhausted") == 1, stderr
     assert b"Traceback" not in stderr
     assert len(stderr) < 2000
+
+
+def webhook_request(body: bytes, *headers: str, chunked: bool = False) -> bytes:
+    """A raw webhook request with these extra header lines, its body whole or as one chunk."""
+    head = f"POST /webhooks/keycrm/{WEBHOOK} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head += "".join(f"{line}\r\n" for line in headers)
+    if chunked:
+        return (
+            f"{head}Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+GOOD = b'[{"sku": "SKU-1", "in_stock": 1}]'
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (webhook_request(b"not gzip at all", "Content-Encoding: gzip"), "not valid gzip"),
+        (webhook_request(b"\x00" * 40, "Content-Encoding: deflate"), "not valid deflate"),
+        (
+            webhook_request(b"not gzip either", "Content-Encoding: gzip", chunked=True),
+            "not valid gzip",
+        ),
+        (  # a valid start, then garbage: the error comes while the route reads
+            webhook_request(gzip.compress(GOOD * 50)[:20] + b"\0" * 200, "Content-Encoding: gzip"),
+            "not valid gzip",
+        ),
+        (  # JSON is UTF-8: a body in another charset is not JSON, whatever the header says
+            webhook_request(
+                '[{"sku": "caf\u00e9"}]'.encode("latin-1"),
+                "Content-Type: application/json; charset=latin-1",
+            ),
+            "not JSON",
+        ),
+        (webhook_request(b"x", "Content-Encoding: br"), "Content-Encoding"),  # no brotli here
+        (webhook_request(zlib.compress(GOOD)[:-4], "Content-Encoding: deflate"), "decode"),
+    ],
+    ids=[
+        "gzip",
+        "deflate",
+        "gzip-chunked",
+        "gzip-corrupt-midway",
+        "latin-1",
+        "br",
+        "deflate-truncated",
+    ],
+)
+async def test_a_body_that_does_not_decode_is_a_400_and_changes_nothing(
+    listener: Listener, controller: Quiet, raw: bytes, problem: str
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        answer = await exchange(listener.port, raw)
+        fine = await exchange(
+            listener.port, webhook_request(gzip.compress(GOOD), "Content-Encoding: gzip")
+        )
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer
+    assert problem.encode() in answer.partition(b"\r\n\r\n")[2], answer
+    assert fine.startswith(b"HTTP/1.1 202"), fine  # the listener is unharmed
+    assert controller.hooks == [["SKU-1"]]
+    assert [e for e in logs if e["log_level"] == "error" or "exc_info" in e] == []
+
+
+async def test_a_client_leaving_mid_body_is_one_debug_line(
+    listener: Listener, controller: Quiet
+) -> None:
+    cut = [
+        webhook_request(GOOD, "Expect: 100-continue")[:-10],
+        webhook_request(GOOD, "Expect: 100-continue", chunked=True)[:-12],
+        webhook_request(gzip.compress(GOOD * 50), "Expect: 100-continue", "Content-Encoding: gzip")[
+            :-20
+        ],
+    ]
+    with structlog.testing.capture_logs() as logs:
+        for count, raw in enumerate(cut, start=1):
+            async with await anyio.connect_tcp("127.0.0.1", listener.port) as stream:
+                await stream.send(raw)
+                with anyio.fail_after(5):  # the route is reading the body: leave now
+                    assert b"100 Continue" in await stream.receive()
+            await eventually(
+                lambda n=count: [e["event"] for e in logs].count("http.client_gone") == n
+            )  # type: ignore[misc]
+    assert controller.hooks == []
+    assert [e for e in logs if e["log_level"] != "debug" or "exc_info" in e] == []
+    assert [e["event"] for e in logs if e["event"] != "http.request"] == ["http.client_gone"] * 3
+
+
+async def test_any_route_reading_a_body_that_breaks_is_a_400_without_a_traceback() -> None:
+    """The listener's net under routes that read a body themselves (not through
+    `read_request_body`): aiohttp's payload error is the client's fault, never a 500."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    listener = Listener(app)
+    await listener.start("127.0.0.1:0")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            answer = await exchange(
+                listener.port,
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Encoding: gzip\r\nContent-Length: 5\r\n\r\nnope!",
+            )
+    finally:
+        await listener.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.endswith(
+        b"body does not decode as its Content-Encoding says, or that encoding is not supported"
+    )
+    assert [e for e in logs if e["log_level"] != "debug" or "exc_info" in e] == []
+
+
+async def test_a_handler_cancelled_while_reading_is_one_debug_line() -> None:
+    """With aiohttp's handler cancellation on, a client that leaves cancels the read itself."""
+    reached: list[str] = []
+
+    async def take(request: web.Request) -> web.Response:
+        try:
+            await read_request_body(request, within=5)
+        finally:
+            reached.append("read")
+        return web.Response(text="never")
+
+    app = web.Application()
+    app.router.add_post("/take", take)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                await stream.send(
+                    b"POST /take HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 100\r\n\r\n[{"
+                )
+                with anyio.fail_after(5):
+                    assert b"100 Continue" in await stream.receive()
+            await eventually(lambda: reached == ["read"])
+    finally:
+        await runner.cleanup()
+    assert [(e["event"], e["log_level"]) for e in logs] == [("http.client_gone", "debug")]
+    assert (logs[0]["route"], logs[0]["problem"]) == ("/take", "cancelled while reading")

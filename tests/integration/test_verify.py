@@ -13,6 +13,8 @@ import time
 
 import anyio
 import pytest
+import structlog
+from aiohttp import web
 
 from daemon.pipeline import Daemon
 from daemon.simulator import variant_id
@@ -143,3 +145,46 @@ async def test_klump_is_reasserted(world: World, monkeypatch: pytest.MonkeyPatch
         name = next(iter(shops.klump.products))
         shops.klump.products[name]["quantity"] = 999  # edited by hand in Klump's dashboard
         await eventually(lambda: all_synced(world, shops))
+
+
+async def test_a_push_that_lands_while_its_item_is_read_is_not_drift(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log's `drifted` and `stocksync_drift_items_total` are one count: an item the daemon
+    itself pushes while a pass reads it (the pass holds the old acknowledgement, the channel the
+    new value) is neither, and an edit by hand in the same pass is both."""
+    shops, _ = await setup(world, monkeypatch)
+    fake = shops.marketplacer
+    arrived, release = anyio.Event(), anyio.Event()
+    serve_read = fake.inventories_get
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        if request.match_info["variant"] == "8003" and not release.is_set():
+            arrived.set()
+            await release.wait()  # the pass has read its page; this read waits on the wire
+        return await serve_read(request)
+
+    fake.inventories_get = gated  # type: ignore[method-assign]  # before app() binds it
+    channels = await rest_channel(world, shops, skus=9, extra='rate_limit = "1000/s"')
+    sync = 'debounce = "0s"\nmax_delay = "1s"\nverify_interval = "200ms"\nverify_share = 0.5'
+    daemon = Daemon(world.config(channels=channels, sync=sync), handle_signals=False)
+    with structlog.testing.capture_logs() as logs:
+        async with running(daemon):
+            await eventually(lambda: len(fake.inventories) == 9 and idle(daemon))
+            await arrived.wait()
+            world.keycrm.set_stock("SKU-00003", available(world, "SKU-00003") + 40)
+            assert daemon.parts is not None
+            daemon.parts.source.request_scan()  # the daemon's own push, while 8003 is read
+            pushed = available(world, "SKU-00003")
+            await eventually(lambda: fake.inventories[("8003", 11)] == pushed and idle(daemon))
+            fake.edit_by_hand("8005", 555, seller=11)  # read later in the same pass
+            finished = sum(1 for e in logs if e["event"] == "verify.finished")
+            release.set()
+            await eventually(
+                lambda: sum(1 for e in logs if e["event"] == "verify.finished") > finished
+            )
+    done = [e for e in logs if e["event"] == "verify.finished"][finished]
+    assert drift_count(daemon, "mp-rest") == 1
+    assert (done["drifted"], done["healed"], done["changed_meanwhile"]) == (1, 1, 1), done
+    drift = [e["key"] for e in logs if e["event"] == "verify.drift"]
+    assert drift == ['["8005","11"]']  # the REST key: variant and seller
