@@ -14,6 +14,7 @@ The password travels beside the DSN, never in it (see `daemon.pg.dsn`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -53,6 +54,9 @@ async def open_pool(
     Every connection is checked when handed out, so one that died in a failover is replaced
     instead of failing the caller's transaction.
     """
+    # The pool warns at every failed connection attempt: several a second for as long as the
+    # server is away. The daemon logs an outage once (`store.unavailable`, `daemon.pg.faults`).
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     pool: Pool = AsyncConnectionPool(
         dsn,
         kwargs=connect_kwargs(password),

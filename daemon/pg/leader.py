@@ -4,7 +4,9 @@ The pipeline asks `keeper.lease()` before each leader action (a scan page, a loo
 and gets the lease only while it is valid on this process's monotonic clock; `wait_changed`
 wakes whoever starts and stops the leader's work. A database error does not end leadership at
 once: the lease stays valid until its local deadline, which two failed renewals in a row leave
-time for, and a third makes the replica a standby.
+time for, and a third makes the replica a standby. Every connection goes through
+`daemon.pg.faults`: a database error is `StoreUnavailable` here as everywhere, and work that
+fails with it is started again while the lease holds, never the end of the process.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
-from psycopg import Error as PsycopgError
-from psycopg_pool import PoolTimeout
 
+from daemon.errors import StoreUnavailable
 from daemon.pg import lease as leases
 from daemon.pg.connect import Pool
+from daemon.pg.faults import Database
 from daemon.pg.lease import Lease, LeaseLost
+from daemon.store.health import StoreHealth
 
 __all__ = ["LeaseKeeper"]
 
@@ -38,8 +41,12 @@ class LeaseKeeper:
         *,
         margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        db: Database | None = None,
     ) -> None:
         self.pool = pool
+        #: connections whose errors are `StoreUnavailable`, in the replica's shared health
+        self._db = db or Database(pool, StoreHealth("postgresql"))
+        self._failing = False  # the last step failed: `lease.renew_failed` once per episode
         self.merchant = merchant
         self.holder = holder
         self.ttl = ttl
@@ -86,6 +93,7 @@ class LeaseKeeper:
             if lease is None:
                 await self.wait_changed()
                 continue
+            again = False
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._end_with, lease, tg.cancel_scope)
@@ -97,6 +105,15 @@ class LeaseKeeper:
                 if self._lease is not None and self._lease.epoch == lease.epoch:
                     self._lease = None
                     self._note()
+            except* StoreUnavailable:
+                # The database failed the work somewhere it does not retry itself: a state, not
+                # the end of the process (logged once by the store's health). Start it again
+                # after a renewal's time, under this lease if it still holds.
+                again = True
+            if again:
+                with anyio.move_on_after(self.ttl / 3):
+                    await self._while_holding(lease)
+                continue
             # The work returned (or lost the lease): start it again only under a new lease.
             await self._while_holding(lease)
 
@@ -125,7 +142,9 @@ class LeaseKeeper:
         if self._released:
             return None
         try:
-            async with self.pool.connection() as conn:
+            # A renewal that cannot even get a connection within its period has failed: the
+            # replica says so (readiness) at once, not after the pool's own wait.
+            async with self._db.connection("write", wait=self.ttl / 3) as conn:
                 if held is not None:
                     renewed = await leases.renew(conn, held, clock=self._clock)
                     if renewed is None:
@@ -141,12 +160,15 @@ class LeaseKeeper:
                         self.leader = None
                     else:
                         self.leader = await leases.read(conn, self.merchant)
-        except (PsycopgError, PoolTimeout) as exc:
+            self._failing = False
+        except StoreUnavailable as exc:
             # Keep what we hold: its local deadline ends it if the database stays away.
-            log.warning(
-                "lease.renew_failed", merchant=self.merchant, error=type(exc).__name__,
-                leading=self.leading(),
-            )  # fmt: skip
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "lease.renew_failed", merchant=self.merchant, error=_cause(exc),
+                    leading=self.leading(),
+                )  # fmt: skip
         if self._released:  # released while this step was under way: it must not lead again
             self._lease = None
         self._note()
@@ -180,8 +202,13 @@ class LeaseKeeper:
         if held is None:
             return
         try:
-            async with self.pool.connection() as conn:
+            async with self._db.connection("write", wait=self.ttl / 3) as conn:
                 await leases.release(conn, held)
             log.info("lease.released", merchant=self.merchant, epoch=held.epoch)
-        except (PsycopgError, PoolTimeout) as exc:
-            log.warning("lease.release_failed", merchant=self.merchant, error=type(exc).__name__)
+        except StoreUnavailable as exc:
+            log.warning("lease.release_failed", merchant=self.merchant, error=_cause(exc))
+
+
+def _cause(exc: StoreUnavailable) -> str:
+    """The psycopg error's class name, as these events always said."""
+    return type(exc.__cause__ or exc).__name__

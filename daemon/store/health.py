@@ -29,6 +29,11 @@ class StoreHealth:
     #: called with the operation (`read`, `write`) of every failed call: the metric's hook
     on_error: Callable[[str], None] = field(default=lambda _operation: None)
     clock: Callable[[], float] = time.time
+    #: what the operator should look at, in the episode's log line
+    hint: str = (
+        "pushes are not acknowledged until the store can write again (free disk space?); "
+        "nothing is lost, it recovers by itself"
+    )
 
     def failed(self, operation: str, error: str) -> None:
         self.on_error(operation)
@@ -40,8 +45,7 @@ class StoreHealth:
                 state=self.location,
                 operation=operation,
                 error=error,
-                hint="pushes are not acknowledged until the store can write again "
-                "(free disk space?); nothing is lost, it recovers by itself",
+                hint=self.hint,
             )
 
     def wrote(self) -> None:
