@@ -14,14 +14,14 @@ from psycopg_pool import PoolTimeout
 from structlog.testing import capture_logs
 
 from daemon.errors import SourceRetryable, StoreUnavailable
-from daemon.pg import replica as replica_module
+from daemon.pg import lookups
 from daemon.pg.connect import Pool, open_pool
 from daemon.pg.faults import Database
 from daemon.pg.leader import LeaseKeeper
 from daemon.pg.lease import Lease
 from daemon.pg.replica import Replica
 from daemon.store.health import StoreHealth
-from tests.pg import until
+from tests.pg import PostgresServer, until
 
 pytestmark = pytest.mark.anyio
 
@@ -84,6 +84,39 @@ async def test_a_pool_that_cannot_hand_out_a_connection_in_time_is_store_unavail
         await small.close()
 
 
+async def test_a_server_back_after_a_long_outage_is_reconnected_at_once(
+    own_server: PostgresServer,
+) -> None:
+    """The pool's retry delay doubles while the server is away (1, 2, 4, 8 s...); without a
+    bound, a server back after 7.5 s would wait for the attempt at 15 s."""
+    with own_server.database() as name:
+        small = await open_pool(own_server.dsn(name), max_size=1, acquire_timeout=1.0)
+        db = Database(small, StoreHealth("test"))
+        try:
+
+            async def works() -> bool:
+                try:
+                    async with db.connection("read", wait=0.2) as conn:
+                        await conn.execute("SELECT 1")
+                except StoreUnavailable:
+                    return False
+                return True
+
+            assert await works()
+            own_server.stop("immediate")
+            down = time.monotonic()
+            while time.monotonic() - down < 7.5:
+                assert not await works()
+                await anyio.sleep(0.1)
+            own_server.start()
+            back = time.monotonic()
+            while not await works():
+                assert time.monotonic() - back < 3, "the pool did not reconnect within 3 s"
+                await anyio.sleep(0.1)
+        finally:
+            await small.close()
+
+
 async def test_work_failing_with_store_unavailable_starts_again_under_the_same_lease(
     pool: Pool,
 ) -> None:
@@ -121,7 +154,7 @@ async def test_a_failed_unclaim_does_not_replace_the_look_ups_error(
         async def unclaim(*_args: object) -> None:
             raise psycopg.OperationalError("server closed the connection unexpectedly")
 
-        monkeypatch.setattr(replica_module.lookups, "unclaim", unclaim)
+        monkeypatch.setattr(lookups, "unclaim", unclaim)
 
         async def handle(_skus: list[str]) -> None:
             raise SourceRetryable("keyCRM answered 503")
