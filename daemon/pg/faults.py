@@ -49,12 +49,14 @@ def describe_error(exc: BaseException) -> str:
 @asynccontextmanager
 async def translated(health: StoreHealth, operation: str) -> AsyncIterator[None]:
     """Run the block; a psycopg error in it is counted in `health` and raised as
-    `StoreUnavailable(operation)`. A `write` that completes ends the episode."""
+    `StoreUnavailable(operation)`. A `write` that completes ends the episode; a call that was
+    still waiting for the pool when another one ended it does not start a new one."""
+    began = health.clock()
     try:
         yield
     except PsycopgError as exc:
         error = describe_error(exc)
-        health.failed(operation, error)
+        health.failed(operation, error, began=began)
         raise StoreUnavailable(f"state store {operation}: {error}", operation=operation) from exc
     if operation == "write":
         health.wrote()

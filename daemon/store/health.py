@@ -35,8 +35,16 @@ class StoreHealth:
         "nothing is lost, it recovers by itself"
     )
 
-    def failed(self, operation: str, error: str) -> None:
+    #: when the last episode ended (a write worked again)
+    recovered_at: float | None = None
+
+    def failed(self, operation: str, error: str, *, began: float | None = None) -> None:
+        """Count a failed call; start an episode unless one is under way, or the call `began`
+        before the store last recovered (it waited through the end of the outage, on a
+        database: a late echo of the episode that just ended, not a new one)."""
         self.on_error(operation)
+        if began is not None and self.recovered_at is not None and began < self.recovered_at:
+            return
         self.last_error = f"{operation}: {error}"
         if self.failing_since is None:
             self.failing_since = self.clock()
@@ -57,6 +65,7 @@ class StoreHealth:
             )
             self.failing_since = None
             self.last_error = None
+            self.recovered_at = self.clock()
 
     @property
     def reason(self) -> str | None:
