@@ -559,9 +559,11 @@ class Daemon:
         while True:
             try:
                 await replica.consume_lookups(lease, parts.source.look_up)
-            except (SourceError, StoreUnavailable) as exc:
+            except SourceError as exc:
                 log.warning("keycrm.lookup_failed", error=str(exc))
                 await anyio.sleep(_STORE_RETRY)
+            except StoreUnavailable:
+                await anyio.sleep(_STORE_RETRY)  # logged once per outage (`store.unavailable`)
 
     async def _replan(self, parts: Parts) -> None:
         """Plan every stored record again if the rules changed since they were last planned

@@ -126,6 +126,9 @@ class LeaseKeeper:
     async def _end_with(self, lease: Lease, scope: anyio.CancelScope) -> None:
         await self._while_holding(lease)
         log.warning("lease.leading_ended", merchant=self.merchant, epoch=lease.epoch)
+        # Record the end now: a renewal in flight (its connection waited through a database
+        # outage) may still extend this epoch, and `lead` must be woken to start again then.
+        self._note()
         scope.cancel()
 
     def _note(self) -> None:

@@ -142,6 +142,39 @@ async def test_work_failing_with_store_unavailable_starts_again_under_the_same_l
         tg.cancel_scope.cancel()
 
 
+async def test_work_ended_by_the_local_deadline_starts_again_if_a_late_renewal_keeps_the_epoch(
+    pool: Pool,
+) -> None:
+    """A renewal that waited through an outage may land after our own clock ended the lease but
+    before the database's did: the epoch goes on, and so must the work (it waited for a change
+    that `_note` never saw, and the merchant had no leader until the process restarted)."""
+    keeper = LeaseKeeper(pool, M, "a", ttl=5.0, margin=4.7)  # ours ends at 0.3 s, the db's at 5
+    assert await keeper.step() is not None
+    starts: list[int] = []
+    ended = anyio.Event()
+
+    async def work(lease: Lease) -> None:
+        starts.append(lease.epoch)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            ended.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keeper.lead, work)
+        with anyio.fail_after(5):
+            await ended.wait()  # the local deadline passed: no pushes now
+        assert not keeper.leading()
+        assert await keeper.step() is not None  # the late renewal: same epoch, still ours
+
+        async def restarted() -> bool | None:
+            return True if len(starts) == 2 else None
+
+        await until(restarted, timeout=2)
+        assert starts == [1, 1]
+        tg.cancel_scope.cancel()
+
+
 async def test_a_failed_unclaim_does_not_replace_the_look_ups_error(
     pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
