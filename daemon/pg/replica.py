@@ -146,11 +146,11 @@ class Replica:
                 await lookups.done(conn, lease, claimed)
 
     async def _unclaim(self, lease: Lease, claimed: list[lookups.Claimed]) -> None:
-        """Best effort, shielded: a cleanup must not replace the error that caused it (nor
-        outlive a database that is gone: the pool's wait bounds it)."""
+        """Best effort, shielded: a cleanup must not replace the error that caused it, nor
+        hold a cancellation up for long while the database is away (a renewal's wait)."""
         with anyio.CancelScope(shield=True):
             try:
-                async with self.db.connection("write") as conn:
+                async with self.db.connection("write", wait=self.keeper.ttl / 3) as conn:
                     await lookups.unclaim(conn, lease, claimed)
             except (StoreUnavailable, LeaseLost):
                 pass  # claimed under this epoch: the next leader, or `reclaim_after`, frees them
