@@ -28,7 +28,7 @@ from daemon.errors import StoreUnavailable
 from daemon.pg.connect import Pool
 
 if TYPE_CHECKING:  # the store's package imports this module: no cycle at run time
-    from daemon.store.health import StoreHealth
+    from daemon.store import StoreHealth
 
 __all__ = ["HINT", "Database", "describe_error", "translated"]
 

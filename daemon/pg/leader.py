@@ -22,7 +22,7 @@ from daemon.pg import lease as leases
 from daemon.pg.connect import Pool
 from daemon.pg.faults import Database
 from daemon.pg.lease import Lease, LeaseLost
-from daemon.store.health import StoreHealth
+from daemon.store import StoreHealth
 
 __all__ = ["LeaseKeeper"]
 

@@ -35,8 +35,7 @@ from daemon.pg.leader import LeaseKeeper
 from daemon.pg.lease import Lease, LeaseLost, make_holder, read
 from daemon.pg.lookups import Wakeup
 from daemon.pg.migrate import migrate
-from daemon.store import PostgresStore
-from daemon.store.health import StoreHealth
+from daemon.store import PostgresStore, StoreHealth
 
 __all__ = ["Replica"]
 
