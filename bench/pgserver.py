@@ -77,6 +77,10 @@ class PostgresServer:
     socket_dir: Path
     port: int
     user: str
+    #: how `stop` and `start` run pg_ctl again (None: a server this module did not start)
+    bindir: Path | None = None
+    options: str = ""
+    owner: str | None = None
 
     def dsn(self, dbname: str) -> str:
         """libpq's `key=value` form, as psycopg takes it."""
@@ -95,6 +99,21 @@ class PostgresServer:
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: sessions are ended; `immediate`: a crash), as an outage."""
+        _run(self._pg_ctl("-m", mode, "-w", "stop"), "pg_ctl stop")
+
+    def start(self) -> None:
+        """Start it again after `stop`, with the settings it was started with."""
+        log = str(self.socket_dir / "server.log")
+        _run(self._pg_ctl("-l", log, "-o", self.options, "-w", "-t", "30", "start"), "pg_ctl start")
+
+    def _pg_ctl(self, *args: str) -> list[str]:
+        if self.bindir is None:
+            raise RuntimeError("this server was not started here: cannot stop or start it")
+        data = str(self.socket_dir / "data")
+        return _as_server_user([str(self.bindir / "pg_ctl"), "-D", data, *args], self.owner)
 
 
 def state_url(dsn: str) -> str:
@@ -161,7 +180,10 @@ def running_server(
         shutil.rmtree(folder, ignore_errors=True)
         raise
     try:
-        yield PostgresServer(socket_dir=folder, port=port, user="postgres")
+        yield PostgresServer(
+            socket_dir=folder, port=port, user="postgres", bindir=bindir, options=options,
+            owner=owner,
+        )  # fmt: skip
     finally:
         subprocess.run(
             _as_server_user(

@@ -33,6 +33,7 @@ from daemon.assembly import Parts, assemble
 from daemon.budget import RequestBudget
 from daemon.config import Config, secret_values
 from daemon.config_fingerprint import config_fingerprint
+from daemon.deadline import commit_within
 from daemon.errors import (
     ConfigError,
     LookupQueueFull,
@@ -64,8 +65,9 @@ _CLEAN_STOP = "clean_stop"
 _STORE_RETRY = 5.0
 #: what `/readyz` adds on a replica whose config is not the leader's
 CONFIG_DIFFERS = "config differs from leader's"
-#: how long a webhook waits for its SKUs to be committed before it is answered 503
-WEBHOOK_STORE_WAIT = 5.0
+#: how long a webhook waits for its SKUs to be committed before it is answered 503: the
+#: answer, 202 or 503, leaves within 5 s whatever the store does (`daemon.deadline`)
+WEBHOOK_STORE_WAIT = 4.5
 
 
 def _iso(ts: float | None) -> str | None:
@@ -161,36 +163,14 @@ class Daemon:
         consumes (any replica takes them), else the state file's. Returns once they are
         committed, so a crash after the 2xx loses none; raises `StoreUnavailable` when they
         cannot be (the webhook is refused, and keyCRM may send it again)."""
-        if self.replica is not None:
-            await self.replica.enqueue(skus)
+        replica, queue = self.replica, self.lookups
+        if replica is not None:
+            await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: replica.enqueue(skus))
             return
-        queue, life = self.lookups, self._life
-        if queue is None or life is None:
+        if queue is None:
             raise StoreUnavailable("the state store is not open yet", operation="write")
-        # The write runs beside the request, and the request waits for it only so long: a
-        # state file locked by another program must cost the sender a prompt 503, not a
-        # timeout. A write that lands after the 503 only queues SKUs the sender will resend.
-        done = anyio.Event()
-        outcome: list[int | StoreUnavailable] = []
-
-        async def queue_them() -> None:
-            try:
-                outcome.append(await queue.push(skus))
-            except StoreUnavailable as exc:
-                outcome.append(exc)
-            finally:
-                done.set()
-
-        life.start_soon(queue_them)
-        with anyio.move_on_after(WEBHOOK_STORE_WAIT):
-            await done.wait()
-        if not outcome:
-            raise StoreUnavailable(
-                f"the state store did not answer within {WEBHOOK_STORE_WAIT:g} s", operation="write"
-            )
-        if isinstance(outcome[0], StoreUnavailable):
-            raise outcome[0]
-        if overflow := outcome[0]:
+        overflow = await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: queue.push(skus))
+        if overflow:
             self.metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
             log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=queue.cap)
             raise LookupQueueFull(overflow, queue.cap)
@@ -261,8 +241,11 @@ class Daemon:
     async def readiness(self) -> str | None:
         parts = self.parts
         if self.replica is not None and not self._leading and self.store is not None:
-            # A healthy standby is ready: the Service keeps sending it webhooks to queue.
-            return None if self._stopping is False else "stopping"
+            # A healthy standby is ready: the Service keeps sending it webhooks to queue. One
+            # that cannot reach the database is not: it could queue none of them.
+            if self._stopping:
+                return "stopping"
+            return self.store.health.reason
         if parts is None or self.store is None:
             return "starting"
         if self._stopping:
@@ -615,9 +598,11 @@ class Daemon:
         while True:
             try:
                 await replica.consume_lookups(lease, parts.source.look_up)
-            except (SourceError, StoreUnavailable) as exc:
+            except SourceError as exc:
                 log.warning("keycrm.lookup_failed", error=str(exc))
                 await anyio.sleep(_STORE_RETRY)
+            except StoreUnavailable:
+                await anyio.sleep(_STORE_RETRY)  # logged once per outage (`store.unavailable`)
 
     async def _replan(self, parts: Parts) -> None:
         """Plan every stored record again if the rules changed since they were last planned

@@ -1,6 +1,7 @@
 """PostgreSQL for several replicas: one fenced leader per merchant, nothing lost on failover.
 
     connect.py   pools and connections safe behind PgBouncer in transaction mode
+    faults.py    every database error as `StoreUnavailable`: the one translation point
     dsn.py       `daemon.state` as a DSN: checked, described without secrets
     migrate.py   the schema as ordered steps, applied once at start (the store's tables too)
     lease.py     the lease row, its epoch, and the fence every leader write passes
@@ -10,5 +11,5 @@
     replica.py   Replica: all of the above for one process, the one object the daemon wires
 
 The store itself is `daemon.store.PostgresStore`. Each module takes a connection (or a pool)
-from its caller, so one pool serves them all.
+from its caller, so one pool serves them all; the callers take it through `faults.Database`.
 """

@@ -14,6 +14,7 @@ The password travels beside the DSN, never in it (see `daemon.pg.dsn`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -51,14 +52,21 @@ async def open_pool(
     """An open pool; `acquire_timeout` bounds the wait for a connection (and for the first).
 
     Every connection is checked when handed out, so one that died in a failover is replaced
-    instead of failing the caller's transaction.
+    instead of failing the caller's transaction. While the server is away the pool retries each
+    connection with a doubling delay; past `acquire_timeout` it gives that attempt up and the
+    next caller starts a fresh one, so a server back after a long outage is reconnected within
+    seconds, not after a delay that doubled all along (up to minutes).
     """
+    # The pool warns at every failed connection attempt: several a second for as long as the
+    # server is away. The daemon logs an outage once (`store.unavailable`, `daemon.pg.faults`).
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     pool: Pool = AsyncConnectionPool(
         dsn,
         kwargs=connect_kwargs(password),
         min_size=min_size,
         max_size=max_size,
         timeout=acquire_timeout,
+        reconnect_timeout=acquire_timeout,
         open=False,
         name="stocksync",
         check=AsyncConnectionPool.check_connection,

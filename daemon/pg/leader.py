@@ -4,7 +4,9 @@ The pipeline asks `keeper.lease()` before each leader action (a scan page, a loo
 and gets the lease only while it is valid on this process's monotonic clock; `wait_changed`
 wakes whoever starts and stops the leader's work. A database error does not end leadership at
 once: the lease stays valid until its local deadline, which two failed renewals in a row leave
-time for, and a third makes the replica a standby.
+time for, and a third makes the replica a standby. Every connection goes through
+`daemon.pg.faults`: a database error is `StoreUnavailable` here as everywhere, and work that
+fails with it is started again while the lease holds, never the end of the process.
 
 Given its config's fingerprint, each step also publishes it (`daemon.pg.configs`): a replica
 whose config is older than a live replica's does not bid, and a leader in that position hands
@@ -20,14 +22,15 @@ from collections.abc import Awaitable, Callable
 import anyio
 import structlog
 from psycopg import AsyncConnection
-from psycopg import Error as PsycopgError
 from psycopg.rows import TupleRow
-from psycopg_pool import PoolTimeout
 
+from daemon.errors import StoreUnavailable
 from daemon.pg import configs
 from daemon.pg import lease as leases
 from daemon.pg.connect import Pool
+from daemon.pg.faults import Database
 from daemon.pg.lease import Lease, LeaseLost
+from daemon.store import StoreHealth
 
 __all__ = ["LeaseKeeper"]
 
@@ -47,8 +50,12 @@ class LeaseKeeper:
         margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         fingerprint: str | None = None,
+        db: Database | None = None,
     ) -> None:
         self.pool = pool
+        #: connections whose errors are `StoreUnavailable`, in the replica's shared health
+        self._db = db or Database(pool, StoreHealth("postgresql"))
+        self._failing = False  # the last step failed: `lease.renew_failed` once per episode
         self.merchant = merchant
         self.holder = holder
         self.ttl = ttl
@@ -105,6 +112,7 @@ class LeaseKeeper:
             if lease is None:
                 await self.wait_changed()
                 continue
+            again = False
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._end_with, lease, tg.cancel_scope)
@@ -116,6 +124,15 @@ class LeaseKeeper:
                 if self._lease is not None and self._lease.epoch == lease.epoch:
                     self._lease = None
                     self._note()
+            except* StoreUnavailable:
+                # The database failed the work somewhere it does not retry itself: a state, not
+                # the end of the process (logged once by the store's health). Start it again
+                # after a renewal's time, under this lease if it still holds.
+                again = True
+            if again:
+                with anyio.move_on_after(self.ttl / 3):
+                    await self._while_holding(lease)
+                continue
             # The work returned (or lost the lease): start it again only under a new lease.
             await self._while_holding(lease)
 
@@ -128,6 +145,9 @@ class LeaseKeeper:
     async def _end_with(self, lease: Lease, scope: anyio.CancelScope) -> None:
         await self._while_holding(lease)
         log.warning("lease.leading_ended", merchant=self.merchant, epoch=lease.epoch)
+        # Record the end now: a renewal in flight (its connection waited through a database
+        # outage) may still extend this epoch, and `lead` must be woken to start again then.
+        self._note()
         scope.cancel()
 
     def _note(self) -> None:
@@ -144,7 +164,9 @@ class LeaseKeeper:
         if self._released:
             return None
         try:
-            async with self.pool.connection() as conn:
+            # A renewal that cannot even get a connection within its period has failed: the
+            # replica says so (readiness) at once, not after the pool's own wait.
+            async with self._db.connection("write", wait=self.ttl / 3) as conn:
                 if held is not None:
                     renewed = await leases.renew(conn, held, clock=self._clock)
                     if renewed is None:
@@ -170,12 +192,15 @@ class LeaseKeeper:
                         self.leader = None
                     else:
                         self.leader = await leases.read(conn, self.merchant)
-        except (PsycopgError, PoolTimeout) as exc:
+            self._failing = False
+        except StoreUnavailable as exc:
             # Keep what we hold: its local deadline ends it if the database stays away.
-            log.warning(
-                "lease.renew_failed", merchant=self.merchant, error=type(exc).__name__,
-                leading=self.leading(),
-            )  # fmt: skip
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "lease.renew_failed", merchant=self.merchant, error=_cause(exc),
+                    leading=self.leading(),
+                )  # fmt: skip
         if self._released:  # released while this step was under way: it must not lead again
             self._lease = None
         self._note()
@@ -233,7 +258,7 @@ class LeaseKeeper:
         if held is None and self.fingerprint is None:
             return
         try:
-            async with self.pool.connection() as conn:
+            async with self._db.connection("write", wait=self.ttl / 3) as conn:
                 # Not live any more before the standbys are told (NOTIFY) to bid: one of an
                 # older config must not find us still live and wait another step.
                 if self.fingerprint is not None:
@@ -241,5 +266,10 @@ class LeaseKeeper:
                 if held is not None:
                     await leases.release(conn, held)
                     log.info("lease.released", merchant=self.merchant, epoch=held.epoch)
-        except (PsycopgError, PoolTimeout) as exc:
-            log.warning("lease.release_failed", merchant=self.merchant, error=type(exc).__name__)
+        except StoreUnavailable as exc:
+            log.warning("lease.release_failed", merchant=self.merchant, error=_cause(exc))
+
+
+def _cause(exc: StoreUnavailable) -> str:
+    """The psycopg error's class name, as these events always said."""
+    return type(exc.__cause__ or exc).__name__

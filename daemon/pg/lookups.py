@@ -187,13 +187,14 @@ class Wakeup:
         """Listen until cancelled, reconnecting; `started` once the first LISTEN is in place
         (or has failed: the leader polls meanwhile)."""
         started = False
+        failing = False  # `lookups.listen_failed` once per outage, not once per retry
         while True:
             try:
                 conn = await connect(self.dsn, password=self._password, autocommit=True)
                 async with conn:
                     await conn.execute("LISTEN " + CHANNEL)
                     await conn.execute("LISTEN " + RELEASED)
-                    self.connected = True
+                    self.connected, failing = True, False
                     if started:
                         self._wake()  # notifications sent while we were away are lost: poll
                     else:
@@ -208,7 +209,9 @@ class Wakeup:
                         else:
                             self._wake()
             except PsycopgError as exc:
-                log.warning("lookups.listen_failed", error=type(exc).__name__)
+                if not failing:
+                    log.warning("lookups.listen_failed", error=type(exc).__name__)
+                failing = True
             self.connected = False
             if not started:
                 started = True

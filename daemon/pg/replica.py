@@ -22,18 +22,21 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskStatus
+from psycopg import Error as PsycopgError
 
 from daemon.budget import RequestBudget
 from daemon.config_fingerprint import short
+from daemon.errors import StartupError, StoreUnavailable
 from daemon.pg import budget as shared_budget
 from daemon.pg import lookups
 from daemon.pg.connect import Pool, open_pool
 from daemon.pg.dsn import describe
+from daemon.pg.faults import HINT, Database, describe_error
 from daemon.pg.leader import LeaseKeeper
-from daemon.pg.lease import Lease, make_holder, read
+from daemon.pg.lease import Lease, LeaseLost, make_holder, read
 from daemon.pg.lookups import Wakeup
 from daemon.pg.migrate import migrate
-from daemon.store import PostgresStore
+from daemon.store import PostgresStore, StoreHealth
 
 __all__ = ["Replica"]
 
@@ -59,11 +62,14 @@ class Replica:
         self.dsn = dsn
         self.merchant = merchant
         self.poll = poll
+        #: one fault episode for the whole process: the store, the lease and the queue share it
+        self.health = StoreHealth(describe(dsn), hint=HINT)
+        self.db = Database(pool, self.health)
         self.keeper = LeaseKeeper(
-            pool, merchant, holder or make_holder(), ttl, fingerprint=fingerprint
+            pool, merchant, holder or make_holder(), ttl, fingerprint=fingerprint, db=self.db
         )
         self.wakeup = Wakeup(dsn, merchant, password=password, on_released=self.keeper.poke)
-        self.store = PostgresStore(pool, fence=self.keeper.lease)
+        self.store = PostgresStore(pool, fence=self.keeper.lease, health=self.health)
 
     @classmethod
     async def open(
@@ -77,13 +83,21 @@ class Replica:
         max_size: int = 8,
         fingerprint: str | None = None,
     ) -> Replica:
-        """Open the pool and bring the schema up to date (replicas starting together: once)."""
-        pool = await open_pool(dsn, password=password, max_size=max_size)
+        """Open the pool and bring the schema up to date (replicas starting together: once).
+
+        A database that cannot be reached at start is a `StartupError` (one line, exit 1: the
+        supervisor starts us again), never a traceback."""
+        try:
+            pool = await open_pool(dsn, password=password, max_size=max_size)
+        except PsycopgError as exc:
+            raise StartupError(f"cannot reach {describe(dsn)}: {describe_error(exc)}") from exc
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
-        except BaseException:
+        except BaseException as exc:
             await pool.close()
+            if isinstance(exc, PsycopgError):
+                raise StartupError(f"{describe(dsn)}: {describe_error(exc)}") from exc
             raise
         log.info("replica.opened", database=describe(dsn), merchant=merchant)
         return cls(
@@ -107,8 +121,9 @@ class Replica:
     # --- webhooks: any replica enqueues, the leader consumes -----------------------------------
 
     async def enqueue(self, skus: Sequence[str]) -> int:
-        """Queue a webhook's SKUs durably; answer the webhook only after this returns."""
-        async with self.pool.connection() as conn:
+        """Queue a webhook's SKUs durably; answer the webhook only after this returns.
+        Raises `StoreUnavailable`."""
+        async with self.db.connection("write") as conn:
             return await lookups.enqueue(conn, self.merchant, skus)
 
     async def consume_lookups(
@@ -119,10 +134,11 @@ class Replica:
         batch: int = 50,
     ) -> None:
         """Leader: claim queued SKUs, `handle` them (look up and store), then drop them from
-        the queue; until cancelled. If `handle` raises, its SKUs are claimable again at once
-        and the error propagates."""
+        the queue; until cancelled. If `handle` raises, its SKUs are made claimable again at
+        once (if the database lets us: else by the next epoch, or after `claim`'s
+        `reclaim_after`) and the error propagates. Raises `StoreUnavailable`, `LeaseLost`."""
         while True:
-            async with self.pool.connection() as conn:
+            async with self.db.connection("write") as conn:
                 claimed = await lookups.claim(conn, lease, batch)
             if not claimed:
                 await self.wakeup.wait(self.poll)
@@ -130,23 +146,32 @@ class Replica:
             try:
                 await handle([c.sku for c in claimed])
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    async with self.pool.connection() as conn:
-                        await lookups.unclaim(conn, lease, claimed)
+                await self._unclaim(lease, claimed)
                 raise
-            async with self.pool.connection() as conn:
+            async with self.db.connection("write") as conn:
                 await lookups.done(conn, lease, claimed)
+
+    async def _unclaim(self, lease: Lease, claimed: list[lookups.Claimed]) -> None:
+        """Best effort, shielded: a cleanup must not replace the error that caused it, nor
+        hold a cancellation up for long while the database is away (a renewal's wait)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self.db.connection("write", wait=self.keeper.ttl / 3) as conn:
+                    await lookups.unclaim(conn, lease, claimed)
+            except (StoreUnavailable, LeaseLost):
+                pass  # claimed under this epoch: the next leader, or `reclaim_after`, frees them
 
     # --- keyCRM's window, shared -----------------------------------------------------------------
 
     async def record_request(self) -> None:
         """Count one keyCRM request (answered now) in the merchant's shared window."""
-        async with self.pool.connection() as conn:
+        async with self.db.connection("write") as conn:
             await shared_budget.record(conn, self.merchant)
 
     async def inherit_budget(self, budget: RequestBudget) -> int:
-        """A new leader counts its predecessor's requests of the last window; returns how many."""
-        async with self.pool.connection() as conn:
+        """A new leader counts its predecessor's requests of the last window; returns how many.
+        Raises `StoreUnavailable`."""
+        async with self.db.connection("read") as conn:
             ages = await shared_budget.recent_ages(conn, self.merchant, budget.window)
         budget.preload(ages)
         return len(ages)
@@ -175,7 +200,7 @@ class Replica:
     async def status(self) -> dict[str, Any]:
         """Who leads this merchant, this replica's role, and the look-up queue."""
         lease = self.keeper.lease()
-        async with self.pool.connection() as conn:
+        async with self.db.connection("read") as conn:
             info = await read(conn, self.merchant)
             waiting, oldest = await lookups.depth(conn, self.merchant)
         return {

@@ -29,9 +29,22 @@ class StoreHealth:
     #: called with the operation (`read`, `write`) of every failed call: the metric's hook
     on_error: Callable[[str], None] = field(default=lambda _operation: None)
     clock: Callable[[], float] = time.time
+    #: what the operator should look at, in the episode's log line
+    hint: str = (
+        "pushes are not acknowledged until the store can write again (free disk space?); "
+        "nothing is lost, it recovers by itself"
+    )
 
-    def failed(self, operation: str, error: str) -> None:
+    #: when the last episode ended (a write worked again)
+    recovered_at: float | None = None
+
+    def failed(self, operation: str, error: str, *, began: float | None = None) -> None:
+        """Count a failed call; start an episode unless one is under way, or the call `began`
+        before the store last recovered (it waited through the end of the outage, on a
+        database: a late echo of the episode that just ended, not a new one)."""
         self.on_error(operation)
+        if began is not None and self.recovered_at is not None and began < self.recovered_at:
+            return
         self.last_error = f"{operation}: {error}"
         if self.failing_since is None:
             self.failing_since = self.clock()
@@ -40,8 +53,7 @@ class StoreHealth:
                 state=self.location,
                 operation=operation,
                 error=error,
-                hint="pushes are not acknowledged until the store can write again "
-                "(free disk space?); nothing is lost, it recovers by itself",
+                hint=self.hint,
             )
 
     def wrote(self) -> None:
@@ -53,6 +65,7 @@ class StoreHealth:
             )
             self.failing_since = None
             self.last_error = None
+            self.recovered_at = self.clock()
 
     @property
     def reason(self) -> str | None:

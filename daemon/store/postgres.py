@@ -15,6 +15,9 @@ writes to keyCRM records take the records lock. A claim alone takes no channel l
 and locks the rows it takes, and the other writes lock the rows they load (see `_write`). The
 locks end with the transaction, so nothing leaks through a pooler, and reads take none (MVCC).
 
+Every connection comes through `daemon.pg.faults.Database`: any psycopg error (a restart, a
+lost connection, a pool that cannot connect) is `StoreUnavailable`, counted in `health`.
+
 With a `fence` (the lease keeper's `lease`), every write first checks, in its own transaction,
 that this replica still holds the merchant's lease under its epoch (`daemon.pg.lease.fence`):
 a replica that lost the lease writes nothing and gets `LeaseLost`. One merchant per database.
@@ -33,7 +36,7 @@ from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import TupleRow
 
 from daemon.codec import encode_catalog, encode_stock
-from daemon.errors import StateUnusable, StoreUnavailable
+from daemon.errors import StateUnusable
 from daemon.guard import ScanGuard
 from daemon.models import (
     CatalogEntry,
@@ -46,6 +49,7 @@ from daemon.models import (
 )
 from daemon.pg.connect import Pool, open_pool
 from daemon.pg.dsn import describe
+from daemon.pg.faults import Database
 from daemon.pg.lease import Lease, LeaseLost, fence
 from daemon.pg.migrate import migrate
 from daemon.plan import Contribution
@@ -174,9 +178,12 @@ class PostgresStore:
         clock: Callable[[], float] | None = None,
         location: str = "postgresql",
         history_per_item: int = HISTORY_PER_ITEM,
+        health: StoreHealth | None = None,
     ) -> None:
         self._pool = pool
-        self.health = StoreHealth(location)
+        #: shared with the lease keeper and the look-up queue of a replica (`daemon.pg.faults`)
+        self.health = health or StoreHealth(location)
+        self._db = Database(pool, self.health)
         #: history rows kept per item at most (the newest), besides `history_retention`
         self.history_per_item = history_per_item
         self._fence = fence
@@ -210,28 +217,8 @@ class PostgresStore:
         return cls(pool, fence=fence, owns_pool=True, location=location)
 
     @asynccontextmanager
-    async def _faults(self, operation: str) -> AsyncIterator[None]:
-        """A database that may come back (connection lost, failover, disk full, pool exhausted)
-        becomes `StoreUnavailable`; anything else is a bug and propagates as it is."""
-        try:
-            yield
-        except OperationalError as exc:
-            # libpq's messages name the server, never the password (it is not in the DSN).
-            first = str(exc).strip().splitlines()[:1]
-            error = f"{type(exc).__name__}: {first[0] if first else ''}"
-            self.health.failed(operation, error)
-            message = f"state store {operation}: {error}"
-            raise StoreUnavailable(message, operation=operation) from exc
-        if operation == "write":
-            self.health.wrote()
-
-    @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
-        async with (
-            self._faults("read"),
-            self._pool.connection() as conn,
-            conn.transaction(),
-        ):
+        async with self._db.connection("read") as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
@@ -246,11 +233,7 @@ class PostgresStore:
         first in every transaction, then the advisory locks, then the row locks: a takeover
         waiting for the fenced transactions never waits on a lock one of them waits for.
         """
-        async with (
-            self._faults("write"),
-            self._pool.connection() as conn,
-            conn.transaction(),
-        ):
+        async with self._db.connection("write") as conn, conn.transaction():
             if self._fence is not None:
                 lease = self._fence()
                 if lease is None:

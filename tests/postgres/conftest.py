@@ -11,11 +11,25 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from bench.pgserver import THROWAWAY, running_server
 from daemon.pg.connect import Pool, open_pool
 from daemon.pg.migrate import migrate
-from tests.pg import PostgresServer, pg_dsn, postgres_server
+from tests.pg import PostgresServer, find_bindir, pg_dsn, postgres_server
 
-__all__ = ["password_role", "pg_dsn", "pool", "postgres_server"]
+__all__ = ["own_server", "password_role", "pg_dsn", "pool", "postgres_server"]
+
+
+@pytest.fixture
+def own_server() -> Iterator[PostgresServer]:
+    """A cluster of the test's own, to stop and start (`stop`, `start`): an outage must not take
+    the session's server away from the other tests. Commits are synchronous (written to the
+    kernel before they are acknowledged), so a crash (`stop("immediate")`) loses none of them:
+    without it, a test of "nothing acknowledged is lost" would find the server's losses."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries")
+    with running_server(bindir, {**THROWAWAY, "synchronous_commit": "on"}) as server:
+        yield server
 
 
 @pytest.fixture
