@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import orjson
 import structlog
 
@@ -71,6 +72,10 @@ class Holds:
         self._metrics = metrics
         self._wake = wake
         self._clock = clock
+        # A scan, a re-plan and a catalog pass may end or trip side by side: each decision reads
+        # the hold and then writes it, so one at a time (else both begin the same hold and it is
+        # logged and counted twice).
+        self._deciding = anyio.Lock()
 
     async def get(self, channel: str) -> Hold | None:
         return Hold.decode(await self._store.get_meta(_META + channel))
@@ -81,14 +86,19 @@ class Holds:
     async def trip_early(self, guard: ScanGuard, channel: str) -> None:
         """Mid-scan: once this scan alone has held more zeroes than the channel may lose, the
         hold begins now (the page and `/status` need not wait for a long scan's end)."""
-        if guard.trips(channel, guard.held[channel]) and await self.get(channel) is None:
-            await self._begin(guard, channel, guard.held[channel])
+        async with self._deciding:
+            if guard.trips(channel, guard.held[channel]) and await self.get(channel) is None:
+                await self._begin(guard, channel, guard.held[channel])
 
     async def verdict(self, guard: ScanGuard, *, final: bool) -> None:
         """A scan (or re-plan, or catalog pass) ended. Per channel: a hold goes on (the zeroes
         this pass held join it) or ends when nothing is held any more; without a hold, the held
         zeroes become one when they are a mass change, and go out when they are not and
         `final` (a complete pass, and no other pass running that may still add to them)."""
+        async with self._deciding:
+            await self._verdict(guard, final=final)
+
+    async def _verdict(self, guard: ScanGuard, *, final: bool) -> None:
         counts = await self._store.counts()
         for channel in self._channels:
             held = counts.get(channel, {}).get("held", 0)
@@ -121,8 +131,12 @@ class Holds:
     async def _begin(self, guard: ScanGuard, channel: str, held: int) -> None:
         hold = Hold(self._clock(), guard.reason(channel, held))
         await self._set(channel, hold)
+        # Count only what this pass held: zeroes another pass still running holds (a re-plan
+        # beside a scan) are in `held` too, and that pass counts them at its own verdict.
+        own = guard.held[channel] - guard.reported[channel]
         guard.reported[channel] = guard.held[channel]
-        self._metrics.guard_blocked.labels(channel=channel).inc(held)
+        if own:
+            self._metrics.guard_blocked.labels(channel=channel).inc(own)
         log.error(
             "guard.zeroes_held",
             channel=channel,
@@ -136,6 +150,10 @@ class Holds:
     async def release(self, channel: str | None, by: str) -> dict[str, int]:
         """An operator releases the held zeroes of one channel (all with None): they go out
         now, and each one is recorded in the history as `released` with `by`."""
+        async with self._deciding:
+            return await self._release(channel, by)
+
+    async def _release(self, channel: str | None, by: str) -> dict[str, int]:
         released = await self._store.release_held(channel, self._clock(), by=by)
         for name in self._channels if channel is None else [channel]:
             hold = await self.get(name)
