@@ -29,6 +29,7 @@ import asyncio
 import errno
 import logging
 import time
+from asyncio.constants import ACCEPT_RETRY_DELAY
 from collections.abc import Callable
 from typing import Any
 
@@ -181,14 +182,22 @@ class _FdExhaustion:
         self._every = every
         self._clock = clock
         self._last: float | None = None
+        #: when accept() last failed: asyncio retries it `ACCEPT_RETRY_DELAY` later
+        self.last_failed: float | None = None
         self._suppressed = 0
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
+        if _stale_accept_retry(context):
+            # The socket closed (a stop, a rebind) while asyncio waited to retry its accept():
+            # the retry finds no socket. Nothing is lost: the socket is gone on purpose.
+            log.debug("http.accept_retry_after_close")
+            return
         if not (isinstance(exc, OSError) and exc.errno in _FD_ERRNOS):
             loop.default_exception_handler(context)
             return
         now = self._clock()
+        self.last_failed = now
         if self._last is not None and now - self._last < self._every:
             self._suppressed += 1
             return
@@ -200,6 +209,15 @@ class _FdExhaustion:
         )
         self._last = now
         self._suppressed = 0
+
+
+def _stale_accept_retry(context: dict[str, Any]) -> bool:
+    """Whether `context` is asyncio's delayed accept() retry failing on a socket since closed."""
+    exc = context.get("exception")
+    callback = getattr(context.get("handle"), "_callback", None)
+    return getattr(callback, "__name__", "") == "_start_serving" and (
+        isinstance(exc, ValueError) or (isinstance(exc, OSError) and exc.errno == errno.EBADF)
+    )
 
 
 class Listener:
@@ -273,6 +291,13 @@ class Listener:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        failed = self._fd_handler.last_failed
+        if failed is not None:
+            # asyncio retries a failed accept() later, on the socket it had; that retry must
+            # still meet our handler (it fails quietly), not the one we restore below.
+            pending = failed + ACCEPT_RETRY_DELAY + 0.05 - time.monotonic()
+            if pending > 0:
+                await asyncio.sleep(pending)
         if self._loop is not None:
             self._loop.set_exception_handler(self._previous_handler)
             self._loop = None

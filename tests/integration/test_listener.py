@@ -309,6 +309,8 @@ EMFILE_SERVER = textwrap.dedent(
         print(listener.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         await listener.close()
+        # A daemon's loop runs on after its listener closes (a reload, the rest of a drain).
+        await asyncio.sleep(float(os.environ.get("LINGER", "0")))
 
     asyncio.run(main())
     """
@@ -349,6 +351,38 @@ async def test_running_out_of_file_descriptors_is_quiet_and_recovers() -> None:
     assert stderr.count(b"http.fd_exhausted") == 1, stderr
     assert b"Traceback" not in stderr
     assert len(stderr) < 2000
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+async def test_closing_while_out_of_file_descriptors_is_quiet() -> None:
+    """asyncio retries a failed accept() a second later, on the socket it had: closed by then,
+    the retry fails ("Invalid file descriptor: -1"), and that must not be a traceback either."""
+    environment = {**os.environ, "LINGER": "1.5"}
+    async with await anyio.open_process(
+        [sys.executable, "-c", EMFILE_SERVER], stdin=-1, stdout=-1, stderr=-1, env=environment
+    ) as process:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stderr is not None
+        with anyio.fail_after(10):
+            port = int((await process.stdout.receive()).decode().strip())
+        held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(12)]
+        stderr = b""
+
+        async def read_stderr() -> None:
+            nonlocal stderr
+            async for chunk in process.stderr:  # type: ignore[union-attr]
+                stderr += chunk
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read_stderr)
+            await eventually(lambda: b"http.fd_exhausted" in stderr)
+            await process.stdin.send(b"stop\n")  # the accept retry is pending now
+            with anyio.fail_after(10):
+                assert await process.wait() == 0
+        for stream in held:
+            await stream.aclose()
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
+    assert b"Invalid file descriptor" not in stderr
 
 
 def webhook_request(body: bytes, *headers: str, chunked: bool = False) -> bytes:
