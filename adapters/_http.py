@@ -12,8 +12,9 @@ that is not the JSON the API documents is retryable too (nothing says the update
 Adapters decide from their API's own per-item shapes what names an item invalid (rejected).
 `tests/adapters/test_acknowledgement.py` keeps `Outcome.ACKNOWLEDGED` out of the adapters.
 
-Bodies are read with a ceiling (`daemon.bodies`): a larger answer is retryable and says the limit.
-Error texts quote the channel's answer scrubbed of every configured secret (`daemon.redact`).
+Bodies are read with a ceiling (`daemon.core.bodies`): a larger answer is retryable and says the
+limit.
+Error texts quote the channel's answer scrubbed of every configured secret (`daemon.core.redact`).
 """
 
 from __future__ import annotations

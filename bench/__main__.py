@@ -43,7 +43,7 @@ import orjson
 from bench import baseline, failover, growth, ingest, rate, resync, throughput
 from bench.options import Options
 from bench.report import Figure, Skipped, table
-from daemon.logs import configure_logging
+from daemon.shell.logs import configure_logging
 
 Benchmark = Callable[[Options], Awaitable[list[Figure]]]
 

@@ -26,13 +26,13 @@ from adapters import ADAPTERS
 from bench.options import Options
 from bench.report import Figure
 from bench.world import vm_hwm
-from daemon.config import ChannelConfig
-from daemon.keycrm_payloads import parse_stock_page
-from daemon.models import CatalogEntry, StockLevel, StockRecord
-from daemon.plan import Contribution, Rules, combine, compile_template, contributions
-from daemon.reconcile import Reconciler
+from daemon.config.settings import ChannelConfig
+from daemon.core.models import CatalogEntry, StockLevel, StockRecord
+from daemon.core.telemetry import Metrics
+from daemon.keycrm.payloads import parse_stock_page
+from daemon.reconcile.reconciler import Reconciler
+from daemon.rules.plan import Contribution, Rules, combine, compile_template, contributions
 from daemon.store import SQLiteStore, Timing
-from daemon.telemetry import Metrics
 
 __all__ = ["child", "run_ingest", "run_memory"]
 

@@ -13,7 +13,7 @@ import math
 import aiohttp
 import orjson
 
-from daemon.pacer import Pacer
+from daemon.send.pacer import Pacer
 from daemon.simulator import variant_id
 
 __all__ = ["NaiveSync"]

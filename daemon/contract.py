@@ -9,8 +9,9 @@ a channel.
 
 from __future__ import annotations
 
-from daemon.bodies import MAX_BODY_BYTES, BodyTooLarge, read_body
-from daemon.channel import (
+from daemon.config.settings import BaseUrl, Settings
+from daemon.core.bodies import MAX_BODY_BYTES, BodyTooLarge, read_body
+from daemon.core.channel import (
     Channel,
     ChannelContext,
     ChannelSpec,
@@ -20,13 +21,12 @@ from daemon.channel import (
     Shape,
     readable,
 )
-from daemon.config import BaseUrl, Settings
-from daemon.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
-from daemon.models import ItemValue, Outcome, PushResult, Value, join_key, split_key
-from daemon.neterrors import describe_network_error
-from daemon.redact import scrub_text
-from daemon.retry_after import parse_retry_after
-from daemon.secrets import EnvSecret, FileSecret, pick
+from daemon.core.errors import ChannelError, ChannelFatal, ChannelRejected, ChannelRetryable
+from daemon.core.models import ItemValue, Outcome, PushResult, Value, join_key, split_key
+from daemon.core.neterrors import describe_network_error
+from daemon.core.redact import scrub_text
+from daemon.core.retry_after import parse_retry_after
+from daemon.core.secrets import EnvSecret, FileSecret, pick
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -16,8 +16,8 @@ import structlog
 from aiohttp import web
 
 from adapters import ADAPTERS
-from daemon.config import Config, load_config
-from daemon.pipeline import Daemon
+from daemon.config.settings import Config, load_config
+from daemon.shell.daemon import Daemon
 from daemon.simulator import FakeInventoryApi, FakeKeycrm
 
 Serve = Callable[[web.Application], Awaitable[str]]

@@ -14,8 +14,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.telemetry import Metrics
+from daemon.config.settings import load_config
+from daemon.core.telemetry import Metrics
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"

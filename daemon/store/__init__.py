@@ -2,9 +2,11 @@
 
     protocol.py   the `Store` interface and the values it returns
     lifecycle.py  the item states and every transition between them (pure)
-    schema.py     the SQLite schema and its migrations
-    sqlite.py     the embedded backend
-    postgres.py   PostgreSQL, for several replicas (its schema: daemon.pg.migrate)
+    health.py     a failing store as a state the daemon shows, not a crash
+    records.py    keyCRM records as both backends store them    codec.py  their compact text
+    sqlite/       the embedded backend (schema.py, backend.py)
+    pg/           PostgreSQL, for several replicas (its schema: pg/migrate.py), and the SQL
+                  replicas coordinate through (lease, shared queue and budget)
     migrate_state.py  `stocksync migrate-state`: a SQLite state copied into PostgreSQL
 
 `open_store` picks the backend from `daemon.state`.
@@ -17,7 +19,7 @@ from pathlib import Path
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
 from daemon.store.migrate_state import TargetNotEmpty, copy_state
-from daemon.store.postgres import PostgresStore
+from daemon.store.pg.backend import PostgresStore
 from daemon.store.protocol import (
     Enqueued,
     HistoryRow,
@@ -27,7 +29,7 @@ from daemon.store.protocol import (
     Settled,
     Store,
 )
-from daemon.store.sqlite import SQLiteStore
+from daemon.store.sqlite.backend import SQLiteStore
 
 __all__ = [
     "Enqueued",
@@ -50,5 +52,5 @@ __all__ = [
 
 def open_store(state: Path) -> SQLiteStore:
     """The store behind `daemon.state` (a file path: SQLite, which also keeps the look-up
-    queue; a `postgresql://` state is opened by `daemon.pg.replica`)."""
+    queue; a `postgresql://` state is opened by `daemon.replicas.replica`)."""
     return SQLiteStore(state)

@@ -30,7 +30,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from daemon.models import Outcome, Value, Verdict
+from daemon.core.models import Outcome, Value, Verdict
 
 __all__ = [
     "BACKLOG",

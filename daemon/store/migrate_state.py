@@ -18,10 +18,10 @@ from typing import Any, LiteralString
 import anyio
 import anyio.to_thread
 
-from daemon.errors import StocksyncError
-from daemon.pg.connect import connect
-from daemon.pg.migrate import migrate
-from daemon.store.schema import migrate as migrate_sqlite
+from daemon.core.errors import StocksyncError
+from daemon.store.pg.connect import connect
+from daemon.store.pg.migrate import migrate
+from daemon.store.sqlite.schema import migrate as migrate_sqlite
 
 __all__ = ["TABLES", "TargetNotEmpty", "copy_state"]
 

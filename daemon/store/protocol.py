@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from daemon.guard import ScanGuard
-from daemon.models import CatalogEntry, ItemValue, StockLevel, StockRecord, Value, Verdict
-from daemon.plan import Contribution
+from daemon.core.models import CatalogEntry, ItemValue, StockLevel, StockRecord, Value, Verdict
+from daemon.rules.guard import ScanGuard
+from daemon.rules.plan import Contribution
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Timing
 
@@ -241,7 +241,7 @@ class LookupStore(Protocol):
 
     A webhook is answered 2xx only once its SKUs are committed here, so a kill loses none; an
     entry leaves only when its look-up's answer is stored. PostgreSQL keeps its own queue,
-    merchant-keyed and fenced by the lease (`daemon.pg.lookups`), with the same semantics.
+    merchant-keyed and fenced by the lease (`daemon.store.pg.lookups`), with the same semantics.
     """
 
     async def enqueue_lookups(self, skus: Sequence[str], cap: int, now: float) -> Enqueued:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from daemon.codec import decode_catalog, decode_stock
-from daemon.models import StockLevel, StockRecord
+from daemon.core.models import StockLevel, StockRecord
+from daemon.store.codec import decode_catalog, decode_stock
 
 __all__ = ["record_from", "zeroed"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.models import ItemValue, Value, join_key
+from daemon.core.models import ItemValue, Value, join_key
 from daemon.simulator import (
     FakeInventoryApi,
     FakeKlump,

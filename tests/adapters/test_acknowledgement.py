@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from adapters._http import Answer, acknowledged, confirm, reported_failure, success_document
-from daemon.errors import ChannelRejected, ChannelRetryable
-from daemon.models import Outcome
+from daemon.core.errors import ChannelRejected, ChannelRetryable
+from daemon.core.models import Outcome
 
 ADAPTERS_DIR = Path(__file__).resolve().parents[2] / "adapters"
 

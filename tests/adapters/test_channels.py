@@ -14,9 +14,9 @@ import pytest
 from adapters import ADAPTERS
 from adapters.marketplacer import MarketplacerChannel, MarketplacerSettings
 from adapters.ordergroove import OrdergrooveChannel, signature
-from daemon.channel import Channel, ChannelContext, Readable, readable
-from daemon.errors import ChannelFatal, ChannelRetryable
-from daemon.models import ItemValue, Outcome, Value, join_key
+from daemon.core.channel import Channel, ChannelContext, Readable, readable
+from daemon.core.errors import ChannelFatal, ChannelRetryable
+from daemon.core.models import ItemValue, Outcome, Value, join_key
 from daemon.simulator import (
     FakeInventoryApi,
     FakeKlump,

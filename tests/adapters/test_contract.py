@@ -23,9 +23,9 @@ from aioresponses import aioresponses
 from structlog.testing import capture_logs
 
 from adapters import ADAPTERS
-from daemon.channel import Channel, ChannelContext, Probeable, Readable, readable
-from daemon.errors import ChannelError, ChannelFatal, ChannelRetryable
-from daemon.models import Outcome, Value
+from daemon.core.channel import Channel, ChannelContext, Probeable, Readable, readable
+from daemon.core.errors import ChannelError, ChannelFatal, ChannelRetryable
+from daemon.core.models import Outcome, Value
 from tests.adapters.harness import HARNESSES, Harness
 from tests.conftest import Serve
 

@@ -22,11 +22,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from adapters import ADAPTERS
-from daemon import dispatch
-from daemon.dispatch import Dispatcher
-from daemon.models import ItemValue
+from daemon.core.models import ItemValue
+from daemon.core.telemetry import Metrics
+from daemon.send import dispatch
+from daemon.send.dispatch import Dispatcher
 from daemon.store import SQLiteStore, Timing
-from daemon.telemetry import Metrics
 from tests.adapters.harness import HARNESSES
 from tests.adapters.test_contract import Rig, rig  # noqa: F401 (the fixture, parametrised below)
 from tests.conftest import eventually

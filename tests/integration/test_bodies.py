@@ -12,13 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from adapters._http import send
-from daemon.bodies import MAX_BODY_BYTES
-from daemon.budget import RequestBudget
-from daemon.config import KeycrmSettings
-from daemon.errors import ChannelRetryable
-from daemon.keycrm import CATALOG_PAGE_BYTES, STOCK_PAGE_BYTES, KeycrmClient
+from daemon.config.settings import KeycrmSettings
+from daemon.core.bodies import MAX_BODY_BYTES
+from daemon.core.errors import ChannelRetryable
+from daemon.core.telemetry import Metrics
+from daemon.keycrm.budget import RequestBudget
+from daemon.keycrm.client import CATALOG_PAGE_BYTES, STOCK_PAGE_BYTES, KeycrmClient
 from daemon.simulator import FakeInventoryApi, FakeKeycrm
-from daemon.telemetry import Metrics
 from tests.conftest import Serve
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon.pipeline import Daemon
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, running
 
 pytestmark = pytest.mark.anyio

@@ -32,8 +32,8 @@ import psycopg
 import pytest
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.pipeline import Daemon
+from daemon.config.settings import load_config
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_lifecycle import free_port
 from tests.integration.test_sync import available, in_sync

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from adapters import ADAPTERS
-from daemon.channel import ChannelContext, Readable, readable
-from daemon.demo import _hand_edits
-from daemon.drift import ChannelDrift, check_channel
-from daemon.models import Value
+from daemon.commands.demo import _hand_edits
+from daemon.commands.drift import ChannelDrift, check_channel
+from daemon.core.channel import ChannelContext, Readable, readable
+from daemon.core.models import Value
 from daemon.simulator import FakeKlump, FakeMarketplacer, FakeOrdergroove, variant_id
 from daemon.store import ItemRow
 from tests.conftest import Serve, World, eventually

@@ -11,8 +11,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from daemon import dispatch
-from daemon.pipeline import Daemon
+from daemon.send import dispatch
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 

@@ -8,8 +8,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from daemon import dispatch
-from daemon.pipeline import Daemon
+from daemon.send import dispatch
+from daemon.shell.daemon import Daemon
 from daemon.simulator import FakeKlump, FakeMarketplacer, FakeOrdergroove, variant_id
 from tests.conftest import World, channel_idle, eventually, running
 

@@ -10,10 +10,10 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.dispatch import Dispatcher
-from daemon.pipeline import Daemon
+from daemon.core.telemetry import Metrics
+from daemon.send.dispatch import Dispatcher
+from daemon.shell.daemon import Daemon
 from daemon.store import SQLiteStore, Timing
-from daemon.telemetry import Metrics
 from tests.adapters.harness import HARNESSES
 from tests.adapters.test_contract import Rig, rig  # noqa: F401 (the fixture, parametrised below)
 from tests.conftest import World, eventually, idle, running

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from daemon.http import OPERATOR_HEADER
-from daemon.oneshot import dry_run, run_once
-from daemon.pipeline import Daemon
+from daemon.commands.once import dry_run, run_once
+from daemon.shell.daemon import Daemon
+from daemon.shell.http import OPERATOR_HEADER
 from daemon.simulator import FakeInventoryApi, FakeOffer
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_sync import in_sync

@@ -13,9 +13,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from daemon.pipeline import Daemon
+from daemon.core.telemetry import PUSH_OUTCOMES
+from daemon.shell.daemon import Daemon
 from daemon.simulator import FakeKeycrm
-from daemon.telemetry import PUSH_OUTCOMES
 from tests.conftest import Serve, World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 
@@ -165,8 +165,8 @@ async def test_metrics_export_every_family_with_a_series_per_channel(synced: Wor
 async def test_no_secret_reaches_logs_errors_or_status(
     synced: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from daemon.config import secret_values
-    from daemon.logs import configure_logging
+    from daemon.config.settings import secret_values
+    from daemon.shell.logs import configure_logging
 
     world = synced
     pos = world.shops["pos"]

@@ -9,12 +9,12 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from daemon.budget import RequestBudget
-from daemon.config import KeycrmSettings
-from daemon.errors import SourceFatal, SourceRetryable
-from daemon.keycrm import KeycrmClient
+from daemon.config.settings import KeycrmSettings
+from daemon.core.errors import SourceFatal, SourceRetryable
+from daemon.core.telemetry import Metrics
+from daemon.keycrm.budget import RequestBudget
+from daemon.keycrm.client import KeycrmClient
 from daemon.simulator import FakeKeycrm, FakeOffer
-from daemon.telemetry import Metrics
 from tests.conftest import Serve
 
 pytestmark = pytest.mark.anyio

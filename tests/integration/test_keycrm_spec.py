@@ -75,7 +75,7 @@ def check(
 async def test_the_client_sends_only_parameters_the_spec_accepts(
     spec: dict[str, Any], world: Any
 ) -> None:
-    from daemon.pipeline import Daemon
+    from daemon.shell.daemon import Daemon
     from tests.conftest import eventually, running
 
     world.keycrm.populate(60, warehouses=(1, 2))

@@ -16,9 +16,9 @@ import anyio
 import orjson
 import pytest
 
-from daemon.errors import LookupQueueFull
-from daemon.pipeline import Daemon
-from daemon.source import Source
+from daemon.core.errors import LookupQueueFull
+from daemon.keycrm.source import Source
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_guard import blocked, in_stock, scan
 from tests.integration.test_restart import run_cli
@@ -202,7 +202,7 @@ async def test_look_ups_are_first_in_first_out_and_bounded(
 ) -> None:
     world.keycrm.populate(300)
     await world.add_shop("pos")
-    monkeypatch.setattr("daemon.lookups.LOOKUP_QUEUE_CAP", 260)
+    monkeypatch.setattr("daemon.keycrm.lookups.LOOKUP_QUEUE_CAP", 260)
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
         await eventually(lambda: in_sync(world) and idle(daemon))

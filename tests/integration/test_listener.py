@@ -22,13 +22,13 @@ from anyio.abc import ByteStream
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from daemon.config import secret_values
-from daemon.http import MAX_SKU_LENGTH, build_app
-from daemon.listener import Listener, _FdExhaustion
-from daemon.logs import configure_logging
-from daemon.pipeline import Daemon
-from daemon.request_body import read_request_body
-from daemon.telemetry import Metrics
+from daemon.config.settings import secret_values
+from daemon.core.telemetry import Metrics
+from daemon.shell.daemon import Daemon
+from daemon.shell.http import MAX_SKU_LENGTH, build_app
+from daemon.shell.listener import Listener, _FdExhaustion
+from daemon.shell.logs import configure_logging
+from daemon.shell.request_body import read_request_body
 from tests.conftest import World, eventually, running
 
 pytestmark = pytest.mark.anyio
@@ -223,7 +223,7 @@ async def read_all_within(stream: ByteStream, seconds: float) -> bytes | None:
 async def test_a_webhook_body_that_never_arrives_is_a_408(
     listener: Listener, controller: Quiet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("daemon.http.BODY_TIMEOUT", 0.2)
+    monkeypatch.setattr("daemon.shell.http.BODY_TIMEOUT", 0.2)
     answer = b""
     async with await anyio.connect_tcp("127.0.0.1", listener.port) as stream:
         await stream.send(
@@ -295,8 +295,8 @@ EMFILE_SERVER = textwrap.dedent(
     """
     import asyncio, os, resource, sys
     from aiohttp import web
-    from daemon.listener import Listener
-    from daemon.logs import configure_logging
+    from daemon.shell.listener import Listener
+    from daemon.shell.logs import configure_logging
 
     async def main():
         configure_logging()

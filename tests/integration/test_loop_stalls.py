@@ -9,7 +9,7 @@ import aiohttp
 import anyio
 import pytest
 
-from daemon.pipeline import Daemon
+from daemon.shell.daemon import Daemon
 from daemon.store import SQLiteStore
 from tests.conftest import World, eventually, running
 from tests.integration.test_lifecycle import free_port

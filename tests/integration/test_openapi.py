@@ -22,8 +22,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.pipeline import Daemon
+from daemon.config.settings import load_config
+from daemon.shell.daemon import Daemon
 from daemon.simulator import FakeInventoryApi, FakeKeycrm
 
 SPEC = Path(__file__).parents[2] / "deploy" / "openapi.yaml"
@@ -140,8 +140,8 @@ def test_the_document_lists_exactly_the_routes_the_app_serves() -> None:
     from prometheus_client import CollectorRegistry
     from pydantic import SecretStr
 
-    from daemon.http import build_app
-    from daemon.telemetry import Metrics
+    from daemon.core.telemetry import Metrics
+    from daemon.shell.http import build_app
 
     class Nothing:
         metrics = Metrics(CollectorRegistry(), [], "test")

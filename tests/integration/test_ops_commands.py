@@ -18,9 +18,9 @@ import pytest
 import structlog
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.errors import ConfigError
-from daemon.pipeline import Daemon
+from daemon.config.settings import load_config
+from daemon.core.errors import ConfigError
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_guard import glitch, in_stock, scan
 from tests.integration.test_sync import in_sync

@@ -11,7 +11,7 @@ import time
 import anyio
 import pytest
 
-from daemon.pipeline import Daemon
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 

@@ -11,9 +11,9 @@ import aiohttp
 import anyio
 import pytest
 
-from daemon.config import secret_values
-from daemon.logs import configure_logging
-from daemon.pipeline import Daemon
+from daemon.config.settings import secret_values
+from daemon.shell.daemon import Daemon
+from daemon.shell.logs import configure_logging
 from tests.conftest import World, eventually, running
 from tests.integration.test_sync import in_sync
 

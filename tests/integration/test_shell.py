@@ -14,8 +14,8 @@ import pytest
 import structlog
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.pipeline import Daemon
+from daemon.config.settings import load_config
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_lifecycle import free_port
 from tests.integration.test_restart import run_cli

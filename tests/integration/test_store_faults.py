@@ -20,9 +20,9 @@ import pytest
 import structlog
 
 from adapters import ADAPTERS
-from daemon import pipeline
-from daemon.config import load_config
-from daemon.pipeline import Daemon
+from daemon.config.settings import load_config
+from daemon.shell import daemon as pipeline
+from daemon.shell.daemon import Daemon
 from daemon.store import SQLiteStore
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_lifecycle import free_port, post_webhook
@@ -71,8 +71,8 @@ async def test_a_full_disk_is_a_state_that_passes(
         return stores[-1]
 
     monkeypatch.setattr(pipeline, "open_store", open_full)
-    monkeypatch.setattr("daemon.source._STORE_RETRY", 0.2)
-    monkeypatch.setattr("daemon.dispatch.STORE_RETRY", 0.2)
+    monkeypatch.setattr("daemon.keycrm.source._STORE_RETRY", 0.2)
+    monkeypatch.setattr("daemon.send.dispatch.STORE_RETRY", 0.2)
     port = free_port()
     daemon = Daemon(world.config(listen=f"127.0.0.1:{port}"), handle_signals=False)
     with structlog.testing.capture_logs() as logs:

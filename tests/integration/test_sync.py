@@ -6,8 +6,8 @@ import aiohttp
 import anyio
 import pytest
 
-from daemon import dispatch
-from daemon.pipeline import Daemon
+from daemon.send import dispatch
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, channel_idle, eventually, idle, running
 
 pytestmark = pytest.mark.anyio

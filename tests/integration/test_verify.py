@@ -16,7 +16,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from daemon.pipeline import Daemon
+from daemon.shell.daemon import Daemon
 from daemon.simulator import variant_id
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_four_channels import Shops, all_synced, available, setup

@@ -14,8 +14,9 @@ import anyio
 import orjson
 import pytest
 
-from daemon import lookups, pipeline
-from daemon.pipeline import Daemon
+from daemon.keycrm import lookups
+from daemon.shell import daemon as pipeline
+from daemon.shell.daemon import Daemon
 from tests.conftest import World, eventually, running
 from tests.integration.test_lifecycle import free_port, post_webhook
 from tests.integration.test_restart import run_cli

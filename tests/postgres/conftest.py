@@ -12,8 +12,8 @@ import pytest
 from psycopg import sql
 
 from bench.pgserver import THROWAWAY, running_server
-from daemon.pg.connect import Pool, open_pool
-from daemon.pg.migrate import migrate
+from daemon.store.pg.connect import Pool, open_pool
+from daemon.store.pg.migrate import migrate
 from tests.pg import PostgresServer, find_bindir, pg_dsn, postgres_server
 
 __all__ = ["own_server", "password_role", "pg_dsn", "pool", "postgres_server"]

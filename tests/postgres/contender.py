@@ -11,8 +11,8 @@ from pathlib import Path
 
 import anyio
 
-from daemon.pg.lease import Lease
-from daemon.pg.replica import Replica
+from daemon.replicas.replica import Replica
+from daemon.store.pg.lease import Lease
 
 
 async def contend(dsn: str, name: str, out: Path, ttl: float) -> None:

@@ -15,12 +15,12 @@ import anyio
 import orjson
 import pytest
 
-from daemon.models import Outcome, StockLevel, Value, Verdict
-from daemon.pg.connect import Pool, open_pool
-from daemon.pg.migrate import MIGRATIONS, migrate
-from daemon.plan import Contribution
+from daemon.core.models import Outcome, StockLevel, Value, Verdict
+from daemon.rules.plan import Contribution
 from daemon.store import Timing
-from daemon.store.postgres import _CHANNEL_CLASS, _LOAD, _TRIM_HISTORY, PostgresStore
+from daemon.store.pg.backend import _CHANNEL_CLASS, _LOAD, _TRIM_HISTORY, PostgresStore
+from daemon.store.pg.connect import Pool, open_pool
+from daemon.store.pg.migrate import MIGRATIONS, migrate
 
 pytestmark = pytest.mark.anyio
 

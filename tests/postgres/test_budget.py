@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from daemon.budget import Priority, RequestBudget
-from daemon.pg import budget as shared
-from daemon.pg.connect import Pool
+from daemon.keycrm.budget import Priority, RequestBudget
+from daemon.store.pg import budget as shared
+from daemon.store.pg.connect import Pool
 
 pytestmark = pytest.mark.anyio
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from daemon.pg import configs
-from daemon.pg.connect import Pool
-from daemon.pg.leader import LeaseKeeper
+from daemon.replicas import configs
+from daemon.replicas.leader import LeaseKeeper
+from daemon.store.pg.connect import Pool
 from tests.pg import until
 
 pytestmark = pytest.mark.anyio

@@ -8,11 +8,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon.cli import main
-from daemon.models import ItemValue, Outcome, StockLevel, Value, Verdict
-from daemon.plan import Contribution
+from daemon.commands.cli import main
+from daemon.core.models import ItemValue, Outcome, StockLevel, Value, Verdict
+from daemon.rules.plan import Contribution
 from daemon.store import SQLiteStore, Store, Timing
-from daemon.store.postgres import PostgresStore
+from daemon.store.pg.backend import PostgresStore
 
 T = Timing(debounce=0.0, max_delay=30.0)
 

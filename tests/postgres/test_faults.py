@@ -1,4 +1,5 @@
-"""Every PostgreSQL error is `StoreUnavailable`, counted once per episode: `daemon.pg.faults`, and
+"""Every PostgreSQL error is `StoreUnavailable`, counted once per episode:
+`daemon.store.pg.faults`, and
 the places that used to let one escape (the leader's work, a cleanup after a failed look-up)."""
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import pytest
 from psycopg_pool import PoolTimeout
 from structlog.testing import capture_logs
 
-from daemon.errors import SourceRetryable, StoreUnavailable
-from daemon.pg import lookups
-from daemon.pg.connect import Pool, open_pool
-from daemon.pg.faults import Database
-from daemon.pg.leader import LeaseKeeper
-from daemon.pg.lease import Lease
-from daemon.pg.replica import Replica
+from daemon.core.errors import SourceRetryable, StoreUnavailable
+from daemon.replicas.leader import LeaseKeeper
+from daemon.replicas.replica import Replica
 from daemon.store.health import StoreHealth
+from daemon.store.pg import lookups
+from daemon.store.pg.connect import Pool, open_pool
+from daemon.store.pg.faults import Database
+from daemon.store.pg.lease import Lease
 from tests.pg import PostgresServer, until
 
 pytestmark = pytest.mark.anyio
@@ -207,9 +208,11 @@ async def test_a_failed_unclaim_does_not_replace_the_look_ups_error(
         await replica.pool.close()
 
 
-@pytest.mark.parametrize("module", ["daemon.pg.faults", "daemon.pg.leader", "daemon.pg.replica"])
+@pytest.mark.parametrize(
+    "module", ["daemon.store.pg.faults", "daemon.replicas.leader", "daemon.replicas.replica"]
+)
 def test_each_module_imports_first_in_a_fresh_process(module: str) -> None:
-    """The store's package imports `daemon.pg.faults`: an import cycle shows only when a
+    """The store's package imports `daemon.store.pg.faults`: an import cycle shows only when a
     process imports one of these before `daemon.store` (a contender, a tool)."""
     done = subprocess.run(
         [sys.executable, "-c", f"import {module}"], capture_output=True, check=False

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from daemon.cli import main
-from daemon.models import Outcome, StockLevel, Value, Verdict
-from daemon.plan import Contribution
+from daemon.commands.cli import main
+from daemon.core.models import Outcome, StockLevel, Value, Verdict
+from daemon.rules.plan import Contribution
 from daemon.store import SQLiteStore, Timing
 from tests.integration.test_lifecycle import free_port
 from tests.postgres.test_ha import url_dsn

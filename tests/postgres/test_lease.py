@@ -7,10 +7,10 @@ import time
 import anyio
 import pytest
 
-from daemon.pg import lease as leases
-from daemon.pg.connect import Pool
-from daemon.pg.leader import LeaseKeeper
-from daemon.pg.lease import FENCE, Lease, LeaseLost, fence, fence_params
+from daemon.replicas.leader import LeaseKeeper
+from daemon.store.pg import lease as leases
+from daemon.store.pg.connect import Pool
+from daemon.store.pg.lease import FENCE, Lease, LeaseLost, fence, fence_params
 from tests.pg import until
 
 pytestmark = pytest.mark.anyio

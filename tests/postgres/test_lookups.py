@@ -5,11 +5,11 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from daemon.pg import lease as leases
-from daemon.pg import lookups
-from daemon.pg.connect import Pool
-from daemon.pg.lease import Lease, LeaseLost
-from daemon.pg.lookups import Wakeup
+from daemon.store.pg import lease as leases
+from daemon.store.pg import lookups
+from daemon.store.pg.connect import Pool
+from daemon.store.pg.lease import Lease, LeaseLost
+from daemon.store.pg.lookups import Wakeup
 from tests.pg import until
 
 pytestmark = pytest.mark.anyio

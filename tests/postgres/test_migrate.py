@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from daemon.pg.connect import connect
-from daemon.pg.migrate import MIGRATIONS, Migration, SchemaTooNew, migrate
+from daemon.store.pg.connect import connect
+from daemon.store.pg.migrate import MIGRATIONS, Migration, SchemaTooNew, migrate
 
 pytestmark = pytest.mark.anyio
 

@@ -13,7 +13,7 @@ import anyio
 import psycopg
 import pytest
 
-from daemon.cli import main
+from daemon.commands.cli import main
 from tests.conftest import World, eventually
 from tests.integration.test_sync import in_sync
 from tests.postgres.test_ha import Replicas, leader_elected, replicas, url_dsn

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import pytest
 
-from daemon.budget import RequestBudget
-from daemon.pg.lease import Lease
-from daemon.pg.replica import Replica
+from daemon.keycrm.budget import RequestBudget
+from daemon.replicas.replica import Replica
+from daemon.store.pg.lease import Lease
 from tests.pg import until
 
 pytestmark = pytest.mark.anyio

@@ -13,13 +13,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from daemon.errors import StateUnusable, StoreUnavailable
-from daemon.models import Outcome, Value, Verdict
-from daemon.pg.connect import Pool
-from daemon.pg.leader import LeaseKeeper
-from daemon.pg.lease import LeaseLost
+from daemon.core.errors import StateUnusable, StoreUnavailable
+from daemon.core.models import Outcome, Value, Verdict
+from daemon.replicas.leader import LeaseKeeper
 from daemon.store import Timing
-from daemon.store.postgres import PostgresStore
+from daemon.store.pg.backend import PostgresStore
+from daemon.store.pg.connect import Pool
+from daemon.store.pg.lease import LeaseLost
 
 pytestmark = pytest.mark.anyio
 

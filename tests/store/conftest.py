@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.store import SQLiteStore, Store
-from daemon.store.postgres import PostgresStore
+from daemon.store.pg.backend import PostgresStore
 from tests.pg import pg_dsn, postgres_server
 
 __all__ = ["pg_dsn", "postgres_server"]

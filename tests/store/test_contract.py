@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import pytest
 
-from daemon.guard import ScanGuard
-from daemon.models import ItemValue, Outcome, StockLevel, Value, Verdict
-from daemon.plan import Contribution
+from daemon.core.models import ItemValue, Outcome, StockLevel, Value, Verdict
+from daemon.rules.guard import ScanGuard
+from daemon.rules.plan import Contribution
 from daemon.store import Store, Timing
 from tests.store.conftest import Opener
 

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from daemon.models import ItemValue, Outcome, Verdict
-from daemon.plan import Contribution
+from daemon.core.models import ItemValue, Outcome, Verdict
+from daemon.rules.plan import Contribution
 from daemon.store import Store
 from tests.store.test_contract import T, acknowledge, no_backoff, q, status
 

@@ -1,4 +1,4 @@
-"""The durable look-up queue of a SQLite state: the contract `daemon.lookups` relies on.
+"""The durable look-up queue of a SQLite state: the contract `daemon.keycrm.lookups` relies on.
 
 The same cases as PostgreSQL's queue (tests/postgres/test_lookups.py): oldest first, each SKU
 once, a SKU named again during its look-up survives `done`, a failed look-up unclaims, a dead
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from daemon.store import Enqueued, LookupEntry, SQLiteStore
-from daemon.store.schema import _STEPS
+from daemon.store.sqlite.schema import _STEPS
 
 pytestmark = pytest.mark.anyio
 

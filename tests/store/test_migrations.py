@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import StateUnusable
-from daemon.models import ItemValue, Value
+from daemon.core.errors import StateUnusable
+from daemon.core.models import ItemValue, Value
 from daemon.store import SQLiteStore
 
 pytestmark = pytest.mark.anyio

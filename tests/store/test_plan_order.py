@@ -17,12 +17,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.models import StockLevel
-from daemon.plan import Contribution
-from daemon.reconcile import Reconciler
+from daemon.config.settings import load_config
+from daemon.core.models import StockLevel
+from daemon.core.telemetry import Metrics
+from daemon.reconcile.reconciler import Reconciler
+from daemon.rules.plan import Contribution
 from daemon.store import Store, Timing
-from daemon.telemetry import Metrics
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.anyio

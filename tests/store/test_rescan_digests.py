@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from daemon.keycrm_payloads import parse_stock_page
-from daemon.models import StockLevel
+from daemon.core.models import StockLevel
+from daemon.keycrm.payloads import parse_stock_page
 from daemon.store import SQLiteStore, Store
 
 pytestmark = pytest.mark.anyio

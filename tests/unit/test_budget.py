@@ -6,7 +6,7 @@ import time
 import anyio
 import pytest
 
-from daemon.budget import Priority, RequestBudget
+from daemon.keycrm.budget import Priority, RequestBudget
 
 pytestmark = pytest.mark.anyio
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from adapters import ADAPTERS
-from daemon.cli import main
-from daemon.config import load_config
-from daemon.errors import ConfigError
+from daemon.commands.cli import main
+from daemon.config.settings import load_config
+from daemon.core.errors import ConfigError
 
 GOOD = """
 [daemon]

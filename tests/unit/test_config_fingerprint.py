@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.config_fingerprint import config_fingerprint
+from daemon.config.fingerprint import config_fingerprint
+from daemon.config.settings import load_config
 
 BASE = """
 [daemon]

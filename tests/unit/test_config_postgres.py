@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from adapters import ADAPTERS
-from daemon.cli import main
-from daemon.config import load_config
-from daemon.pg.dsn import describe
+from daemon.commands.cli import main
+from daemon.config.dsn import describe
+from daemon.config.settings import load_config
 from tests.unit.test_config import GOOD, faults, write
 
 DSN = "postgresql://stocksync@db.example.com:5432/stocksync?sslmode=require"

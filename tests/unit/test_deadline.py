@@ -1,4 +1,5 @@
-"""The webhook's store write, waited for only so long (`daemon.deadline`), SQLite and PostgreSQL."""
+"""The webhook's store write, waited for only so long (`daemon.shell.deadline`), SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import time
 import anyio
 import pytest
 
-from daemon.deadline import commit_within
-from daemon.errors import StoreUnavailable
+from daemon.core.errors import StoreUnavailable
+from daemon.shell.deadline import commit_within
 
 pytestmark = pytest.mark.anyio
 

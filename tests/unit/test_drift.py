@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from daemon.drift import ChannelDrift, Drifted, DriftReport, _recheck, classify, render_text
-from daemon.models import Value
+from daemon.commands.drift import (
+    ChannelDrift,
+    Drifted,
+    DriftReport,
+    _recheck,
+    classify,
+    render_text,
+)
+from daemon.core.models import Value
 from daemon.store import ItemRow
 
 

@@ -9,8 +9,8 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from daemon.http import build_app
-from daemon.telemetry import Metrics
+from daemon.core.telemetry import Metrics
+from daemon.shell.http import build_app
 from tests.conftest import Serve
 
 pytestmark = pytest.mark.anyio

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.keymap import load_key_map
-from daemon.plan import fingerprint
+from daemon.config.settings import load_config
+from daemon.rules.keymap import load_key_map
+from daemon.rules.plan import fingerprint
 
 #: what a CSV cell can hold once stripped: no NUL, no surrounding blanks, something left
 cell = (

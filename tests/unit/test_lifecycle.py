@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from daemon.models import Outcome, Value, Verdict, plain
+from daemon.core.models import Outcome, Value, Verdict, plain
 from daemon.store.lifecycle import (
     Item,
     Status,

@@ -9,8 +9,8 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.looplag import watch_loop
-from daemon.telemetry import Metrics
+from daemon.core.telemetry import Metrics
+from daemon.shell.looplag import watch_loop
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.anyio

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
-from daemon.neterrors import describe_network_error
+from daemon.core.neterrors import describe_network_error
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +58,7 @@ def test_timeouts_and_disconnects() -> None:
 
 async def test_a_channel_request_that_gets_no_answer_names_host_and_reason() -> None:
     from adapters._http import send
-    from daemon.errors import ChannelRetryable
+    from daemon.core.errors import ChannelRetryable
 
     port = free_port()
     async with aiohttp.ClientSession() as session:

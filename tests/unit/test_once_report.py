@@ -9,10 +9,10 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.once_report import progress_reporter
-from daemon.source import ScanProgress
+from daemon.commands.once_report import progress_reporter
+from daemon.core.telemetry import Metrics
+from daemon.keycrm.source import ScanProgress
 from daemon.store import SQLiteStore
-from daemon.telemetry import Metrics
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from daemon.pacer import Pacer
+from daemon.send.pacer import Pacer
 
 pytestmark = pytest.mark.anyio
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon import page_split
-from daemon.keycrm_payloads import MalformedPage, parse_catalog_page, parse_stock_page
-from daemon.page_split import NotJson, RawOffer, decode_page
+from daemon.keycrm import page_split
+from daemon.keycrm.page_split import NotJson, RawOffer, decode_page
+from daemon.keycrm.payloads import MalformedPage, parse_catalog_page, parse_stock_page
 from tests.unit.test_properties import PROPERTY, anything, page
 
 

@@ -2,8 +2,15 @@ from decimal import Decimal
 
 import pytest
 
-from daemon.models import CatalogEntry, StockLevel, StockRecord, Value, WarehouseStock, split_key
-from daemon.plan import Rules, compile_template, plan
+from daemon.core.models import (
+    CatalogEntry,
+    StockLevel,
+    StockRecord,
+    Value,
+    WarehouseStock,
+    split_key,
+)
+from daemon.rules.plan import Rules, compile_template, plan
 
 
 def record(

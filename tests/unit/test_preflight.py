@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.preflight import check_listen, check_state
+from daemon.shell.preflight import check_listen, check_state
 
 
 def test_a_state_path_with_a_nul_byte_is_a_fault_not_a_crash() -> None:

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adapters import ADAPTERS
-from daemon.config import load_config
-from daemon.errors import ConfigError
-from daemon.http import MAX_SKU_LENGTH, parse_webhook
-from daemon.keycrm_payloads import MAX_NUMBER, MalformedPage, parse_catalog_page, parse_stock_page
+from daemon.config.settings import load_config
+from daemon.core.errors import ConfigError
+from daemon.keycrm.payloads import MAX_NUMBER, MalformedPage, parse_catalog_page, parse_stock_page
+from daemon.shell.http import MAX_SKU_LENGTH, parse_webhook
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

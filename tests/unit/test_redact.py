@@ -9,8 +9,8 @@ import secrets
 
 import structlog
 
-from daemon import redact
-from daemon.logs import configure_logging
+from daemon.core import redact
+from daemon.shell.logs import configure_logging
 
 
 def fresh(prefix: str = "s") -> str:

@@ -3,7 +3,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from daemon.retry_after import MAX_RETRY_AFTER, parse_retry_after
+from daemon.core.retry_after import MAX_RETRY_AFTER, parse_retry_after
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.statusview import ago, channel_state, duration, render
+from daemon.commands.statusview import ago, channel_state, duration, render
 
 NOW = 1_800_000_000.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from daemon.telemetry import Metrics
+from daemon.core.telemetry import Metrics
 
 DESIGN_FAMILIES = {
     "stocksync_sync_lag_seconds": {"channel"},

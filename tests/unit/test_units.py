@@ -1,6 +1,6 @@
 import pytest
 
-from daemon.units import parse_duration, parse_rate
+from daemon.core.units import parse_duration, parse_rate
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,11 @@
+"""The `stocksync` commands: the composition root, and what each command prints.
+
+    cli.py           the command line; the only module (with demo.py) that knows the adapters
+    demo.py          `stocksync demo`: fakes on loopback and the real daemon against them
+    once.py          `stocksync once` and its `--dry-run`   once_report.py  its progress, summary
+    remote.py        `status`, `resync`, `guard release`: a client of the running daemon
+    statusview.py    `/status` as a person reads it
+    history.py       `stocksync history SKU`, read-only from the state
+    drift.py         `stocksync drift`: read back, compare, report
+    connect.py       `check-config --connect`
+"""

@@ -1,0 +1,13 @@
+"""The PostgreSQL backend, for several replicas on one database, and the SQL they share.
+
+    backend.py   `PostgresStore`: the same `Store` contract as SQLite
+    connect.py   pools and connections safe behind PgBouncer in transaction mode
+    faults.py    every database error as `StoreUnavailable`: the one translation point
+    migrate.py   the schema as ordered steps, applied once at start
+    lease.py     the lease row, its epoch, and the fence every leader write passes
+    budget.py    keyCRM's request window, shared so a new leader cannot overspend it
+    lookups.py   the durable look-up queue: any replica enqueues, the leader consumes
+
+Each module takes a connection (or a pool) from its caller, so one pool serves them all; the
+callers take it through `faults.Database`. Who leads, and when, is `daemon.replicas`.
+"""
