@@ -13,8 +13,7 @@ Adapters decide from their API's own per-item shapes what names an item invalid 
 `tests/adapters/test_acknowledgement.py` keeps `Outcome.ACKNOWLEDGED` out of the adapters.
 
 Bodies are read with a ceiling (`daemon.core.bodies`): a larger answer is retryable and says the
-limit.
-Error texts quote the channel's answer scrubbed of every configured secret (`daemon.core.redact`).
+limit. Error texts quote the channel's answer, each configured secret masked (`daemon.core.redact`).
 """
 
 from __future__ import annotations

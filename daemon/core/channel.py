@@ -101,9 +101,8 @@ class Shape:
     """How a channel's items are cut from keyCRM records: the adapter's part of planning.
 
     `key_parts` are key templates (see `daemon.rules.plan`); `location` appends one fixed part (a
-    store
-    code) to every key; `locations` instead splits each record per keyCRM warehouse, one item per
-    mapped warehouse. `price` says whether the channel takes a price; `live_threshold` turns the
+    store code) to every key; `locations` instead splits each record per keyCRM warehouse, one item
+    per mapped warehouse. `price` says whether the channel takes a price; `live_threshold` turns the
     value into a live flag (live while available stock is above it) instead of a quantity.
     """
 

@@ -49,9 +49,8 @@ MAX_FILTER_LENGTH = 2000
 MAX_PAGES = 100_000  # a scan this long means keyCRM's paging is broken; stop rather than loop
 #: The most a keyCRM page may weigh once decompressed, by what it holds. A page is at most
 #: `PAGE_SIZE` offers, so the ceiling is what 50 offers can honestly weigh, not the 10 MiB every
-#: other answer gets: memory follows it (decoded whole, a page of many small values cost ~20
-#: times its size: 190 MiB at 10 MiB; decoded offer by offer, daemon/keycrm/page_split.py,
-#: under 10):
+#: other answer gets: memory follows it (decoded whole, a page of many small values cost ~20 times
+#: its size: 190 MiB at 10 MiB; decoded offer by offer, daemon/keycrm/page_split.py, under 10):
 #: - a stock page (scan, look-up): an offer is an id, a SKU (255 characters at most), price,
 #:   quantity, reserve and a ~60-byte row per warehouse: 1 MiB is 20 KiB an offer, room for
 #:   some 300 warehouses each;

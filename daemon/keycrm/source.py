@@ -1,13 +1,13 @@
 """Drives keyCRM reads: the periodic full scan, the catalog refresh and webhook look-ups.
 
-The scan is the safety net (it sees every SKU, one 50-offer page per request); look-ups carry
-fresh changes ahead of it within the same budget. Each page is stored and planned as it arrives,
-so a scan interrupted halfway has still done its share; but only a complete scan (see
+The scan is the safety net (it sees every SKU, one 50-offer page per request); look-ups carry fresh
+changes ahead of it within the same budget. Each page is stored and planned as it arrives, so a scan
+interrupted halfway has still done its share; but only a complete scan (see
 `daemon.keycrm.completeness`) may vanish SKUs or let out the zeroes its guard held when they are no
 mass change (`daemon.reconcile.holds`); a mass change waits for a person however many scans agree.
 Look-ups are served first in, first out, from a bounded queue on disk (`daemon.keycrm.lookups`): a
-flood of SKUs cannot starve the ones before it, and a SKU leaves the queue only once its answer
-is stored.
+flood of SKUs cannot starve the ones before it, and a SKU leaves the queue only once its answer is
+stored.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ _LOOKUP_BATCH = PAGE_SIZE * 4
 
 
 class IncompleteScan(SourceRetryable):
-    """The scan's pages did not add up (see `daemon.keycrm.completeness`): nothing vanishes;
-    retry."""
+    """The scan's pages did not add up (`daemon.keycrm.completeness`): nothing vanishes; retry."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"incomplete scan ({reason}): {detail}", status="incomplete")

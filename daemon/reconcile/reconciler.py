@@ -1,8 +1,8 @@
 """Turns changed keyCRM records into desired values per channel, and wakes the dispatchers.
 
 This is the level-triggered heart of stocksync: events (a scan page, a webhook look-up, a resync)
-only ever update desired values; whatever differs from what a channel may hold is work, queued
-in the store. Each scan's mass-change guard (`daemon.rules.guard.ScanGuard`) is a value passed along
+only ever update desired values; whatever differs from what a channel may hold is work, queued in
+the store. Each scan's mass-change guard (`daemon.rules.guard.ScanGuard`) is a value passed along
 with that scan's records, and its verdict at the scan's end is `daemon.reconcile.holds`; look-ups
 plan without one, so a sell-out is never held.
 

@@ -14,10 +14,10 @@ aiohttp serves the app; this module owns what aiohttp leaves open when facing th
   carries its secret token. aiohttp's server logger is replaced by one that writes a single
   `http.bad_request` line with the parser's reason only (scrubbed, first line, no traceback),
   and the 400 answer says that reason without quoting the request back either.
-  A body that breaks while a route reads it (not the gzip or deflate it says, broken chunks)
-  is a 400 too, and a client that leaves mid-request one `http.client_gone` debug line, for
-  any route (`daemon/shell/request_body.py` says why). Real bugs in a route are still logged with
-  their traceback, scrubbed.
+  A body that breaks while a route reads it (not the gzip or deflate it says, broken chunks) is a
+  400 too, and a client that leaves mid-request one `http.client_gone` debug line, for any route
+  (`daemon/shell/request_body.py` says why). Real bugs in a route are still logged with their
+  traceback, scrubbed.
 - *File descriptor exhaustion.* When `accept()` fails with EMFILE/ENFILE, asyncio logs a
   traceback every second per socket. One `http.fd_exhausted` error a minute says it instead,
   with how many were suppressed; connections are accepted again once descriptors free up.

@@ -1,6 +1,5 @@
-"""Every PostgreSQL error is `StoreUnavailable`, counted once per episode:
-`daemon.store.pg.faults`, and
-the places that used to let one escape (the leader's work, a cleanup after a failed look-up)."""
+"""Every PostgreSQL error is `StoreUnavailable`, counted once per episode: `daemon.store.pg.faults`,
+and the places that used to let one escape (the leader's work, a cleanup after a failed look-up)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The webhook's store write, waited for only so long (`daemon.shell.deadline`), SQLite and
-PostgreSQL."""
+"""The webhook's store write, waited for only so long (`daemon.shell.deadline`): both stores."""
 
 from __future__ import annotations
 
