@@ -8,4 +8,6 @@
     history.py       `stocksync history SKU`, read-only from the state
     drift.py         `stocksync drift`: read back, compare, report
     connect.py       `check-config --connect`
+
+A new command is a subcommand in `cli.py` and, if it does more than print, a module here.
 """

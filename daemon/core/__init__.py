@@ -9,4 +9,6 @@
     redact.py       the one scrubber that masks every secret in every text that leaves us
     bodies.py       answers read with a ceiling        retry_after.py  Retry-After, both forms
     neterrors.py    a failed request in words an operator can act on
+
+A new metric goes in `telemetry.py` (and the README's Metrics section), a new error in `errors.py`.
 """

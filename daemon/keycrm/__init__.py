@@ -7,4 +7,6 @@
     budget.py        at most N requests in any window, evenly paced, by priority
     lookups.py       the webhook look-up queue, on disk
     source.py        the scan, the catalog refresh and the look-ups, as loops
+
+The daemon asks keyCRM only through `client.py`, and so through the one budget.
 """

@@ -8,4 +8,6 @@
     logs.py          structlog set-up        looplag.py   how late the event loop wakes
     sdnotify.py      systemd's notify protocol  statelock.py one daemon per state file
     preflight.py     what `run` needs from the machine, checked before it is needed
+
+One merchant's pipeline, which the shell starts and stops, is `daemon.pipeline`.
 """
