@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from daemon.commands.drift import (
-    ChannelDrift,
-    Drifted,
-    DriftReport,
-    _recheck,
-    classify,
-    render_text,
-)
+from daemon.commands.drift import DriftReport, render_text
 from daemon.core.models import Value
+from daemon.send.readback import ChannelDrift, Drifted, classify
+from daemon.send.readback import recheck as _recheck
 from daemon.store import ItemRow
 
 
