@@ -1,0 +1,167 @@
+"""The SQLite store's keyCRM records and the planning shares: what the scans and webhooks
+bring in, and which channel items each SKU feeds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from daemon.core.models import CatalogEntry, StockLevel, StockRecord, plain
+from daemon.rules.plan import Contribution
+from daemon.store import rows as shared
+from daemon.store.codec import encode_catalog, encode_stock
+from daemon.store.records import record_from
+from daemon.store.sqlite.base import SQLiteBase, chunks, in_clause
+
+__all__ = ["SQLiteRecords"]
+
+
+class SQLiteRecords(SQLiteBase):
+    """keyCRM records and shares (see the module docstring)."""
+
+    def _existing(self, skus: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        rows = self._select_in("SELECT sku, stock, catalog FROM records WHERE sku IN ({in})", skus)
+        return {sku: (stock, catalog) for sku, stock, catalog in rows}
+
+    async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+        return await self._run(self._save_stock, levels, scan)
+
+    def _save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+        now = self._clock()
+        changed: list[StockRecord] = []
+        rows = []
+        seen = []
+        with self._tx():
+            old = self._select_in(
+                "SELECT sku, stock, catalog, digest FROM records WHERE sku IN ({in})",
+                [level.sku for level in levels],
+            )
+            existing = {sku: (stock, catalog, digest) for sku, stock, catalog, digest in old}
+            for level in levels:
+                stock, catalog, digest = existing.get(level.sku, (None, None, None))
+                if level.digest is not None and level.digest == digest:
+                    # The same bytes as last time: the same level. Only the scan mark moves.
+                    seen.append((scan, level.sku))
+                    continue
+                text = encode_stock(level)
+                if text != stock:
+                    record = record_from(level.sku, text, catalog)
+                    assert record is not None
+                    changed.append(record)
+                rows.append((level.sku, text, level.digest, scan or 0, now))
+            self._db.executemany(
+                "INSERT INTO records (sku, stock, digest, seen_scan, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock, "
+                "digest = excluded.digest, "
+                "seen_scan = MAX(records.seen_scan, excluded.seen_scan), "
+                "updated_at = CASE WHEN records.stock IS excluded.stock "
+                "THEN records.updated_at ELSE excluded.updated_at END",
+                rows,
+            )
+            if scan is not None and seen:
+                self._db.executemany(
+                    "UPDATE records SET seen_scan = ?1 WHERE sku = ?2 AND seen_scan < ?1", seen
+                )
+        return changed
+
+    async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
+        return await self._run(self._save_catalog, entries)
+
+    def _save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
+        now = self._clock()
+        changed: list[StockRecord] = []
+        rows = []
+        with self._tx():
+            old = self._existing([entry.sku for entry in entries])
+            for entry in entries:
+                text = encode_catalog(entry)
+                stock, catalog = old.get(entry.sku, (None, None))
+                if text == catalog:
+                    continue
+                record = record_from(entry.sku, stock, text)
+                if record is not None:
+                    changed.append(record)
+                rows.append((entry.sku, text, now))
+            self._db.executemany(
+                "INSERT INTO records (sku, catalog, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (sku) DO UPDATE SET catalog = excluded.catalog, "
+                "updated_at = excluded.updated_at",
+                rows,
+            )
+        return changed
+
+    async def vanished(self, scan: int) -> list[StockRecord]:
+        gone = await self._run(self._vanished, scan)
+        if gone:
+            await self.save_stock([r.stock for r in gone], None)
+        return gone
+
+    def _vanished(self, scan: int) -> list[StockRecord]:
+        rows = self._db.execute(
+            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND seen_scan < ?",
+            (scan - 1,),
+        ).fetchall()
+        return shared.vanished_records(rows)
+
+    async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
+        return await self._run(self._records, after, limit)
+
+    def _records(self, after: str, limit: int) -> list[StockRecord]:
+        rows = self._db.execute(
+            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku > ? "
+            "ORDER BY sku LIMIT ?",
+            (after, limit),
+        )
+        return shared.stocked_records(rows)
+
+    async def records_of(self, skus: Sequence[str]) -> list[StockRecord]:
+        return await self._run(self._records_of, skus)
+
+    def _records_of(self, skus: Sequence[str]) -> list[StockRecord]:
+        rows = self._select_in(
+            "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku IN ({in})",
+            sorted(set(skus)),
+        )
+        return sorted(shared.stocked_records(rows), key=lambda r: r.sku)
+
+    # --- planning ------------------------------------------------------------------------------
+
+    async def replace_shares(
+        self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
+    ) -> dict[str, list[Contribution]]:
+        return await self._run(self._replace_shares, channel, skus, shares)
+
+    def _replace_shares(
+        self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
+    ) -> dict[str, list[Contribution]]:
+        affected: set[str] = {share.key for _, share in shares}
+        with self._tx():
+            rows = self._select_in(
+                "SELECT key FROM shares WHERE channel = ? AND sku IN ({in})", skus, channel
+            )
+            affected.update(key for (key,) in rows)
+            for chunk in chunks(skus):
+                self._db.execute(
+                    in_clause("DELETE FROM shares WHERE channel = ? AND sku IN ({in})", chunk),
+                    (channel, *chunk),
+                )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO shares (channel, sku, key, quantity, price) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        channel,
+                        sku,
+                        s.key,
+                        plain(s.quantity),
+                        None if s.price is None else plain(s.price),
+                    )
+                    for sku, s in shares
+                ],
+            )
+            rows = self._select_in(
+                "SELECT key, quantity, price FROM shares WHERE channel = ? AND key IN ({in})",
+                sorted(affected),
+                channel,
+            )
+            return shared.contributions(affected, rows)
