@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, LiteralString
 
-from daemon.core.models import StockRecord, Value
+from daemon.core.models import CatalogEntry, StockRecord, Value
 from daemon.rules.guard import ScanGuard
 from daemon.rules.plan import Contribution
 from daemon.store import lifecycle
+from daemon.store.codec import encode_catalog
 from daemon.store.lifecycle import Item, Status, Timing
 from daemon.store.protocol import HistoryRow, ItemRow
 from daemon.store.records import record_from, zeroed
@@ -24,6 +25,8 @@ __all__ = [
     "ITEM_ROW_COLUMNS",
     "NO_TIMING",
     "HistoryValues",
+    "Stored",
+    "catalog_changes",
     "contributions",
     "counts",
     "desire_all",
@@ -36,6 +39,7 @@ __all__ = [
     "recover_all",
     "release_all",
     "skus_by_key",
+    "stock_change",
     "stocked_records",
     "vanished_records",
 ]
@@ -44,7 +48,7 @@ __all__ = [
 HistoryValues = tuple[str, str, str | None, str, str, str | None, float]
 
 #: The columns of `items` an `ItemRow` is read from, in its order (for `item_rows`).
-ITEM_ROW_COLUMNS = (
+ITEM_ROW_COLUMNS: LiteralString = (
     "channel, key, desired, acked, status, attempts, last_error, diverged_at, changed_at"
 )
 #: No waiting: a recovered item goes back to pending at once (besides its grace).
@@ -157,6 +161,39 @@ def vanished_records(rows: Iterable[Sequence[Any]]) -> list[StockRecord]:
         if zero is not None:
             gone.append(zero)
     return gone
+
+
+#: A SKU's stored (stock, catalog) texts, as a record's row holds them.
+Stored = tuple[str | None, str | None]
+
+
+def stock_change(sku: str, text: str, stored: Stored) -> StockRecord | None:
+    """The record a SKU's new stock text makes, if it differs from the stored one."""
+    stock, catalog = stored
+    if text == stock:
+        return None
+    record = record_from(sku, text, catalog)
+    assert record is not None
+    return record
+
+
+def catalog_changes(
+    entries: Iterable[CatalogEntry], stored: Mapping[str, Stored]
+) -> tuple[list[StockRecord], dict[str, str]]:
+    """The records new catalog entries change (those with stock), and the catalog text to store
+    per SKU whose text differs (the last entry given for a SKU wins)."""
+    changed: list[StockRecord] = []
+    texts: dict[str, str] = {}
+    for entry in entries:
+        text = encode_catalog(entry)
+        stock, catalog = stored.get(entry.sku, (None, None))
+        if text == catalog:
+            continue
+        record = record_from(entry.sku, stock, text)
+        if record is not None:
+            changed.append(record)
+        texts[entry.sku] = text
+    return changed, texts
 
 
 def contributions(

@@ -192,8 +192,8 @@ class PostgresQueue(PostgresBase):
     async def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
         async with self._read() as conn:
             cursor = await conn.execute(
-                "SELECT channel, key, desired, acked, status, attempts, last_error, diverged_at,"
-                " changed_at FROM items WHERE channel = %s AND key > %s ORDER BY key LIMIT %s",
+                "SELECT " + shared.ITEM_ROW_COLUMNS + " FROM items WHERE channel = %s AND key > %s"
+                " ORDER BY key LIMIT %s",
                 (channel, after, limit),
             )
             rows = await cursor.fetchall()

@@ -22,10 +22,7 @@ class PostgresReading(PostgresBase):
             return {channel: int(count) for channel, count in await cursor.fetchall()}
 
     async def items(self, channel: str | None = None) -> list[ItemRow]:
-        query: LiteralString = (
-            "SELECT channel, key, desired, acked, status, attempts, last_error, diverged_at,"
-            " changed_at FROM items"
-        )
+        query: LiteralString = "SELECT " + shared.ITEM_ROW_COLUMNS + " FROM items"
         async with self._read() as conn:
             if channel is None:
                 cursor = await conn.execute(query + " ORDER BY channel, key")

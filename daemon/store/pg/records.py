@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from daemon.core.models import CatalogEntry, StockLevel, StockRecord, plain
 from daemon.rules.plan import Contribution
 from daemon.store import rows as shared
-from daemon.store.codec import encode_catalog, encode_stock
+from daemon.store.codec import encode_stock
 from daemon.store.pg.base import RECORDS, Conn, PostgresBase, columns
-from daemon.store.records import record_from
 
 __all__ = ["PostgresRecords"]
 
@@ -19,9 +18,7 @@ class PostgresRecords(PostgresBase):
     """keyCRM records and shares (see the module docstring)."""
 
     @staticmethod
-    async def _existing(
-        conn: Conn, skus: Sequence[str]
-    ) -> dict[str, tuple[str | None, str | None]]:
+    async def _existing(conn: Conn, skus: Sequence[str]) -> dict[str, shared.Stored]:
         cursor = await conn.execute(
             "SELECT sku, stock, catalog FROM records WHERE sku = ANY(%s)", (list(skus),)
         )
@@ -35,10 +32,8 @@ class PostgresRecords(PostgresBase):
             old = await self._existing(conn, [level.sku for level in levels])
             for level in levels:
                 text = encode_stock(level)
-                stock, catalog = old.get(level.sku, (None, None))
-                if text != stock:
-                    record = record_from(level.sku, text, catalog)
-                    assert record is not None
+                record = shared.stock_change(level.sku, text, old.get(level.sku, (None, None)))
+                if record is not None:
                     changed.append(record)
                 rows[level.sku] = text
             if rows:
@@ -56,19 +51,9 @@ class PostgresRecords(PostgresBase):
 
     async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
         now = self._clock()
-        changed: list[StockRecord] = []
-        rows: dict[str, str] = {}  # one row per SKU: the last entry given wins, as before
         async with self._write(lock=RECORDS) as conn:
             old = await self._existing(conn, [entry.sku for entry in entries])
-            for entry in entries:
-                text = encode_catalog(entry)
-                stock, catalog = old.get(entry.sku, (None, None))
-                if text == catalog:
-                    continue
-                record = record_from(entry.sku, stock, text)
-                if record is not None:
-                    changed.append(record)
-                rows[entry.sku] = text
+            changed, rows = shared.catalog_changes(entries, old)
             if rows:
                 skus = sorted(rows)
                 await conn.execute(

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from daemon.core.models import CatalogEntry, StockLevel, StockRecord, plain
 from daemon.rules.plan import Contribution
 from daemon.store import rows as shared
-from daemon.store.codec import encode_catalog, encode_stock
-from daemon.store.records import record_from
+from daemon.store.codec import encode_stock
 from daemon.store.sqlite.base import SQLiteBase, chunks, in_clause
 
 __all__ = ["SQLiteRecords"]
@@ -18,7 +17,7 @@ __all__ = ["SQLiteRecords"]
 class SQLiteRecords(SQLiteBase):
     """keyCRM records and shares (see the module docstring)."""
 
-    def _existing(self, skus: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+    def _existing(self, skus: Sequence[str]) -> dict[str, shared.Stored]:
         rows = self._select_in("SELECT sku, stock, catalog FROM records WHERE sku IN ({in})", skus)
         return {sku: (stock, catalog) for sku, stock, catalog in rows}
 
@@ -43,9 +42,8 @@ class SQLiteRecords(SQLiteBase):
                     seen.append((scan, level.sku))
                     continue
                 text = encode_stock(level)
-                if text != stock:
-                    record = record_from(level.sku, text, catalog)
-                    assert record is not None
+                record = shared.stock_change(level.sku, text, (stock, catalog))
+                if record is not None:
                     changed.append(record)
                 rows.append((level.sku, text, level.digest, scan or 0, now))
             self._db.executemany(
@@ -69,19 +67,10 @@ class SQLiteRecords(SQLiteBase):
 
     def _save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
         now = self._clock()
-        changed: list[StockRecord] = []
-        rows = []
         with self._tx():
             old = self._existing([entry.sku for entry in entries])
-            for entry in entries:
-                text = encode_catalog(entry)
-                stock, catalog = old.get(entry.sku, (None, None))
-                if text == catalog:
-                    continue
-                record = record_from(entry.sku, stock, text)
-                if record is not None:
-                    changed.append(record)
-                rows.append((entry.sku, text, now))
+            changed, texts = shared.catalog_changes(entries, old)
+            rows = [(sku, text, now) for sku, text in texts.items()]
             self._db.executemany(
                 "INSERT INTO records (sku, catalog, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (sku) DO UPDATE SET catalog = excluded.catalog, "
