@@ -13,11 +13,11 @@ import contextlib
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -30,10 +30,11 @@ from daemon.store.rows import HistoryValues
 from daemon.store.rows import item as _item
 from daemon.store.sqlite.schema import ITEM_COLUMNS, migrate
 
-__all__ = ["COLUMNS", "HISTORY_PER_ITEM", "PAGE", "SQLiteBase", "chunks", "in_clause"]
+__all__ = ["COLUMNS", "HISTORY_PER_ITEM", "PAGE", "SQLiteBase", "chunks", "in_clause", "in_thread"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+S = TypeVar("S", bound="SQLiteBase")
 
 _CHUNK = 500  # values per IN (...) list: well under SQLite's parameter limit
 _WAL_LIMIT = 64 * 1024 * 1024  # bytes the WAL file keeps after a checkpoint
@@ -56,6 +57,19 @@ def chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
 def in_clause(sql: str, chunk: Sequence[str]) -> str:
     """`sql` with its `{in}` filled by one placeholder per value (values stay bound parameters)."""
     return sql.replace("{in}", ",".join("?" * len(chunk)))
+
+
+def in_thread(
+    job: Callable[Concatenate[S, P], T],
+) -> Callable[Concatenate[S, P], Coroutine[Any, Any, T]]:
+    """A store call written as plain code on the connection, run in the store's thread (one at a
+    time, see `SQLiteBase._run`): one signature per call, the one the protocol names."""
+
+    @wraps(job)
+    async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._run(job, self, *args, **kwargs)
+
+    return call
 
 
 def _in_stock(acked: str | None) -> bool:

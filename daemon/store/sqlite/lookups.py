@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from daemon.store.protocol import Enqueued, LookupEntry
-from daemon.store.sqlite.base import SQLiteBase
+from daemon.store.sqlite.base import SQLiteBase, in_thread
 
 __all__ = ["SQLiteLookups"]
 
@@ -42,13 +42,9 @@ class SQLiteLookups(SQLiteBase):
                 added += 1
         return Enqueued(added, overflow)
 
-    async def claim_lookups(
+    @in_thread
+    def claim_lookups(
         self, claimer: str, limit: int, now: float, reclaim_after: float = 60.0
-    ) -> list[LookupEntry]:
-        return await self._run(self._claim_lookups, claimer, limit, now, reclaim_after)
-
-    def _claim_lookups(
-        self, claimer: str, limit: int, now: float, reclaim_after: float
     ) -> list[LookupEntry]:
         with self._tx():
             rows = self._db.execute(
@@ -62,10 +58,8 @@ class SQLiteLookups(SQLiteBase):
             )
         return [LookupEntry(sku, seq, queued_at) for _, sku, seq, queued_at in rows]
 
-    async def lookups_done(self, entries: Sequence[LookupEntry]) -> int:
-        return await self._run(self._lookups_done, entries)
-
-    def _lookups_done(self, entries: Sequence[LookupEntry]) -> int:
+    @in_thread
+    def lookups_done(self, entries: Sequence[LookupEntry]) -> int:
         with self._tx():
             cursor = self._db.executemany(
                 "DELETE FROM lookup_queue WHERE sku = ? AND seq = ?",
@@ -73,10 +67,8 @@ class SQLiteLookups(SQLiteBase):
             )
         return cursor.rowcount
 
-    async def unclaim_lookups(self, entries: Sequence[LookupEntry]) -> None:
-        await self._run(self._unclaim_lookups, entries)
-
-    def _unclaim_lookups(self, entries: Sequence[LookupEntry]) -> None:
+    @in_thread
+    def unclaim_lookups(self, entries: Sequence[LookupEntry]) -> None:
         with self._tx():
             self._db.executemany(
                 "UPDATE lookup_queue SET claimed_by = NULL, claimed_at = NULL "
@@ -84,10 +76,8 @@ class SQLiteLookups(SQLiteBase):
                 [(e.sku, e.seq) for e in entries],
             )
 
-    async def lookup_depth(self) -> tuple[int, float | None]:
-        return await self._run(self._lookup_depth)
-
-    def _lookup_depth(self) -> tuple[int, float | None]:
+    @in_thread
+    def lookup_depth(self) -> tuple[int, float | None]:
         count, oldest = self._db.execute(
             "SELECT COUNT(*), MIN(queued_at) FROM lookup_queue"
         ).fetchone()

@@ -13,7 +13,7 @@ from daemon.store import lifecycle
 from daemon.store import rows as shared
 from daemon.store.lifecycle import Timing
 from daemon.store.protocol import ItemRow, Settled
-from daemon.store.sqlite.base import COLUMNS, PAGE, SQLiteBase
+from daemon.store.sqlite.base import COLUMNS, PAGE, SQLiteBase, in_thread
 
 __all__ = ["SQLiteQueue"]
 
@@ -21,23 +21,14 @@ __all__ = ["SQLiteQueue"]
 class SQLiteQueue(SQLiteBase):
     """Items: desire, the work queue, settling, and the moves over many items."""
 
-    async def set_desired(
+    @in_thread
+    def set_desired(
         self,
         channel: str,
         values: dict[str, Value],
         now: float,
         timing: Timing,
         guard: ScanGuard | None = None,
-    ) -> int:
-        return await self._run(self._set_desired, channel, values, now, timing, guard)
-
-    def _set_desired(
-        self,
-        channel: str,
-        values: dict[str, Value],
-        now: float,
-        timing: Timing,
-        guard: ScanGuard | None,
     ) -> int:
         with self._tx():
             current = self._load(channel, list(values))
@@ -49,10 +40,8 @@ class SQLiteQueue(SQLiteBase):
 
     # --- the work queue ------------------------------------------------------------------------
 
-    async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
-        return await self._run(self._claim, channel, now, limit)
-
-    def _claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
+    @in_thread
+    def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
         with self._tx():
             rows = self._db.execute(
                 f"SELECT {COLUMNS} FROM items WHERE channel = ? AND status = 'pending' "
@@ -63,10 +52,8 @@ class SQLiteQueue(SQLiteBase):
             self._write(items)
         return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
 
-    async def count_due(self, channel: str, now: float, limit: int) -> int:
-        return await self._run(self._count_due, channel, now, limit)
-
-    def _count_due(self, channel: str, now: float, limit: int) -> int:
+    @in_thread
+    def count_due(self, channel: str, now: float, limit: int) -> int:
         (count,) = self._db.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = ? AND status = 'pending' "
             "AND due_at <= ? LIMIT ?)",
@@ -74,10 +61,8 @@ class SQLiteQueue(SQLiteBase):
         ).fetchone()
         return int(count)
 
-    async def next_due(self, channel: str) -> float | None:
-        return await self._run(self._next_due, channel)
-
-    def _next_due(self, channel: str) -> float | None:
+    @in_thread
+    def next_due(self, channel: str) -> float | None:
         due = [
             row[0]
             for priority in (lifecycle.FRESH, lifecycle.BACKLOG)
@@ -90,17 +75,8 @@ class SQLiteQueue(SQLiteBase):
         ]
         return min(due) if due else None
 
-    async def settle(
-        self,
-        channel: str,
-        verdicts: Sequence[Verdict],
-        now: float,
-        timing: Timing,
-        backoff: Callable[[int], float],
-    ) -> Settled:
-        return await self._run(self._settle, channel, verdicts, now, timing, backoff)
-
-    def _settle(
+    @in_thread
+    def settle(
         self,
         channel: str,
         verdicts: Sequence[Verdict],
@@ -126,7 +102,8 @@ class SQLiteQueue(SQLiteBase):
             )
         return Settled(done.propagated, done.attempts)
 
-    async def release(
+    @in_thread
+    def release(
         self,
         channel: str,
         keys: Sequence[str],
@@ -135,18 +112,6 @@ class SQLiteQueue(SQLiteBase):
         *,
         sent: bool = True,
         not_before: float = 0.0,
-    ) -> None:
-        await self._run(self._release, channel, keys, now, timing, sent=sent, not_before=not_before)
-
-    def _release(
-        self,
-        channel: str,
-        keys: Sequence[str],
-        now: float,
-        timing: Timing,
-        *,
-        sent: bool,
-        not_before: float,
     ) -> None:
         with self._tx():
             items = self._load(channel, keys).values()
@@ -164,10 +129,8 @@ class SQLiteQueue(SQLiteBase):
             self._write(shared.recover_all(items, now, grace))
         return len(rows)
 
-    async def flush(self, channel: str, now: float) -> None:
-        await self._run(self._flush, channel, now)
-
-    def _flush(self, channel: str, now: float) -> None:
+    @in_thread
+    def flush(self, channel: str, now: float) -> None:
         with self._tx():
             self._db.execute(
                 "UPDATE items SET due_at = MAX(?, next_attempt) WHERE channel = ? "
@@ -190,12 +153,8 @@ class SQLiteQueue(SQLiteBase):
             self._write([lifecycle.force(self._loaded(row), now) for row in rows])
         return len(rows)
 
-    async def mark_drifted(
-        self, channel: str, live: Sequence[tuple[str, Value]], now: float
-    ) -> list[str]:
-        return await self._run(self._mark_drifted, channel, live, now)
-
-    def _mark_drifted(
+    @in_thread
+    def mark_drifted(
         self, channel: str, live: Sequence[tuple[str, Value]], now: float
     ) -> list[str]:
         seen = {key: value.encode() for key, value in live}
@@ -223,10 +182,8 @@ class SQLiteQueue(SQLiteBase):
             self._write([lifecycle.reassert(self._loaded(row), now) for row in rows])
         return len(rows)
 
-    async def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
-        return await self._run(self._items_page, channel, after, limit)
-
-    def _items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
+    @in_thread
+    def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
         rows = self._db.execute(
             f"SELECT {shared.ITEM_ROW_COLUMNS} FROM items WHERE channel = ? AND key > ? "
             "ORDER BY key LIMIT ?",

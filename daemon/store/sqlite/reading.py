@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from daemon.store import rows as shared
 from daemon.store.protocol import HistoryRow, ItemRow
-from daemon.store.sqlite.base import PAGE, SQLiteBase
+from daemon.store.sqlite.base import PAGE, SQLiteBase, in_thread
 
 __all__ = ["SQLiteReading"]
 
@@ -15,17 +15,13 @@ __all__ = ["SQLiteReading"]
 class SQLiteReading(SQLiteBase):
     """Reads, pruning and meta (see the module docstring)."""
 
-    async def positive_acked(self) -> dict[str, int]:
-        return await self._run(self._positive_acked)
-
-    def _positive_acked(self) -> dict[str, int]:
+    @in_thread
+    def positive_acked(self) -> dict[str, int]:
         rows = self._db.execute("SELECT channel, n FROM in_stock_counts WHERE n > 0")
         return {channel: int(count) for channel, count in rows}
 
-    async def items(self, channel: str | None = None) -> list[ItemRow]:
-        return await self._run(self._items, channel)
-
-    def _items(self, channel: str | None) -> list[ItemRow]:
+    @in_thread
+    def items(self, channel: str | None = None) -> list[ItemRow]:
         query = f"SELECT {shared.ITEM_ROW_COLUMNS} FROM items"
         params: tuple[str, ...] = ()
         if channel is not None:
@@ -34,10 +30,8 @@ class SQLiteReading(SQLiteBase):
         rows = self._db.execute(query + " ORDER BY channel, key", params)
         return shared.item_rows(rows)
 
-    async def skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
-        return await self._run(self._skus, channel, keys)
-
-    def _skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
+    @in_thread
+    def skus(self, channel: str, keys: Sequence[str]) -> dict[str, list[str]]:
         rows = self._select_in(
             "SELECT key, sku FROM shares WHERE channel = ? AND key IN ({in}) ORDER BY sku",
             keys,
@@ -45,18 +39,14 @@ class SQLiteReading(SQLiteBase):
         )
         return shared.skus_by_key(rows)
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        return await self._run(self._counts)
-
-    def _counts(self) -> dict[str, dict[str, int]]:
+    @in_thread
+    def counts(self) -> dict[str, dict[str, int]]:
         return shared.counts(
             self._db.execute("SELECT channel, status, n FROM item_counts WHERE n > 0")
         )
 
-    async def oldest_pending(self) -> dict[str, float]:
-        return await self._run(self._oldest_pending)
-
-    def _oldest_pending(self) -> dict[str, float]:
+    @in_thread
+    def oldest_pending(self) -> dict[str, float]:
         waiting = self._db.execute(
             "SELECT channel, status FROM item_counts WHERE status IN ('pending', 'sending') "
             "AND n > 0"
@@ -73,10 +63,8 @@ class SQLiteReading(SQLiteBase):
         ]
         return shared.oldest(firsts)
 
-    async def history(self, sku: str) -> list[HistoryRow]:
-        return await self._run(self._history, sku)
-
-    def _history(self, sku: str) -> list[HistoryRow]:
+    @in_thread
+    def history(self, sku: str) -> list[HistoryRow]:
         rows = self._db.execute(
             "SELECT h.channel, h.key, h.before, h.after, h.outcome, h.error, h.at FROM history h "
             "WHERE EXISTS (SELECT 1 FROM shares s WHERE s.channel = h.channel AND s.key = h.key "
@@ -101,17 +89,13 @@ class SQLiteReading(SQLiteBase):
             )
         return cursor.rowcount
 
-    async def get_meta(self, name: str) -> str | None:
-        return await self._run(self._get_meta, name)
-
-    def _get_meta(self, name: str) -> str | None:
+    @in_thread
+    def get_meta(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else str(row[0])
 
-    async def set_meta(self, name: str, value: str) -> None:
-        await self._run(self._set_meta, name, value)
-
-    def _set_meta(self, name: str, value: str) -> None:
+    @in_thread
+    def set_meta(self, name: str, value: str) -> None:
         with self._tx():
             self._db.execute(
                 "INSERT INTO meta (name, value) VALUES (?, ?) "

@@ -9,7 +9,7 @@ from daemon.core.models import CatalogEntry, StockLevel, StockRecord, plain
 from daemon.rules.plan import Contribution
 from daemon.store import rows as shared
 from daemon.store.codec import encode_stock
-from daemon.store.sqlite.base import SQLiteBase, chunks, in_clause
+from daemon.store.sqlite.base import SQLiteBase, chunks, in_clause, in_thread
 
 __all__ = ["SQLiteRecords"]
 
@@ -21,10 +21,8 @@ class SQLiteRecords(SQLiteBase):
         rows = self._select_in("SELECT sku, stock, catalog FROM records WHERE sku IN ({in})", skus)
         return {sku: (stock, catalog) for sku, stock, catalog in rows}
 
-    async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
-        return await self._run(self._save_stock, levels, scan)
-
-    def _save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+    @in_thread
+    def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
         now = self._clock()
         changed: list[StockRecord] = []
         rows = []
@@ -62,10 +60,8 @@ class SQLiteRecords(SQLiteBase):
                 )
         return changed
 
-    async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
-        return await self._run(self._save_catalog, entries)
-
-    def _save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
+    @in_thread
+    def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:
         now = self._clock()
         with self._tx():
             old = self._existing([entry.sku for entry in entries])
@@ -92,10 +88,8 @@ class SQLiteRecords(SQLiteBase):
         ).fetchall()
         return shared.vanished_records(rows)
 
-    async def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
-        return await self._run(self._records, after, limit)
-
-    def _records(self, after: str, limit: int) -> list[StockRecord]:
+    @in_thread
+    def records(self, after: str = "", limit: int = 500) -> list[StockRecord]:
         rows = self._db.execute(
             "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku > ? "
             "ORDER BY sku LIMIT ?",
@@ -103,10 +97,8 @@ class SQLiteRecords(SQLiteBase):
         )
         return shared.stocked_records(rows)
 
-    async def records_of(self, skus: Sequence[str]) -> list[StockRecord]:
-        return await self._run(self._records_of, skus)
-
-    def _records_of(self, skus: Sequence[str]) -> list[StockRecord]:
+    @in_thread
+    def records_of(self, skus: Sequence[str]) -> list[StockRecord]:
         rows = self._select_in(
             "SELECT sku, stock, catalog FROM records WHERE stock IS NOT NULL AND sku IN ({in})",
             sorted(set(skus)),
@@ -115,12 +107,8 @@ class SQLiteRecords(SQLiteBase):
 
     # --- planning ------------------------------------------------------------------------------
 
-    async def replace_shares(
-        self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
-    ) -> dict[str, list[Contribution]]:
-        return await self._run(self._replace_shares, channel, skus, shares)
-
-    def _replace_shares(
+    @in_thread
+    def replace_shares(
         self, channel: str, skus: Sequence[str], shares: Sequence[tuple[str, Contribution]]
     ) -> dict[str, list[Contribution]]:
         affected: set[str] = {share.key for _, share in shares}
