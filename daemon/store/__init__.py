@@ -2,9 +2,10 @@
 
     protocol.py   the `Store` interface and the values it returns
     lifecycle.py  the item states and every transition between them (pure)
+    rows.py       what both backends do between their SQL and the lifecycle (pure)
     health.py     a failing store as a state the daemon shows, not a crash
     records.py    keyCRM records as both backends store them    codec.py  their compact text
-    sqlite/       the embedded backend (schema.py, backend.py)
+    sqlite/       the embedded backend (schema.py; backend.py over a module per concern)
     pg/           PostgreSQL, for several replicas (its schema: pg/migrate.py), and the SQL
                   replicas coordinate through (lease, shared queue and budget)
     migrate_state.py  `stocksync migrate-state`: a SQLite state copied into PostgreSQL

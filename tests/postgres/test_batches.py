@@ -18,7 +18,10 @@ import pytest
 from daemon.core.models import Outcome, StockLevel, Value, Verdict
 from daemon.rules.plan import Contribution
 from daemon.store import Timing
-from daemon.store.pg.backend import _CHANNEL_CLASS, _LOAD, _TRIM_HISTORY, PostgresStore
+from daemon.store.pg.backend import PostgresStore
+from daemon.store.pg.base import CHANNEL_CLASS as _CHANNEL_CLASS
+from daemon.store.pg.base import LOAD as _LOAD
+from daemon.store.pg.base import TRIM_HISTORY as _TRIM_HISTORY
 from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.migrate import MIGRATIONS, migrate
 

@@ -1,6 +1,10 @@
 """The PostgreSQL backend, for several replicas on one database, and the SQL they share.
 
-    backend.py   `PostgresStore`: the same `Store` contract as SQLite
+    backend.py   `PostgresStore`: the same `Store` contract as SQLite, put together from
+      base.py      the pool, fenced and locked transactions, item load/save, the shared SQL
+      records.py   keyCRM records and the planning shares
+      queue.py     channel items and their work queue
+      reading.py   reads for status, CLI and metrics; history pruning; meta
     connect.py   pools and connections safe behind PgBouncer in transaction mode
     faults.py    every database error as `StoreUnavailable`: the one translation point
     migrate.py   the schema as ordered steps, applied once at start

@@ -1,0 +1,265 @@
+"""The PostgreSQL store's connections, transactions and locks, and its item load/save.
+
+The backend keeps the same contract as SQLite, for several replicas on one database; its calls
+(records.py, queue.py, reading.py) build on `PostgresBase`, which holds everything below.
+
+Each call is one transaction on a pooled connection (psycopg's async pool; safe behind PgBouncer
+in transaction mode, see `daemon.store.pg.connect`). Item states change only through
+`daemon.store.lifecycle`, exactly as in SQLite: a write loads the rows, applies the pure
+transitions and writes them back. A batch goes in one statement per table (`unnest` of one
+array per column), never one per row: a statement's parse, plan and trigger cost the same for one
+row as for a hundred, and the item counts are kept per statement (migration 5).
+
+SQLite runs one call at a time; here calls run side by side on several connections, so each
+read-modify-write takes transaction-scoped advisory locks first: writes to one channel's items
+take that channel's lock (and a shared lock on all items), calls that move items of every
+channel (`recover`, `force_all`, `release_held`) take the all-items lock exclusively, and
+writes to keyCRM records take the records lock. A claim alone takes no channel lock: it skips
+and locks the rows it takes, and the other writes lock the rows they load (see `_write`). The
+locks end with the transaction, so nothing leaks through a pooler, and reads take none (MVCC).
+
+Every connection comes through `daemon.store.pg.faults.Database`: any psycopg error (a restart, a
+lost connection, a pool that cannot connect) is `StoreUnavailable`, counted in `health`.
+
+With a `fence` (the lease keeper's `lease`), every write first checks, in its own transaction,
+that this replica still holds the merchant's lease under its epoch (`daemon.store.pg.lease.fence`):
+a replica that lost the lease writes nothing and gets `LeaseLost`. One merchant per database.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, LiteralString, Self
+
+from psycopg import AsyncConnection, OperationalError
+from psycopg.rows import TupleRow
+
+from daemon.config.dsn import describe
+from daemon.core.errors import StateUnusable
+from daemon.store.health import StoreHealth
+from daemon.store.lifecycle import Item
+from daemon.store.pg.connect import Pool, open_pool
+from daemon.store.pg.faults import Database
+from daemon.store.pg.lease import Lease, LeaseLost, fence
+from daemon.store.pg.migrate import migrate
+from daemon.store.rows import HistoryValues
+from daemon.store.rows import item as _item
+from daemon.store.sqlite.schema import ITEM_COLUMNS
+
+__all__ = [
+    "ALL_ITEMS",
+    "CHANNEL_CLASS",
+    "COLUMNS",
+    "HISTORY_PER_ITEM",
+    "LOAD",
+    "PAGE",
+    "RECORDS",
+    "TRIM_HISTORY",
+    "Conn",
+    "PostgresBase",
+    "columns",
+]
+
+PAGE = 5000  # rows per transaction of a long job
+HISTORY_PER_ITEM = 100  # as SQLiteStore
+
+#: ITEM_COLUMNS as one literal (psycopg takes only literal SQL); checked equal below.
+COLUMNS: LiteralString = (
+    "channel, key, desired, changed_at, status, diverged_at, acked, acked_at, sent, forced, "
+    "priority, attempts, next_attempt, due_at, last_error, held_scan"
+)
+assert ", ".join(ITEM_COLUMNS) == COLUMNS
+#: The items' columns as arrays, one per column, in `COLUMNS` order (`columns(_row(...))`).
+_ITEM_ARRAYS: LiteralString = (
+    "%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::float8[], %s::text[],"
+    " %s::float8[], %s::text[], %s::bool[], %s::int4[], %s::int4[], %s::float8[], %s::float8[],"
+    " %s::text[], %s::int8[]"
+)
+#: A batch of items in one statement (one parse, plan and round trip, not one per row).
+_UPSERT: LiteralString = (
+    "INSERT INTO items (" + COLUMNS + ") SELECT * FROM unnest(" + _ITEM_ARRAYS + ") "
+    "ON CONFLICT (channel, key) DO UPDATE SET desired = excluded.desired, "
+    "changed_at = excluded.changed_at, status = excluded.status, "
+    "diverged_at = excluded.diverged_at, acked = excluded.acked, acked_at = excluded.acked_at, "
+    "sent = excluded.sent, forced = excluded.forced, priority = excluded.priority, "
+    "attempts = excluded.attempts, next_attempt = excluded.next_attempt, "
+    "due_at = excluded.due_at, last_error = excluded.last_error, held_scan = excluded.held_scan"
+)
+#: History rows (channel, key, before, after, outcome, error, at) in one statement; ids follow
+#: the rows' order, which `history` sorts ties of `at` by.
+_HISTORY: LiteralString = (
+    "INSERT INTO history (channel, key, before, after, outcome, error, at)"
+    " SELECT c, k, b, a, o, e, t FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::float8[]) WITH ORDINALITY AS u(c, k, b, a, o, e, t, n)"
+    " ORDER BY n"
+)
+#: A channel's items by key: one primary-key probe per wanted key, whatever the planner
+#: believes. Before the table has statistics (a fresh database's first minute, a first import)
+#: `key = ANY(...)` or a join would read all of the channel's items and filter them.
+LOAD: LiteralString = (
+    "SELECT " + COLUMNS + " FROM unnest(%s::text[]) AS wanted(wanted_key)"
+    " CROSS JOIN LATERAL (SELECT * FROM items"
+    "  WHERE items.channel = %s AND items.key = wanted_key LIMIT 1 FOR UPDATE) AS items"
+)
+#: The history of the given keys beyond the newest N: index probes per key (the laterals) and
+#: by id, for the same reason (a join would read the channel's whole history).
+TRIM_HISTORY: LiteralString = (
+    "DELETE FROM history WHERE id = ANY(ARRAY("
+    " SELECT old.id FROM unnest(%s::text[]) AS k(key)"
+    " CROSS JOIN LATERAL (SELECT at FROM history WHERE channel = %s"
+    "  AND key = k.key ORDER BY at DESC LIMIT 1 OFFSET %s) AS oldest_kept"
+    " CROSS JOIN LATERAL (SELECT id FROM history WHERE channel = %s"
+    "  AND key = k.key AND at < oldest_kept.at OFFSET 0) AS old))"
+)
+
+# Advisory lock keys (transaction-scoped). One bigint key space for the two global locks, the
+# (class, hash) space for per-channel locks.
+ALL_ITEMS = 0x737473796E630001
+RECORDS = 0x737473796E630002
+CHANNEL_CLASS = 0x73737963
+
+
+def _float(value: float | None) -> float | None:
+    """As float: a float8[] array must not mix ints (a clock's whole second) with floats."""
+    return None if value is None else float(value)
+
+
+def _row(item: Item) -> tuple[Any, ...]:
+    return (
+        item.channel,
+        item.key,
+        item.desired,
+        float(item.changed_at),
+        str(item.status),
+        _float(item.diverged_at),
+        item.acked,
+        _float(item.acked_at),
+        item.sent,
+        bool(item.forced),
+        item.priority,
+        item.attempts,
+        float(item.next_attempt),
+        _float(item.due_at),
+        item.last_error,
+        item.held_scan,
+    )
+
+
+def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column: the parameters of an `unnest` of a batch."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+Conn = AsyncConnection[TupleRow]
+
+
+class PostgresBase:
+    """A pool, its fenced and locked transactions; see the module docstring."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        fence: Callable[[], Lease | None] | None = None,
+        owns_pool: bool = False,
+        clock: Callable[[], float] | None = None,
+        location: str = "postgresql",
+        history_per_item: int = HISTORY_PER_ITEM,
+        health: StoreHealth | None = None,
+    ) -> None:
+        self._pool = pool
+        #: shared with the lease keeper and the look-up queue of a replica
+        #: (`daemon.store.pg.faults`)
+        self.health = health or StoreHealth(location)
+        self._db = Database(pool, self.health)
+        #: history rows kept per item at most (the newest), besides `history_retention`
+        self.history_per_item = history_per_item
+        self._fence = fence
+        self._owns_pool = owns_pool
+        self._clock = clock or time.time
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        password: str | None = None,
+        fence: Callable[[], Lease | None] | None = None,
+        max_size: int = 8,
+        acquire_timeout: float = 10.0,
+    ) -> Self:
+        """Open a pool on `dsn`, bring the schema up to date, and own the pool."""
+        location = describe(dsn)
+        try:
+            pool = await open_pool(
+                dsn, password=password, max_size=max_size, acquire_timeout=acquire_timeout
+            )
+        except OperationalError as exc:
+            raise StateUnusable(f"{location}: cannot reach the database ({exc})") from exc
+        try:
+            async with pool.connection() as conn:
+                await migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, fence=fence, owns_pool=True, location=location)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Conn]:
+        async with self._db.connection("read") as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def _write(
+        self, *, channel: str | None = None, lock: int | None = None, claim: bool = False
+    ) -> AsyncIterator[Conn]:
+        """A write transaction: fenced by the lease (if any), then the advisory locks.
+
+        A `claim` takes only the shared lock on all items, not its channel's: it locks the
+        rows it takes (`SKIP LOCKED`), and every other write locks the rows it loads
+        (`FOR UPDATE`), so neither can write back over the other's change. The fence comes
+        first in every transaction, then the advisory locks, then the row locks: a takeover
+        waiting for the fenced transactions never waits on a lock one of them waits for.
+        """
+        async with self._db.connection("write") as conn, conn.transaction():
+            if self._fence is not None:
+                lease = self._fence()
+                if lease is None:
+                    raise LeaseLost("this replica does not hold the lease")
+                await fence(conn, lease)
+            if claim:
+                await conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int8)", (ALL_ITEMS,))
+            elif channel is not None:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock_shared(%s::int8),"
+                    " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
+                    (ALL_ITEMS, CHANNEL_CLASS, channel),
+                )
+            elif lock is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s::int8)", (lock,))
+            yield conn
+
+    @staticmethod
+    async def _load(conn: Conn, channel: str, keys: Sequence[str]) -> dict[str, Item]:
+        cursor = await conn.execute(LOAD, (list(keys), channel))
+        return {row[1]: _item(row) for row in await cursor.fetchall()}
+
+    @staticmethod
+    async def _save(conn: Conn, items: Sequence[Item]) -> None:
+        """Write `items` back in one statement; a key given twice keeps its last state, as one
+        upsert per row did (one statement may not touch a row twice)."""
+        rows = {(item.channel, item.key): _row(item) for item in items}
+        if rows:
+            await conn.execute(_UPSERT, columns([rows[k] for k in sorted(rows)], 16))
+
+    @staticmethod
+    async def _history(conn: Conn, rows: Sequence[HistoryValues]) -> None:
+        if rows:
+            at = [float(row[6]) for row in rows]
+            await conn.execute(_HISTORY, [*columns(rows, 6), at])
+
+    async def close(self) -> None:
+        if self._owns_pool:
+            await self._pool.close()
