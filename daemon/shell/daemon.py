@@ -2,12 +2,14 @@
 
     source (scan, catalog, look-ups) -> reconciler -> store (work queue) -> dispatcher -> channel
 
-The shell owns the store (and the lock on it), the HTTP listener, signal handling, the keyCRM
-request budget (with any 429 pause) and the look-up queue. A pipeline is built from one config
-(`daemon.pipeline.assembly`). A SIGHUP validates the new file whole, binds a changed listener
-first, and
-only then drains the running pipeline and starts the new one; a fault at any step keeps the old
-one running. Signals are handled the whole time: one that arrives during a reload or a drain
+The shell owns the store (and the lock on it, or the replica and its lease), the HTTP listener,
+signal handling, the keyCRM request budget (with any 429 pause), the look-up queue and what it
+keeps in the store across processes (`upkeep`). It holds one `MerchantPipeline` (merchant
+"default"), built from one config, and talks to it only through that class's interface
+(`daemon.pipeline.merchant`): run, stop, resync, release_guard, readiness, status,
+refresh_metrics, pending. A SIGHUP validates the new file whole, binds a changed listener first,
+and only then drains the running pipeline and starts the new one; a fault at any step keeps the
+old one running. Signals are handled the whole time: one that arrives during a reload or a drain
 waits its turn, and a SIGTERM still stops within `shutdown_timeout`. SIGTERM/SIGINT stop taking
 work, send what is debounced now, let in-flight requests finish within `shutdown_timeout`, and
 return.
@@ -24,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -44,6 +45,7 @@ from daemon.keycrm.lookups import LookupQueue
 from daemon.pipeline.assembly import Parts, assemble
 from daemon.pipeline.merchant import MerchantPipeline, ResyncWish, Shared
 from daemon.replicas.replica import Replica
+from daemon.shell import upkeep
 from daemon.shell.deadline import commit_within
 from daemon.shell.http import build_app
 from daemon.shell.listener import Listener
@@ -57,11 +59,8 @@ __all__ = ["Daemon", "Parts", "assemble"]
 
 log = structlog.get_logger("stocksync.pipeline")
 
-_HOUSEKEEPING_EVERY = 60.0
 #: the one merchant a deployment serves today (the lease and queues are keyed by it)
 MERCHANT = "default"
-_BUDGET_SAVE_EVERY = 2.0
-_CLEAN_STOP = "clean_stop"
 #: what `/readyz` adds on a replica whose config is not the leader's
 CONFIG_DIFFERS = "config differs from leader's"
 #: how long a webhook waits for its SKUs to be committed before it is answered 503: the
@@ -274,15 +273,15 @@ class Daemon:
             try:
                 with contextlib.suppress(StoreUnavailable):  # then the consumer asks the store
                     await self.lookups.load()  # what a killed process left: looked up first
-                await self._load_budget(store)
-                await self._note_start(store)
+                await upkeep.load_budget(store, self.budget)
+                self._replan_all = await upkeep.note_start(store)
                 await self._live(store)
                 with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-                    await store.set_meta(_CLEAN_STOP, "1")  # reached only by a graceful stop
+                    await store.set_meta(upkeep.CLEAN_STOP, "1")  # reached only by a graceful stop
             finally:
                 self._notify("STOPPING=1")
                 with anyio.CancelScope(shield=True):
-                    await self._save_budget(store)
+                    await upkeep.save_budget(store, self.budget)
                     await store.close()
                 log.info("daemon.stopped")
 
@@ -329,7 +328,7 @@ class Daemon:
             if self._watchdog_every is not None:
                 life.start_soon(self._watchdog, self._watchdog_every)
             if replica is None:
-                life.start_soon(self._keep_budget, store)
+                life.start_soon(upkeep.keep_budget, store, self.budget)
             else:
                 await life.start(replica.run)
             try:
@@ -340,7 +339,7 @@ class Daemon:
                     listen = self.config.daemon.listen
                     raise StartupError(f"cannot listen on {listen}: {reason}") from exc
                 if replica is None:
-                    await self._recover(store)
+                    await upkeep.recover_in_flight(store, self.config, self._clock())
                     await self._pipelines()
                 else:
                     await self._follow(replica)
@@ -385,8 +384,8 @@ class Daemon:
             inherited = await self.replica.inherit_budget(self.budget)
             log.info("keycrm.budget_inherited", requests=inherited)
             # The predecessor may have died between storing records and planning them.
-            self._replan_all = inherited > 0 or await self.store.get_meta(_CLEAN_STOP) == "0"
-            await self._recover(self.store)
+            self._replan_all = inherited > 0 or await upkeep.died_before(self.store)
+            await upkeep.recover_in_flight(self.store, self.config, self._clock())
             await self._pipelines(lease)
         finally:
             self._leading = False
@@ -405,28 +404,6 @@ class Daemon:
         for channel in config.channels:
             self.metrics.add_channel(channel.name)
         self._stop = anyio.Event()
-
-    async def _note_start(self, store: Store) -> None:
-        """Whether the last process stopped gracefully. If it died, records it had stored may
-        not have been planned yet (a kill between the two transactions): plan everything again
-        at this start, whatever the rules' fingerprint says."""
-        try:
-            self._replan_all = await store.get_meta(_CLEAN_STOP) == "0"
-            await store.set_meta(_CLEAN_STOP, "0")
-        except StoreUnavailable:
-            self._replan_all = True
-
-    async def _recover(self, store: Store) -> None:
-        """Pushes cut off by the death of the last process: their outcome is unknown."""
-        try:
-            # A dead process's request may still be on its way: wait out each channel's
-            # timeout before correcting it, so it cannot land after the correction.
-            grace = {c.name: c.timeout for c in self.config.channels}
-            recovered = await store.recover(self._clock(), grace)
-        except StoreUnavailable:
-            return  # logged by the store; the items stay `sending` until a start that can write
-        if recovered:
-            log.warning("daemon.recovered_in_flight", items=recovered)
 
     async def _run_pipeline(
         self, config: Config, *, resync_first: bool, lease: Lease | None = None
@@ -468,49 +445,17 @@ class Daemon:
                 if resync_first:
                     self.resync("signal")
                 async with anyio.create_task_group() as chores:
-                    chores.start_soon(self._housekeeping)
+                    chores.start_soon(
+                        upkeep.prune_history, self.store, self._retention, self._clock
+                    )
                     await self._stop.wait()
                     chores.cancel_scope.cancel()
         finally:
             self._replan_all = pipeline.replan_all
             self.pipeline = None
 
-    async def _housekeeping(self) -> None:
-        """History past `daemon.history_retention` goes, while this process runs a pipeline."""
-        assert self.store is not None
-        while True:
-            retention = self.config.daemon.history_retention
-            try:
-                pruned = await self.store.prune_history(self._clock() - retention)
-            except StoreUnavailable:
-                pruned = 0
-            if pruned:
-                log.info("history.pruned", rows=pruned)
-            await anyio.sleep(_HOUSEKEEPING_EVERY)
-
-    # --- the keyCRM budget across restarts -------------------------------------------------------
-
-    async def _load_budget(self, store: Store) -> None:
-        try:
-            saved = await store.get_meta("keycrm_budget")
-        except StoreUnavailable:
-            return
-        if saved:
-            self.budget.restore(orjson.loads(saved), time.time())
-
-    async def _save_budget(self, store: Store) -> None:
-        snapshot = orjson.dumps(self.budget.snapshot(time.time())).decode()
-        try:
-            await store.set_meta("keycrm_budget", snapshot)
-        except StoreUnavailable:
-            return
-
-    async def _keep_budget(self, store: Store) -> None:
-        """Save the budget's recent requests every few seconds (and at exit): a restart, even
-        a SIGKILL, then knows what the last process spent in keyCRM's window."""
-        while True:
-            await anyio.sleep(_BUDGET_SAVE_EVERY)
-            await self._save_budget(store)
+    def _retention(self) -> float:
+        return self.config.daemon.history_retention
 
     # --- process-level tasks ---------------------------------------------------------------------
 
