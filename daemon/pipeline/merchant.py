@@ -47,6 +47,9 @@ log = structlog.get_logger("stocksync.pipeline")
 
 _STORE_RETRY = 5.0
 
+Counts = dict[str, dict[str, int]]
+Holds = dict[str, dict[str, Any] | None]
+
 #: the leader's consumer of the durable look-up queue: handed each batch's look-up
 Consume = Callable[[Callable[[list[str]], Awaitable[None]]], Awaitable[None]]
 
@@ -174,11 +177,8 @@ class MerchantPipeline:
         parts = self.parts
         if parts is None:
             return {}
-        store = self._shared.store
         try:
-            counts = await store.counts()
-            oldest = await store.oldest_pending()
-            holds = await parts.reconciler.holds.report(counts)
+            counts, oldest, holds = await self._queues(parts)
         except StoreUnavailable:
             counts, oldest, holds = {}, {}, {}
         now = self._shared.clock()
@@ -189,13 +189,11 @@ class MerchantPipeline:
 
     async def refresh_metrics(self) -> None:
         """This merchant's gauges; the last values stand while the store cannot be read."""
-        parts, store, metrics = self.parts, self._shared.store, self._shared.metrics
+        parts, metrics = self.parts, self._shared.metrics
         if parts is None:
             return
         try:
-            counts = await store.counts()
-            oldest = await store.oldest_pending()
-            holds = await parts.reconciler.holds.report(counts)
+            counts, oldest, holds = await self._queues(parts)
         except StoreUnavailable:
             return  # stocksync_store_errors_total says why
         now = self._shared.clock()
@@ -218,6 +216,14 @@ class MerchantPipeline:
         except StoreUnavailable:
             return 0
         return sum(unacknowledged(c) for c in counts.values())
+
+    async def _queues(self, parts: Parts) -> tuple[Counts, dict[str, float], Holds]:
+        """Items per channel per status, each channel's oldest unacknowledged change, and its
+        guard hold: what `/status` and the gauges show (raises `StoreUnavailable`)."""
+        store = self._shared.store
+        counts = await store.counts()
+        oldest = await store.oldest_pending()
+        return counts, oldest, await parts.reconciler.holds.report(counts)
 
     # --- the loops -------------------------------------------------------------------------------
 
