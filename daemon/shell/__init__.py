@@ -8,6 +8,7 @@
     logs.py          structlog set-up        looplag.py   how late the event loop wakes
     sdnotify.py      systemd's notify protocol  statelock.py one daemon per state file
     preflight.py     what `run` needs from the machine, checked before it is needed
+    upkeep.py        what the shell keeps in the store across processes (clean stop, budget)
 
 One merchant's pipeline, which the shell starts and stops, is `daemon.pipeline`.
 """

@@ -2,12 +2,14 @@
 
     source (scan, catalog, look-ups) -> reconciler -> store (work queue) -> dispatcher -> channel
 
-The shell owns the store (and the lock on it), the HTTP listener, signal handling, the keyCRM
-request budget (with any 429 pause) and the look-up queue. A pipeline is built from one config
-(`daemon.pipeline.assembly`). A SIGHUP validates the new file whole, binds a changed listener
-first, and
-only then drains the running pipeline and starts the new one; a fault at any step keeps the old
-one running. Signals are handled the whole time: one that arrives during a reload or a drain
+The shell owns the store (and the lock on it, or the replica and its lease), the HTTP listener,
+signal handling, the keyCRM request budget (with any 429 pause), the look-up queue and what it
+keeps in the store across processes (`upkeep`). It holds one `MerchantPipeline` (merchant
+"default"), built from one config, and talks to it only through that class's interface
+(`daemon.pipeline.merchant`): run, stop, resync, release_guard, readiness, status,
+refresh_metrics, pending. A SIGHUP validates the new file whole, binds a changed listener first,
+and only then drains the running pipeline and starts the new one; a fault at any step keeps the
+old one running. Signals are handled the whole time: one that arrives during a reload or a drain
 waits its turn, and a SIGTERM still stops within `shutdown_timeout`. SIGTERM/SIGINT stop taking
 work, send what is debounced now, let in-flight requests finish within `shutdown_timeout`, and
 return.
@@ -16,16 +18,14 @@ return.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import anyio
-import orjson
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -36,7 +36,6 @@ from daemon.core import redact
 from daemon.core.errors import (
     ConfigError,
     LookupQueueFull,
-    SourceError,
     StartupError,
     StoreUnavailable,
 )
@@ -44,8 +43,9 @@ from daemon.core.telemetry import Metrics
 from daemon.keycrm.budget import RequestBudget
 from daemon.keycrm.lookups import LookupQueue
 from daemon.pipeline.assembly import Parts, assemble
+from daemon.pipeline.merchant import MerchantPipeline, ResyncWish, Shared
 from daemon.replicas.replica import Replica
-from daemon.rules.plan import fingerprint
+from daemon.shell import upkeep
 from daemon.shell.deadline import commit_within
 from daemon.shell.http import build_app
 from daemon.shell.listener import Listener
@@ -59,30 +59,13 @@ __all__ = ["Daemon", "Parts", "assemble"]
 
 log = structlog.get_logger("stocksync.pipeline")
 
-_HOUSEKEEPING_EVERY = 60.0
 #: the one merchant a deployment serves today (the lease and queues are keyed by it)
 MERCHANT = "default"
-_BUDGET_SAVE_EVERY = 2.0
-_CLEAN_STOP = "clean_stop"
-_STORE_RETRY = 5.0
 #: what `/readyz` adds on a replica whose config is not the leader's
 CONFIG_DIFFERS = "config differs from leader's"
 #: how long a webhook waits for its SKUs to be committed before it is answered 503: the
 #: answer, 202 or 503, leaves within 5 s whatever the store does (`daemon.shell.deadline`)
 WEBHOOK_STORE_WAIT = 4.5
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-def _unacknowledged(per_status: dict[str, int]) -> int:
-    """Items waiting for a push or in flight: the lag's work (held ones wait for a person)."""
-    return per_status.get("pending", 0) + per_status.get("sending", 0)
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 1)
 
 
 class Daemon:
@@ -109,13 +92,13 @@ class Daemon:
             registry or CollectorRegistry(), [c.name for c in config.channels], __version__
         )
         self._scrub = scrubber(secret_values(config))
-        self.parts: Parts | None = None
+        #: the merchant's pipeline while one runs (between reloads, while leading)
+        self.pipeline: MerchantPipeline | None = None
         self.store: Store | None = None
         self._stop = anyio.Event()
         self._stopping = False
         self._next_config: Config | None = None
-        self._resync_wanted = anyio.Event()
-        self._resync_trigger = "signal"
+        self._resyncs = ResyncWish(self.metrics)
         self.started = anyio.Event()
         self.bound_port: int | None = None
         self.budget = RequestBudget(config.keycrm.requests_per_minute)
@@ -134,31 +117,44 @@ class Daemon:
 
     # --- control ---------------------------------------------------------------------------------
 
+    @property
+    def parts(self) -> Parts | None:
+        """The running pipeline's stages (None while none runs)."""
+        return None if self.pipeline is None else self.pipeline.parts
+
     def stop(self) -> None:
         """Graceful stop (SIGTERM, SIGINT)."""
         self._stopping = True
-        self._stop.set()
+        self._end_pipeline()
         self._terminate.set()
 
+    def _end_pipeline(self) -> None:
+        """The running pipeline drains (for a stop, or for the next config)."""
+        self._stop.set()
+        if self.pipeline is not None:
+            self.pipeline.stop()
+
     def resync(self, trigger: str) -> None:
-        """Full resync (SIGUSR1, `POST /admin/resync`); merged with one already under way."""
-        self.metrics.resyncs.labels(trigger=trigger).inc()
-        self._resync_trigger = trigger
-        self._resync_wanted.set()
+        """Full resync (SIGUSR1, `POST /admin/resync`); merged with one already under way, and
+        kept for the next pipeline when none runs."""
+        if self.pipeline is not None:
+            self.pipeline.resync(trigger)
+        else:
+            self._resyncs.want(trigger)
 
     async def release_guard(self, channel: str | None, by: str) -> dict[str, int]:
         """`POST /admin/guard/release`: the zeroes the guard holds go out (one channel, or all),
         recorded in the history. Raises KeyError for a channel not configured, and
         `StoreUnavailable` when this process runs no pipeline (starting, or a standby replica:
         ask the leader) or the state cannot write."""
-        parts = self.parts
+        pipeline = self.pipeline
         if channel is not None and channel not in {c.name for c in self.config.channels}:
             raise KeyError(channel)
-        if parts is None:
+        if pipeline is None or pipeline.parts is None:
             raise StoreUnavailable(
                 "no pipeline runs here (starting, or a standby replica)", operation="write"
             )
-        return await parts.reconciler.holds.release(channel, by)
+        return await pipeline.release_guard(channel, by)
 
     async def webhook(self, skus: list[str]) -> None:
         """A webhook's SKUs into the durable look-up queue: on PostgreSQL the one the leader
@@ -209,7 +205,7 @@ class Daemon:
             self._switch(config)  # a standby has no pipeline to replace
             return
         self._next_config = config
-        self._stop.set()
+        self._end_pipeline()
 
     # --- HTTP controller -------------------------------------------------------------------------
 
@@ -217,52 +213,24 @@ class Daemon:
         if self.replica is not None:
             differs = self.replica.config_differs()
             self.metrics.config_mismatch.labels(merchant=MERCHANT).set(1 if differs else 0)
-        if self.store is None or self.parts is None:
-            return
-        try:
-            counts = await self.store.counts()
-            oldest = await self.store.oldest_pending()
-            holds = await self.parts.reconciler.holds.report(counts)
-        except StoreUnavailable:
-            return  # the last values stand; stocksync_store_errors_total says why
-        now = self._clock()
-        for name in self.parts.dispatchers:
-            per_status = counts.get(name, {})
-            self.metrics.pending.labels(channel=name).set(_unacknowledged(per_status))
-            self.metrics.rejected.labels(channel=name).set(per_status.get("rejected", 0))
-            # Only a hold's zeroes: those a running scan holds until its verdict page nobody.
-            hold = holds.get(name)
-            self.metrics.guard_held.labels(channel=name).set(0 if hold is None else hold["held"])
-            since = oldest.get(name)
-            self.metrics.sync_lag.labels(channel=name).set(
-                0 if since is None else max(0.0, now - since)
-            )
-        self.metrics.keycrm_budget_used.set(self.parts.client.budget.sent_in_window())
-        self.metrics.first_scan_done.set(1 if self.parts.source.progress.first_scan_done else 0)
+        if self.pipeline is not None:
+            await self.pipeline.refresh_metrics()
 
     async def readiness(self) -> str | None:
-        parts = self.parts
+        pipeline = self.pipeline
         if self.replica is not None and not self._leading and self.store is not None:
             # A healthy standby is ready: the Service keeps sending it webhooks to queue. One
             # that cannot reach the database is not: it could queue none of them.
             if self._stopping:
                 return "stopping"
             return self.store.health.reason
-        if parts is None or self.store is None:
+        if pipeline is None or pipeline.parts is None or self.store is None:
             return "starting"
         if self._stopping:
             return "stopping"
         if self.store.health.reason is not None:
             return self.store.health.reason
-        # A first scan still running does not make the daemon unready: at 100k SKUs it takes
-        # half an hour, and webhooks must flow meanwhile. Its progress is in /status.
-        reached = parts.client.last_success
-        if reached is None:
-            return "keyCRM has not answered since start"
-        limit = 3 * parts.config.keycrm.poll_interval + parts.config.keycrm.timeout
-        if self._clock() - reached > limit:
-            return f"keyCRM has not answered for {self._clock() - reached:.0f}s"
-        return None
+        return pipeline.readiness()
 
     def readiness_note(self) -> str | None:
         """Why a ready replica still wants attention: its config differs from the leader's.
@@ -275,7 +243,11 @@ class Daemon:
         return None
 
     async def status(self) -> dict[str, Any]:
-        report = await self._status()
+        pipeline = self.pipeline
+        sections = {} if pipeline is None or self.store is None else await pipeline.status()
+        reason = await self.readiness()
+        report: dict[str, Any] = {"version": __version__, "ready": reason is None, "reason": reason}
+        report.update(sections)
         if self.replica is not None:
             try:
                 report["replica"] = await self.replica.status()
@@ -284,67 +256,6 @@ class Daemon:
         # Errors quote channel answers; a channel that echoes our credentials must not leak them.
         scrubbed: dict[str, Any] = self._scrub(report)
         return scrubbed
-
-    async def _status(self) -> dict[str, Any]:
-        parts = self.parts
-        if parts is None or self.store is None:
-            reason = await self.readiness()
-            return {"version": __version__, "ready": reason is None, "reason": reason}
-        try:
-            counts = await self.store.counts()
-            oldest = await self.store.oldest_pending()
-            holds = await parts.reconciler.holds.report(counts)
-        except StoreUnavailable:
-            counts, oldest, holds = {}, {}, {}
-        now = self._clock()
-        channels = {}
-        for name, dispatcher in parts.dispatchers.items():
-            per_status = counts.get(name, {})
-            health = dispatcher.health
-            since = oldest.get(name)
-            channels[name] = {
-                "type": dispatcher.config.type,
-                "pending": _unacknowledged(per_status),
-                "held": per_status.get("held", 0),
-                "guard": holds.get(name),
-                "rejected": per_status.get("rejected", 0),
-                "acknowledged": per_status.get("ok", 0),
-                "in_flight": dispatcher.in_flight,
-                "lag_seconds": 0.0 if since is None else round(max(0.0, now - since), 3),
-                "paused": health.paused_until > now,
-                "paused_until": _iso(health.paused_until) if health.paused_until > now else None,
-                "up": not health.down,
-                "last_error": health.last_error,
-            }
-        progress = parts.source.progress
-        reason = await self.readiness()
-        report: dict[str, Any] = {
-            "version": __version__,
-            "ready": reason is None,
-            "reason": reason,
-            "source": {
-                "scan_running": progress.running,
-                "resync_running": progress.resync,
-                "scan_page": progress.page,
-                "scan_last_page": progress.last_page,
-                "scan_eta": _rounded(progress.scan_eta(now)),
-                "first_scan_done": progress.first_scan_done,
-                "catalog_running": progress.catalog_running,
-                "catalog_page": progress.catalog_page,
-                "catalog_last_page": progress.catalog_last_page,
-                "catalog_eta": _rounded(progress.catalog_eta(now)),
-                "scans_completed": progress.scans_completed,
-                "last_scan_success": _iso(progress.last_success),
-                "last_scan_duration_seconds": progress.last_duration,
-                "last_catalog_refresh": _iso(progress.catalog_at),
-                "last_error": progress.last_error,
-                "lookups_queued": parts.source.lookups_queued,
-                "budget_requests_per_minute": parts.config.keycrm.requests_per_minute,
-                "budget_used_last_minute": parts.client.budget.sent_in_window(),
-            },
-            "channels": channels,
-        }
-        return report
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -362,15 +273,15 @@ class Daemon:
             try:
                 with contextlib.suppress(StoreUnavailable):  # then the consumer asks the store
                     await self.lookups.load()  # what a killed process left: looked up first
-                await self._load_budget(store)
-                await self._note_start(store)
+                await upkeep.load_budget(store, self.budget)
+                self._replan_all = await upkeep.note_start(store)
                 await self._live(store)
                 with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-                    await store.set_meta(_CLEAN_STOP, "1")  # reached only by a graceful stop
+                    await store.set_meta(upkeep.CLEAN_STOP, "1")  # reached only by a graceful stop
             finally:
                 self._notify("STOPPING=1")
                 with anyio.CancelScope(shield=True):
-                    await self._save_budget(store)
+                    await upkeep.save_budget(store, self.budget)
                     await store.close()
                 log.info("daemon.stopped")
 
@@ -417,7 +328,7 @@ class Daemon:
             if self._watchdog_every is not None:
                 life.start_soon(self._watchdog, self._watchdog_every)
             if replica is None:
-                life.start_soon(self._keep_budget, store)
+                life.start_soon(upkeep.keep_budget, store, self.budget)
             else:
                 await life.start(replica.run)
             try:
@@ -428,7 +339,7 @@ class Daemon:
                     listen = self.config.daemon.listen
                     raise StartupError(f"cannot listen on {listen}: {reason}") from exc
                 if replica is None:
-                    await self._recover(store)
+                    await upkeep.recover_in_flight(store, self.config, self._clock())
                     await self._pipelines()
                 else:
                     await self._follow(replica)
@@ -473,12 +384,12 @@ class Daemon:
             inherited = await self.replica.inherit_budget(self.budget)
             log.info("keycrm.budget_inherited", requests=inherited)
             # The predecessor may have died between storing records and planning them.
-            self._replan_all = inherited > 0 or await self.store.get_meta(_CLEAN_STOP) == "0"
-            await self._recover(self.store)
+            self._replan_all = inherited > 0 or await upkeep.died_before(self.store)
+            await upkeep.recover_in_flight(self.store, self.config, self._clock())
             await self._pipelines(lease)
         finally:
             self._leading = False
-            self.parts = None
+            self.pipeline = None
             self.metrics.leader.labels(merchant=MERCHANT).set(0)
             self._led.set()
             log.info("replica.standing_by", merchant=MERCHANT, epoch=lease.epoch)
@@ -494,201 +405,57 @@ class Daemon:
             self.metrics.add_channel(channel.name)
         self._stop = anyio.Event()
 
-    async def _note_start(self, store: Store) -> None:
-        """Whether the last process stopped gracefully. If it died, records it had stored may
-        not have been planned yet (a kill between the two transactions): plan everything again
-        at this start, whatever the rules' fingerprint says."""
-        try:
-            self._replan_all = await store.get_meta(_CLEAN_STOP) == "0"
-            await store.set_meta(_CLEAN_STOP, "0")
-        except StoreUnavailable:
-            self._replan_all = True
-
-    async def _recover(self, store: Store) -> None:
-        """Pushes cut off by the death of the last process: their outcome is unknown."""
-        try:
-            # A dead process's request may still be on its way: wait out each channel's
-            # timeout before correcting it, so it cannot land after the correction.
-            grace = {c.name: c.timeout for c in self.config.channels}
-            recovered = await store.recover(self._clock(), grace)
-        except StoreUnavailable:
-            return  # logged by the store; the items stay `sending` until a start that can write
-        if recovered:
-            log.warning("daemon.recovered_in_flight", items=recovered)
-
     async def _run_pipeline(
         self, config: Config, *, resync_first: bool, lease: Lease | None = None
     ) -> None:
+        """One merchant pipeline for `config`, from its start to the end of its drain."""
         assert self.store is not None
-        store = self.store
-        keeper = None if self.replica is None else self.replica.keeper
-        async with aiohttp.ClientSession() as session:
-            parts = assemble(
-                config,
-                store,
-                session,
-                self.metrics,
-                budget=self.budget,
-                lookups=self.lookups,
-                # Before each push: do we still lead, on our own clock? A leader that was
-                # paused past its lease wakes up pushing nothing.
-                may_push=None if keeper is None else keeper.leading,
-                clock=self._clock,
-            )
-            self.parts = parts
-            with contextlib.suppress(StoreUnavailable):  # readiness says why meanwhile
-                await parts.source.load_state()
-            log.info(
-                "config.applied" if resync_first else "daemon.started",
-                version=__version__,
-                channels=[c.name for c in config.channels],
-                state=str(config.daemon.state),
-                listen=config.daemon.listen,
-                port=self.bound_port,
-            )
-            self._notify("READY=1")
-            self._notify(f"STATUS=syncing {len(parts.dispatchers)} channels")
-            self.started.set()
-            if resync_first:
-                self.resync("signal")
-            await self._serve(parts, lease)
-            self.parts = None
-
-    async def _serve(self, parts: Parts, lease: Lease | None = None) -> None:
-        config = parts.config
-        async with anyio.create_task_group() as workers:
-            for dispatcher in parts.dispatchers.values():
-                workers.start_soon(dispatcher.run)
-            async with anyio.create_task_group() as feeders:
-                for dispatcher in parts.dispatchers.values():
-                    feeders.start_soon(dispatcher.report)
-                # The rules may have changed since the stored desired values were planned.
-                feeders.start_soon(self._replan, parts)
-                feeders.start_soon(parts.source.run_scans)
-                feeders.start_soon(parts.source.run_catalog)
-                if self.replica is None or lease is None:
-                    feeders.start_soon(parts.source.run_lookups)
-                else:  # webhooks any replica took, from the durable queue
-                    feeders.start_soon(self._consume_lookups, self.replica, lease, parts)
-                feeders.start_soon(self._resyncs, parts)
-                feeders.start_soon(self._housekeeping)
-                for checker in parts.checkers:
-                    feeders.start_soon(checker.run)
-                if config.sync.resync_interval is not None:
-                    feeders.start_soon(self._scheduled_resyncs, config.sync.resync_interval)
-                await self._stop.wait()
-                feeders.cancel_scope.cancel()
-            deadline = self._clock() + config.daemon.shutdown_timeout
-            log.info("daemon.draining", timeout=config.daemon.shutdown_timeout)
-            with anyio.CancelScope(shield=True):
-                async with anyio.create_task_group() as drains:
-                    for dispatcher in parts.dispatchers.values():
-                        drains.start_soon(self._drain, dispatcher, deadline)
-            workers.cancel_scope.cancel()
-
-    @staticmethod
-    async def _drain(dispatcher: Any, deadline: float) -> None:
+        replica = self.replica
+        consume = None
+        if replica is not None and lease is not None:
+            consume = functools.partial(replica.consume_lookups, lease)
+        pipeline = MerchantPipeline(
+            MERCHANT,
+            config,
+            Shared(self.store, self.metrics, self.budget, self._resyncs, self.lookups, self._clock),
+            drain_timeout=config.daemon.shutdown_timeout,
+            replan_all=self._replan_all,
+            # Before each push: do we still lead, on our own clock? A leader that was
+            # paused past its lease wakes up pushing nothing.
+            may_push=None if replica is None else replica.keeper.leading,
+            consume=consume,
+        )
+        self.pipeline = pipeline
+        if self._stop.is_set():  # a stop or a reload while this one was being set up
+            pipeline.stop()
         try:
-            await dispatcher.drain(deadline)
-        except StoreUnavailable:
-            return  # what was not settled is pushed again after the restart
+            async with anyio.create_task_group() as running:
+                await running.start(pipeline.run)
+                log.info(
+                    "config.applied" if resync_first else "daemon.started",
+                    version=__version__,
+                    channels=[c.name for c in config.channels],
+                    state=str(config.daemon.state),
+                    listen=config.daemon.listen,
+                    port=self.bound_port,
+                )
+                self._notify("READY=1")
+                self._notify(f"STATUS=syncing {len(config.channels)} channels")
+                self.started.set()
+                if resync_first:
+                    self.resync("signal")
+                async with anyio.create_task_group() as chores:
+                    chores.start_soon(
+                        upkeep.prune_history, self.store, self._retention, self._clock
+                    )
+                    await self._stop.wait()
+                    chores.cancel_scope.cancel()
+        finally:
+            self._replan_all = pipeline.replan_all
+            self.pipeline = None
 
-    @staticmethod
-    async def _consume_lookups(replica: Replica, lease: Lease, parts: Parts) -> None:
-        """The leader serves the durable look-up queue; a failed look-up leaves its SKUs
-        queued (claimable again) and is tried again after a pause."""
-        while True:
-            try:
-                await replica.consume_lookups(lease, parts.source.look_up)
-            except SourceError as exc:
-                log.warning("keycrm.lookup_failed", error=str(exc))
-                await anyio.sleep(_STORE_RETRY)
-            except StoreUnavailable:
-                await anyio.sleep(_STORE_RETRY)  # logged once per outage (`store.unavailable`)
-
-    async def _replan(self, parts: Parts) -> None:
-        """Plan every stored record again if the rules changed since they were last planned
-        (a new key template, a store code): in the background, in pages, retrying while the
-        store fails. Unchanged rules cost nothing at start."""
-        assert self.store is not None
-        rules = fingerprint({c.name: c.rules for c in parts.config.channels})
-        while True:
-            try:
-                unchanged = await self.store.get_meta("plan_fingerprint") == rules
-                if unchanged and not self._replan_all:
-                    return
-                reason = "the planning rules changed" if not unchanged else "an unclean stop"
-                log.info("plan.replanning", reason=reason)
-                replanned = await parts.reconciler.replan()
-                await self.store.set_meta("plan_fingerprint", rules)
-                self._replan_all = False
-            except StoreUnavailable:
-                await anyio.sleep(_STORE_RETRY)
-                continue
-            log.info("plan.replanned", items=replanned)
-            return
-
-    async def _resyncs(self, parts: Parts) -> None:
-        assert self.store is not None
-        while True:
-            await self._resync_wanted.wait()
-            if parts.source.progress.resync and parts.source.progress.running:
-                self._resync_wanted = anyio.Event()
-                log.info("resync.merged", trigger=self._resync_trigger)
-                continue
-            try:
-                await parts.reconciler.replan()
-                forced = await self.store.force_all(self._clock())
-            except StoreUnavailable:
-                await anyio.sleep(_STORE_RETRY)  # still wanted: tried again
-                continue
-            self._resync_wanted = anyio.Event()
-            for dispatcher in parts.dispatchers.values():
-                dispatcher.notify()
-            parts.source.request_scan()
-            log.info("resync.started", trigger=self._resync_trigger, items=forced)
-
-    async def _scheduled_resyncs(self, every: float) -> None:
-        """`sync.resync_interval`: heal drift made by hand in a channel, on a schedule."""
-        while True:
-            await anyio.sleep(every)
-            self.resync("schedule")
-
-    async def _housekeeping(self) -> None:
-        assert self.store is not None
-        while True:
-            retention = self.config.daemon.history_retention
-            try:
-                pruned = await self.store.prune_history(self._clock() - retention)
-            except StoreUnavailable:
-                pruned = 0
-            if pruned:
-                log.info("history.pruned", rows=pruned)
-            await anyio.sleep(_HOUSEKEEPING_EVERY)
-
-    # --- the keyCRM budget across restarts -------------------------------------------------------
-
-    async def _load_budget(self, store: Store) -> None:
-        try:
-            saved = await store.get_meta("keycrm_budget")
-        except StoreUnavailable:
-            return
-        if saved:
-            self.budget.restore(orjson.loads(saved), time.time())
-
-    async def _save_budget(self, store: Store) -> None:
-        snapshot = orjson.dumps(self.budget.snapshot(time.time())).decode()
-        try:
-            await store.set_meta("keycrm_budget", snapshot)
-        except StoreUnavailable:
-            return
-
-    async def _keep_budget(self, store: Store) -> None:
-        """Save the budget's recent requests every few seconds (and at exit): a restart, even
-        a SIGKILL, then knows what the last process spent in keyCRM's window."""
-        while True:
-            await anyio.sleep(_BUDGET_SAVE_EVERY)
-            await self._save_budget(store)
+    def _retention(self) -> float:
+        return self.config.daemon.history_retention
 
     # --- process-level tasks ---------------------------------------------------------------------
 
@@ -696,13 +463,11 @@ class Daemon:
         """Ping systemd from the event loop itself, so a wedged loop is restarted."""
         while True:
             message = "WATCHDOG=1"
-            if self.parts is not None and self.store is not None:
-                try:
-                    counts = await self.store.counts()
-                except StoreUnavailable:
-                    counts = {}
-                pending = sum(_unacknowledged(c) for c in counts.values())
-                message += f"\nSTATUS={len(self.parts.dispatchers)} channels, {pending} pending"
+            pipeline = self.pipeline
+            if pipeline is not None and pipeline.parts is not None:
+                pending = await pipeline.pending()
+                channels = len(pipeline.parts.dispatchers)
+                message += f"\nSTATUS={channels} channels, {pending} pending"
             self._notify(message)
             await anyio.sleep(every)
 
