@@ -27,9 +27,17 @@ def in_stock(world: World) -> None:
 async def scan(daemon: Daemon) -> None:
     assert daemon.parts is not None
     progress = daemon.parts.source.progress
-    done = progress.scans_completed
+    # A scan under way may have read its page before the caller changed keyCRM (a request
+    # merges into the next one): wait for a scan that started after this call.
+    started, done = progress.started_at, progress.scans_completed
     daemon.parts.source.request_scan()
-    await eventually(lambda: progress.scans_completed > done)
+    await eventually(
+        lambda: (
+            progress.scans_completed > done
+            and progress.started_at != started
+            and not progress.running
+        )
+    )
 
 
 def blocked(daemon: Daemon) -> float | None:
