@@ -179,19 +179,26 @@ def _operator(request: web.Request) -> str:
     return f"guard release by {name} via POST /admin/guard/release"
 
 
+def _admin_refusal(request: web.Request, expected: SecretStr | None) -> web.Response | None:
+    """None when the request carries the admin bearer token; else the 401 to answer. Without an
+    admin token configured the admin routes do not exist (404)."""
+    if expected is None:
+        raise web.HTTPNotFound
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not _same(token.strip(), expected):
+        return _json({"error": "a valid admin bearer token is required"}, status=401)
+    return None
+
+
 def _guard_release(
     controller: Controller, admin_token: Callable[[], SecretStr | None]
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """`POST /admin/guard/release[?channel=NAME]`, behind the admin token like `/admin/resync`."""
 
     async def admin_guard_release(request: web.Request) -> web.Response:
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        expected = admin_token()
-        if expected is None:
-            raise web.HTTPNotFound
-        if scheme.lower() != "bearer" or not _same(token.strip(), expected):
-            return _json({"error": "a valid admin bearer token is required"}, status=401)
+        refused = _admin_refusal(request, admin_token())
+        if refused is not None:
+            return refused
         return await _release_guard(controller, request)
 
     return admin_guard_release
@@ -287,13 +294,9 @@ def build_app(
         return await _take(controller, skus)
 
     async def admin_resync(request: web.Request) -> web.Response:
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        expected = admin_token()
-        if expected is None:
-            raise web.HTTPNotFound
-        if scheme.lower() != "bearer" or not _same(token.strip(), expected):
-            return _json({"error": "a valid admin bearer token is required"}, status=401)
+        refused = _admin_refusal(request, admin_token())
+        if refused is not None:
+            return refused
         controller.resync("http")
         return _json({"resync": "started"}, status=202)
 

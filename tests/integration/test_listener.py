@@ -11,6 +11,8 @@ import sys
 import textwrap
 import zlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -18,7 +20,7 @@ import orjson
 import pytest
 import structlog
 from aiohttp import web
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, Process, SocketStream
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
@@ -317,47 +319,21 @@ EMFILE_SERVER = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
-async def test_running_out_of_file_descriptors_is_quiet_and_recovers() -> None:
-    async with await anyio.open_process(
-        [sys.executable, "-c", EMFILE_SERVER], stdin=-1, stdout=-1, stderr=-1
-    ) as process:
-        assert process.stdout is not None and process.stdin is not None
-        assert process.stderr is not None
-        with anyio.fail_after(10):
-            port = int((await process.stdout.receive()).decode().strip())
-        held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(12)]
-        stderr = b""
+@dataclass
+class Exhausted:
+    """The EMFILE server, out of descriptors: its process, port, the connections holding them
+    and what it has written to stderr so far."""
 
-        async def read_stderr() -> None:
-            nonlocal stderr
-            async for chunk in process.stderr:  # type: ignore[union-attr]
-                stderr += chunk
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(read_stderr)
-            await eventually(lambda: b"http.fd_exhausted" in stderr)
-            for stream in held:
-                await stream.aclose()
-            # Descriptors are free again: the listener answers once more.
-            answer = b""
-            with anyio.fail_after(10):
-                while not answer.startswith(b"HTTP/1.1 200"):
-                    answer = await exchange(
-                        port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                    )
-            await process.stdin.send(b"stop\n")
-            await process.wait()
-    assert stderr.count(b"http.fd_exhausted") == 1, stderr
-    assert b"Traceback" not in stderr
-    assert len(stderr) < 2000
+    process: Process
+    port: int
+    held: list[SocketStream]
+    stderr: bytes = b""
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
-async def test_closing_while_out_of_file_descriptors_is_quiet() -> None:
-    """asyncio retries a failed accept() a second later, on the socket it had: closed by then,
-    the retry fails ("Invalid file descriptor: -1"), and that must not be a traceback either."""
-    environment = {**os.environ, "LINGER": "1.5"}
+@asynccontextmanager
+async def exhausted_server(linger: float = 0.0) -> AsyncIterator[Exhausted]:
+    """Start EMFILE_SERVER, use up its descriptors and wait for its one `http.fd_exhausted`."""
+    environment = {**os.environ, "LINGER": str(linger)}
     async with await anyio.open_process(
         [sys.executable, "-c", EMFILE_SERVER], stdin=-1, stdout=-1, stderr=-1, env=environment
     ) as process:
@@ -366,23 +342,49 @@ async def test_closing_while_out_of_file_descriptors_is_quiet() -> None:
         with anyio.fail_after(10):
             port = int((await process.stdout.receive()).decode().strip())
         held = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(12)]
-        stderr = b""
+        server = Exhausted(process, port, held)
 
         async def read_stderr() -> None:
-            nonlocal stderr
             async for chunk in process.stderr:  # type: ignore[union-attr]
-                stderr += chunk
+                server.stderr += chunk
 
         async with anyio.create_task_group() as group:
             group.start_soon(read_stderr)
-            await eventually(lambda: b"http.fd_exhausted" in stderr)
-            await process.stdin.send(b"stop\n")  # the accept retry is pending now
-            with anyio.fail_after(10):
-                assert await process.wait() == 0
+            await eventually(lambda: b"http.fd_exhausted" in server.stderr)
+            yield server
         for stream in held:
             await stream.aclose()
-    assert b"Traceback" not in stderr, stderr.decode(errors="replace")
-    assert b"Invalid file descriptor" not in stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+async def test_running_out_of_file_descriptors_is_quiet_and_recovers() -> None:
+    async with exhausted_server() as server:
+        for stream in server.held:
+            await stream.aclose()
+        # Descriptors are free again: the listener answers once more.
+        answer = b""
+        with anyio.fail_after(10):
+            while not answer.startswith(b"HTTP/1.1 200"):
+                answer = await exchange(
+                    server.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+        await server.process.stdin.send(b"stop\n")  # type: ignore[union-attr]
+        await server.process.wait()
+    assert server.stderr.count(b"http.fd_exhausted") == 1, server.stderr
+    assert b"Traceback" not in server.stderr
+    assert len(server.stderr) < 2000
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+async def test_closing_while_out_of_file_descriptors_is_quiet() -> None:
+    """asyncio retries a failed accept() a second later, on the socket it had: closed by then,
+    the retry fails ("Invalid file descriptor: -1"), and that must not be a traceback either."""
+    async with exhausted_server(linger=1.5) as server:
+        await server.process.stdin.send(b"stop\n")  # type: ignore[union-attr]  # retry pending
+        with anyio.fail_after(10):
+            assert await server.process.wait() == 0
+    assert b"Traceback" not in server.stderr, server.stderr.decode(errors="replace")
+    assert b"Invalid file descriptor" not in server.stderr
 
 
 def webhook_request(body: bytes, *headers: str, chunked: bool = False) -> bytes:
