@@ -43,6 +43,8 @@ from daemon.core.errors import ConfigError
 from daemon.core.secrets import EnvSecret, FileSecret, pick
 
 __all__ = [
+    "DEFAULT_MERCHANT",
+    "MERCHANT_ID",
     "BaseUrl",
     "ChannelConfig",
     "Config",
@@ -52,8 +54,15 @@ __all__ = [
     "Settings",
     "SyncSettings",
     "load_config",
+    "merchant_tables",
+    "read_document",
     "secret_values",
 ]
+
+#: the merchant of a single-merchant file: every existing config, state and dashboard
+DEFAULT_MERCHANT = "default"
+#: what a merchant file's stem must look like (`acme.toml` -> `acme`)
+MERCHANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 def _lease_ttl(seconds: float) -> float:
@@ -91,6 +100,8 @@ class DaemonSettings(Settings):
     history_retention: Duration = 30 * 86400.0
     admin_token_env: EnvSecret | None = None
     admin_token_file: FileSecret | None = None
+    #: a folder of merchant files (`daemon.config.deployment`); None: this file is the merchant
+    merchants: Path | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -197,11 +208,53 @@ class Config:
     keycrm: KeycrmSettings
     sync: SyncSettings
     channels: tuple[ChannelConfig, ...]
+    #: whose stock this is: the merchant file's stem, or `default` for a single-merchant file
+    merchant: str = DEFAULT_MERCHANT
 
     @property
     def needs_warehouses(self) -> bool:
         """Whether any channel counts per warehouse, so scans must ask for `filter[details]`."""
         return any(c.rules.needs_warehouses for c in self.channels)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """The TOML document at `path`, or ConfigError (key `config`) saying why it is none."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([("config", f"cannot read {path}: {exc.strerror or exc}")]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([("config", f"{path} is not valid TOML: {exc}")]) from exc
+    except RecursionError as exc:
+        raise ConfigError([("config", f"{path} nests arrays or tables too deeply")]) from exc
+
+
+def section(
+    document: Mapping[str, Any], name: str, model: type[Settings], faults: list[tuple[str, str]]
+) -> Any:
+    """One table validated by its model, or None with its faults added to `faults`."""
+    raw = document.get(name, {})
+    if not isinstance(raw, dict):
+        faults.append((name, "must be a table"))
+        return None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        faults.extend(validation_faults(exc, (name,)))
+        return None
+
+
+def merchant_tables(
+    document: Mapping[str, Any],
+    registry: Mapping[str, ChannelSpec],
+    base_dir: Path,
+    faults: list[tuple[str, str]],
+) -> tuple[KeycrmSettings | None, SyncSettings | None, list[ChannelConfig]]:
+    """A merchant's own tables (`[keycrm]`, `[sync]`, `[[channel]]`), faults into `faults`."""
+    keycrm = section(document, "keycrm", KeycrmSettings, faults)
+    sync = section(document, "sync", SyncSettings, faults)
+    channels = load_channels(document.get("channel", []), registry, base_dir, faults)
+    return keycrm, sync, channels
 
 
 def load_config(
@@ -210,51 +263,57 @@ def load_config(
     *,
     check_machine: Callable[[Path, str], list[tuple[str, str]]] | None = None,
 ) -> Config:
-    """Read, validate and resolve the whole file, or raise ConfigError with every fault.
+    """Read, validate and resolve the whole single-merchant file, or raise ConfigError with
+    every fault. A file naming a merchants folder is read by `load_deployment` instead.
 
     `check_machine(state, listen)` also checks what the file points at (`check-config` passes
     `daemon.shell.preflight.preflight`: the state file's folder, the listener's address), so
     those faults come with the rest.
     """
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([("config", f"cannot read {path}: {exc.strerror or exc}")]) from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([("config", f"{path} is not valid TOML: {exc}")]) from exc
-    except RecursionError as exc:
-        raise ConfigError([("config", f"{path} nests arrays or tables too deeply")]) from exc
+    document = read_document(path)
     base_dir = path.resolve().parent
     faults: list[tuple[str, str]] = []
     for unknown in sorted(set(document) - {"daemon", "keycrm", "sync", "channel"}):
         faults.append((unknown, "unknown section"))
-
-    def section(name: str, model: type[Settings]) -> Any:
-        raw = document.get(name, {})
-        if not isinstance(raw, dict):
-            faults.append((name, "must be a table"))
-            return None
-        try:
-            return model.model_validate(raw)
-        except ValidationError as exc:
-            faults.extend(validation_faults(exc, (name,)))
-            return None
-
-    daemon = section("daemon", DaemonSettings)
-    if daemon is not None and not daemon.state.is_absolute():
-        daemon = daemon.model_copy(update={"state": base_dir / daemon.state})
+    daemon = load_daemon(document, base_dir, faults)
+    if daemon is not None and daemon.merchants is not None:
+        raise ConfigError(
+            [("daemon.merchants", "names a merchants folder: this command reads one merchant")]
+        )
     if daemon is not None and check_machine is not None:
-        machine = check_machine(daemon.state, daemon.listen)
-        if daemon.database is not None:  # the state is in PostgreSQL: there is no file to check
-            machine = [fault for fault in machine if fault[0] != "daemon.state"]
-        faults.extend(machine)
-    keycrm = section("keycrm", KeycrmSettings)
-    sync = section("sync", SyncSettings)
-
-    channels = load_channels(document.get("channel", []), registry, base_dir, faults)
+        faults.extend(machine_faults(daemon, daemon.state, check_machine))
+    keycrm, sync, channels = merchant_tables(document, registry, base_dir, faults)
     if faults:
         raise ConfigError([(one_line(key), one_line(problem)) for key, problem in faults])
+    assert daemon is not None
+    assert keycrm is not None
+    assert sync is not None
     return Config(path=path, daemon=daemon, keycrm=keycrm, sync=sync, channels=tuple(channels))
+
+
+def load_daemon(
+    document: Mapping[str, Any], base_dir: Path, faults: list[tuple[str, str]]
+) -> DaemonSettings | None:
+    """`[daemon]` with its paths resolved against the file's folder."""
+    daemon: DaemonSettings | None = section(document, "daemon", DaemonSettings, faults)
+    if daemon is None:
+        return None
+    update: dict[str, Path] = {}
+    if not daemon.state.is_absolute():
+        update["state"] = base_dir / daemon.state
+    if daemon.merchants is not None and not daemon.merchants.is_absolute():
+        update["merchants"] = base_dir / daemon.merchants
+    return daemon.model_copy(update=update) if update else daemon
+
+
+def machine_faults(
+    daemon: DaemonSettings, state: Path, check: Callable[[Path, str], list[tuple[str, str]]]
+) -> list[tuple[str, str]]:
+    """What `check(state, listen)` finds; on PostgreSQL there is no state file to check."""
+    machine = check(state, daemon.listen)
+    if daemon.database is not None:
+        machine = [fault for fault in machine if fault[0] != "daemon.state"]
+    return machine
 
 
 def secret_values(config: Config) -> list[str]:

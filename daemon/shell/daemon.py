@@ -2,14 +2,16 @@
 
     source (scan, catalog, look-ups) -> reconciler -> store (work queue) -> dispatcher -> channel
 
-The shell owns the store (and the lock on it, or the replica and its lease), the HTTP listener,
-signal handling, the keyCRM request budget (with any 429 pause), the look-up queue and what it
-keeps in the store across processes (`upkeep`). It holds one `MerchantPipeline` (merchant
-"default"), built from one config, and talks to it only through that class's interface
-(`daemon.pipeline.merchant`): run, stop, resync, release_guard, readiness, status,
-refresh_metrics, pending. A SIGHUP validates the new file whole, binds a changed listener first,
-and only then drains the running pipeline and starts the new one; a fault at any step keeps the
-old one running. Signals are handled the whole time: one that arrives during a reload or a drain
+The shell owns what the process has once: the HTTP listener, signal handling, the telemetry,
+and on PostgreSQL the replica (its pool and leases). Each merchant it serves is a
+`ServedMerchant` (`daemon.shell.merchant`): its own state, keyCRM budget, look-up queue and
+pipelines, so one merchant's trouble (a state that cannot be opened, a key keyCRM refuses, a
+channel down, an unexpected failure) is that merchant's alone. A single-merchant file is one
+merchant, `default`, and behaves exactly as before: its faults at start are the process's.
+A SIGHUP validates the new files, binds a changed listener first, then restarts the merchants
+whose config changed, starts the ones added and stops the ones removed; a fault of the main
+file keeps everything running as it was, a fault of one merchant's file keeps that merchant's
+previous config. Signals are handled the whole time: one that arrives during a reload or a drain
 waits its turn, and a SIGTERM still stops within `shutdown_timeout`. SIGTERM/SIGINT stop taking
 work, send what is debounced now, let in-flight requests finish within `shutdown_timeout`, and
 return.
@@ -17,19 +19,21 @@ return.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
 import structlog
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from daemon import __version__
+from daemon.config.deployment import Deployment
 from daemon.config.fingerprint import config_fingerprint
 from daemon.config.settings import Config, secret_values
 from daemon.core import redact
@@ -37,30 +41,30 @@ from daemon.core.errors import (
     ConfigError,
     LookupQueueFull,
     StartupError,
+    StocksyncError,
     StoreUnavailable,
 )
 from daemon.core.telemetry import Metrics
 from daemon.keycrm.budget import RequestBudget
 from daemon.keycrm.lookups import LookupQueue
 from daemon.pipeline.assembly import Parts, assemble
-from daemon.pipeline.merchant import MerchantPipeline, ResyncWish, Shared
+from daemon.pipeline.merchant import MerchantPipeline
 from daemon.replicas.replica import Replica
-from daemon.shell import upkeep
 from daemon.shell.deadline import commit_within
 from daemon.shell.http import build_app
 from daemon.shell.listener import Listener
 from daemon.shell.logs import scrubber
 from daemon.shell.looplag import watch_loop
-from daemon.shell.statelock import StateLock
-from daemon.store import Store, open_store
+from daemon.shell.merchant import ServedMerchant
+from daemon.store import Store
 from daemon.store.pg.lease import Lease
 
 __all__ = ["Daemon", "Parts", "assemble"]
 
 log = structlog.get_logger("stocksync.pipeline")
 
-#: the one merchant a deployment serves today (the lease and queues are keyed by it)
-MERCHANT = "default"
+#: what a merchant's failure at start up is, for the operator: the state cannot be opened
+_OPEN_FAILURES = (StocksyncError, OSError, sqlite3.Error)
 #: what `/readyz` adds on a replica whose config is not the leader's
 CONFIG_DIFFERS = "config differs from leader's"
 #: how long a webhook waits for its SKUs to be committed before it is answered 503: the
@@ -73,95 +77,121 @@ class Daemon:
 
     def __init__(
         self,
-        config: Config,
+        config: Config | Deployment,
         *,
-        reload: Callable[[], Config] | None = None,
+        reload: Callable[[], Config | Deployment] | None = None,
         registry: CollectorRegistry | None = None,
         handle_signals: bool = True,
         notify: Callable[[str], None] | None = None,
         watchdog: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        deployment = _deployment(config)
+        self.deployment = deployment
         self._reload = reload
         self._handle_signals = handle_signals
         self._notify = notify or (lambda _message: None)
         self._watchdog_every = watchdog
         self._clock = clock
-        self.metrics = Metrics(
-            registry or CollectorRegistry(), [c.name for c in config.channels], __version__
-        )
-        self._scrub = scrubber(secret_values(config))
-        #: the merchant's pipeline while one runs (between reloads, while leading)
-        self.pipeline: MerchantPipeline | None = None
-        self.store: Store | None = None
-        self._stop = anyio.Event()
+        channels = {c.name for m in deployment.merchants.values() for c in m.channels}
+        self.metrics = Metrics(registry or CollectorRegistry(), sorted(channels), __version__)
+        self._scrub = scrubber(_secrets(deployment))
+        #: every merchant this process serves (leads or stands by for), by id
+        self.merchants: dict[str, ServedMerchant] = {
+            name: self._served(config) for name, config in deployment.merchants.items()
+        }
         self._stopping = False
-        self._next_config: Config | None = None
-        self._resyncs = ResyncWish(self.metrics)
         self.started = anyio.Event()
         self.bound_port: int | None = None
-        self.budget = RequestBudget(config.keycrm.requests_per_minute)
-        #: webhook look-ups on a SQLite state (PostgreSQL: the replica's queue); set by `run`
-        self.lookups: LookupQueue | None = None
         #: the process's lifetime task group, while `run` runs (webhook writes run in it)
         self._life: anyio.abc.TaskGroup | None = None
+        #: where a merchant added by a reload is started, while merchants are served
+        self._serving: anyio.abc.TaskGroup | None = None
         self._listener: Listener | None = None
         #: set on PostgreSQL: this process is one replica of several
         self.replica: Replica | None = None
-        self._leading = False
-        self._led = anyio.Event()
         self._terminate = anyio.Event()
-        #: plan every stored record at the next pipeline start (the last process died)
-        self._replan_all = False
 
-    # --- control ---------------------------------------------------------------------------------
+    def _served(self, config: Config) -> ServedMerchant:
+        return ServedMerchant(config, self.metrics, clock=self._clock, on_started=self._on_started)
+
+    # --- the one merchant of a single-merchant file (what tests and tools of one merchant use) ---
+
+    @property
+    def single(self) -> bool:
+        """A single-merchant file: its merchant's faults at start are the process's."""
+        return self.deployment.folder is None
+
+    def _sole(self) -> ServedMerchant:
+        if len(self.merchants) != 1:
+            raise RuntimeError("this daemon serves several merchants: use .merchants[name]")
+        return next(iter(self.merchants.values()))
+
+    @property
+    def config(self) -> Config:
+        return self._sole().config
+
+    @property
+    def pipeline(self) -> MerchantPipeline | None:
+        return self._sole().pipeline
 
     @property
     def parts(self) -> Parts | None:
         """The running pipeline's stages (None while none runs)."""
-        return None if self.pipeline is None else self.pipeline.parts
+        return self._sole().parts
+
+    @property
+    def store(self) -> Store | None:
+        return self._sole().store
+
+    @property
+    def budget(self) -> RequestBudget:
+        return self._sole().budget
+
+    @property
+    def lookups(self) -> LookupQueue | None:
+        return self._sole().lookups
+
+    def _merchant(self, name: str | None) -> list[ServedMerchant]:
+        """The merchant named (KeyError when not served here), or every one for None."""
+        if name is None:
+            return list(self.merchants.values())
+        return [self.merchants[name]]
+
+    # --- control ---------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM, SIGINT)."""
         self._stopping = True
-        self._end_pipeline()
+        for served in self.merchants.values():
+            served.stop()
         self._terminate.set()
 
-    def _end_pipeline(self) -> None:
-        """The running pipeline drains (for a stop, or for the next config)."""
-        self._stop.set()
-        if self.pipeline is not None:
-            self.pipeline.stop()
+    def resync(self, trigger: str, merchant: str | None = None) -> None:
+        """Full resync (SIGUSR1, `POST /admin/resync`) of every merchant or one (KeyError for
+        one not served here); merged with one under way, kept for the next pipeline."""
+        for served in self._merchant(merchant):
+            served.resync(trigger)
 
-    def resync(self, trigger: str) -> None:
-        """Full resync (SIGUSR1, `POST /admin/resync`); merged with one already under way, and
-        kept for the next pipeline when none runs."""
-        if self.pipeline is not None:
-            self.pipeline.resync(trigger)
-        else:
-            self._resyncs.want(trigger)
-
-    async def release_guard(self, channel: str | None, by: str) -> dict[str, int]:
+    async def release_guard(
+        self, channel: str | None, by: str, merchant: str | None = None
+    ) -> dict[str, int]:
         """`POST /admin/guard/release`: the zeroes the guard holds go out (one channel, or all),
-        recorded in the history. Raises KeyError for a channel not configured, and
-        `StoreUnavailable` when this process runs no pipeline (starting, or a standby replica:
-        ask the leader) or the state cannot write."""
-        pipeline = self.pipeline
-        if channel is not None and channel not in {c.name for c in self.config.channels}:
-            raise KeyError(channel)
-        if pipeline is None or pipeline.parts is None:
-            raise StoreUnavailable(
-                "no pipeline runs here (starting, or a standby replica)", operation="write"
-            )
-        return await pipeline.release_guard(channel, by)
+        recorded in the history. KeyError for a merchant or channel not configured;
+        `StoreUnavailable` when no pipeline runs here (starting, a standby replica) or the state
+        cannot write. Without `merchant`, a single-merchant daemon's one."""
+        served = self._sole() if merchant is None else self.merchants[merchant]
+        return await served.release_guard(channel, by)
 
-    async def webhook(self, skus: list[str]) -> None:
-        """A webhook's SKUs into the durable look-up queue: on PostgreSQL the one the leader
-        consumes (any replica takes them), else the state file's. Returns once they are
+    async def webhook(self, merchant: str, skus: list[str]) -> None:
+        """A webhook's SKUs into the merchant's durable look-up queue: on PostgreSQL the one its
+        leader consumes (any replica takes them), else its state file's. Returns once they are
         committed, so a crash after the 2xx loses none; raises `StoreUnavailable` when they
         cannot be (the webhook is refused, and keyCRM may send it again)."""
-        replica, queue = self.replica, self.lookups
+        served = self.merchants.get(merchant)
+        if served is None:
+            raise StoreUnavailable(f"merchant {merchant} is not served now", operation="write")
+        replica, queue = self.replica, served.lookups
         if replica is not None:
             await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: replica.enqueue(skus))
             return
@@ -170,20 +200,28 @@ class Daemon:
         overflow = await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: queue.push(skus))
         if overflow:
             self.metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
-            log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=queue.cap)
+            log.warning("keycrm.lookup_queue_full", merchant=merchant, dropped=overflow)
             raise LookupQueueFull(overflow, queue.cap)
 
+    def _webhook_tokens(self) -> Mapping[str, SecretStr]:
+        tokens = {}
+        for name, served in self.merchants.items():
+            token = served.config.keycrm.webhook_token
+            if token is not None:
+                tokens[name] = token
+        return tokens
+
     async def reload(self) -> None:
-        """SIGHUP: re-read and validate the file, bind a changed listener; on any fault keep
-        running the old config and say why."""
+        """SIGHUP: re-read and validate the files, bind a changed listener; on a fault of the
+        main file keep running as before and say why."""
         if self._reload is None:
             return
         self._notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            config = self._reload()
+            deployment = _deployment(self._reload())
             if self._listener is not None:
                 try:
-                    self.bound_port = await self._listener.rebind(config.daemon.listen)
+                    self.bound_port = await self._listener.rebind(deployment.daemon.listen)
                 except OSError as exc:
                     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
                     raise ConfigError(
@@ -198,39 +236,84 @@ class Daemon:
             )
             self._notify("READY=1")
             return
-        redact.update(secret_values(config))  # a rotated secret is masked from now on
-        self.metrics.config_reloads.labels(result="ok").inc()
-        log.info("config.reloaded", channels=[c.name for c in config.channels])
-        if self.replica is not None and not self._leading:
-            self._switch(config)  # a standby has no pipeline to replace
-            return
-        self._next_config = config
-        self._end_pipeline()
+        redact.update(_secrets(deployment))  # a rotated secret is masked from now on
+        self.metrics.config_reloads.labels(result="ok" if not deployment.broken else "error").inc()
+        log.info("config.reloaded", merchants=sorted(deployment.merchants))
+        self._apply(deployment)
+        self._notify("READY=1")
+
+    def _apply(self, new: Deployment) -> None:
+        """Restart the merchants whose config changed (every reload restarts a single
+        merchant, as before), start the added ones, stop the removed ones."""
+        for name, faults in new.broken.items():
+            log.error(
+                "merchant.config_invalid",
+                merchant=name,
+                faults=[f"{k}: {p}" for k, p in faults],
+                hint="still running its previous configuration"
+                if name in self.merchants
+                else "not started",
+            )
+        for name, config in new.merchants.items():
+            served = self.merchants.get(name)
+            if served is None or served.trouble is not None:
+                if served is not None:
+                    served.stop()
+                self._start(name, config)
+            elif self.single or config != served.config:
+                if self.replica is not None:  # published with the next lease step
+                    self.replica.keeper.fingerprint = config_fingerprint(config)
+                served.reload(config)
+        for name in set(self.merchants) - set(new.merchants) - set(new.broken):
+            log.info("merchant.removed", merchant=name)
+            self.merchants.pop(name).stop()
+        kept = {n: self.merchants[n].config for n in new.broken if n in self.merchants}
+        self.deployment = Deployment(
+            new.path,
+            new.daemon,
+            {**new.merchants, **kept},
+            {n: f for n, f in new.broken.items() if n not in kept},
+            new.folder,
+        )
+        self._scrub = scrubber(_secrets(self.deployment))
+
+    def _start(self, name: str, config: Config) -> None:
+        """A merchant added (or fixed) by a reload: served from now on."""
+        served = self._served(config)
+        self.merchants[name] = served
+        for channel in config.channels:
+            self.metrics.add_channel(channel.name)
+        if self._serving is not None and self.replica is None:
+            self._serving.start_soon(self._open_and_serve, served)
+        log.info("merchant.added", merchant=name)
 
     # --- HTTP controller -------------------------------------------------------------------------
 
     async def refresh_metrics(self) -> None:
-        if self.replica is not None:
-            differs = self.replica.config_differs()
-            self.metrics.config_mismatch.labels(merchant=MERCHANT).set(1 if differs else 0)
-        if self.pipeline is not None:
-            await self.pipeline.refresh_metrics()
+        replica = self.replica
+        for name, served in list(self.merchants.items()):
+            if replica is not None:
+                differs = replica.config_differs()
+                self.metrics.config_mismatch.labels(merchant=name).set(1 if differs else 0)
+            await served.refresh_metrics()
 
     async def readiness(self) -> str | None:
-        pipeline = self.pipeline
-        if self.replica is not None and not self._leading and self.store is not None:
-            # A healthy standby is ready: the Service keeps sending it webhooks to queue. One
-            # that cannot reach the database is not: it could queue none of them.
-            if self._stopping:
-                return "stopping"
-            return self.store.health.reason
-        if pipeline is None or pipeline.parts is None or self.store is None:
-            return "starting"
         if self._stopping:
             return "stopping"
-        if self.store.health.reason is not None:
-            return self.store.health.reason
-        return pipeline.readiness()
+        if self.single:
+            return self._merchant_readiness(self._sole())
+        if not self.started.is_set():
+            return "starting"
+        if self.replica is not None:
+            return self.replica.store.health.reason
+        return None  # each merchant's own trouble is in /status
+
+    def _merchant_readiness(self, served: ServedMerchant) -> str | None:
+        if self.replica is not None and not served.leading and served.store is not None:
+            # A healthy standby is ready: the Service keeps sending it webhooks to queue. One
+            # that cannot reach the database is not: it could queue none of them.
+            return served.store.health.reason
+        return served.readiness()
 
     def readiness_note(self) -> str | None:
         """Why a ready replica still wants attention: its config differs from the leader's.
@@ -242,12 +325,20 @@ class Daemon:
             return CONFIG_DIFFERS
         return None
 
-    async def status(self) -> dict[str, Any]:
-        pipeline = self.pipeline
-        sections = {} if pipeline is None or self.store is None else await pipeline.status()
-        reason = await self.readiness()
-        report: dict[str, Any] = {"version": __version__, "ready": reason is None, "reason": reason}
-        report.update(sections)
+    async def status(self, merchant: str | None = None) -> dict[str, Any]:
+        """The process and every merchant (`merchants`), or one merchant alone (KeyError for
+        one not served here). A single-merchant daemon reports its merchant's sections at the
+        top, as before."""
+        report: dict[str, Any] = {"version": __version__}
+        if merchant is not None or self.single:
+            served = self.merchants[merchant] if merchant is not None else self._sole()
+            reason = await self.readiness() if self.single else self._merchant_readiness(served)
+            report.update({"ready": reason is None, "reason": reason, "merchant": served.name})
+            report.update(await served.sections())
+        else:
+            reason = await self.readiness()
+            report.update({"ready": reason is None, "reason": reason})
+            report["merchants"] = await self._merchant_reports()
         if self.replica is not None:
             try:
                 report["replica"] = await self.replica.status()
@@ -257,66 +348,109 @@ class Daemon:
         scrubbed: dict[str, Any] = self._scrub(report)
         return scrubbed
 
+    async def _merchant_reports(self) -> dict[str, Any]:
+        reports: dict[str, Any] = {}
+        for name in sorted({*self.merchants, *self.deployment.broken}):
+            served = self.merchants.get(name)
+            if served is None:
+                faults = self.deployment.broken[name]
+                reports[name] = {
+                    "ready": False,
+                    "role": "broken",
+                    "reason": f"its file is not valid ({len(faults)} faults)",
+                    "faults": [f"{k}: {p}" for k, p in faults],
+                }
+                continue
+            reason = self._merchant_readiness(served)
+            role = "standby" if self.replica is not None and not served.leading else "serving"
+            reports[name] = {"ready": reason is None, "role": role, "reason": reason}
+            reports[name].update(await served.sections())
+        return reports
+
     # --- running ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until stopped. Reloads replace the pipeline; the shell stays throughout."""
-        if self.config.daemon.database is not None:
-            await self._run_replicated(self.config.daemon.database)
+        """Run until stopped. Reloads replace pipelines; the shell stays throughout."""
+        dsn = self.deployment.daemon.database
+        if dsn is not None:
+            await self._run_replicated(dsn)
             return
-        state = self.config.daemon.state
-        with StateLock(state):
-            store = open_store(state)
-            self.store = store
-            store.health.on_error = lambda op: self.metrics.store_errors.labels(operation=op).inc()
-            self.lookups = LookupQueue(store)
-            try:
-                with contextlib.suppress(StoreUnavailable):  # then the consumer asks the store
-                    await self.lookups.load()  # what a killed process left: looked up first
-                await upkeep.load_budget(store, self.budget)
-                self._replan_all = await upkeep.note_start(store)
-                await self._live(store)
-                with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-                    await store.set_meta(upkeep.CLEAN_STOP, "1")  # reached only by a graceful stop
-            finally:
-                self._notify("STOPPING=1")
-                with anyio.CancelScope(shield=True):
-                    await upkeep.save_budget(store, self.budget)
-                    await store.close()
-                log.info("daemon.stopped")
+        try:
+            for served in list(self.merchants.values()):
+                await self._open(served)
+        except BaseException:
+            for served in list(self.merchants.values()):
+                await served.close()
+            raise
+        try:
+            await self._live()
+        finally:
+            self._notify("STOPPING=1")
+            for served in list(self.merchants.values()):
+                await served.close()
+            log.info("daemon.stopped")
+
+    async def _open(self, served: ServedMerchant) -> None:
+        """Open a merchant's state; a single merchant's failure is the process's, one of
+        several is that merchant's alone (it is reported, and retried at the next reload)."""
+        try:
+            await served.open()
+        except _OPEN_FAILURES as exc:
+            if self.single:
+                raise
+            served.trouble = f"cannot open its state: {exc}"
+            log.error("merchant.state_unusable", merchant=served.name, error=str(exc))  # noqa: TRY400
+
+    async def _open_and_serve(self, served: ServedMerchant) -> None:
+        await self._open(served)
+        await self._serve(served)
+
+    async def _serve(self, served: ServedMerchant) -> None:
+        """One merchant's pipelines until it stops; a failure of one of several merchants is
+        logged with its traceback and ends that merchant only."""
+        if served.trouble is not None or served.store is None:
+            return
+        try:
+            await served.serve(self.deployment.daemon.listen, self.bound_port)
+        except Exception as exc:
+            if self.single:
+                raise
+            served.trouble = f"stopped by an unexpected error: {type(exc).__name__}"
+            log.exception("merchant.failed", merchant=served.name)
 
     async def _run_replicated(self, dsn: str) -> None:
         """On PostgreSQL: one of several replicas, leading the merchant while it holds the
-        lease (`daemon.pg`), a useful standby otherwise."""
-        settings = self.config.daemon
+        lease (`daemon.replicas`), a useful standby otherwise."""
+        settings = self.deployment.daemon
         password = settings.database_password
+        served = self._sole()
         replica = await Replica.open(
             dsn,
-            MERCHANT,
+            served.name,
             password=None if password is None else password.get_secret_value(),
             ttl=settings.lease_ttl,
-            fingerprint=config_fingerprint(self.config),
+            fingerprint=config_fingerprint(served.config),
         )
         self.replica = replica
-        self.store = replica.store
+        served.store = replica.store
         replica.store.health.on_error = lambda op: self.metrics.store_errors.labels(
             operation=op
         ).inc()
-        self.metrics.leader.labels(merchant=MERCHANT).set(0)
-        self.budget.on_done = replica.record_request
+        self.metrics.leader.labels(merchant=served.name).set(0)
+        served.budget.on_done = replica.record_request
         try:
-            await self._live(replica.store, replica=replica)
+            await self._live(replica)
         finally:
             self._notify("STOPPING=1")
             with anyio.CancelScope(shield=True):
                 await replica.close()
             log.info("daemon.stopped")
 
-    async def _live(self, store: Store, *, replica: Replica | None = None) -> None:
+    async def _live(self, replica: Replica | None = None) -> None:
         app = build_app(
             self,
-            webhook_token=lambda: self.config.keycrm.webhook_token,
-            admin_token=lambda: self.config.daemon.admin_token,
+            webhook_tokens=self._webhook_tokens,
+            admin_token=lambda: self.deployment.daemon.admin_token,
         )
         listener = Listener(app)
         self._listener = listener
@@ -327,20 +461,17 @@ class Daemon:
             life.start_soon(lambda: watch_loop(self.metrics.event_loop_lag))
             if self._watchdog_every is not None:
                 life.start_soon(self._watchdog, self._watchdog_every)
-            if replica is None:
-                life.start_soon(upkeep.keep_budget, store, self.budget)
-            else:
+            if replica is not None:
                 await life.start(replica.run)
             try:
+                listen = self.deployment.daemon.listen
                 try:
-                    self.bound_port = await listener.start(self.config.daemon.listen)
+                    self.bound_port = await listener.start(listen)
                 except OSError as exc:
                     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-                    listen = self.config.daemon.listen
                     raise StartupError(f"cannot listen on {listen}: {reason}") from exc
                 if replica is None:
-                    await upkeep.recover_in_flight(store, self.config, self._clock())
-                    await self._pipelines()
+                    await self._serve_all()
                 else:
                     await self._follow(replica)
             finally:
@@ -350,112 +481,58 @@ class Daemon:
                 self._life = None  # webhooks now find no task group to write in: 503
             life.cancel_scope.cancel()
 
-    async def _pipelines(self, lease: Lease | None = None) -> None:
-        """Pipeline after pipeline (a reload replaces one), until a stop."""
-        resync_first = False
-        if self._next_config is not None:  # a reload a standby took before it led
-            self._switch(self._next_config)
-        while not self._stopping:
-            await self._run_pipeline(self.config, resync_first=resync_first, lease=lease)
-            if self._next_config is None or self._stopping:
-                break
-            self._switch(self._next_config)
-            resync_first = True
+    async def _serve_all(self) -> None:
+        """Every merchant's pipelines side by side (and those a reload adds), until a stop."""
+        async with anyio.create_task_group() as serving:
+            self._serving = serving
+            for served in self.merchants.values():
+                serving.start_soon(self._serve, served)
+            self._check_started()
+            await self._terminate.wait()
+            self._serving = None
 
     async def _follow(self, replica: Replica) -> None:
         """Lead whenever this replica holds the lease, stand by otherwise, until a stop."""
+        served = self._sole()
         async with anyio.create_task_group() as roles:
-            roles.start_soon(replica.keeper.lead, self._lead)
+            roles.start_soon(replica.keeper.lead, functools.partial(self._lead, served))
             await self._terminate.wait()
-            if self._leading:
-                await self._led.wait()  # the leader's pipeline drains first
+            if served.leading:
+                await served.led.wait()  # the leader's pipeline drains first
             roles.cancel_scope.cancel()
 
-    async def _lead(self, lease: Lease) -> None:
-        """This replica leads: take over the keyCRM window and the pushes a dead leader left
-        in flight, then run the pipelines. Cancelled (by the keeper) the moment the lease ends
-        on this process's own clock."""
-        assert self.replica is not None
-        assert self.store is not None
-        self._leading, self._led = True, anyio.Event()
-        self.metrics.leader.labels(merchant=MERCHANT).set(1)
-        log.info("replica.leading", merchant=MERCHANT, epoch=lease.epoch)
-        try:
-            inherited = await self.replica.inherit_budget(self.budget)
-            log.info("keycrm.budget_inherited", requests=inherited)
-            # The predecessor may have died between storing records and planning them.
-            self._replan_all = inherited > 0 or await upkeep.died_before(self.store)
-            await upkeep.recover_in_flight(self.store, self.config, self._clock())
-            await self._pipelines(lease)
-        finally:
-            self._leading = False
-            self.pipeline = None
-            self.metrics.leader.labels(merchant=MERCHANT).set(0)
-            self._led.set()
-            log.info("replica.standing_by", merchant=MERCHANT, epoch=lease.epoch)
-
-    def _switch(self, config: Config) -> None:
-        """Take a validated new config for the next pipeline (the shell's parts stay)."""
-        self.config, self._next_config = config, None
-        if self.replica is not None:  # published with the next lease step
-            self.replica.keeper.fingerprint = config_fingerprint(config)
-        self._scrub = scrubber(secret_values(config))
-        self.budget.resize(config.keycrm.requests_per_minute)
-        for channel in config.channels:
-            self.metrics.add_channel(channel.name)
-        self._stop = anyio.Event()
-
-    async def _run_pipeline(
-        self, config: Config, *, resync_first: bool, lease: Lease | None = None
-    ) -> None:
-        """One merchant pipeline for `config`, from its start to the end of its drain."""
-        assert self.store is not None
+    async def _lead(self, served: ServedMerchant, lease: Lease) -> None:
         replica = self.replica
-        consume = None
-        if replica is not None and lease is not None:
-            consume = functools.partial(replica.consume_lookups, lease)
-        pipeline = MerchantPipeline(
-            MERCHANT,
-            config,
-            Shared(self.store, self.metrics, self.budget, self._resyncs, self.lookups, self._clock),
-            drain_timeout=config.daemon.shutdown_timeout,
-            replan_all=self._replan_all,
-            # Before each push: do we still lead, on our own clock? A leader that was
-            # paused past its lease wakes up pushing nothing.
-            may_push=None if replica is None else replica.keeper.leading,
-            consume=consume,
+        assert replica is not None
+        await served.lead(
+            lease,
+            replica.store,
+            inherit=replica.inherit_budget,
+            consume=replica.consume_lookups,
+            may_push=replica.keeper.leading,
+            listen=self.deployment.daemon.listen,
+            port=self.bound_port,
         )
-        self.pipeline = pipeline
-        if self._stop.is_set():  # a stop or a reload while this one was being set up
-            pipeline.stop()
-        try:
-            async with anyio.create_task_group() as running:
-                await running.start(pipeline.run)
-                log.info(
-                    "config.applied" if resync_first else "daemon.started",
-                    version=__version__,
-                    channels=[c.name for c in config.channels],
-                    state=str(config.daemon.state),
-                    listen=config.daemon.listen,
-                    port=self.bound_port,
-                )
-                self._notify("READY=1")
-                self._notify(f"STATUS=syncing {len(config.channels)} channels")
-                self.started.set()
-                if resync_first:
-                    self.resync("signal")
-                async with anyio.create_task_group() as chores:
-                    chores.start_soon(
-                        upkeep.prune_history, self.store, self._retention, self._clock
-                    )
-                    await self._stop.wait()
-                    chores.cancel_scope.cancel()
-        finally:
-            self._replan_all = pipeline.replan_all
-            self.pipeline = None
 
-    def _retention(self) -> float:
-        return self.config.daemon.history_retention
+    def _on_started(self, served: ServedMerchant, reloaded: bool) -> None:
+        """A merchant's pipeline runs: once every merchant has started, the process has."""
+        del served, reloaded
+        self._check_started()
+
+    def _check_started(self) -> None:
+        waiting = [
+            s for s in self.merchants.values() if s.trouble is None and not s.started.is_set()
+        ]
+        if self.replica is None and waiting:
+            return
+        if self.replica is not None and not any(
+            s.started.is_set() for s in self.merchants.values()
+        ):
+            return
+        self._notify("READY=1")
+        channels = sum(len(s.config.channels) for s in self.merchants.values())
+        self._notify(f"STATUS=syncing {channels} channels")
+        self.started.set()
 
     # --- process-level tasks ---------------------------------------------------------------------
 
@@ -463,10 +540,10 @@ class Daemon:
         """Ping systemd from the event loop itself, so a wedged loop is restarted."""
         while True:
             message = "WATCHDOG=1"
-            pipeline = self.pipeline
-            if pipeline is not None and pipeline.parts is not None:
-                pending = await pipeline.pending()
-                channels = len(pipeline.parts.dispatchers)
+            running = [s for s in self.merchants.values() if s.parts is not None]
+            if running:
+                pending = sum([await s.pending() for s in running])
+                channels = sum(len(s.parts.dispatchers) for s in running if s.parts is not None)
                 message += f"\nSTATUS={channels} channels, {pending} pending"
             self._notify(message)
             await anyio.sleep(every)
@@ -487,3 +564,11 @@ class Daemon:
                     self.resync("signal")
                 elif signum == signal.SIGHUP and not self._stopping:
                     await self.reload()
+
+
+def _deployment(config: Config | Deployment) -> Deployment:
+    return config if isinstance(config, Deployment) else Deployment.single(config)
+
+
+def _secrets(deployment: Deployment) -> list[str]:
+    return [value for config in deployment.merchants.values() for value in secret_values(config)]

@@ -10,7 +10,7 @@ webhook items and the length of each SKU; a credential is compared as bytes, wha
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -65,20 +65,26 @@ class Controller(Protocol):
         """What a ready daemon still wants noticed (its config differs from the leader's)."""
         ...
 
-    async def status(self) -> dict[str, Any]: ...
+    async def status(self, merchant: str | None = None) -> dict[str, Any]:
+        """The whole process, or one merchant (KeyError: no such merchant)."""
+        ...
 
-    async def webhook(self, skus: list[str]) -> None:
-        """Take the SKUs for a look-up; returns once every one is committed to the state.
+    async def webhook(self, merchant: str, skus: list[str]) -> None:
+        """Take the merchant's SKUs for a look-up; returns once every one is committed.
 
         Raises `StoreUnavailable` if they cannot be (in time), `LookupQueueFull` if some did
         not fit in the queue; either way the webhook is answered 503."""
         ...
 
-    def resync(self, trigger: str) -> None: ...
+    def resync(self, trigger: str, merchant: str | None = None) -> None:
+        """Every merchant served here, or one (KeyError: no such merchant)."""
+        ...
 
-    async def release_guard(self, channel: str | None, by: str) -> dict[str, int]:
+    async def release_guard(
+        self, channel: str | None, by: str, merchant: str | None = None
+    ) -> dict[str, int]:
         """Release the zeroes the mass-change guard holds (one channel, or all); per channel
-        how many. KeyError: no such channel; `StoreUnavailable`: not now."""
+        how many. KeyError: no such merchant or channel; `StoreUnavailable`: not now."""
         ...
 
 
@@ -138,11 +144,31 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-async def _take(controller: Controller, skus: list[str]) -> web.Response:
+def _merchant_of(token: str, tokens: Mapping[str, SecretStr]) -> str | None:
+    """Whose webhook this is: every merchant's token is compared (in constant time each), so
+    the answer's timing says nothing about which one, or how much of one, matched."""
+    found = None
+    for merchant, secret in tokens.items():
+        if _same(token, secret):
+            found = merchant
+    return found
+
+
+def _one_query(request: web.Request, allowed: set[str]) -> dict[str, str] | web.Response:
+    """The query's parameters, each at most once and none unknown (a misspelt `?chanel=pos`
+    must not act on every channel); a 400 otherwise."""
+    query = request.query
+    if set(query) - allowed or any(len(query.getall(k)) > 1 for k in query):
+        wanted = " and ".join(f"{k}=NAME" for k in sorted(allowed))
+        return _json({"error": f"the query parameters are at most one of each: {wanted}"}, 400)
+    return {k: query[k] for k in query if query[k]}
+
+
+async def _take(controller: Controller, merchant: str, skus: list[str]) -> web.Response:
     """202 once every SKU is committed to the state; 503 if the store cannot write them (in
     time) or the look-up queue cannot hold them all."""
     try:
-        await controller.webhook(skus)
+        await controller.webhook(merchant, skus)
     except LookupQueueFull as exc:
         # The SKUs that fit are queued; the sender learns the delivery did not fully land.
         controller.metrics.webhook_events.labels(outcome="rejected").inc()
@@ -163,7 +189,7 @@ async def _take(controller: Controller, skus: list[str]) -> web.Response:
             headers={"Retry-After": str(WEBHOOK_RETRY_AFTER)},
         )
     controller.metrics.webhook_events.labels(outcome="accepted").inc()
-    log.info("webhook.accepted", skus=len(skus))
+    log.info("webhook.accepted", merchant=merchant, skus=len(skus))
     return _json({"accepted": len(skus)}, status=202)
 
 
@@ -205,14 +231,15 @@ def _guard_release(
 
 
 async def _release_guard(controller: Controller, request: web.Request) -> web.Response:
-    # A misspelt `?chanel=pos` must not release every channel's hold: only `channel`, once.
-    if set(request.query) - {"channel"} or len(request.query.getall("channel", [])) > 1:
-        return _json({"error": "the only query parameter is one channel=NAME"}, status=400)
-    channel = request.query.get("channel") or None
+    query = _one_query(request, {"channel", "merchant"})
+    if isinstance(query, web.Response):
+        return query
     try:
-        released = await controller.release_guard(channel, _operator(request))
+        released = await controller.release_guard(
+            query.get("channel"), _operator(request), query.get("merchant")
+        )
     except KeyError:
-        return _json({"error": "no channel of that name is configured"}, status=404)
+        return _json({"error": "no merchant or channel of that name is configured"}, 404)
     except StoreUnavailable as exc:
         return _json(
             {"error": f"cannot release now: {exc}"},
@@ -243,12 +270,14 @@ async def _access_log(
 def build_app(
     controller: Controller,
     *,
-    webhook_token: Callable[[], SecretStr | None],
+    webhook_tokens: Callable[[], Mapping[str, SecretStr]],
     admin_token: Callable[[], SecretStr | None],
 ) -> web.Application:
     """The aiohttp application; the caller runs it with access logging off (see module doc).
 
     The tokens are read at each request: a reload that rotates them needs no new listener.
+    `webhook_tokens()` maps each merchant with a webhook to its token: the token says whose
+    webhook it is.
     """
     app = web.Application(middlewares=[_access_log], client_max_size=MAX_WEBHOOK_BYTES)
 
@@ -270,13 +299,18 @@ def build_app(
             return web.Response(text="ready\n" if note is None else f"ready: {note}\n")
         return web.Response(text=scrub_text(f"not ready: {reason}\n"), status=503)
 
-    async def status(_request: web.Request) -> web.Response:
-        return _json(await controller.status())
+    async def status(request: web.Request) -> web.Response:
+        query = _one_query(request, {"merchant"})
+        if isinstance(query, web.Response):
+            return query
+        try:
+            return _json(await controller.status(query.get("merchant")))
+        except KeyError:
+            return _json({"error": "no merchant of that name is served here"}, 404)
 
     async def webhook(request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        expected = webhook_token()
-        if expected is None or not _same(token, expected):
+        merchant = _merchant_of(request.match_info["token"], webhook_tokens())
+        if merchant is None:
             raise web.HTTPNotFound
         try:
             body = await read_request_body(request, within=BODY_TIMEOUT)
@@ -291,13 +325,19 @@ def build_app(
             controller.metrics.webhook_events.labels(outcome="rejected").inc()
             log.warning("webhook.rejected", problem=str(exc))
             return _json({"error": str(exc)}, status=400)
-        return await _take(controller, skus)
+        return await _take(controller, merchant, skus)
 
     async def admin_resync(request: web.Request) -> web.Response:
         refused = _admin_refusal(request, admin_token())
         if refused is not None:
             return refused
-        controller.resync("http")
+        query = _one_query(request, {"merchant"})
+        if isinstance(query, web.Response):
+            return query
+        try:
+            controller.resync("http", query.get("merchant"))
+        except KeyError:
+            return _json({"error": "no merchant of that name is served here"}, 404)
         return _json({"resync": "started"}, status=202)
 
     app.router.add_get("/metrics", metrics)

@@ -31,7 +31,7 @@ async def test_look_ups_gather_a_stream_of_webhooks(world: World) -> None:
         asked = len(world.keycrm.requests)
         for offer in world.keycrm.offers.values():  # one webhook per SKU, 200 a second
             offer.stock = {1: (1.0, 0.0)}
-            await daemon.webhook([offer.sku or ""])
+            await daemon.webhook("default", [offer.sku or ""])
             await anyio.sleep(0.005)
         await eventually(lambda: in_sync(world) and idle(daemon))
     lookups = [q for _, _, q in world.keycrm.requests[asked:] if "filter[offers_sku]" in q]

@@ -84,7 +84,7 @@ async def test_the_client_sends_only_parameters_the_spec_accepts(
     daemon = Daemon(world.config(channels=channels), handle_signals=False)
     async with running(daemon):
         await eventually(lambda: len(world.shops["pos"].stock) == 60)
-        await daemon.webhook(["SKU-00001", "SKU-00002"])
+        await daemon.webhook("default", ["SKU-00001", "SKU-00002"])
         await eventually(
             lambda: any("filter[offers_sku]" in q for _, _, q in world.keycrm.requests)
         )

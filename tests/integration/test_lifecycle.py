@@ -133,7 +133,7 @@ async def test_a_sell_out_found_by_a_webhook_is_never_held(world: World) -> None
         assert not any(q == 0 for q in pos.stock.values())
         last = offers[-1]
         last.stock = {1: (0.0, 0.0)}  # a real sell-out on page 3, reported by the webhook
-        await daemon.webhook([last.sku or ""])
+        await daemon.webhook("default", [last.sku or ""])
         await eventually(lambda: pos.quantity(last.barcode or "", "S1") == 0, timeout=2.5)
         assert daemon.parts.source.progress.running  # it went out before the scan ended
     assert sum(1 for q in pos.stock.values() if q == 0) == 1
@@ -185,7 +185,7 @@ async def test_one_bad_sku_costs_only_itself(world: World) -> None:
         for offer in offers:
             offer.stock = {1: (2.0, 0.0)}
         world.keycrm.refuse_skus = {offers[7].sku or ""}
-        await daemon.webhook(["X" * 10_000, *[o.sku or "" for o in offers]])
+        await daemon.webhook("default", ["X" * 10_000, *[o.sku or "" for o in offers]])
         expected = {(o.barcode, "S1") for o in offers if o is not offers[7]}
         await eventually(lambda: all(pos.stock[key] == 2 for key in expected))
         assert pos.stock[(offers[7].barcode or "", "S1")] == 5  # left to the next scan
@@ -212,7 +212,7 @@ async def test_look_ups_are_first_in_first_out_and_bounded(
         asked = len(world.keycrm.requests)
         newest_first = [f"SKU-{n:05d}" for n in range(300, 0, -1)]
         with pytest.raises(LookupQueueFull):  # 40 did not fit: the sender is told (503)
-            await daemon.webhook(newest_first)
+            await daemon.webhook("default", newest_first)
         await eventually(lambda: len(world.keycrm.requests) > asked)
         world.keycrm.faults.gate.set()
         world.keycrm.faults.gate = None

@@ -54,13 +54,13 @@ class Quiet:
     def readiness_note(self) -> str | None:
         return None
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, merchant: str | None = None) -> dict[str, Any]:
         return {"ok": True}
 
-    async def webhook(self, skus: list[str]) -> None:
+    async def webhook(self, merchant: str, skus: list[str]) -> None:
         self.hooks.append(skus)
 
-    def resync(self, trigger: str) -> None: ...
+    def resync(self, trigger: str, merchant: str | None = None) -> None: ...
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def controller() -> Quiet:
 async def listen(controller: Quiet, **options: float) -> Listener:
     app = build_app(
         controller,
-        webhook_token=lambda: SecretStr(WEBHOOK),
+        webhook_tokens=lambda: {"default": SecretStr(WEBHOOK)},
         admin_token=lambda: SecretStr(ADMIN),
     )
     listener = Listener(app, **options)

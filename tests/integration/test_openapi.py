@@ -148,7 +148,7 @@ def test_the_document_lists_exactly_the_routes_the_app_serves() -> None:
 
     app = build_app(
         Nothing(),  # type: ignore[arg-type]
-        webhook_token=lambda: SecretStr("x" * 8),
+        webhook_tokens=lambda: {"default": SecretStr("x" * 8)},
         admin_token=lambda: SecretStr("y" * 8),
     )
     served = {

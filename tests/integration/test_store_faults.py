@@ -21,7 +21,7 @@ import structlog
 
 from adapters import ADAPTERS
 from daemon.config.settings import load_config
-from daemon.shell import daemon as pipeline
+from daemon.shell import merchant as pipeline
 from daemon.shell.daemon import Daemon
 from daemon.store import SQLiteStore
 from tests.conftest import World, eventually, idle, running

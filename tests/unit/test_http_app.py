@@ -27,16 +27,16 @@ class Broken:
     def readiness_note(self) -> str | None:
         return None
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, merchant: str | None = None) -> dict[str, Any]:
         raise RuntimeError("store went away")
 
-    async def webhook(self, skus: list[str]) -> None: ...
+    async def webhook(self, merchant: str, skus: list[str]) -> None: ...
 
-    def resync(self, trigger: str) -> None: ...
+    def resync(self, trigger: str, merchant: str | None = None) -> None: ...
 
 
 async def test_an_unexpected_error_is_a_500_and_still_logged(serve: Serve) -> None:
-    base = await serve(build_app(Broken(), webhook_token=lambda: None, admin_token=lambda: None))
+    base = await serve(build_app(Broken(), webhook_tokens=dict, admin_token=lambda: None))
     with structlog.testing.capture_logs() as logs:
         async with aiohttp.ClientSession() as session, session.get(f"{base}/status") as r:
             assert r.status == 500
