@@ -88,8 +88,10 @@ class Daemon:
         self._notify = notify or (lambda _message: None)
         self._watchdog_every = watchdog
         self._clock = clock
-        self.metrics = Metrics(
-            registry or CollectorRegistry(), [c.name for c in config.channels], __version__
+        self.metrics = Metrics(registry or CollectorRegistry(), __version__)
+        #: the one merchant's metrics (its pipeline's, its look-up queue's, its resyncs')
+        self.merchant_metrics = self.metrics.for_merchant(
+            MERCHANT, [c.name for c in config.channels]
         )
         self._scrub = scrubber(secret_values(config))
         #: the merchant's pipeline while one runs (between reloads, while leading)
@@ -98,7 +100,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._stopping = False
         self._next_config: Config | None = None
-        self._resyncs = ResyncWish(self.metrics)
+        self._resyncs = ResyncWish(self.merchant_metrics)
         self.started = anyio.Event()
         self.bound_port: int | None = None
         self.budget = RequestBudget(config.keycrm.requests_per_minute)
@@ -169,7 +171,7 @@ class Daemon:
             raise StoreUnavailable("the state store is not open yet", operation="write")
         overflow = await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: queue.push(skus))
         if overflow:
-            self.metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
+            self.merchant_metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
             log.warning("keycrm.lookup_queue_full", dropped=overflow, cap=queue.cap)
             raise LookupQueueFull(overflow, queue.cap)
 
@@ -401,8 +403,7 @@ class Daemon:
             self.replica.keeper.fingerprint = config_fingerprint(config)
         self._scrub = scrubber(secret_values(config))
         self.budget.resize(config.keycrm.requests_per_minute)
-        for channel in config.channels:
-            self.metrics.add_channel(channel.name)
+        self.metrics.for_merchant(MERCHANT, [c.name for c in config.channels])
         self._stop = anyio.Event()
 
     async def _run_pipeline(
@@ -417,7 +418,14 @@ class Daemon:
         pipeline = MerchantPipeline(
             MERCHANT,
             config,
-            Shared(self.store, self.metrics, self.budget, self._resyncs, self.lookups, self._clock),
+            Shared(
+                self.store,
+                self.merchant_metrics,
+                self.budget,
+                self._resyncs,
+                self.lookups,
+                self._clock,
+            ),
             drain_timeout=config.daemon.shutdown_timeout,
             replan_all=self._replan_all,
             # Before each push: do we still lead, on our own clock? A leader that was
