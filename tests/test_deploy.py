@@ -177,11 +177,13 @@ def test_grafana_dashboard_queries_exported_metrics() -> None:
             assert name in families, name
 
 
-def test_grafana_dashboard_shows_every_instance() -> None:
+def test_grafana_dashboard_shows_every_instance_and_merchant() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "stocksync.json").read_text())
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert {"job", "instance"} <= set(variables)
-    assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
+    assert {"job", "instance", "merchant"} <= set(variables)
+    for name in ("instance", "merchant"):
+        assert variables[name]["multi"] and variables[name]["includeAll"], name
+    labels = exported_labels()
     for panel in dashboard["panels"]:
         assert panel.get("description", "").strip(), panel["title"]
         for target in panel["targets"]:
@@ -192,6 +194,14 @@ def test_grafana_dashboard_shows_every_instance() -> None:
                 assert "instance" in clause, expr
             for selector in re.findall(r"\{([^}]*)\}", expr):
                 assert 'instance=~"$instance"' in selector and 'job=~"$job"' in selector, expr
+            # every read of a merchant's family is filtered by the variable and keeps the label
+            for name, selector in re.findall(r"(stocksync_\w+)\{([^}]*)\}", expr):
+                if "merchant" in labels[name]:
+                    assert 'merchant=~"$merchant"' in selector, expr
+            if merchant_metrics(expr):
+                for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+                    assert "merchant" in clause, expr
+                assert "{{merchant}}" in target["legendFormat"], expr
             ranges = re.findall(r"\[([^\]]+)\]", expr)
             rates = re.findall(r"\brate\(", expr)
             assert ranges.count("$__rate_interval") >= len(rates), expr
