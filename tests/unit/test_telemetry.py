@@ -51,7 +51,8 @@ def exposition(metrics: Metrics | None = None) -> str:
 
 
 def series(text: str, family: str) -> list[str]:
-    return [line for line in text.splitlines() if re.match(rf"{family}(_bucket|_count)?[{{ ]", line)]
+    pattern = re.compile(rf"{family}(_bucket|_count)?[{{ ]")
+    return [line for line in text.splitlines() if pattern.match(line)]
 
 
 def test_every_contract_family_has_a_series_per_channel_from_the_start() -> None:
