@@ -314,7 +314,3 @@ class MerchantMetrics:
             self.drift_items.labels(channel=channel)
             self.verify_last_success.labels(channel=channel)
             self.verify_interval.labels(channel=channel)
-
-    def add_channel(self, channel: str) -> None:
-        """`add_channels` for one channel (a reload that adds one)."""
-        self.add_channels((channel,))

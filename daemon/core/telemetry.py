@@ -137,7 +137,8 @@ class Metrics:
 
     def forget_merchant(self, merchant: str) -> None:
         """Remove every series of the merchant (one a reload removed): no stale series for an
-        alert to fire on. A later `for_merchant` starts it again from zero."""
+        alert to fire on. A later `for_merchant` starts it again from zero. Stop the merchant's
+        pipeline first: its old view still records, and would bring back what it touches."""
         self._views.pop(merchant, None)
         for family in self._families.every():
             family.remove_by_labels({"merchant": merchant})

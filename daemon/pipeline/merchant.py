@@ -77,6 +77,7 @@ class Shared:
     """What outlives a pipeline and the shell hands each one of its merchant's pipelines."""
 
     store: Store
+    #: this merchant's metrics (`Metrics.for_merchant`: every series carries its `merchant`)
     metrics: MerchantMetrics
     budget: RequestBudget
     resyncs: ResyncWish
