@@ -73,7 +73,7 @@ def _reconciler(store: SQLiteStore) -> Reconciler:
     return Reconciler(
         store,
         chans,
-        Metrics(CollectorRegistry(), [], "bench"),
+        Metrics(CollectorRegistry(), "bench").for_merchant("default", []),
         timing={c.name: Timing(0.0, 0.0) for c in chans},
         wake=lambda _name: None,
     )

@@ -39,13 +39,25 @@ def run(*args: str, cwd: Path | None = None) -> str:
     return result.stdout + result.stderr
 
 
-def exported_families() -> set[str]:
-    metrics = Metrics(CollectorRegistry(), ["c"], "test")
-    names = set()
+def exported_labels() -> dict[str, set[str]]:
+    """Every sample name exported (`_total`, `_bucket` ...) and the labels it carries."""
+    metrics = Metrics(CollectorRegistry(), "test")
+    metrics.for_merchant("default", ["c"])
+    names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:
-            names.add(sample.name)
+            names.setdefault(sample.name, set()).update(sample.labels)
     return names
+
+
+def exported_families() -> set[str]:
+    return set(exported_labels())
+
+
+def merchant_metrics(expr: str) -> bool:
+    """Whether the expression reads a family labelled by merchant."""
+    labels = exported_labels()
+    return any("merchant" in labels.get(n, set()) for n in re.findall(r"stocksync_\w+", expr))
 
 
 def test_alert_rules_are_valid_and_their_unit_tests_pass() -> None:
@@ -165,11 +177,13 @@ def test_grafana_dashboard_queries_exported_metrics() -> None:
             assert name in families, name
 
 
-def test_grafana_dashboard_shows_every_instance() -> None:
+def test_grafana_dashboard_shows_every_instance_and_merchant() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "stocksync.json").read_text())
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert {"job", "instance"} <= set(variables)
-    assert variables["instance"]["multi"] and variables["instance"]["includeAll"]
+    assert {"job", "instance", "merchant"} <= set(variables)
+    for name in ("instance", "merchant"):
+        assert variables[name]["multi"] and variables[name]["includeAll"], name
+    labels = exported_labels()
     for panel in dashboard["panels"]:
         assert panel.get("description", "").strip(), panel["title"]
         for target in panel["targets"]:
@@ -180,28 +194,44 @@ def test_grafana_dashboard_shows_every_instance() -> None:
                 assert "instance" in clause, expr
             for selector in re.findall(r"\{([^}]*)\}", expr):
                 assert 'instance=~"$instance"' in selector and 'job=~"$job"' in selector, expr
+            # every read of a merchant's family is filtered by the variable and keeps the label
+            for name, selector in re.findall(r"(stocksync_\w+)\{([^}]*)\}", expr):
+                if "merchant" in labels[name]:
+                    assert 'merchant=~"$merchant"' in selector, expr
+            if merchant_metrics(expr):
+                for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+                    assert "merchant" in clause, expr
+                assert "{{merchant}}" in target["legendFormat"], expr
             ranges = re.findall(r"\[([^\]]+)\]", expr)
             rates = re.findall(r"\brate\(", expr)
             assert ranges.count("$__rate_interval") >= len(rates), expr
             assert "{{instance}}" in target["legendFormat"], expr
 
 
-def test_every_alert_keeps_job_instance_and_channel() -> None:
+def test_every_alert_keeps_job_instance_merchant_and_channel() -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
     exprs = {rule["alert"]: rule["expr"] for rule in rules}
     # The one rule about the replicas together: whether any of them leads the merchant.
     across_replicas = {"StocksyncNoLeader": {"job", "merchant"}}
-    for name, expr in exprs.items():
-        # an aggregation must keep the instance: `by (channel)` alone merges two daemons
-        for clause in re.findall(r"\bby\s*\(([^)]*)\)", expr):
-            keeps = across_replicas.get(name, {"job", "instance"})
+    for rule in rules:
+        name, expr = rule["alert"], rule["expr"]
+        # an aggregation must keep the instance: `by (channel)` alone merges two daemons, and
+        # `by (job, instance, channel)` two merchants' channels of one name
+        merchant = {"merchant"} if merchant_metrics(expr) else set()
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            keeps = across_replicas.get(name, {"job", "instance"}) | merchant
             assert keeps <= {c.strip() for c in clause.split(",")}, name
+        if merchant:
+            assert "$labels.merchant" in rule["annotations"]["summary"], name
         assert "without" not in expr, name
         assert "absent(stocksync" not in expr, name  # misses a dead instance while another exports
     assert 'up{job="stocksync"} == 0' in exprs.values()
     assert 'absent(up{job="stocksync"})' in exprs.values()
     tests = (DEPLOY / "prometheus" / "alerts_test.yml").read_text()
     assert 'instance="a:9108"' in tests and 'instance="b:9108"' in tests
+    # two merchants on one instance, one stuck: the alert names that one alone
+    assert 'instance="a:9108",merchant="acme"' in tests
+    assert 'instance="a:9108",merchant="bolt"' in tests
 
 
 def test_operator_resources_carry_the_label_kube_prometheus_stack_selects_on() -> None:

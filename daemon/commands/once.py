@@ -23,12 +23,15 @@ from daemon import __version__
 from daemon.commands.once_report import LINE_EVERY, progress_reporter, summarize
 from daemon.config.settings import Config
 from daemon.core.errors import SourceError
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics, Metrics
 from daemon.pipeline.assembly import Parts, assemble, needs_catalog
 from daemon.shell.statelock import StateLock
 from daemon.store import SQLiteStore, Store
 
 __all__ = ["dry_run", "run_once"]
+
+#: the merchant `once` and `--dry-run` label their metrics with: a single-merchant config's
+#: (`Config.merchant` once the merchants folder lands, issue #19)
 
 log = structlog.get_logger("stocksync.once")
 
@@ -58,6 +61,12 @@ def _copy_state(source: Path, target: Path) -> None:
         dst.close()
 
 
+def _metrics(config: Config) -> MerchantMetrics:
+    """A fresh registry's view for the config's merchant (a run counts only its own pushes)."""
+    metrics = Metrics(CollectorRegistry(), __version__)
+    return metrics.for_merchant(config.merchant, [c.name for c in config.channels])
+
+
 async def dry_run(config: Config, out: TextIO = sys.stdout) -> int:
     """Print the pushes a real run would make, one line each, and send nothing."""
     workdir = Path(tempfile.mkdtemp(prefix="stocksync-dry-"))
@@ -65,7 +74,7 @@ async def dry_run(config: Config, out: TextIO = sys.stdout) -> int:
         copy = workdir / "state.db"
         _copy_state(config.daemon.state, copy)
         store = SQLiteStore(copy)
-        metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
+        metrics = _metrics(config)
         try:
             async with aiohttp.ClientSession() as session:
                 parts = assemble(config, store, session, metrics)
@@ -105,7 +114,7 @@ async def run_once(
 
 async def _run_once(config: Config, *, wait: float, out: TextIO, progress_every: float) -> int:
     store = SQLiteStore(config.daemon.state)
-    metrics = Metrics(CollectorRegistry(), [c.name for c in config.channels], __version__)
+    metrics = _metrics(config)
     try:
         async with aiohttp.ClientSession() as session:
             await store.recover(time.time(), {c.name: c.timeout for c in config.channels})

@@ -21,7 +21,7 @@ from typing import TextIO
 import anyio
 
 from daemon.commands.statusview import duration
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.source import ScanProgress
 from daemon.store import Store
 
@@ -33,10 +33,10 @@ LINE_EVERY = 10.0
 REJECTED_SHOWN = 5
 
 
-def acknowledged_this_run(metrics: Metrics, channel: str) -> int:
+def acknowledged_this_run(metrics: MerchantMetrics, channel: str) -> int:
     """Items the channel acknowledged since this process' metrics were created."""
     value = metrics.registry.get_sample_value(
-        "stocksync_propagation_seconds_count", {"channel": channel}
+        "stocksync_propagation_seconds_count", {"merchant": metrics.merchant, "channel": channel}
     )
     return int(value or 0)
 
@@ -61,7 +61,7 @@ def _scan_text(scan: ScanProgress) -> str:
 async def progress_reporter(
     scan: ScanProgress,
     store: Store,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     channels: Sequence[str],
     *,
     stream: TextIO | None = None,
@@ -135,7 +135,9 @@ async def progress_reporter(
             group.cancel_scope.cancel()
 
 
-async def summarize(store: Store, metrics: Metrics, channels: Sequence[str], out: TextIO) -> int:
+async def summarize(
+    store: Store, metrics: MerchantMetrics, channels: Sequence[str], out: TextIO
+) -> int:
     """Print a line per channel (and its first rejections); return how many items are not done."""
     counts = await store.counts()
     unsettled = 0

@@ -24,7 +24,7 @@ from daemon.core.errors import SourceFatal, SourceRetryable
 from daemon.core.models import CatalogEntry, StockLevel
 from daemon.core.neterrors import describe_network_error
 from daemon.core.retry_after import parse_retry_after
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.budget import Priority, RequestBudget
 from daemon.keycrm.page_split import NotJson, decode_page
 from daemon.keycrm.payloads import MalformedPage, Page, parse_catalog_page, parse_stock_page
@@ -114,7 +114,7 @@ class KeycrmClient:
         settings: KeycrmSettings,
         session: aiohttp.ClientSession,
         budget: RequestBudget,
-        metrics: Metrics,
+        metrics: MerchantMetrics,
         *,
         details: bool,
     ) -> None:

@@ -21,7 +21,7 @@ import structlog
 
 from daemon.core.errors import SourceError, SourceRetryable, StoreUnavailable
 from daemon.core.models import StockLevel
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.client import PAGE_SIZE, KeycrmClient
 from daemon.keycrm.completeness import ScanTally
 from daemon.keycrm.lookups import LookupQueue
@@ -102,7 +102,7 @@ class Source:
         client: KeycrmClient,
         store: Store,
         reconciler: Reconciler,
-        metrics: Metrics,
+        metrics: MerchantMetrics,
         *,
         poll_interval: float,
         catalog_interval: float,

@@ -16,7 +16,7 @@ import aiohttp
 
 from daemon.config.settings import Config
 from daemon.core.channel import ChannelContext, readable
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.budget import RequestBudget
 from daemon.keycrm.client import KeycrmClient
 from daemon.keycrm.lookups import LookupQueue
@@ -61,7 +61,7 @@ def assemble(
     config: Config,
     store: Store,
     session: aiohttp.ClientSession,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     *,
     debounce: float | None = None,
     budget: RequestBudget | None = None,
@@ -134,7 +134,7 @@ def _checkers(
     config: Config,
     dispatchers: dict[str, Dispatcher],
     store: Store,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     clock: Callable[[], float],
 ) -> list[Verifier | Reasserter]:
     """Read-back where the channel can say what it holds and `verify_interval` is set;

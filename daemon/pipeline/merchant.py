@@ -32,7 +32,7 @@ import structlog
 
 from daemon.config.settings import Config
 from daemon.core.errors import SourceError, StoreUnavailable
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.budget import RequestBudget
 from daemon.keycrm.lookups import LookupQueue
 from daemon.pipeline.assembly import Parts, assemble
@@ -58,7 +58,7 @@ class ResyncWish:
     """A resync someone asked for, kept by the shell across pipelines: one asked for while no
     pipeline runs (a reload, a standby) is served by the next one."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: MerchantMetrics) -> None:
         self._metrics = metrics
         self.wanted = anyio.Event()
         self.trigger = "signal"
@@ -77,7 +77,8 @@ class Shared:
     """What outlives a pipeline and the shell hands each one of its merchant's pipelines."""
 
     store: Store
-    metrics: Metrics
+    #: this merchant's metrics (`Metrics.for_merchant`: every series carries its `merchant`)
+    metrics: MerchantMetrics
     budget: RequestBudget
     resyncs: ResyncWish
     #: webhook look-ups on a SQLite state (None on PostgreSQL: the replica's queue)

@@ -26,7 +26,7 @@ import anyio
 import orjson
 import structlog
 
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.rules.guard import ScanGuard
 from daemon.store import Store
 
@@ -62,7 +62,7 @@ class Holds:
         self,
         store: Store,
         channels: Sequence[str],
-        metrics: Metrics,
+        metrics: MerchantMetrics,
         *,
         wake: Callable[[str], None],
         clock: Callable[[], float] = time.time,

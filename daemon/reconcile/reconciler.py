@@ -24,7 +24,7 @@ import structlog
 
 from daemon.config.settings import ChannelConfig
 from daemon.core.models import StockRecord
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.reconcile.holds import Holds
 from daemon.rules.guard import ScanGuard
 from daemon.rules.plan import Contribution, combine, contributions
@@ -42,7 +42,7 @@ class Reconciler:
         self,
         store: Store,
         channels: Sequence[ChannelConfig],
-        metrics: Metrics,
+        metrics: MerchantMetrics,
         *,
         timing: Mapping[str, Timing],
         wake: Callable[[str], None],

@@ -38,7 +38,7 @@ from daemon.core.errors import (
 from daemon.core.models import ItemValue, Outcome, PushResult, Value, Verdict
 from daemon.core.redact import scrub_text
 from daemon.core.retry_after import MAX_RETRY_AFTER
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.send.pacer import Pacer
 from daemon.store import Store, Timing
 
@@ -82,7 +82,7 @@ class Dispatcher:
         channel: Channel,
         store: Store,
         timing: Timing,
-        metrics: Metrics,
+        metrics: MerchantMetrics,
         *,
         batch_window: float = 0.0,
         may_push: Callable[[], bool] | None = None,

@@ -23,7 +23,7 @@ from aiolimiter import AsyncLimiter
 
 from daemon.core.channel import Readable
 from daemon.core.errors import ChannelFatal, StoreUnavailable
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics
 from daemon.send.dispatch import Dispatcher
 from daemon.send.readback import ChannelDrift, Drifted, check_batch
 from daemon.store import Store
@@ -59,7 +59,7 @@ class Verifier:
         dispatcher: Dispatcher,
         reader: Readable,
         store: Store,
-        metrics: Metrics,
+        metrics: MerchantMetrics,
         *,
         every: float,
         share: float,

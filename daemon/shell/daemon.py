@@ -93,8 +93,8 @@ class Daemon:
         self._notify = notify or (lambda _message: None)
         self._watchdog_every = watchdog
         self._clock = clock
-        channels = {c.name for m in deployment.merchants.values() for c in m.channels}
-        self.metrics = Metrics(registry or CollectorRegistry(), sorted(channels), __version__)
+        self.metrics = Metrics(registry or CollectorRegistry(), __version__)
+        self.metrics.set_broken(deployment.broken)
         self._scrub = scrubber(_secrets(deployment))
         #: every merchant this process serves (leads or stands by for), by id
         self.merchants: dict[str, ServedMerchant] = {
@@ -199,7 +199,7 @@ class Daemon:
             raise StoreUnavailable("the state store is not open yet", operation="write")
         overflow = await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: queue.push(skus))
         if overflow:
-            self.metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
+            served.view.lookups_dropped.labels(reason="overflow").inc(overflow)
             log.warning("keycrm.lookup_queue_full", merchant=merchant, dropped=overflow)
             raise LookupQueueFull(overflow, queue.cap)
 
@@ -266,7 +266,11 @@ class Daemon:
                 served.reload(config)
         for name in set(self.merchants) - set(new.merchants) - set(new.broken):
             log.info("merchant.removed", merchant=name)
-            self.merchants.pop(name).stop()
+            removed = self.merchants.pop(name)
+            removed.removed = True
+            removed.stop()
+            if removed.store is None:  # never opened, or already closed: nothing records
+                self.metrics.forget_merchant(name)
         kept = {n: self.merchants[n].config for n in new.broken if n in self.merchants}
         self.deployment = Deployment(
             new.path,
@@ -276,13 +280,12 @@ class Daemon:
             new.folder,
         )
         self._scrub = scrubber(_secrets(self.deployment))
+        self.metrics.set_broken(self.deployment.broken)
 
     def _start(self, name: str, config: Config) -> None:
         """A merchant added (or fixed) by a reload: served from now on."""
         served = self._served(config)
         self.merchants[name] = served
-        for channel in config.channels:
-            self.metrics.add_channel(channel.name)
         if self._serving is not None and self.replica is None:
             self._serving.start_soon(self._open_and_serve, served)
         log.info("merchant.added", merchant=name)
@@ -417,6 +420,9 @@ class Daemon:
                 raise
             served.trouble = f"stopped by an unexpected error: {type(exc).__name__}"
             log.exception("merchant.failed", merchant=served.name)
+        finally:
+            if served.removed:
+                self.metrics.forget_merchant(served.name)
 
     async def _run_replicated(self, dsn: str) -> None:
         """On PostgreSQL: one of several replicas, leading the merchant while it holds the
@@ -436,7 +442,7 @@ class Daemon:
         replica.store.health.on_error = lambda op: self.metrics.store_errors.labels(
             operation=op
         ).inc()
-        self.metrics.leader.labels(merchant=served.name).set(0)
+        served.view.leader.set(0)
         served.budget.on_done = replica.record_request
         try:
             await self._live(replica)

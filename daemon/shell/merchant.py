@@ -60,10 +60,14 @@ class ServedMerchant:
         self.name = config.merchant
         self.config = config
         self.metrics = metrics
+        #: this merchant's series (`merchant` filled in)
+        self.view = metrics.for_merchant(self.name, [c.name for c in config.channels])
+        #: removed by a reload: its series go once it has stopped
+        self.removed = False
         self._clock = clock
         self._on_started = on_started or (lambda _served, _reloaded: None)
         self.budget = RequestBudget(config.keycrm.requests_per_minute)
-        self.resyncs = ResyncWish(metrics)
+        self.resyncs = ResyncWish(self.view)
         #: the running pipeline (between reloads, while leading)
         self.pipeline: MerchantPipeline | None = None
         self.store: Store | None = None
@@ -132,7 +136,7 @@ class ServedMerchant:
             raise StoreUnavailable("the state store is not open yet", operation="write")
         overflow = await queue.push(skus)
         if overflow:
-            self.metrics.lookups_dropped.labels(reason="overflow").inc(overflow)
+            self.view.lookups_dropped.labels(reason="overflow").inc(overflow)
             log.warning("keycrm.lookup_queue_full", merchant=self.name, dropped=overflow)
             raise LookupQueueFull(overflow, queue.cap)
         return 0
@@ -238,7 +242,7 @@ class ServedMerchant:
         on this process's own clock."""
         self.store = store
         self.leading, self.led = True, anyio.Event()
-        self.metrics.leader.labels(merchant=self.name).set(1)
+        self.view.leader.set(1)
         log.info("replica.leading", merchant=self.name, epoch=lease.epoch)
         try:
             inherited = await inherit(self.budget)
@@ -252,7 +256,7 @@ class ServedMerchant:
         finally:
             self.leading = False
             self.pipeline = None
-            self.metrics.leader.labels(merchant=self.name).set(0)
+            self.view.leader.set(0)
             self.led.set()
             log.info("replica.standing_by", merchant=self.name, epoch=lease.epoch)
 
@@ -287,8 +291,7 @@ class ServedMerchant:
         """Take a validated new config for the next pipeline (what lasts across them stays)."""
         self.config, self.next_config = config, None
         self.budget.resize(config.keycrm.requests_per_minute)
-        for channel in config.channels:
-            self.metrics.add_channel(channel.name)
+        self.view = self.metrics.for_merchant(self.name, [c.name for c in config.channels])
         self._stop = anyio.Event()
 
     async def _run_pipeline(
@@ -304,7 +307,7 @@ class ServedMerchant:
         store = self.store
         assert store is not None
         config = self.config
-        shared = Shared(store, self.metrics, self.budget, self.resyncs, self.lookups, self._clock)
+        shared = Shared(store, self.view, self.budget, self.resyncs, self.lookups, self._clock)
         pipeline = MerchantPipeline(
             self.name,
             config,

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from adapters import ADAPTERS
 from daemon.core.models import ItemValue
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics, Metrics
 from daemon.send import dispatch
 from daemon.send.dispatch import Dispatcher
 from daemon.store import SQLiteStore, Timing
@@ -62,7 +62,9 @@ def test_every_batching_adapter_has_a_poison_case_and_an_in_body_failure_case() 
 
 
 @asynccontextmanager
-async def dispatching(built: Rig, tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, Metrics]]:
+async def dispatching(
+    built: Rig, tmp_path: Path
+) -> AsyncIterator[tuple[SQLiteStore, MerchantMetrics]]:
     """The real dispatcher and store pushing the harness's items to the rig's fake."""
     store = SQLiteStore(tmp_path / "state.db")
     timing = Timing(0.0, 0.0)
@@ -74,7 +76,7 @@ async def dispatching(built: Rig, tmp_path: Path) -> AsyncIterator[tuple[SQLiteS
         batch_size=100,
         timeout=5.0,
     )
-    metrics = Metrics(CollectorRegistry(), ["contract"], "test")
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", ["contract"])
     dispatcher = Dispatcher(config, built.channel, store, timing, metrics)  # type: ignore[arg-type]
     items = built.harness.items
     await store.set_desired("contract", {i.key: i.value for i in items}, time.time(), timing)
@@ -93,9 +95,10 @@ async def settled(store: SQLiteStore) -> bool:
     return per.get("pending", 0) + per.get("sending", 0) == 0
 
 
-def requests(metrics: Metrics, outcome: str) -> float:
+def requests(metrics: MerchantMetrics, outcome: str) -> float:
     sample = metrics.registry.get_sample_value(
-        "stocksync_push_requests_total", {"channel": "contract", "outcome": outcome}
+        "stocksync_push_requests_total",
+        {"merchant": "default", "channel": "contract", "outcome": outcome},
     )
     return sample or 0.0
 

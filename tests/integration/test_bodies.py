@@ -76,13 +76,14 @@ async def test_a_keycrm_gzip_bomb_is_counted_and_retried(
     url = await serve(fake.app())
     monkeypatch.setenv("T_KC", fake.api_key)
     settings = KeycrmSettings.model_validate({"base_url": f"{url}/v1", "api_key_env": "T_KC"})
-    metrics = Metrics(CollectorRegistry(), [], "test")
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", [])
     async with aiohttp.ClientSession() as session:
         client = KeycrmClient(settings, session, RequestBudget(6000), metrics, details=False)
         skus = [level.sku async for page in client.scan() for level in page.items]
     assert len(skus) == 60
     too_large = metrics.registry.get_sample_value(
-        "stocksync_keycrm_requests_total", {"kind": "scan", "status": "too_large"}
+        "stocksync_keycrm_requests_total",
+        {"merchant": "default", "kind": "scan", "status": "too_large"},
     )
     assert too_large == 1
 
@@ -123,7 +124,7 @@ async def peak_of_one_pass(
     url = await serve(fake.app())
     monkeypatch.setenv("T_KC", fake.api_key)
     settings = KeycrmSettings.model_validate({"base_url": f"{url}/v1", "api_key_env": "T_KC"})
-    metrics = Metrics(CollectorRegistry(), [], "test")
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", [])
     async with aiohttp.ClientSession() as session:
         client = KeycrmClient(settings, session, RequestBudget(6000), metrics, details=True)
         pages = client.catalog() if catalog else client.scan()
@@ -136,7 +137,8 @@ async def peak_of_one_pass(
             tracemalloc.stop()
     kind = "catalog" if catalog else "scan"
     too_large = metrics.registry.get_sample_value(
-        "stocksync_keycrm_requests_total", {"kind": kind, "status": "too_large"}
+        "stocksync_keycrm_requests_total",
+        {"merchant": "default", "kind": kind, "status": "too_large"},
     )
     return peak, too_large or 0.0
 

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.anyio
 
 def pushes(daemon: Daemon, outcome: str) -> float:
     sample = daemon.metrics.registry.get_sample_value(
-        "stocksync_push_requests_total", {"channel": "pos", "outcome": outcome}
+        "stocksync_push_requests_total",
+        {"merchant": "default", "channel": "pos", "outcome": outcome},
     )
     return sample or 0.0
 

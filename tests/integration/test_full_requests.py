@@ -54,7 +54,7 @@ async def test_a_batching_channel_gathers_items_that_come_due_one_by_one(
     config = SimpleNamespace(
         name="c", type=rig.harness.type, rate=1000.0, concurrency=1, batch_size=100, timeout=5.0
     )
-    metrics = Metrics(CollectorRegistry(), ["c"], "test")
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", ["c"])
     dispatcher = Dispatcher(config, rig.channel, store, timing, metrics, batch_window=0.2)  # type: ignore[arg-type]
     items = rig.harness.items
     async with anyio.create_task_group() as group:
@@ -71,7 +71,7 @@ async def test_a_batching_channel_gathers_items_that_come_due_one_by_one(
         await eventually(settled)
         group.cancel_scope.cancel()
     requests = metrics.registry.get_sample_value(
-        "stocksync_push_requests_total", {"channel": "c", "outcome": "ok"}
+        "stocksync_push_requests_total", {"merchant": "default", "channel": "c", "outcome": "ok"}
     )
     assert requests == 1, f"{requests} requests for {len(items)} items"
     await store.close()
@@ -91,7 +91,7 @@ async def test_a_dispatcher_that_may_not_push_sends_nothing(
     config = SimpleNamespace(
         name="c", type=rig.harness.type, rate=1000.0, concurrency=4, batch_size=1, timeout=5.0
     )
-    metrics = Metrics(CollectorRegistry(), ["c"], "test")
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", ["c"])
     leading = [False]
     dispatcher = Dispatcher(
         config,  # type: ignore[arg-type]

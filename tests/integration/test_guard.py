@@ -42,13 +42,13 @@ async def scan(daemon: Daemon) -> None:
 
 def blocked(daemon: Daemon) -> float | None:
     return daemon.metrics.registry.get_sample_value(
-        "stocksync_guard_blocked_total", {"channel": "pos"}
+        "stocksync_guard_blocked_total", {"merchant": "default", "channel": "pos"}
     )
 
 
 def held(daemon: Daemon) -> float | None:
     return daemon.metrics.registry.get_sample_value(
-        "stocksync_guard_held_items", {"channel": "pos"}
+        "stocksync_guard_held_items", {"merchant": "default", "channel": "pos"}
     )
 
 
@@ -247,7 +247,7 @@ async def test_duplicate_skus_are_reported_and_only_the_first_offer_counts(world
         assert record.catalog.offer_id == 1002  # the catalog keeps the same first offer
     assert pos.quantity("400000000002", "S1") == 5
     duplicates = daemon.metrics.registry.get_sample_value(
-        "stocksync_keycrm_offers_skipped_total", {"reason": "duplicate_sku"}
+        "stocksync_keycrm_offers_skipped_total", {"merchant": "default", "reason": "duplicate_sku"}
     )
     assert duplicates == 1
 

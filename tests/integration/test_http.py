@@ -81,7 +81,9 @@ async def test_admin_resync_needs_the_bearer_token_and_pushes_everything_again(
         await eventually(lambda: len(pos.requests) >= 20 and idle(daemon))
         assert len(pos.requests) == 20
     assert (
-        daemon.metrics.registry.get_sample_value("stocksync_resyncs_total", {"trigger": "http"})
+        daemon.metrics.registry.get_sample_value(
+            "stocksync_resyncs_total", {"merchant": "default", "trigger": "http"}
+        )
         == 1
     )
 
@@ -140,25 +142,29 @@ async def test_metrics_export_every_family_with_a_series_per_channel(synced: Wor
             assert r.content_type == "text/plain"
             text = await r.text()
     for family in (
-        'stocksync_sync_lag_seconds{channel="pos"}',
-        'stocksync_propagation_seconds_bucket{channel="pos",le="0.5"}',
-        'stocksync_pending_items{channel="pos"}',
-        'stocksync_rejected_items{channel="pos"}',
-        'stocksync_channel_up{channel="pos"} 1.0',
-        'stocksync_push_request_duration_seconds_count{channel="pos"}',
-        'stocksync_keycrm_requests_total{kind="scan",status="200"}',
-        "stocksync_keycrm_last_scan_success_timestamp_seconds ",
-        "stocksync_keycrm_scan_duration_seconds ",
-        "stocksync_skus_tracked 10.0",
+        'stocksync_sync_lag_seconds{channel="pos",merchant="default"}',
+        'stocksync_propagation_seconds_bucket{channel="pos",le="0.5",merchant="default"}',
+        'stocksync_pending_items{channel="pos",merchant="default"}',
+        'stocksync_rejected_items{channel="pos",merchant="default"}',
+        'stocksync_channel_up{channel="pos",merchant="default"} 1.0',
+        'stocksync_push_request_duration_seconds_count{channel="pos",merchant="default"}',
+        'stocksync_keycrm_requests_total{kind="scan",merchant="default",status="200"}',
+        'stocksync_keycrm_last_scan_success_timestamp_seconds{merchant="default"} ',
+        'stocksync_keycrm_scan_duration_seconds{merchant="default"} ',
+        'stocksync_skus_tracked{merchant="default"} 10.0',
         'stocksync_webhook_events_total{outcome="accepted"}',
-        'stocksync_resyncs_total{trigger="signal"}',
+        'stocksync_resyncs_total{merchant="default",trigger="signal"}',
         'stocksync_config_reloads_total{result="error"}',
-        'stocksync_guard_blocked_total{channel="pos"}',
+        'stocksync_guard_blocked_total{channel="pos",merchant="default"}',
         "stocksync_build_info{version=",
+        'stocksync_merchants{role="leading"} 1.0',
     ):
         assert family in text, family
     for outcome in PUSH_OUTCOMES:
-        assert f'stocksync_push_requests_total{{channel="pos",outcome="{outcome}"}}' in text
+        line = (
+            f'stocksync_push_requests_total{{channel="pos",merchant="default",outcome="{outcome}"}}'
+        )
+        assert line in text
     assert "SKU-0" not in text  # never a SKU label
 
 
@@ -245,7 +251,7 @@ async def test_a_scheduled_resync_pushes_everything_again(synced: World) -> None
     async with running(daemon):
         await eventually(lambda: len(pos.requests) >= 20)
     scheduled = daemon.metrics.registry.get_sample_value(
-        "stocksync_resyncs_total", {"trigger": "schedule"}
+        "stocksync_resyncs_total", {"merchant": "default", "trigger": "schedule"}
     )
     assert scheduled is not None
     assert scheduled >= 1
@@ -286,10 +292,10 @@ async def test_ready_during_a_cold_start_with_the_first_scan_in_status(
         assert source["scan_eta"] is not None
         assert source["catalog_running"] is False and source["catalog_last_page"] == 3
         async with session.get(f"{base(daemon)}/metrics") as r:
-            assert "stocksync_keycrm_first_scan_done 0.0" in await r.text()
+            assert 'stocksync_keycrm_first_scan_done{merchant="default"} 0.0' in await r.text()
         release.set()
         await eventually(lambda: progress.scans_completed == 1)
         async with session.get(f"{base(daemon)}/metrics") as r:
-            assert "stocksync_keycrm_first_scan_done 1.0" in await r.text()
+            assert 'stocksync_keycrm_first_scan_done{merchant="default"} 1.0' in await r.text()
         async with session.get(f"{base(daemon)}/status") as r:
             assert (await r.json())["source"]["first_scan_done"] is True

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.config.settings import KeycrmSettings
 from daemon.core.errors import SourceFatal, SourceRetryable
-from daemon.core.telemetry import Metrics
+from daemon.core.telemetry import MerchantMetrics, Metrics
 from daemon.keycrm.budget import RequestBudget
 from daemon.keycrm.client import KeycrmClient
 from daemon.simulator import FakeKeycrm, FakeOffer
@@ -28,15 +28,15 @@ def fake() -> FakeKeycrm:
 
 
 @pytest.fixture
-def metrics() -> Metrics:
-    return Metrics(CollectorRegistry(), [], "test")
+def metrics() -> MerchantMetrics:
+    return Metrics(CollectorRegistry(), "test").for_merchant("default", [])
 
 
 async def client_for(
     fake: FakeKeycrm,
     serve: Serve,
     session: aiohttp.ClientSession,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     monkeypatch: pytest.MonkeyPatch,
     *,
     details: bool = False,
@@ -48,15 +48,15 @@ async def client_for(
     return KeycrmClient(settings, session, budget or RequestBudget(6000), metrics, details=details)
 
 
-def count(metrics: Metrics, kind: str, status: str) -> float:
+def count(metrics: MerchantMetrics, kind: str, status: str) -> float:
     value = metrics.registry.get_sample_value(
-        "stocksync_keycrm_requests_total", {"kind": kind, "status": status}
+        "stocksync_keycrm_requests_total", {"merchant": "default", "kind": kind, "status": status}
     )
     return value or 0.0
 
 
 async def test_scan_reads_every_page_with_our_own_parameters(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(120, warehouses=(1, 2))
     async with aiohttp.ClientSession() as session:
@@ -70,7 +70,7 @@ async def test_scan_reads_every_page_with_our_own_parameters(
 
 
 async def test_a_short_page_does_not_end_the_scan(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(60)
     # keyCRM may return fewer rows than asked; only last_page says we are done.
@@ -94,7 +94,7 @@ async def test_a_short_page_does_not_end_the_scan(
 
 
 async def test_offers_without_sku_are_skipped_and_counted(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(3)
     fake.add(FakeOffer(id=9, sku=None, product_id=9, product_name="No SKU"))
@@ -104,14 +104,14 @@ async def test_offers_without_sku_are_skipped_and_counted(
     assert len(skus) == 3
     assert (
         metrics.registry.get_sample_value(
-            "stocksync_keycrm_offers_skipped_total", {"reason": "no_sku"}
+            "stocksync_keycrm_offers_skipped_total", {"merchant": "default", "reason": "no_sku"}
         )
         == 1
     )
 
 
 async def test_malformed_page_is_counted_retried_and_never_half_applied(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(5)
     fake.faults.add(
@@ -126,7 +126,7 @@ async def test_malformed_page_is_counted_retried_and_never_half_applied(
 
 
 async def test_429_pauses_the_budget_and_is_retried(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(5)
     fake.faults.add(429, body=b'{"message": "Too Many Attempts."}', retry_after="1")
@@ -140,7 +140,7 @@ async def test_429_pauses_the_budget_and_is_retried(
 
 
 async def test_5xx_is_retried_but_a_bad_key_is_fatal(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(2)
     fake.faults.add(502, times=2)
@@ -158,7 +158,7 @@ async def test_5xx_is_retried_but_a_bad_key_is_fatal(
 
 
 async def test_lookups_ask_for_50_skus_a_request(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(120)
     wanted = [f"SKU-{i:05d}" for i in range(1, 121)] + ["no,comma"]
@@ -172,7 +172,7 @@ async def test_lookups_ask_for_50_skus_a_request(
 
 
 async def test_the_budget_keeps_keycrms_limit_in_every_window(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fake keyCRM enforces 10 requests per 0.5 s and answers 429 past it: none may come."""
     fake.populate(50 * 25)
@@ -188,7 +188,7 @@ async def test_the_budget_keeps_keycrms_limit_in_every_window(
 
 
 async def test_each_retry_is_logged_once_with_its_attempt(
-    fake: FakeKeycrm, serve: Serve, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    fake: FakeKeycrm, serve: Serve, metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.populate(2)
     fake.faults.add(502, times=2)
@@ -204,7 +204,7 @@ async def test_each_retry_is_logged_once_with_its_attempt(
 
 
 async def test_a_network_failure_names_the_host_and_the_reason(
-    metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    metrics: MerchantMetrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -160,7 +160,7 @@ async def test_a_lying_paginator_vanishes_nothing(world: World, lie: str, reason
 
         def incomplete() -> float:
             value = registry.get_sample_value(
-                "stocksync_keycrm_incomplete_scans_total", {"reason": reason}
+                "stocksync_keycrm_incomplete_scans_total", {"merchant": "default", "reason": reason}
             )
             return value or 0.0
 
@@ -191,7 +191,9 @@ async def test_one_bad_sku_costs_only_itself(world: World) -> None:
         assert pos.stock[(offers[7].barcode or "", "S1")] == 5  # left to the next scan
     registry = daemon.metrics.registry
     for reason in ("bad_sku", "refused"):
-        value = registry.get_sample_value("stocksync_lookups_dropped_total", {"reason": reason})
+        value = registry.get_sample_value(
+            "stocksync_lookups_dropped_total", {"merchant": "default", "reason": reason}
+        )
         assert value == 1, reason
     lookups = [q for _, _, q in world.keycrm.requests if "filter[offers_sku]" in q]
     assert all(len(q["filter[offers_sku]"]) <= 2000 for q in lookups)
@@ -229,6 +231,6 @@ async def test_look_ups_are_first_in_first_out_and_bounded(
     looked_up = [sku for batch in asked_for for sku in batch]
     assert looked_up == newest_first[:260]
     overflow = daemon.metrics.registry.get_sample_value(
-        "stocksync_lookups_dropped_total", {"reason": "overflow"}
+        "stocksync_lookups_dropped_total", {"merchant": "default", "reason": "overflow"}
     )
     assert overflow == 40

@@ -43,7 +43,7 @@ class Quiet:
     """A controller with nothing behind it; records the webhooks it is given."""
 
     def __init__(self) -> None:
-        self.metrics = Metrics(CollectorRegistry(), ["c"], "test")
+        self.metrics = Metrics(CollectorRegistry(), "test")
         self.hooks: list[list[str]] = []
 
     async def refresh_metrics(self) -> None: ...

@@ -144,7 +144,7 @@ def test_the_document_lists_exactly_the_routes_the_app_serves() -> None:
     from daemon.shell.http import build_app
 
     class Nothing:
-        metrics = Metrics(CollectorRegistry(), [], "test")
+        metrics = Metrics(CollectorRegistry(), "test")
 
     app = build_app(
         Nothing(),  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ async def test_a_crash_mid_push_loses_nothing(world: World) -> None:
         await eventually(lambda: restarted.parts is not None)
         await restarted.refresh_metrics()
         lag = restarted.metrics.registry.get_sample_value(
-            "stocksync_sync_lag_seconds", {"channel": "pos"}
+            "stocksync_sync_lag_seconds", {"merchant": "default", "channel": "pos"}
         )
         assert lag is not None
         assert 0.3 <= lag <= time.time() - started

@@ -93,7 +93,8 @@ async def test_a_rejected_item_does_not_block_the_others(world: World) -> None:
         await eventually(
             lambda: (
                 daemon.metrics.registry.get_sample_value(
-                    "stocksync_push_requests_total", {"channel": "pos", "outcome": "rejected"}
+                    "stocksync_push_requests_total",
+                    {"merchant": "default", "channel": "pos", "outcome": "rejected"},
                 )
                 == 1
             )
@@ -134,7 +135,9 @@ async def test_an_auth_failure_pauses_only_that_channel(
 
 
 def up(daemon: Daemon, channel: str) -> float | None:
-    return daemon.metrics.registry.get_sample_value("stocksync_channel_up", {"channel": channel})
+    return daemon.metrics.registry.get_sample_value(
+        "stocksync_channel_up", {"merchant": "default", "channel": channel}
+    )
 
 
 async def test_retry_after_pauses_the_channel_then_everything_lands(world: World) -> None:
@@ -155,7 +158,8 @@ async def test_retry_after_pauses_the_channel_then_everything_lands(world: World
         assert pos.arrivals == paused_at  # nothing new is sent while paused
         await eventually(lambda: in_sync(world), timeout=10)
     retries = daemon.metrics.registry.get_sample_value(
-        "stocksync_push_requests_total", {"channel": "pos", "outcome": "retry"}
+        "stocksync_push_requests_total",
+        {"merchant": "default", "channel": "pos", "outcome": "retry"},
     )
     assert retries == 1
 
@@ -190,6 +194,7 @@ async def test_sku_size_width_matching_uses_keycrm_properties(world: World) -> N
         world, "SKU-00001"
     )
     skipped = daemon.metrics.registry.get_sample_value(
-        "stocksync_records_skipped_total", {"channel": "pos", "reason": "empty_key"}
+        "stocksync_records_skipped_total",
+        {"merchant": "default", "channel": "pos", "reason": "empty_key"},
     )
     assert skipped == 1

@@ -51,7 +51,7 @@ key_map = "{key_map}"
 
 def drift_count(daemon: Daemon, channel: str) -> float:
     value = daemon.metrics.registry.get_sample_value(
-        "stocksync_drift_items_total", {"channel": channel}
+        "stocksync_drift_items_total", {"merchant": "default", "channel": channel}
     )
     return value or 0.0
 
@@ -76,7 +76,8 @@ async def test_drift_is_found_healed_and_reported(
         drift = [row for row in history if row.outcome == "drift"]
         assert len(drift) == 1 and drift[0].after.quantity == 999
         last = daemon.metrics.registry.get_sample_value(
-            "stocksync_verify_last_success_timestamp_seconds", {"channel": "marketplacer"}
+            "stocksync_verify_last_success_timestamp_seconds",
+            {"merchant": "default", "channel": "marketplacer"},
         )
         assert last is not None and last > time.time() - 60
     assert drift_count(daemon, "klump") == 0  # not readable: never verified

@@ -94,7 +94,7 @@ async def test_a_webhook_whose_skus_do_not_all_fit_in_the_queue_is_refused(
             assert headers["Retry-After"] == "5"
             assert orjson.loads(body)["dropped"] == 3
             dropped = daemon.metrics.registry.get_sample_value(
-                "stocksync_lookups_dropped_total", {"reason": "overflow"}
+                "stocksync_lookups_dropped_total", {"merchant": "default", "reason": "overflow"}
             )
             assert dropped == 3
             assert daemon.lookups is not None and len(daemon.lookups) == 5  # those that fit

@@ -76,7 +76,7 @@ def reconciler_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     config = load_config(path, ADAPTERS)
 
     def make(store: Store) -> Reconciler:
-        metrics = Metrics(CollectorRegistry(), ["shop"], "test")
+        metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", ["shop"])
         timing = {"shop": Timing(debounce=0.0, max_delay=30.0)}
         return Reconciler(store, config.channels, metrics, timing=timing, wake=lambda _: None)
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 
 class Broken:
-    metrics = Metrics(CollectorRegistry(), ["c"], "test")
+    metrics = Metrics(CollectorRegistry(), "test")
 
     async def refresh_metrics(self) -> None: ...
 

@@ -28,7 +28,7 @@ def late(registry: CollectorRegistry) -> float:
 
 async def test_a_frozen_loop_shows_as_a_late_tick() -> None:
     registry = CollectorRegistry()
-    metrics = Metrics(registry, [], "test")
+    metrics = Metrics(registry, "test")
     async with anyio.create_task_group() as group:
         group.start_soon(lambda: watch_loop(metrics.event_loop_lag, interval=0.02))
         await eventually(lambda: sample(registry, "_count") >= 5)

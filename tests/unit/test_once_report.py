@@ -24,7 +24,7 @@ class Terminal(io.StringIO):
 
 async def test_a_terminal_gets_a_bar_with_counts(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
-    metrics = Metrics(CollectorRegistry(), ["pos"], "test")
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", ["pos"])
     scan = ScanProgress(running=True, page=12, last_page=40)
     for _ in range(3):
         metrics.propagation.labels(channel="pos").observe(1.0)
@@ -41,7 +41,7 @@ async def test_a_terminal_gets_a_bar_with_counts(tmp_path: Path) -> None:
 
 async def test_a_pipe_gets_a_line_now_and_then(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
-    metrics = Metrics(CollectorRegistry(), ["pos"], "test")
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", ["pos"])
     scan = ScanProgress(running=True, page=2, last_page=9)
     log = io.StringIO()
     try:
