@@ -30,9 +30,6 @@ from daemon.store import SQLiteStore, Store
 
 __all__ = ["dry_run", "run_once"]
 
-#: the merchant `once` and `--dry-run` label their metrics with: a single-merchant config's
-#: (`Config.merchant` once the merchants folder lands, issue #19)
-
 log = structlog.get_logger("stocksync.once")
 
 
