@@ -202,6 +202,7 @@ class ServedMerchant:
         """Pipelines until `stop()`, then the state is closed (its lock released)."""
         store = self.store
         assert store is not None
+        _log_as(self.name)
         try:
             async with anyio.create_task_group() as chores:
                 chores.start_soon(upkeep.keep_budget, store, self.budget)
@@ -240,6 +241,7 @@ class ServedMerchant:
         """This replica leads: take over the keyCRM window and the pushes a dead leader left
         in flight, then run the pipelines. Cancelled (by the keeper) the moment the lease ends
         on this process's own clock."""
+        _log_as(self.name)
         self.store = store
         self.leading, self.led = True, anyio.Event()
         self.view.leader.set(1)
@@ -348,3 +350,9 @@ class ServedMerchant:
 
     def _retention(self) -> float:
         return self.config.daemon.history_retention
+
+
+def _log_as(merchant: str) -> None:
+    """Every log line of this task and the tasks it starts names the merchant (the context
+    is copied into each task anyio starts)."""
+    structlog.contextvars.bind_contextvars(merchant=merchant)
