@@ -40,6 +40,7 @@ from daemon.shell.logs import configure_logging
 from daemon.shell.preflight import preflight
 from daemon.shell.sdnotify import notifier, watchdog_interval
 from daemon.store import TargetNotEmpty, copy_state
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, schema_name
 
 __all__ = ["main"]
 
@@ -120,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate_state.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
     migrate_state.add_argument("--to", dest="dsn", required=True, metavar="DSN")
+    migrate_state.add_argument(
+        "--merchant",
+        type=_merchant_id,
+        default=DEFAULT_MERCHANT,
+        metavar="NAME",
+        help="the merchant whose state FILE is: it goes into that merchant's schema, and no "
+        f"other merchant's state is read or touched (default {DEFAULT_MERCHANT})",
+    )
     demo = commands.add_parser(
         "demo", help="simulated keyCRM and channels on loopback, and the daemon"
     )
@@ -307,20 +316,25 @@ def _print_faults(exc: ConfigError) -> None:
         print(f"{key}: {problem}", file=sys.stderr)
 
 
-async def _migrate_state(source: Path, dsn: str) -> int:
+def _merchant_id(text: str) -> str:
+    schema_name(text)  # ValueError: argparse says the value is invalid
+    return text
+
+
+async def _migrate_state(source: Path, dsn: str, merchant: str = DEFAULT_MERCHANT) -> int:
     try:
         check_dsn(dsn)
     except ValueError as exc:
         print(f"--to: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        copied = await copy_state(source, dsn)
+        copied = await copy_state(source, dsn, merchant=merchant)
     except (OSError, TargetNotEmpty, PsycopgError) as exc:
         # psycopg's messages name the server, never the password (it is not in the DSN).
         print(f"migrate-state: {exc}", file=sys.stderr)
         return 1
     rows = ", ".join(f"{count} {table}" for table, count in copied.items())
-    print(f"copied {source} into {describe(dsn)}: {rows}")
+    print(f"copied {source} into {describe(dsn)} (merchant {merchant}): {rows}")
     return 0
 
 
@@ -347,7 +361,7 @@ def _command(args: argparse.Namespace) -> int:
     # Output goes to `sys.stdout` as it is now (main's scrubbing stream), never a default
     # argument bound at import time.
     if args.command == "migrate-state":
-        return anyio.run(_migrate_state, args.source, args.dsn)
+        return anyio.run(_migrate_state, args.source, args.dsn, args.merchant)
     if args.command == "demo":
         return anyio.run(
             lambda: run_demo(
