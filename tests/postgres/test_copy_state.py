@@ -87,6 +87,17 @@ def test_migrate_state_refuses_to_mix_states_and_passwords_in_the_dsn(
     assert main(["migrate-state", "--from", str(path), "--to", pg_dsn]) == 0
     assert main(["migrate-state", "--from", str(path), "--to", pg_dsn]) == 1
     assert "already holds a state" in capsys.readouterr().err
+    # Another merchant's state goes into its own schema, beside default's.
+    assert main(["migrate-state", "--from", str(path), "--to", pg_dsn, "--merchant", "acme"]) == 0
+    assert "(merchant acme): 5 records" in capsys.readouterr().out
+
+    async def acme() -> tuple[object, ...]:
+        return await snapshot(await PostgresStore.open(pg_dsn, merchant="acme"))
+
+    assert anyio.run(acme) == anyio.run(snapshot, SQLiteStore(path))
+    with pytest.raises(SystemExit):
+        main(["migrate-state", "--from", str(path), "--to", pg_dsn, "--merchant", "No!"])
+    assert "invalid" in capsys.readouterr().err
     assert main(["migrate-state", "--from", str(tmp_path / "none.db"), "--to", pg_dsn]) == 1
     assert "no state file" in capsys.readouterr().err
     leaky = "postgresql://u:hunter2@localhost/x"
