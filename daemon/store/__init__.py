@@ -10,7 +10,9 @@
                   replicas coordinate through (lease, shared queue and budget)
     migrate_state.py  `stocksync migrate-state`: a SQLite state copied into PostgreSQL
 
-`open_store` picks the backend from `daemon.state`.
+`open_store` opens a SQLite `daemon.state` (one merchant's file; a process holding many
+merchants says how many, so their page caches stay small together); `pg/stores.py` gives every
+merchant of a process its PostgreSQL store over one pool.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from daemon.store.protocol import (
     Store,
 )
 from daemon.store.sqlite.backend import SQLiteStore
+from daemon.store.sqlite.base import cache_for
 
 __all__ = [
     "Enqueued",
@@ -46,12 +49,14 @@ __all__ = [
     "StoreHealth",
     "TargetNotEmpty",
     "Timing",
+    "cache_for",
     "copy_state",
     "open_store",
 ]
 
 
-def open_store(state: Path) -> SQLiteStore:
+def open_store(state: Path, *, merchants: int = 1) -> SQLiteStore:
     """The store behind `daemon.state` (a file path: SQLite, which also keeps the look-up
-    queue; a `postgresql://` state is opened by `daemon.replicas.replica`)."""
-    return SQLiteStore(state)
+    queue; a `postgresql://` state is opened by `daemon.replicas.replica`). `merchants`: how
+    many stores this process opens, for the size of each one's page cache (`cache_for`)."""
+    return SQLiteStore(state, cache_kib=cache_for(merchants))

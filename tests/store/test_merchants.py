@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import pytest
 
+from daemon.core.errors import StateUnusable
 from daemon.core.models import Outcome, StockLevel, Value, Verdict
 from daemon.rules.plan import Contribution
-from daemon.store import SQLiteStore, Store, Timing
+from daemon.shell.statelock import StateLock
+from daemon.store import SQLiteStore, Store, Timing, cache_for, open_store
 from daemon.store.pg.stores import PostgresStores
 
 pytestmark = pytest.mark.anyio
@@ -67,3 +70,24 @@ async def test_two_merchants_never_see_each_others_state(pair: tuple[Store, Stor
     assert await acme.get_meta("owner") == "3"
     assert await bolt.positive_acked() == {}
     assert await bolt.get_meta("owner") == "0"
+
+
+def test_each_merchant_file_has_its_own_lock_and_a_small_cache(tmp_path: Path) -> None:
+    folder = tmp_path / "state"  # missing, as `[daemon] state` names it before the first run
+    with StateLock(folder / "acme.db"), StateLock(folder / "bolt.db"):
+        with pytest.raises(StateUnusable, match="another stocksync"):
+            StateLock(folder / "acme.db").__enter__()
+        many = open_store(folder / "acme.db", merchants=200)
+        one = open_store(folder / "bolt.db")
+        pages = "PRAGMA cache_size"
+        assert many._db.execute(pages).fetchone() == (-cache_for(200),)
+        assert one._db.execute(pages).fetchone() == (-2000,)  # SQLite's default
+        assert cache_for(200) < 400
+        anyio.run(many.close)
+        anyio.run(one.close)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "acme.db",
+        "acme.db.lock",
+        "bolt.db",
+        "bolt.db.lock",
+    ]
