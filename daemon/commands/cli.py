@@ -40,7 +40,7 @@ from daemon.shell.logs import configure_logging
 from daemon.shell.preflight import preflight
 from daemon.shell.sdnotify import notifier, watchdog_interval
 from daemon.store import TargetNotEmpty, copy_state
-from daemon.store.pg.merchants import DEFAULT_MERCHANT, schema_name
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, merchant_id
 
 __all__ = ["main"]
 
@@ -122,13 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate_state.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
     migrate_state.add_argument("--to", dest="dsn", required=True, metavar="DSN")
     migrate_state.add_argument(
-        "--merchant",
-        type=_merchant_id,
-        default=DEFAULT_MERCHANT,
-        metavar="NAME",
-        help="the merchant whose state FILE is: it goes into that merchant's schema, and no "
-        f"other merchant's state is read or touched (default {DEFAULT_MERCHANT})",
-    )
+        "--merchant", type=merchant_id, default=DEFAULT_MERCHANT, metavar="NAME",
+        help=f"whose state FILE is: into its schema alone (default {DEFAULT_MERCHANT})",
+    )  # fmt: skip
     demo = commands.add_parser(
         "demo", help="simulated keyCRM and channels on loopback, and the daemon"
     )
@@ -314,11 +310,6 @@ def _load(args: argparse.Namespace, *, check_machine: bool = False) -> Config:
 def _print_faults(exc: ConfigError) -> None:
     for key, problem in exc.faults:
         print(f"{key}: {problem}", file=sys.stderr)
-
-
-def _merchant_id(text: str) -> str:
-    schema_name(text)  # ValueError: argparse says the value is invalid
-    return text
 
 
 async def _migrate_state(source: Path, dsn: str, merchant: str = DEFAULT_MERCHANT) -> int:

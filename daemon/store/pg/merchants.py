@@ -38,6 +38,7 @@ __all__ = [
     "SHARED_TABLES",
     "drop",
     "lock_key",
+    "merchant_id",
     "prepare",
     "quoted",
     "schema_name",
@@ -68,12 +69,17 @@ MERCHANT_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+def merchant_id(text: str) -> str:
+    """`text` if it is a merchant id, else ValueError (an argparse `type`)."""
+    if not _MERCHANT.fullmatch(text):
+        raise ValueError(f"not a merchant id: {text!r}")
+    return text
+
+
 def schema_name(merchant: str) -> str:
     """`stocksync_<merchant>`; past PostgreSQL's 63 bytes, a prefix and a digest of the whole id
     (PostgreSQL would truncate, and two long ids could then share a schema)."""
-    if not _MERCHANT.fullmatch(merchant):
-        raise ValueError(f"not a merchant id: {merchant!r}")
-    name = _PREFIX + merchant
+    name = _PREFIX + merchant_id(merchant)
     if len(name) <= _MAX_NAME:
         return name
     digest = hashlib.sha256(merchant.encode()).hexdigest()[:8]
