@@ -47,7 +47,7 @@ from daemon.store.lifecycle import Item
 from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.faults import Database
 from daemon.store.pg.lease import Lease, LeaseLost, fence
-from daemon.store.pg.merchants import DEFAULT_MERCHANT, lock_key, prepare, scope
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, SCOPE, lock_key, prepare, quoted
 from daemon.store.pg.migrate import migrate
 from daemon.store.rows import HistoryValues
 from daemon.store.rows import item as _item
@@ -187,6 +187,7 @@ class PostgresBase:
         self.merchant = merchant
         self._locks = {name: lock_key(merchant, name) for name in (ALL_ITEMS, RECORDS)}
         self._channel_class = channel_class(merchant)
+        self._path = quoted(merchant)
         #: shared with the lease keeper and the look-up queue of a replica
         #: (`daemon.store.pg.faults`)
         self.health = health or StoreHealth(location)
@@ -229,7 +230,7 @@ class PostgresBase:
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
         async with self._db.connection("read") as conn, conn.transaction():
-            await scope(conn, self.merchant)
+            await conn.execute("SELECT " + SCOPE, (self._path,))
             yield conn
 
     @asynccontextmanager
@@ -250,18 +251,26 @@ class PostgresBase:
                 if lease is None:
                     raise LeaseLost("this replica does not hold the lease")
                 await fence(conn, lease)
-            await scope(conn, self.merchant)
-            all_items = self._locks[ALL_ITEMS]
+            # The merchant's scope in the statement that takes the locks: one round trip.
+            all_items, path = self._locks[ALL_ITEMS], self._path
             if claim:
-                await conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int8)", (all_items,))
+                await conn.execute(
+                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8)",
+                    (path, all_items),
+                )
             elif channel is not None:
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock_shared(%s::int8),"
+                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8),"
                     " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
-                    (all_items, self._channel_class, channel),
+                    (path, all_items, self._channel_class, channel),
                 )
             elif lock is not None:
-                await conn.execute("SELECT pg_advisory_xact_lock(%s::int8)", (self._locks[lock],))
+                await conn.execute(
+                    "SELECT " + SCOPE + ", pg_advisory_xact_lock(%s::int8)",
+                    (path, self._locks[lock]),
+                )
+            else:
+                await conn.execute("SELECT " + SCOPE, (path,))
             yield conn
 
     @staticmethod

@@ -35,6 +35,7 @@ from daemon.store.pg.migrate import LOCK_KEY, MIGRATIONS, Migration, SchemaTooNe
 __all__ = [
     "DEFAULT_MERCHANT",
     "MERCHANT_MIGRATIONS",
+    "SCOPE",
     "SHARED_TABLES",
     "drop",
     "lock_key",
@@ -97,12 +98,15 @@ def lock_key(merchant: str, lock: int | str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+#: `scope` as an expression, for a statement that does more (its parameter: `quoted(merchant)`)
+SCOPE: LiteralString = (
+    "set_config('search_path', %s || ', ' || current_setting('search_path'), true)"
+)
+
+
 async def scope(conn: AsyncConnection[TupleRow], merchant: str) -> None:
     """Inside a transaction: unqualified names are the merchant's tables until it ends."""
-    await conn.execute(
-        "SELECT set_config('search_path', %s || ', ' || current_setting('search_path'), true)",
-        (quoted(merchant),),
-    )
+    await conn.execute("SELECT " + SCOPE, (quoted(merchant),))
 
 
 async def _version(conn: AsyncConnection[TupleRow], merchant: str) -> set[int] | None:
