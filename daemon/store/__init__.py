@@ -8,7 +8,8 @@
     sqlite/       the embedded backend (schema.py; backend.py over a module per concern)
     pg/           PostgreSQL, for several replicas (its schema: pg/migrate.py), and the SQL
                   replicas coordinate through (lease, shared queue and budget)
-    migrate_state.py  `stocksync migrate-state`: a SQLite state copied into PostgreSQL
+    migrate_state.py  `stocksync migrate-state`: a SQLite state copied into a merchant's
+                      PostgreSQL schema; export_state.py  the way back, into a new file
 
 `open_store` opens a SQLite `daemon.state` (one merchant's file; a process holding many
 merchants says how many, so their page caches stay small together); `pg/stores.py` gives every
@@ -23,6 +24,7 @@ from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
 from daemon.store.migrate_state import TargetNotEmpty, copy_state
 from daemon.store.pg.backend import PostgresStore
+from daemon.store.pg.stores import PostgresStores
 from daemon.store.protocol import (
     Enqueued,
     HistoryRow,
@@ -42,6 +44,7 @@ __all__ = [
     "LookupEntry",
     "LookupStore",
     "PostgresStore",
+    "PostgresStores",
     "SQLiteStore",
     "Settled",
     "Status",
