@@ -16,8 +16,8 @@ from daemon.store import Store, Timing
 from daemon.store.pg import lookups
 from daemon.store.pg.backend import PostgresStore
 from daemon.store.pg.base import ALL_ITEMS
-from daemon.store.pg.connect import Pool, open_pool
-from daemon.store.pg.merchants import MERCHANT_MIGRATIONS, drop, lock_key, schema_name
+from daemon.store.pg.connect import Pool, connect, open_pool
+from daemon.store.pg.merchants import MERCHANT_MIGRATIONS, drop, lock_key, prepare, schema_name
 from daemon.store.pg.migrate import MIGRATIONS, migrate
 from daemon.store.pg.stores import PostgresStores
 from tests.pg import until
@@ -148,3 +148,24 @@ async def test_one_merchant_is_dropped_alone(pg_dsn: str) -> None:
         assert await state(bolt) == kept
     finally:
         await stores.close()
+
+
+async def test_replicas_opening_a_new_merchant_together_make_it_once(pg_dsn: str) -> None:
+    async with await connect(pg_dsn) as conn:
+        await migrate(conn)
+    applied: list[list[int]] = []
+
+    async def open_it() -> None:
+        async with await connect(pg_dsn) as conn:
+            applied.append(await prepare(conn, "new-shop"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(open_it)
+    assert sorted(applied, key=len) == [[], [], [], [m.version for m in MERCHANT_MIGRATIONS]]
+    store = await PostgresStore.open(pg_dsn, merchant="new-shop")  # a quoted name: "-"
+    try:
+        await write(store, "A", 1, at=1.0)
+        assert (await store.counts())["c"] == {"ok": 1}
+    finally:
+        await store.close()

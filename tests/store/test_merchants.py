@@ -15,6 +15,7 @@ from daemon.core.models import Outcome, StockLevel, Value, Verdict
 from daemon.rules.plan import Contribution
 from daemon.shell.statelock import StateLock
 from daemon.store import SQLiteStore, Store, Timing, cache_for, open_store
+from daemon.store.pg.merchants import schema_name
 from daemon.store.pg.stores import PostgresStores
 
 pytestmark = pytest.mark.anyio
@@ -91,3 +92,11 @@ def test_each_merchant_file_has_its_own_lock_and_a_small_cache(tmp_path: Path) -
         "bolt.db",
         "bolt.db.lock",
     ]
+
+
+def test_long_merchant_ids_get_schemas_of_their_own() -> None:
+    long, other = "m" * 63, "m" * 62 + "n"
+    assert schema_name("acme") == "stocksync_acme"
+    assert len(schema_name(long)) == 63 and schema_name(long) != schema_name(other)
+    with pytest.raises(ValueError, match="not a merchant id"):
+        schema_name('a"; DROP')
