@@ -63,10 +63,18 @@ SHARED_TABLES: tuple[LiteralString, ...] = (
 
 #: A merchant schema's steps. 1 and 2 are the database steps 4 and 5 that built today's
 #: single-merchant tables, run inside the merchant's schema; database step 7 moved `default`'s
-#: tables into its schema and recorded both as done.
+#: tables into its schema and recorded both as done. Appended only, as the database's.
 MERCHANT_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "state store: records, shares, items, history, meta", MIGRATIONS[3].statements),
     Migration(2, "item counts kept once per statement", MIGRATIONS[4].statements),
+    Migration(
+        3,
+        "the counting trigger counts into its own schema, whatever the session's search_path",
+        # `prepare` runs the steps with the search_path set to the merchant's schema alone:
+        # FROM CURRENT binds that to the function, so a write to these items from any session
+        # (a manual fix, a restore) counts here, never into another merchant's counts.
+        ("ALTER FUNCTION stocksync_count_item_rows() SET search_path FROM CURRENT",),
+    ),
 )
 
 
