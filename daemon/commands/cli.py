@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
-from psycopg import Error as PsycopgError
 
 from adapters import ADAPTERS
 from daemon import __version__
@@ -20,10 +19,11 @@ from daemon.commands.connect import connect
 from daemon.commands.demo import run_demo
 from daemon.commands.drift import DEFAULT_SHARE, run_drift
 from daemon.commands.history import DEFAULT_LIMIT, parse_since, show_history, show_history_pg
+from daemon.commands.migrate import migrate_state
 from daemon.commands.once import dry_run, run_once
 from daemon.commands.once_report import LINE_EVERY
 from daemon.commands.remote import release_guard, request_resync, show_status, watch_status
-from daemon.config.dsn import SCHEMES, check_dsn, describe
+from daemon.config.dsn import SCHEMES, check_dsn
 from daemon.config.ops import (
     OpsSettings,
     admin_token,
@@ -39,7 +39,7 @@ from daemon.shell.daemon import Daemon
 from daemon.shell.logs import configure_logging
 from daemon.shell.preflight import preflight
 from daemon.shell.sdnotify import notifier, watchdog_interval
-from daemon.store import TargetNotEmpty, copy_state
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, merchant_id
 
 __all__ = ["main"]
 
@@ -114,12 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate_state = commands.add_parser(
         "migrate-state",
-        help="copy a SQLite state into PostgreSQL",
-        description="Copy a SQLite state file into an empty PostgreSQL database (the password "
-        "from PGPASSWORD or PGPASSFILE, never in the DSN).",
+        help="copy one merchant's state between SQLite and PostgreSQL",
+        description="Copy a SQLite state file into a merchant's empty PostgreSQL schema, or back "
+        "into a new file (the password from PGPASSWORD or PGPASSFILE, never in the DSN).",
     )
-    migrate_state.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
-    migrate_state.add_argument("--to", dest="dsn", required=True, metavar="DSN")
+    migrate_state.add_argument("--from", dest="source", required=True, metavar="FILE|DSN")
+    migrate_state.add_argument("--to", dest="target", required=True, metavar="DSN|FILE")
+    migrate_state.add_argument(
+        "--merchant", type=merchant_id, default=DEFAULT_MERCHANT, metavar="NAME",
+        help=f"whose state FILE is: into its schema alone (default {DEFAULT_MERCHANT})",
+    )  # fmt: skip
     demo = commands.add_parser(
         "demo", help="simulated keyCRM and channels on loopback, and the daemon"
     )
@@ -307,23 +311,6 @@ def _print_faults(exc: ConfigError) -> None:
         print(f"{key}: {problem}", file=sys.stderr)
 
 
-async def _migrate_state(source: Path, dsn: str) -> int:
-    try:
-        check_dsn(dsn)
-    except ValueError as exc:
-        print(f"--to: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        copied = await copy_state(source, dsn)
-    except (OSError, TargetNotEmpty, PsycopgError) as exc:
-        # psycopg's messages name the server, never the password (it is not in the DSN).
-        print(f"migrate-state: {exc}", file=sys.stderr)
-        return 1
-    rows = ", ".join(f"{count} {table}" for table, count in copied.items())
-    print(f"copied {source} into {describe(dsn)}: {rows}")
-    return 0
-
-
 def _check_config(config: Config, *, connect_too: bool) -> int:
     """The file was loaded with the machine checks; now, if asked, try every endpoint."""
     print(f"{config.path}: ok ({len(config.channels)} channels)")
@@ -347,7 +334,7 @@ def _command(args: argparse.Namespace) -> int:
     # Output goes to `sys.stdout` as it is now (main's scrubbing stream), never a default
     # argument bound at import time.
     if args.command == "migrate-state":
-        return anyio.run(_migrate_state, args.source, args.dsn)
+        return anyio.run(migrate_state, args.source, args.target, args.merchant)
     if args.command == "demo":
         return anyio.run(
             lambda: run_demo(
