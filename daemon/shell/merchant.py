@@ -175,13 +175,14 @@ class ServedMerchant:
 
     # --- SQLite: this process owns the state -----------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, merchants: int = 1) -> None:
         """Lock and open the state file, and load what the last process left (webhook SKUs
-        still to look up, keyCRM's request window, whether it stopped cleanly)."""
+        still to look up, keyCRM's request window, whether it stopped cleanly). `merchants`:
+        how many states the process opens (each one's page cache is a share of the whole)."""
         lock = StateLock(self.config.daemon.state)
         lock.__enter__()
         try:
-            store = open_store(self.config.daemon.state)
+            store = open_store(self.config.daemon.state, merchants=merchants)
             self.store = store
             store.health.on_error = lambda op: self.metrics.store_errors.labels(operation=op).inc()
             self.lookups = LookupQueue(store)
