@@ -98,10 +98,12 @@ class Metrics:
         )
         self.keycrm_requests = Counter(
             "stocksync_keycrm_requests",
-            "Requests to keyCRM by kind (lookup, scan, catalog) and HTTP status (or error).",
+            "Requests to keyCRM by kind (lookup, orders, scan, catalog) and HTTP status (or "
+            "error).",
             ["kind", "status"],
             registry=r,
         )
+        self._order_feed_families(r)
         self.last_scan_success = Gauge(
             "stocksync_keycrm_last_scan_success_timestamp_seconds",
             "End of the last complete keyCRM scan (Unix time).",
@@ -240,7 +242,7 @@ class Metrics:
             self.resyncs.labels(trigger=trigger)
         for result in ("ok", "error"):
             self.config_reloads.labels(result=result)
-        for kind in ("lookup", "scan", "catalog"):
+        for kind in ("lookup", "orders", "scan", "catalog"):
             self.keycrm_requests.labels(kind=kind, status="200")
         for reason in ("no_sku", "duplicate_sku"):
             self.offers_skipped.labels(reason=reason)
@@ -254,6 +256,31 @@ class Metrics:
         self.config_mismatch.labels(merchant="default").set(0)
         for channel in channels:
             self.add_channel(channel)
+
+    def _order_feed_families(self, r: CollectorRegistry) -> None:
+        """The order feed's (`daemon.keycrm.feed`); its requests count as kind="orders"."""
+        self.order_feed_lag = Gauge(
+            "stocksync_order_feed_lag_seconds",
+            "Now minus the order feed's watermark (the time up to which every changed order is "
+            "read); 0 while the feed is off.",
+            registry=r,
+        )
+        self.order_feed_up = Gauge(
+            "stocksync_order_feed_up",
+            "1 while the order feed polls keyCRM; 0 when it is off (by config, or keyCRM "
+            "refused the route: 401, 403, 404).",
+            registry=r,
+        )
+        self.order_feed_orders = Counter(
+            "stocksync_order_feed_orders",
+            "Changed orders the feed read (an order seen again unchanged is not counted).",
+            registry=r,
+        )
+        self.order_feed_skus = Counter(
+            "stocksync_order_feed_skus",
+            "SKUs of changed orders' lines the feed queued for a look-up.",
+            registry=r,
+        )
 
     def add_channel(self, channel: str) -> None:
         """Create every per-channel series at zero (channel up until proven otherwise)."""

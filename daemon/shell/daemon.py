@@ -424,6 +424,7 @@ class Daemon:
             # paused past its lease wakes up pushing nothing.
             may_push=None if replica is None else replica.keeper.leading,
             consume=consume,
+            enqueue=None if consume is None or replica is None else replica.enqueue_uncapped,
         )
         self.pipeline = pipeline
         if self._stop.is_set():  # a stop or a reload while this one was being set up
