@@ -125,7 +125,9 @@ class OrderFeed:
                 return
             self.progress.state = "waiting"
             self._metrics.order_feed_lag.set(self.lag(self._clock()))
-            await anyio.sleep(max(0.0, wait - (self._clock() - started)))
+            # From the end of the poll, not its start: a feed that is behind (many pages a
+            # poll) still leaves the scan and the catalog their share of the budget.
+            await anyio.sleep(wait)
 
     async def _load(self) -> None:
         saved = await self._store.get_meta(STATE_KEY)

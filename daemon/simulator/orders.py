@@ -76,7 +76,9 @@ class OrderBook:
         self._next += 1
         return order
 
-    def touch(self, order_id: int, *, status_id: int | None = None, at: float | None = None) -> None:
+    def touch(
+        self, order_id: int, *, status_id: int | None = None, at: float | None = None
+    ) -> None:
         """The order changed (a status, a comment): a new `updated_at`."""
         order = self.orders[order_id]
         order.updated_at = time.time() if at is None else at
