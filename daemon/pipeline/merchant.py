@@ -148,6 +148,9 @@ class MerchantPipeline:
                 await self._serve(parts)
             finally:
                 self.parts = None
+                # A replica that no longer leads polls no orders: no stale lag to page on.
+                shared.metrics.order_feed_up.set(0)
+                shared.metrics.order_feed_lag.set(0)
 
     def stop(self) -> None:
         """Stop taking work: `run` drains and returns (at once if called before it serves)."""
