@@ -125,9 +125,11 @@ class OrderFeed:
                 return
             self.progress.state = "waiting"
             self._metrics.order_feed_lag.set(self.lag(self._clock()))
-            # From the end of the poll, not its start: a feed that is behind (many pages a
-            # poll) still leaves the scan and the catalog their share of the budget.
-            await anyio.sleep(wait)
+            # Polls start every `interval`; one that took longer than that (many pages: the
+            # feed is behind) is followed by a whole interval's pause, so the scan and the
+            # catalog still get their share of the budget while it catches up.
+            elapsed = self._clock() - started
+            await anyio.sleep(wait - elapsed if elapsed < wait else wait)
 
     async def _load(self) -> None:
         saved = await self._store.get_meta(STATE_KEY)
