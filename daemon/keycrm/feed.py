@@ -15,7 +15,9 @@ reach are remembered with a version (their `updated_at`, status and lines): one 
 unchanged queues nothing again. The watermark moves only after a complete poll, and a page's
 orders count as seen only once their SKUs are queued (then saved at once), so a kill at any
 moment costs a page read again, never an order's SKUs. A malformed page fails the poll before
-any of it is used (the client counts and logs it); the poll is tried again.
+any of it is used (the client counts and logs it); the poll is tried again. A watermark far in
+the past (a daemon stopped for a day) is caught up an hour's slice a poll, so the scan keeps its
+share of keyCRM's budget meanwhile; `behind` says so until the feed is current.
 
 A key without access to orders (401, 403), or a keyCRM without the route (404), turns the feed
 off for this pipeline: one error line, `stocksync_order_feed_up` 0, and `status` says why. The
@@ -24,6 +26,7 @@ daemon runs on scans and webhooks meanwhile; a reload tries the feed again.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +49,8 @@ STATE_KEY = "order_feed"
 #: statuses on `/order` that mean "this key or this keyCRM has no order feed": stop asking
 REFUSALS = ("401", "403", "404")
 _RETRY = 60.0
+#: the longest stretch of time one poll reads: a feed far behind catches up slice by slice
+CATCH_UP_SLICE = 3600.0
 _STORE_RETRY = 5.0
 
 #: queue SKUs durably; returns how many the queue's cap turned away
@@ -191,9 +196,12 @@ class OrderFeed:
         mark = progress.watermark
         since = (started if mark is None else mark) - self.overlap
         # The end reaches past now by the overlap too: a keyCRM clock ahead of ours by less
-        # than that still has its newest orders inside the window.
-        until = started + max(self.overlap, 1.0)
-        newest = started if mark is None else max(mark, started)
+        # than that still has its newest orders inside the window. A watermark long past (a
+        # daemon stopped for a day) is caught up a slice at a time, with the scan's share of
+        # the budget between the slices, rather than in one poll of thousands of pages.
+        until = min(started + max(self.overlap, 1.0), since + CATCH_UP_SLICE)
+        caught_up = until >= started
+        newest = min(started, until) if mark is None else max(mark, min(started, until))
         pages = 0
         async for page in self._client.orders(since, until):
             pages += 1
@@ -217,16 +225,19 @@ class OrderFeed:
             log.info("keycrm.order_feed_queued", orders=len(fresh), skus=len(skus))
         finished = self._clock()
         progress.watermark = newest
-        edge = newest - self.overlap
+        # keyCRM keeps whole seconds and the filter takes them: the next poll starts at the
+        # second `edge` falls in, so what it may show again is remembered from there.
+        edge = math.floor(newest - self.overlap)
         self._seen = {k: v for k, v in self._seen.items() if v[1] >= edge}
         await self._save()
         progress.last_poll, progress.last_pages = finished, pages
-        behind = finished - started > self.interval
+        behind = finished - started > self.interval or not caught_up
         if behind:
             log.warning(
                 "keycrm.order_feed_behind",
                 pages=pages,
                 duration_ms=round((finished - started) * 1000),
+                lag_seconds=round(self.lag(finished)),
                 hint="more changed orders than the feed's share of keyCRM's budget reads in "
                 "one interval; it catches up, nothing is skipped",
             )

@@ -164,3 +164,28 @@ async def test_the_feed_shares_the_budget_with_scans_and_lookups_and_keeps_its_l
     paths = [path for _, path, _ in fake.requests]
     assert paths.count("/v1/order") >= 4  # it polled all along (two pages a poll)
     assert len(set(queue.skus)) == 60
+
+
+async def test_a_watermark_hours_old_is_caught_up_an_hour_a_poll_and_nothing_is_skipped(
+    fake: FakeKeycrm,
+    serve: Serve,
+    metrics: Metrics,
+    store: SQLiteStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake.populate(3)
+    now = time.time()
+    fake.orders.place([(fake.by_sku("SKU-00001"), 1)], at=now - 2.5 * 3600)
+    fake.orders.place([(fake.by_sku("SKU-00002"), 1)], at=now - 10)
+    queue = Recorder()
+    async with aiohttp.ClientSession() as session:
+        client = await client_for(fake, serve, session, metrics, monkeypatch)
+        feed = feed_for(client, store, queue, metrics)
+        feed.progress.watermark = now - 3 * 3600
+        behind = []
+        for _ in range(4):
+            await feed.poll(time.time())
+            behind.append(feed.progress.behind)
+    assert behind == [True, True, True, False]  # three hour-slices, then current
+    assert queue.skus == ["SKU-00001", "SKU-00002"]
+    assert feed.progress.watermark is not None and feed.progress.watermark >= now
