@@ -46,6 +46,7 @@ async def test_sales_reach_every_channel_within_the_interval_with_no_webhook_and
             await eventually(lambda: in_sync(world, "pos") and in_sync(world, "web"), timeout=4)
             assert time.monotonic() - placed < 4
             status = (await daemon.status())["source"]["order_feed"]
+            lag = daemon.metrics.registry.get_sample_value("stocksync_order_feed_lag_seconds")
         finally:
             world.keycrm.scan_gate.set()
     accepted = daemon.metrics.registry.get_sample_value(
@@ -55,9 +56,8 @@ async def test_sales_reach_every_channel_within_the_interval_with_no_webhook_and
     assert status["state"] in ("waiting", "polling")
     assert status["orders_seen"] == 1
     assert status["skus_queued"] == 2
-    assert status["lag_seconds"] < 3
-    lag = daemon.metrics.registry.get_sample_value("stocksync_order_feed_lag_seconds")
-    assert lag is not None and lag < 3
+    assert status["lag_seconds"] < 5
+    assert lag is not None and 0 < lag < 5
     assert all(q["filter[updated_between]"].count(":") == 4 for q in polls(world))
 
 
