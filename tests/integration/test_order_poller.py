@@ -136,7 +136,7 @@ async def test_the_feed_shares_the_budget_with_scans_and_lookups_and_keeps_its_l
 ) -> None:
     """The fake keyCRM answers 429 past 10 requests in 0.5 s: none may come, and the feed
     goes after look-ups and before the scan."""
-    fake.populate(50 * 20)
+    fake.populate(50 * 10)
     fake.limit, fake.window = 10, 0.5
     for index in range(60):  # two pages of orders
         fake.orders.place([(fake.by_sku(f"SKU-{index + 1:05d}"), 1)])
@@ -157,7 +157,7 @@ async def test_the_feed_shares_the_budget_with_scans_and_lookups_and_keeps_its_l
             pages = [page async for page in client.scan()]
             await looked.wait()
             group.cancel_scope.cancel()
-    assert len(pages) == 20
+    assert len(pages) == 10
     assert fake.refused == 0
     times = [t for t, _, _ in fake.requests]
     assert max(sum(1 for t in times if s <= t < s + 0.5) for s in times) <= 10
