@@ -130,6 +130,12 @@ class Replica:
         async with self.db.connection("write") as conn:
             return await lookups.enqueue(conn, self.merchant, skus)
 
+    async def enqueue_uncapped(self, skus: Sequence[str]) -> int:
+        """`enqueue` for the order feed: the merchant's queue has no cap, so nothing is turned
+        away (the number the feed's `Enqueue` returns). Raises `StoreUnavailable`."""
+        await self.enqueue(skus)
+        return 0
+
     async def consume_lookups(
         self,
         lease: Lease,

@@ -515,6 +515,7 @@ class Daemon:
             replica.store,
             inherit=replica.inherit_budget,
             consume=replica.consume_lookups,
+            enqueue=replica.enqueue_uncapped,
             may_push=replica.keeper.leading,
             listen=self.deployment.daemon.listen,
             port=self.bound_port,

@@ -29,6 +29,7 @@ from daemon.config.settings import Config
 from daemon.core.errors import LookupQueueFull, StoreUnavailable
 from daemon.core.telemetry import Metrics
 from daemon.keycrm.budget import RequestBudget
+from daemon.keycrm.feed import Enqueue
 from daemon.keycrm.lookups import LookupQueue
 from daemon.pipeline.assembly import Parts
 from daemon.pipeline.merchant import Consume, MerchantPipeline, ResyncWish, Shared
@@ -235,6 +236,7 @@ class ServedMerchant:
         *,
         inherit: Callable[[RequestBudget], Awaitable[int]],
         consume: LeaderConsume,
+        enqueue: Enqueue,
         may_push: Callable[[], bool],
         listen: str,
         port: int | None,
@@ -254,7 +256,11 @@ class ServedMerchant:
             self._replan_all = inherited > 0 or await upkeep.died_before(store)
             await upkeep.recover_in_flight(store, self.config, self._clock())
             await self.pipelines(
-                listen, port, consume=functools.partial(consume, lease), may_push=may_push
+                listen,
+                port,
+                consume=functools.partial(consume, lease),
+                may_push=may_push,
+                enqueue=enqueue,
             )
         finally:
             self.leading = False
@@ -272,6 +278,7 @@ class ServedMerchant:
         *,
         consume: Consume | None = None,
         may_push: Callable[[], bool] | None = None,
+        enqueue: Enqueue | None = None,
     ) -> None:
         """Pipeline after pipeline (a reload replaces one), until a stop."""
         resync_first = False
@@ -284,6 +291,7 @@ class ServedMerchant:
                 port=port,
                 consume=consume,
                 may_push=may_push,
+                enqueue=enqueue,
             )
             if self.next_config is None or self._stopping:
                 break
@@ -305,6 +313,7 @@ class ServedMerchant:
         port: int | None,
         consume: Consume | None,
         may_push: Callable[[], bool] | None,
+        enqueue: Enqueue | None,
     ) -> None:
         """One pipeline for the current config, from its start to the end of its drain."""
         store = self.store
@@ -321,6 +330,7 @@ class ServedMerchant:
             # paused past its lease wakes up pushing nothing.
             may_push=may_push,
             consume=consume,
+            enqueue=enqueue,
         )
         self.pipeline = pipeline
         if self._stop.is_set():  # a stop or a reload while this one was being set up
