@@ -10,8 +10,7 @@ from pathlib import Path
 from psycopg import Error as PsycopgError
 
 from daemon.config.dsn import SCHEMES, check_dsn, describe
-from daemon.store import TargetNotEmpty, copy_state
-from daemon.store.export_state import export_state
+from daemon.store import TargetNotEmpty, copy_state, export_state
 from daemon.store.pg.merchants import DEFAULT_MERCHANT
 
 __all__ = ["migrate_state"]

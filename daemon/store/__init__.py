@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.store.export_state import export_state
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
 from daemon.store.migrate_state import TargetNotEmpty, copy_state
@@ -54,6 +55,7 @@ __all__ = [
     "Timing",
     "cache_for",
     "copy_state",
+    "export_state",
     "open_store",
 ]
 

@@ -90,7 +90,12 @@ async def test_the_client_sends_only_parameters_the_spec_accepts(
         )
         world.keycrm.orders.place([(world.keycrm.by_sku("SKU-00003"), 1)])
         await eventually(
-            lambda: daemon.metrics.registry.get_sample_value("stocksync_order_feed_skus_total") == 1
+            lambda: (
+                daemon.metrics.registry.get_sample_value(
+                    "stocksync_order_feed_skus_total", {"merchant": "default"}
+                )
+                == 1
+            )
         )
     assert any(path == "/v1/order" for _, path, _ in world.keycrm.requests)
     for _, path, query in world.keycrm.requests:

@@ -46,7 +46,9 @@ async def test_sales_reach_every_channel_within_the_interval_with_no_webhook_and
             await eventually(lambda: in_sync(world, "pos") and in_sync(world, "web"), timeout=4)
             assert time.monotonic() - placed < 4
             status = (await daemon.status())["source"]["order_feed"]
-            lag = daemon.metrics.registry.get_sample_value("stocksync_order_feed_lag_seconds")
+            lag = daemon.metrics.registry.get_sample_value(
+                "stocksync_order_feed_lag_seconds", {"merchant": "default"}
+            )
         finally:
             world.keycrm.scan_gate.set()
     accepted = daemon.metrics.registry.get_sample_value(
@@ -108,11 +110,13 @@ async def test_a_refused_order_route_turns_the_feed_off_and_the_rest_goes_on(
             await eventually(lambda: feed.progress.state == "refused")
             await anyio.sleep(0.5)  # five intervals: no second request
             world.keycrm.set_stock("SKU-00002", 17)
-            await daemon.webhook(["SKU-00002"])  # webhooks still work
+            await daemon.webhook("default", ["SKU-00002"])  # webhooks still work
             await eventually(lambda: in_sync(world))
             data = await daemon.status()
     assert len(polls(world)) == 1
-    up = daemon.metrics.registry.get_sample_value("stocksync_order_feed_up")
+    up = daemon.metrics.registry.get_sample_value(
+        "stocksync_order_feed_up", {"merchant": "default"}
+    )
     assert up == 0
     off = [e for e in logs if e["event"] == "keycrm.order_feed_off"]
     assert len(off) == 1

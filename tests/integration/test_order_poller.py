@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daemon.core.errors import SourceRetryable
+from daemon.core.merchant_metrics import MerchantMetrics
 from daemon.core.telemetry import Metrics
 from daemon.keycrm.budget import RequestBudget
 from daemon.keycrm.client import KeycrmClient
@@ -35,8 +36,8 @@ def fake() -> FakeKeycrm:
 
 
 @pytest.fixture
-def metrics() -> Metrics:
-    return Metrics(CollectorRegistry(), [], "test")
+def metrics() -> MerchantMetrics:
+    return Metrics(CollectorRegistry(), "test").for_merchant("default", [])
 
 
 class Recorder:
@@ -62,7 +63,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def feed_for(
-    client: KeycrmClient, store: SQLiteStore, queue: Recorder, metrics: Metrics
+    client: KeycrmClient, store: SQLiteStore, queue: Recorder, metrics: MerchantMetrics
 ) -> OrderFeed:
     return OrderFeed(client, store, queue, metrics, interval=0.05, overlap=120.0)
 
@@ -70,7 +71,7 @@ def feed_for(
 async def test_an_order_seen_again_unchanged_queues_nothing_and_a_change_queues_it_again(
     fake: FakeKeycrm,
     serve: Serve,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     store: SQLiteStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -92,8 +93,18 @@ async def test_an_order_seen_again_unchanged_queues_nothing_and_a_change_queues_
         await again._load()
         await again.poll(time.time())
     assert len(queue.calls) == 2
-    assert metrics.registry.get_sample_value("stocksync_order_feed_orders_total") == 2
-    assert metrics.registry.get_sample_value("stocksync_order_feed_skus_total") == 4
+    assert (
+        metrics.registry.get_sample_value(
+            "stocksync_order_feed_orders_total", {"merchant": "default"}
+        )
+        == 2
+    )
+    assert (
+        metrics.registry.get_sample_value(
+            "stocksync_order_feed_skus_total", {"merchant": "default"}
+        )
+        == 4
+    )
     saved = orjson.loads(await store.get_meta(STATE_KEY) or "{}")
     assert saved["watermark"] >= fake.orders.orders[1].updated_at
     asked = [q for _, path, q in fake.requests if path == "/v1/order"]
@@ -103,7 +114,7 @@ async def test_an_order_seen_again_unchanged_queues_nothing_and_a_change_queues_
 async def test_a_malformed_page_is_counted_retried_and_never_half_applied(
     fake: FakeKeycrm,
     serve: Serve,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     store: SQLiteStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -130,7 +141,7 @@ async def test_a_malformed_page_is_counted_retried_and_never_half_applied(
 async def test_the_feed_shares_the_budget_with_scans_and_lookups_and_keeps_its_limit(
     fake: FakeKeycrm,
     serve: Serve,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     store: SQLiteStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -169,7 +180,7 @@ async def test_the_feed_shares_the_budget_with_scans_and_lookups_and_keeps_its_l
 async def test_a_watermark_hours_old_is_caught_up_an_hour_a_poll_and_nothing_is_skipped(
     fake: FakeKeycrm,
     serve: Serve,
-    metrics: Metrics,
+    metrics: MerchantMetrics,
     store: SQLiteStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
