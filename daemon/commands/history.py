@@ -25,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.errors import UndefinedTable
 
 from daemon.config.dsn import describe
+from daemon.config.settings import DEFAULT_MERCHANT
 from daemon.core.models import Value
 from daemon.core.units import parse_duration
 from daemon.store.pg.connect import connect
@@ -136,8 +137,10 @@ async def read_history_pg(
     channel: str | None = None,
     since: float | None = None,
     limit: int | None = DEFAULT_LIMIT,
+    merchant: str = DEFAULT_MERCHANT,
 ) -> tuple[list[HistoryEntry], int]:
-    """As `read_history`, from a PostgreSQL state: one read-only transaction, one connection."""
+    """As `read_history`, from a PostgreSQL state (the merchant's schema): one read-only
+    transaction, one connection."""
     query: LiteralString = _PG_WHERE
     params: list[object] = [sku]
     if channel is not None:
@@ -151,6 +154,7 @@ async def read_history_pg(
     try:
         await conn.set_read_only(True)
         async with conn.transaction():
+            await _scope(conn, merchant)
             cursor = await conn.execute("SELECT COUNT(*) " + query, params)
             counted = await cursor.fetchone()
             cursor = await conn.execute(
@@ -164,6 +168,15 @@ async def read_history_pg(
     total = 0 if counted is None else int(counted[0])
     entries = [HistoryEntry(c, k, b, a, o, e, float(at)) for c, k, b, a, o, e, at in rows]
     return entries, total
+
+
+async def _scope(conn: Any, merchant: str) -> None:
+    """The seam where each merchant's PostgreSQL state gets its own schema (the store's
+    `scope(conn, merchant)`, a transaction-local search_path, takes this place). Until then the
+    one state in the database is merchant `default`'s, and no other merchant has one."""
+    del conn
+    if merchant != DEFAULT_MERCHANT:
+        raise UndefinedTable(f"no state of merchant {merchant}")
 
 
 def _with_timeout(dsn: str) -> str:
@@ -228,17 +241,24 @@ async def show_history_pg(
     limit: int | None,
     as_json: bool,
     out: TextIO = sys.stdout,
+    merchant: str = DEFAULT_MERCHANT,
 ) -> int:
     """As `show_history`, from a PostgreSQL state; a failure is one line naming the database
     (`user@host:port/db`: never the password, which travels beside the DSN, not in it)."""
     where = describe(dsn)
     try:
         entries, total = await read_history_pg(
-            dsn, sku, password=password, channel=channel, since=since, limit=limit
+            dsn,
+            sku,
+            password=password,
+            channel=channel,
+            since=since,
+            limit=limit,
+            merchant=merchant,
         )
     except UndefinedTable:
-        print(f"{where} holds no stocksync state (is daemon.state or --state right?)",
-              file=sys.stderr)  # fmt: skip
+        print(f"{where} holds no stocksync state of merchant {merchant} (is daemon.state, "
+              "--state or --merchant right?)", file=sys.stderr)  # fmt: skip
         return 1
     except PsycopgError as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's lines, as one
