@@ -167,6 +167,9 @@ def render(data: dict[str, Any], now: float, url: str = "") -> str:
         lines.append(_replica_line(replica))
     merchants = data.get("merchants")
     if isinstance(merchants, dict):
+        unready = [name for name, merchant in merchants.items() if not merchant.get("ready")]
+        summary = f"merchants: {len(merchants) - len(unready)} of {len(merchants)} ready"
+        lines.append(summary + (f"; not ready: {', '.join(unready)}" if unready else ""))
         for name, merchant in merchants.items():
             lines += ["", *_merchant_lines(name, merchant, now)]
         return "\n".join(lines)
