@@ -25,7 +25,7 @@ def with_secrets() -> dict[str, str]:
 
 def folder_config(world: World, shops: dict[str, str], *, port: int = 0) -> Path:
     """`stocksync.toml` naming `merchants/`, one file per merchant (merchant -> its one shop),
-    all reading the one fake keyCRM; SQLite state in `state/`."""
+    all reading the one fake keyCRM; SQLite state in `state/` (the default beside the file)."""
     root = world.tmp_path
     (root / "merchants").mkdir(exist_ok=True)
     (root / "state").mkdir(exist_ok=True)
@@ -50,7 +50,6 @@ max_delay = "1s"
         f"""
 [daemon]
 merchants = "merchants"
-state = "state"
 listen = "127.0.0.1:{port}"
 shutdown_timeout = "3s"
 admin_token_env = "T_ADMIN_TOKEN"
