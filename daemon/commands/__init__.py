@@ -12,5 +12,6 @@
     drift.py         `stocksync drift`: read back, compare, report
     connect.py       `check-config --connect`
 
-A new command is a subcommand in `args.py`, run by `cli.py` and, if it does more than print, a module here.
+A new command is a subcommand in `args.py`, run by `cli.py`, and, if it does more than print,
+a module here.
 """
