@@ -94,7 +94,7 @@ async def _drive(
 async def run(options: Options) -> list[Figure]:
     skus = options.size(2_000)
     fakes = Fakes(skus)
-    rate, seconds = options.change_rate, options.seconds
+    rate, seconds = options.change_rate, options.drive(30.0)
     with tempfile.TemporaryDirectory(dir=options.workdir) as folder:
         async with AsyncExitStack() as stack, aiohttp.ClientSession() as session:
             await fakes.start(stack)

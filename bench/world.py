@@ -200,10 +200,12 @@ class Fakes:
         poll_interval: str = "1h",
         state: str | None = None,
         daemon: str = "",
+        keycrm: str = "",
+        webhook: bool = True,
         filename: str = "stocksync.toml",
     ) -> Path:
         """`state`: a SQLite file in `folder` unless given (a `postgresql://` URL); `daemon`
-        adds keys to `[daemon]`."""
+        and `keycrm` add keys to their tables; `webhook=False` leaves keyCRM's webhook out."""
         path = folder / filename
         path.write_text(
             f"""
@@ -217,9 +219,10 @@ shutdown_timeout = "10s"
 [keycrm]
 base_url = "{self.urls["keycrm"]}/v1"
 api_key_env = "BENCH_KEYCRM_KEY"
-webhook_token_env = "BENCH_WEBHOOK_TOKEN"
+{'webhook_token_env = "BENCH_WEBHOOK_TOKEN"' if webhook else ""}
 requests_per_minute = {requests_per_minute}
 poll_interval = "{poll_interval}"
+{keycrm}
 
 [sync]
 {sync}

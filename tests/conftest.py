@@ -99,6 +99,7 @@ class World:
         keycrm: str = "",
         daemon: str = "",
         listen: str = "127.0.0.1:0",
+        order_feed: str = "0",
     ) -> Path:
         if channels is None:
             channels = "".join(self.shop_table(name) for name in self.shops)
@@ -116,6 +117,7 @@ api_key_env = "T_KEYCRM_KEY"
 webhook_token_env = "T_WEBHOOK_TOKEN"
 requests_per_minute = 6000
 poll_interval = "1h"
+order_feed_interval = "{order_feed}"
 {keycrm}
 
 [sync]

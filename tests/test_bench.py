@@ -93,6 +93,21 @@ def test_real_daemon_figures(tmp_path: Path) -> None:
 
 
 @pytest.mark.bench
+def test_order_feed_figures(tmp_path: Path) -> None:
+    args = ("--only", "orderfeed", "--skus", "200", "--seconds", "3", "--feed-interval", "1")
+    report = run_bench(tmp_path, *args)
+    assert report["options"]["feed_interval"] == 1
+    figures = by_name(report)
+    p99 = figures["orderfeed.freshness_p99"]
+    assert p99["target"] == 1 + 2 + 2  # order_feed_interval + debounce + 2 s
+    assert p99["value"] is not None  # every sale reached both channels and was timed
+    assert figures["orderfeed.requests_per_minute"]["value"] > 0
+    assert {"orderfeed.freshness_max", "orderfeed.off_reached", "orderfeed.off_next_scan"} <= set(
+        figures
+    )
+
+
+@pytest.mark.bench
 def test_baseline_against_the_naive_sync(tmp_path: Path) -> None:
     figures = by_name(run_bench(tmp_path, "--only", "baseline", "--skus", "200"))
     assert figures["baseline.channel_requests"]["value"] >= 1

@@ -17,7 +17,7 @@ from daemon import __version__
 from daemon.commands.drift import DEFAULT_SHARE
 from daemon.commands.history import DEFAULT_LIMIT
 from daemon.commands.once_report import LINE_EVERY
-from daemon.config.settings import MERCHANT_ID
+from daemon.config.settings import DEFAULT_MERCHANT, MERCHANT_ID
 
 __all__ = ["merchant_id", "parser"]
 
@@ -26,7 +26,7 @@ def merchant_id(text: str) -> str:
     """`text` if it can name a merchant (an argparse `type`: a typo fails before any work)."""
     if MERCHANT_ID.fullmatch(text) is None:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a merchant id: the stem of its file in daemon.merchants "
+            f"invalid merchant id {text!r}: the stem of its file in daemon.merchants "
             "(lower-case letters, digits, '-' and '_')"
         )
     return text
@@ -104,12 +104,16 @@ def parser() -> argparse.ArgumentParser:
     _with_merchant(drift, _ONE)
     migrate_state = commands.add_parser(
         "migrate-state",
-        help="copy a SQLite state into PostgreSQL",
-        description="Copy a SQLite state file into an empty PostgreSQL database (the password "
-        "from PGPASSWORD or PGPASSFILE, never in the DSN).",
+        help="copy one merchant's state between SQLite and PostgreSQL",
+        description="Copy a SQLite state file into a merchant's empty PostgreSQL schema, or back "
+        "into a new file (the password from PGPASSWORD or PGPASSFILE, never in the DSN).",
     )
-    migrate_state.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE")
-    migrate_state.add_argument("--to", dest="dsn", required=True, metavar="DSN")
+    migrate_state.add_argument("--from", dest="source", required=True, metavar="FILE|DSN")
+    migrate_state.add_argument("--to", dest="target", required=True, metavar="DSN|FILE")
+    migrate_state.add_argument(
+        "--merchant", type=merchant_id, default=DEFAULT_MERCHANT, metavar="NAME",
+        help=f"whose state FILE is: into its schema alone (default {DEFAULT_MERCHANT})",
+    )  # fmt: skip
     demo = commands.add_parser(
         "demo", help="simulated keyCRM and channels on loopback, and the daemon"
     )

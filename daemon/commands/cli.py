@@ -13,7 +13,6 @@ from pathlib import Path
 
 import anyio
 import structlog
-from psycopg import Error as PsycopgError
 
 from adapters import ADAPTERS
 from daemon.commands.args import parser
@@ -22,10 +21,11 @@ from daemon.commands.demo import run_demo
 from daemon.commands.drift import run_drift
 from daemon.commands.history import parse_since, show_history, show_history_pg
 from daemon.commands.merchants import deployment_secrets, pick
+from daemon.commands.migrate import migrate_state
 from daemon.commands.once import dry_run, run_once
 from daemon.commands.remote import release_guard, request_resync, show_status, watch_status
 from daemon.config.deployment import Deployment, load_deployment
-from daemon.config.dsn import SCHEMES, check_dsn, describe
+from daemon.config.dsn import SCHEMES, check_dsn
 from daemon.config.ops import (
     OpsSettings,
     admin_token,
@@ -42,7 +42,6 @@ from daemon.shell.daemon import Daemon
 from daemon.shell.logs import configure_logging
 from daemon.shell.preflight import preflight
 from daemon.shell.sdnotify import notifier, watchdog_interval
-from daemon.store import TargetNotEmpty, copy_state
 
 __all__ = ["main"]
 
@@ -198,23 +197,6 @@ def _print_faults(exc: ConfigError) -> None:
         print(f"{key}: {problem}", file=sys.stderr)
 
 
-async def _migrate_state(source: Path, dsn: str) -> int:
-    try:
-        check_dsn(dsn)
-    except ValueError as exc:
-        print(f"--to: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        copied = await copy_state(source, dsn)
-    except (OSError, TargetNotEmpty, PsycopgError) as exc:
-        # psycopg's messages name the server, never the password (it is not in the DSN).
-        print(f"migrate-state: {exc}", file=sys.stderr)
-        return 1
-    rows = ", ".join(f"{count} {table}" for table, count in copied.items())
-    print(f"copied {source} into {describe(dsn)}: {rows}")
-    return 0
-
-
 async def _run(deployment: Deployment, args: argparse.Namespace) -> int:
     for name, faults in deployment.broken.items():
         log.error(
@@ -234,7 +216,7 @@ def _command(args: argparse.Namespace) -> int:
     # Output goes to `sys.stdout` as it is now (main's scrubbing stream), never a default
     # argument bound at import time.
     if args.command == "migrate-state":
-        return anyio.run(_migrate_state, args.source, args.dsn)
+        return anyio.run(migrate_state, args.source, args.target, args.merchant)
     if args.command == "demo":
         return anyio.run(
             lambda: run_demo(

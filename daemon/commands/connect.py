@@ -1,10 +1,12 @@
 """`check-config --connect`: try every endpoint once with its credentials, and change nothing.
 
 keyCRM gets one `GET /offers/stocks?limit=1` (a read; its answer must also look like a stock
-page). Each channel gets its adapter's `probe()`: one request the channel authenticates but that
-changes nothing (see each adapter). Every endpoint is tried at once, each within its timeout, and
-each says one of: reachable, auth refused, not found, unreachable (host and OS reason),
-unexpected answer.
+page), and, when the order feed is on and the key was accepted, one `GET /order?limit=1`: a key
+without order access is named there, but is no fault (the daemon then runs on scans and
+webhooks). Each channel gets its adapter's `probe()`: one request the channel authenticates but
+that changes nothing (see each adapter). Every endpoint is tried at once, each within its
+timeout, and each says one of: reachable, auth refused, not found, unreachable (host and OS
+reason), unexpected answer.
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ class Reach:
 
 async def connect(config: Config) -> list[Reach]:
     """One result per endpoint: keyCRM first, then the channels in the file's order."""
-    results: dict[int, Reach] = {}
+    results: dict[float, Reach] = {}
     async with aiohttp.ClientSession() as session:
 
         async def keycrm() -> None:
             results[0] = await _keycrm(config, session)
+            if results[0].ok and config.keycrm.order_feed_interval > 0:
+                results[0.5] = await _orders(config, session)
 
         async def channel(index: int, settings: ChannelConfig) -> None:
             results[index] = await _channel(settings, session)
@@ -91,6 +95,31 @@ async def _keycrm(config: Config, session: aiohttp.ClientSession) -> Reach:
         problem = "not JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
         return Reach("keycrm", False, "unexpected answer", f"not a keyCRM stock page: {problem}")
     return Reach("keycrm", True, "reachable", "HTTP 200, API key accepted")
+
+
+async def _orders(config: Config, session: aiohttp.ClientSession) -> Reach:
+    """Whether the order feed may read `/order` with this key (refused: it will be off)."""
+    settings = config.keycrm
+    what, url = "keycrm orders", f"{settings.base_url}/order"
+    try:
+        async with session.get(
+            url,
+            params={"limit": "1"},
+            headers={
+                "Authorization": f"Bearer {settings.api_key.get_secret_value()}",
+                "Accept": "application/json",
+            },
+            timeout=aiohttp.ClientTimeout(total=settings.timeout),
+        ) as response:
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Reach(what, False, "unreachable", describe(exc, url, settings.timeout))
+    if status in (401, 403, 404):
+        off = "the order feed will be off; scans and webhooks carry on"
+        return Reach(what, True, "refused", f"HTTP {status}: {off}")
+    if status in (200, 429):
+        return Reach(what, True, "reachable", f"HTTP {status}: the order feed can poll")
+    return Reach(what, False, "unexpected answer", f"HTTP {status}")
 
 
 async def _channel(channel: ChannelConfig, session: aiohttp.ClientSession) -> Reach:

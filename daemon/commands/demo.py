@@ -1,9 +1,11 @@
 """`stocksync demo`: fake keyCRM and channels on loopback, the real daemon against them.
 
-Everything runs in one process: the simulators, a "shop floor" that sells and restocks a few
-SKUs every couple of seconds and fires keyCRM's webhook, and the daemon itself with a state file
-in a temporary folder (or `--state-dir`, kept between runs). The log shows each change travelling
-to the channels. Now and then the shop floor also edits a Marketplacer variant by hand, behind
+Everything runs in one process: the simulators, a "shop floor" that places an order every
+couple of seconds and now and then restocks a SKU, and the daemon itself with a state file in a
+temporary folder (or `--state-dir`, kept between runs). No webhook is configured, as behind NAT:
+the order feed carries each sale to the channels within seconds (`demo.order_placed`, then
+`keycrm.order_feed_queued` and the channels' updates in the log), and the next scan carries the
+restocks. Now and then the shop floor also edits a Marketplacer variant by hand, behind
 stocksync's back: drift, which `stocksync drift` reports.
 
 It prints lines to copy into another terminal: `status`, `status --watch`, `history`, `resync`,
@@ -27,7 +29,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TextIO
 
-import aiohttp
 import anyio
 import structlog
 from aiohttp import web
@@ -63,7 +64,7 @@ base_url = "{keycrm}/v1"
 api_key_env = "STOCKSYNC_DEMO_KEYCRM_KEY"
 requests_per_minute = 600
 poll_interval = "30s"
-webhook_token_env = "STOCKSYNC_DEMO_WEBHOOK_TOKEN"
+order_feed_interval = "3s" # sales reach the channels with no webhook (the default is 15s)
 
 [sync]
 debounce = "1s"
@@ -118,35 +119,30 @@ async def _serve(stack: AsyncExitStack, app: web.Application) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def _shop_floor(keycrm: FakeKeycrm, webhook_url: str, every: float) -> None:
-    """Sell and restock a few SKUs now and then, and tell the daemon as keyCRM would."""
+async def _shop_floor(keycrm: FakeKeycrm, every: float) -> None:
+    """Place an order of a SKU or two now and then, and restock one every fifth time: keyCRM
+    lists the orders by change time (the order feed reads them); a restock shows in a scan."""
     rng = random.Random(42)  # noqa: S311
     offers = [o for o in keycrm.offers.values() if o.sku]
-    async with aiohttp.ClientSession() as session:
-        while True:
-            await anyio.sleep(every)
-            changed = []
-            for offer in rng.sample(offers, 3):
-                warehouse = rng.choice(sorted(offer.stock))
-                quantity, reserve = offer.stock[warehouse]
-                quantity = max(0.0, quantity + rng.choice((-3, -2, -1, -1, 5, 10)))
-                offer.stock[warehouse] = (quantity, min(reserve, quantity))
-                changed.append(
-                    {
-                        "offer_id": offer.id,
-                        "sku": offer.sku,
-                        "in_stock": offer.quantity,
-                        "in_reserve": offer.reserve,
-                    }
-                )
-                log.info(
-                    "demo.stock_changed", sku=offer.sku, warehouse=warehouse, quantity=quantity
-                )
-            try:
-                async with session.post(webhook_url, json=changed) as response:
-                    await response.read()
-            except aiohttp.ClientError:
-                log.warning("demo.webhook_failed")
+    turn = 0
+    while True:
+        await anyio.sleep(every)
+        turn += 1
+        if turn % 5 == 0:
+            offer = rng.choice(offers)
+            warehouse = rng.choice(sorted(offer.stock))
+            quantity, reserve = offer.stock[warehouse]
+            offer.stock[warehouse] = (quantity + 10, reserve)
+            log.info("demo.restocked", sku=offer.sku, warehouse=warehouse, quantity=quantity + 10)
+            continue
+        in_stock = [o for o in offers if o.quantity >= 1] or offers
+        lines = [(o, float(rng.choice((1, 1, 2)))) for o in rng.sample(in_stock, rng.randint(1, 2))]
+        order = keycrm.orders.place(lines)
+        log.info(
+            "demo.order_placed",
+            order=order.id,
+            lines={o.sku: quantity for o, quantity in lines},
+        )
 
 
 async def _hand_edits(marketplacer: FakeMarketplacer, every: float) -> None:
@@ -264,7 +260,6 @@ async def run_demo(
     tokens = {
         "STOCKSYNC_DEMO_KEYCRM_KEY": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_POS_TOKEN": secrets.token_urlsafe(16),
-        "STOCKSYNC_DEMO_WEBHOOK_TOKEN": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_KLUMP_KEY": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_MARKETPLACER_KEY": secrets.token_urlsafe(16),
         "STOCKSYNC_DEMO_ORDERGROOVE_HASH_KEY": secrets.token_urlsafe(16),
@@ -335,7 +330,6 @@ async def run_demo(
                 group.start_soon(run_then_end_demo)
                 await daemon.started.wait()
                 base = f"http://127.0.0.1:{daemon.bound_port}"
-                webhook = f"{base}/webhooks/keycrm/{tokens['STOCKSYNC_DEMO_WEBHOOK_TOKEN']}"
                 print(
                     f"stocksync demo: {skus} SKUs in a fake keyCRM ({keycrm_url}) and four fake "
                     f"channels: Inventory Update API ({urls['pos']}), Klump ({urls['klump']}), "
@@ -355,7 +349,7 @@ async def run_demo(
                     file=out,
                     flush=True,
                 )
-                group.start_soon(_shop_floor, keycrm, webhook, 2.0)
+                group.start_soon(_shop_floor, keycrm, 2.0)
                 group.start_soon(_hand_edits, marketplacer, 20.0)
                 if duration is not None:
                     await anyio.sleep(duration)

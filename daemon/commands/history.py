@@ -25,10 +25,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.errors import UndefinedTable
 
 from daemon.config.dsn import describe
-from daemon.config.settings import DEFAULT_MERCHANT
 from daemon.core.models import Value
 from daemon.core.units import parse_duration
 from daemon.store.pg.connect import connect
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, scope
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -154,7 +154,7 @@ async def read_history_pg(
     try:
         await conn.set_read_only(True)
         async with conn.transaction():
-            await _scope(conn, merchant)
+            await scope(conn, merchant)
             cursor = await conn.execute("SELECT COUNT(*) " + query, params)
             counted = await cursor.fetchone()
             cursor = await conn.execute(
@@ -168,15 +168,6 @@ async def read_history_pg(
     total = 0 if counted is None else int(counted[0])
     entries = [HistoryEntry(c, k, b, a, o, e, float(at)) for c, k, b, a, o, e, at in rows]
     return entries, total
-
-
-async def _scope(conn: Any, merchant: str) -> None:
-    """The seam where each merchant's PostgreSQL state gets its own schema (the store's
-    `scope(conn, merchant)`, a transaction-local search_path, takes this place). Until then the
-    one state in the database is merchant `default`'s, and no other merchant has one."""
-    del conn
-    if merchant != DEFAULT_MERCHANT:
-        raise UndefinedTable(f"no state of merchant {merchant}")
 
 
 def _with_timeout(dsn: str) -> str:

@@ -122,12 +122,34 @@ def _source_lines(source: dict[str, Any], now: float) -> list[str]:
             source.get("catalog_last_page"),
             source.get("catalog_eta"),
         )
-    return [
+    lines = [
         f"keyCRM    {scan}",
         f"          {catalog}; budget {budget}",
         f"          look-ups queued {source.get('lookups_queued', 0)}; "
         f"last error: {source.get('last_error') or '-'}",
     ]
+    feed = source.get("order_feed")
+    if isinstance(feed, dict):
+        lines.append(f"          {_feed_line(feed, now)}")
+    return lines
+
+
+def _feed_line(feed: dict[str, Any], now: float) -> str:
+    """The order feed in a line: off, refused (and why), or how far behind its watermark is."""
+    state = feed.get("state")
+    if state == "off":
+        return "order feed off"
+    if state == "refused":
+        return f"order feed OFF, refused by keyCRM: {feed.get('last_error') or '-'}"
+    line = (
+        f"order feed every {duration(feed.get('interval_seconds'))}, "
+        f"lag {duration(feed.get('lag_seconds'))}, last poll {ago(feed.get('last_poll'), now)}"
+    )
+    if feed.get("behind"):
+        line += " (BEHIND: catching up)"
+    if feed.get("last_error"):
+        line += f"; last error: {feed['last_error']}"
+    return line
 
 
 def _replica_line(replica: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "NAME",
     "BaseUrl",
     "Duration",
+    "DurationOrOff",
     "DurationOrZero",
     "Rate",
     "Settings",
@@ -60,6 +61,17 @@ Timeout = Annotated[
 ]
 #: Seconds, written with a unit; zero allowed.
 DurationOrZero = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _off_or_duration(value: object) -> float:
+    """A bare `"0"` says "off" as plainly as `"0s"`; any other number still needs its unit."""
+    if isinstance(value, str) and value.strip() == "0":
+        return 0.0
+    return parse_duration(value)
+
+
+#: Seconds, written with a unit; `"0"` (or `"0s"`) turns the thing off.
+DurationOrOff = Annotated[float, BeforeValidator(_off_or_duration)]
 #: Events per second, written "N/s" or "N/m".
 Rate = Annotated[float, BeforeValidator(parse_rate)]
 BaseUrl = Annotated[str, BeforeValidator(_base_url)]

@@ -32,6 +32,7 @@ from daemon.config.dsn import SCHEMES, check_dsn
 from daemon.config.fields import (
     BaseUrl,
     Duration,
+    DurationOrOff,
     DurationOrZero,
     Settings,
     Timeout,
@@ -150,6 +151,10 @@ class KeycrmSettings(Settings):
     timeout: Timeout = 30.0
     #: how long a look-up waits for more webhook SKUs to fill its request (up to 50)
     lookup_window: DurationOrZero = 0.25
+    #: poll keyCRM's orders changed since the last poll this often (`"0"`: no order feed)
+    order_feed_interval: DurationOrOff = 15.0
+    #: each poll reaches back this far before its watermark (clock skew, late commits)
+    order_feed_overlap: DurationOrZero = 120.0
     webhook_token_env: EnvSecret | None = None
     webhook_token_file: FileSecret | None = None
 

@@ -33,7 +33,7 @@ SKIP_REASONS = ("empty_key", "unmapped", "no_warehouses")
 OFFER_SKIP_REASONS = ("no_sku", "duplicate_sku")
 LOOKUP_DROP_REASONS = ("bad_sku", "refused", "overflow")
 RESYNC_TRIGGERS = ("signal", "http", "schedule")
-KEYCRM_KINDS = ("lookup", "scan", "catalog")
+KEYCRM_KINDS = ("lookup", "orders", "scan", "catalog")
 #: why a keyCRM scan did not count as complete (`daemon.keycrm.completeness` decides which)
 INCOMPLETE_REASONS = (
     "total_mismatch",
@@ -228,6 +228,33 @@ class MerchantFamilies:
             ["merchant"],
             registry=r,
         )
+        # The order feed's (`daemon.keycrm.feed`); its requests count as kind="orders".
+        self.order_feed_lag = Gauge(
+            "stocksync_order_feed_lag_seconds",
+            "Now minus the order feed's watermark (the time up to which every changed order is "
+            "read); 0 while the feed is off.",
+            ["merchant"],
+            registry=r,
+        )
+        self.order_feed_up = Gauge(
+            "stocksync_order_feed_up",
+            "1 while the order feed polls keyCRM; 0 when it is off (by config, or keyCRM "
+            "refused the route: 401, 403, 404).",
+            ["merchant"],
+            registry=r,
+        )
+        self.order_feed_orders = Counter(
+            "stocksync_order_feed_orders",
+            "Changed orders the feed read (an order seen again unchanged is not counted).",
+            ["merchant"],
+            registry=r,
+        )
+        self.order_feed_skus = Counter(
+            "stocksync_order_feed_skus",
+            "SKUs of changed orders' lines the feed queued for a look-up.",
+            ["merchant"],
+            registry=r,
+        )
 
     def every(self) -> tuple[MetricWrapperBase, ...]:
         """Every family here (what `Metrics.forget_merchant` clears a merchant's series from)."""
@@ -275,6 +302,10 @@ class MerchantMetrics:
         self.keycrm_budget_limit: Gauge = f.keycrm_budget_limit.labels(merchant=m)
         self.skus_tracked: Gauge = f.skus_tracked.labels(merchant=m)
         self.first_scan_done: Gauge = f.first_scan_done.labels(merchant=m)
+        self.order_feed_lag: Gauge = f.order_feed_lag.labels(merchant=m)
+        self.order_feed_up: Gauge = f.order_feed_up.labels(merchant=m)
+        self.order_feed_orders: Counter = f.order_feed_orders.labels(merchant=m)
+        self.order_feed_skus: Counter = f.order_feed_skus.labels(merchant=m)
         #: 1 while this replica leads the merchant (the shell sets it; 1 from the start, as with
         #: SQLite, where the one process always leads)
         self.leader: Gauge = f.leader.labels(merchant=m)

@@ -7,6 +7,7 @@
     budget.py        at most N requests in any window, evenly paced, by priority
     lookups.py       the webhook look-up queue, on disk
     source.py        the scan, the catalog refresh and the look-ups, as loops
+    feed.py          the order feed: orders changed since its watermark, their SKUs looked up
 
 The daemon asks keyCRM only through `client.py`, and so through the one budget.
 """

@@ -5,9 +5,9 @@ would let 120 through in one 60 s window, so this keeps the last N requests and 
 (N+1)th until the first has left the window; requests are also spaced window/N apart so a backlog
 never goes out in a burst. A request counts from when its answer came back, not from when we sent
 it: keyCRM saw it somewhere in between, and network delay must not let N+1 requests land in one
-of keyCRM's windows. Waiters are served by priority (look-ups for webhooks, then the scan, then
-the catalog), FIFO within one. A 429 pauses everyone. No library we know does priorities and a
-strict sliding window together, hence this small class.
+of keyCRM's windows. Waiters are served by priority (look-ups for webhooks, then the order feed,
+then the scan, then the catalog), FIFO within one. A 429 pauses everyone. No library we know does
+priorities and a strict sliding window together, hence this small class.
 
 The budget belongs to the process, not to a pipeline: a reload keeps it (and a 429 pause under
 way). Its recent requests are saved in the state (`snapshot`/`restore`, in wall-clock time), so
@@ -38,8 +38,11 @@ class Priority(enum.IntEnum):
     """Lower goes first."""
 
     LOOKUP = 0
-    SCAN = 1
-    CATALOG = 2
+    #: the order feed: cheap (a request per poll while nothing changes), and what it finds
+    #: is fresh, so it goes before the scan's hours-long pass
+    ORDERS = 1
+    SCAN = 2
+    CATALOG = 3
 
 
 @dataclass(slots=True)

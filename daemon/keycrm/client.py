@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -27,7 +28,14 @@ from daemon.core.retry_after import parse_retry_after
 from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.budget import Priority, RequestBudget
 from daemon.keycrm.page_split import NotJson, decode_page
-from daemon.keycrm.payloads import MalformedPage, Page, parse_catalog_page, parse_stock_page
+from daemon.keycrm.payloads import (
+    ChangedOrder,
+    MalformedPage,
+    Page,
+    parse_catalog_page,
+    parse_order_page,
+    parse_stock_page,
+)
 
 __all__ = [
     "CATALOG_PAGE_BYTES",
@@ -36,6 +44,7 @@ __all__ = [
     "STOCK_PAGE_BYTES",
     "KeycrmClient",
     "Lookup",
+    "keycrm_time",
     "lookup_batches",
 ]
 
@@ -56,9 +65,16 @@ MAX_PAGES = 100_000  # a scan this long means keyCRM's paging is broken; stop ra
 #:   some 300 warehouses each;
 #: - a catalog page: each offer carries its product, description included (HTML, repeated in
 #:   every variant's offer): 4 MiB is 80 KiB an offer.
+#: - an order page: 50 orders with their lines and each line's offer; a big order (a hundred
+#:   lines) is some 80 KiB, so the catalog's 4 MiB.
 STOCK_PAGE_BYTES = 1024 * 1024
 CATALOG_PAGE_BYTES = 4 * 1024 * 1024
-_PAGE_BYTES = {"scan": STOCK_PAGE_BYTES, "lookup": STOCK_PAGE_BYTES, "catalog": CATALOG_PAGE_BYTES}
+_PAGE_BYTES = {
+    "scan": STOCK_PAGE_BYTES,
+    "lookup": STOCK_PAGE_BYTES,
+    "catalog": CATALOG_PAGE_BYTES,
+    "orders": CATALOG_PAGE_BYTES,
+}
 _DEFAULT_429_PAUSE = 10.0
 _ATTEMPTS = 6
 
@@ -97,6 +113,11 @@ def lookup_batches(skus: Sequence[str]) -> list[list[str]]:
     if current:
         batches.append(current)
     return batches
+
+
+def keycrm_time(unix: float) -> str:
+    """A Unix time as keyCRM's filters take it: UTC, `YYYY-MM-DD HH:MM:SS` (whole seconds)."""
+    return datetime.fromtimestamp(int(unix), UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _backoff_hook(exc: Exception) -> bool | float:
@@ -245,6 +266,18 @@ class KeycrmClient:
         """Every page of `/offers?include=product`."""
         params = {"limit": str(PAGE_SIZE), "include": "product", "sort": "id"}
         return self._pages("/offers", params, "catalog", Priority.CATALOG, parse_catalog_page)
+
+    def orders(self, since: float, until: float) -> AsyncIterator[Page[ChangedOrder]]:
+        """Every page of the orders changed between two Unix times (both included), with their
+        lines' offers, oldest id first: an order that changes while we page moves to no
+        earlier page, so paging by id can show an order twice but never skip one."""
+        params = {
+            "limit": str(PAGE_SIZE),
+            "include": "products.offer",
+            "sort": "id",
+            "filter[updated_between]": f"{keycrm_time(since)}, {keycrm_time(until)}",
+        }
+        return self._pages("/order", params, "orders", Priority.ORDERS, parse_order_page)
 
     async def lookup(self, skus: Sequence[str]) -> Lookup:
         """Current stock of these SKUs, in as few requests as fit, ahead of the scan.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
@@ -18,7 +19,15 @@ from daemon.core.errors import SourceRetryable
 from daemon.core.models import CatalogEntry, StockLevel, WarehouseStock
 from daemon.keycrm.page_split import NotJson, RawOffer
 
-__all__ = ["MalformedPage", "Page", "parse_catalog_page", "parse_stock_page", "raw_digest"]
+__all__ = [
+    "ChangedOrder",
+    "MalformedPage",
+    "Page",
+    "parse_catalog_page",
+    "parse_order_page",
+    "parse_stock_page",
+    "raw_digest",
+]
 
 
 class MalformedPage(SourceRetryable):
@@ -295,3 +304,71 @@ def parse_catalog_page(body: Any) -> Page[CatalogEntry]:
     envelope = _envelope(body)
     entries, no_sku = _offers(envelope.data, _catalog_entry)
     return _page(entries, envelope, no_sku)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedOrder:
+    """One order of the feed: when it last changed, the SKUs of its lines, and a version that
+    tells this state of it from another (an order seen again with the same version is old news).
+    """
+
+    id: int
+    updated_at: float  # Unix time; keyCRM writes UTC as `YYYY-MM-DD HH:MM:SS`
+    skus: tuple[str, ...]
+    version: str
+
+
+def _utc(value: Any, where: str) -> float:
+    if not isinstance(value, str) or len(value) > 40:
+        raise _Bad(f"{where} is not a time")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise _Bad(f"{where} is not a time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _line(raw: Any) -> tuple[str | None, Decimal | None]:
+    """An order line's SKU and quantity. The offer's SKU is the one stock is kept under; a
+    line without an offer (a custom item) names only the product's."""
+    entry = _object(raw)
+    offer = entry.get("offer")
+    if offer is not None and not isinstance(offer, dict):
+        raise _Bad(".offer is not an object")
+    sku = _sku(offer.get("sku")) if offer else None
+    quantity = entry.get("quantity")
+    amount = None if quantity is None else _number(quantity, ".quantity")
+    return sku or _sku(entry.get("sku")), amount
+
+
+def _order(raw: Any) -> ChangedOrder:
+    item = _object(raw)
+    order_id = _int(item.get("id"), ".id")
+    updated = item.get("updated_at")
+    updated_at = _utc(updated, ".updated_at")
+    products = item.get("products")
+    if not isinstance(products, list):  # `include=products.offer` was not honoured
+        raise _Bad(".products is missing or not a list")
+    skus: list[str] = []
+    lines: list[str] = []
+    for index, line in enumerate(products):
+        try:
+            sku, quantity = _line(line)
+        except _Bad as exc:
+            raise _Bad(f".products[{index}]{exc.text}") from None
+        if sku is not None:
+            skus.append(sku)
+        lines.append(f"{sku}\x1f{quantity}")
+    status = item.get("status_id")
+    text = "\x1e".join([str(updated), str(status), *sorted(lines)])
+    version = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return ChangedOrder(order_id, updated_at, tuple(dict.fromkeys(skus)), version)
+
+
+def parse_order_page(body: Any) -> Page[ChangedOrder]:
+    """An `/order?include=products.offer` page: each order's id, `updated_at` and lines."""
+    envelope = _envelope(body)
+    orders, _ = _offers(envelope.data, _order)
+    return _page(orders, envelope, 0)

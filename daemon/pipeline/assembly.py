@@ -1,6 +1,7 @@
 """Builds one pipeline's stages from one config: the composition of the engine.
 
     source (scan, catalog, look-ups) -> reconciler -> store (work queue) -> dispatcher -> channel
+    order feed -> look-up queue (the webhook's) -> source's look-ups
 
 What outlives a pipeline (the store, the keyCRM request budget, the look-up queue, the listener)
 is handed in by the daemon shell; everything built here lives until the next reload.
@@ -19,6 +20,7 @@ from daemon.core.channel import ChannelContext, readable
 from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.budget import RequestBudget
 from daemon.keycrm.client import KeycrmClient
+from daemon.keycrm.feed import Enqueue, OrderFeed
 from daemon.keycrm.lookups import LookupQueue
 from daemon.keycrm.source import Source
 from daemon.reconcile.reconciler import Reconciler
@@ -53,6 +55,8 @@ class Parts:
     reconciler: Reconciler
     source: Source
     client: KeycrmClient
+    #: the order feed (None: `order_feed_interval = "0"`, or nowhere to queue its SKUs)
+    feed: OrderFeed | None = None
     #: read-back (`Verifier`) or re-assertion (`Reasserter`) per channel that has one
     checkers: list[Verifier | Reasserter] = field(default_factory=list)
 
@@ -66,11 +70,13 @@ def assemble(
     debounce: float | None = None,
     budget: RequestBudget | None = None,
     lookups: LookupQueue | None = None,
+    enqueue: Enqueue | None = None,
     may_push: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Parts:
     """Build every stage. `debounce` overrides the config's (`once` pushes without waiting);
-    `budget` and `lookups` are the process's own (a fresh one each when not given)."""
+    `budget` and `lookups` are the process's own (a fresh one each when not given); `enqueue`
+    puts the order feed's SKUs into the durable look-up queue (no feed without it)."""
     sync = config.sync
     quiet = sync.debounce if debounce is None else debounce
     timing = Timing(quiet, max(quiet, sync.max_delay if debounce is None else quiet))
@@ -120,12 +126,25 @@ def assemble(
         lookup_window=config.keycrm.lookup_window,
         clock=clock,
     )
+    feed = None
+    if enqueue is not None and config.keycrm.order_feed_interval > 0:
+        feed = OrderFeed(
+            client,
+            store,
+            enqueue,
+            metrics,
+            interval=config.keycrm.order_feed_interval,
+            overlap=config.keycrm.order_feed_overlap,
+            clock=clock,
+        )
+    metrics.order_feed_up.set(0 if feed is None else 1)
     return Parts(
         config,
         dispatchers,
         reconciler,
         source,
         client,
+        feed,
         _checkers(config, dispatchers, store, metrics, clock),
     )
 

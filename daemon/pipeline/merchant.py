@@ -12,7 +12,7 @@ several merchants holds several of these:
     resync(trigger)        a full resync, merged with one under way
     release_guard(...)     the zeroes the guard holds go out
     readiness()            why this merchant's pipeline is not ready (keyCRM), or None
-    status()               its `source` and `channels` sections of `/status`
+    status()               its `source` (the order feed's included) and `channels` sections
     refresh_metrics()      its gauges, before a scrape
     pending()              items waiting for a push (the watchdog's STATUS line)
 """
@@ -34,6 +34,7 @@ from daemon.config.settings import Config
 from daemon.core.errors import SourceError, StoreUnavailable
 from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.budget import RequestBudget
+from daemon.keycrm.feed import Enqueue
 from daemon.keycrm.lookups import LookupQueue
 from daemon.pipeline.assembly import Parts, assemble
 from daemon.pipeline.report import channel_sections, source_section, unacknowledged
@@ -99,10 +100,12 @@ class MerchantPipeline:
         replan_all: bool = False,
         may_push: Callable[[], bool] | None = None,
         consume: Consume | None = None,
+        enqueue: Enqueue | None = None,
     ) -> None:
         """`replan_all`: plan every stored record again (the last process died); `may_push`:
         asked before each push (a leader paused past its lease pushes nothing); `consume`: the
-        leader's consumer of the durable look-up queue (else the local queue's)."""
+        leader's consumer of the durable look-up queue (else the local queue's); `enqueue`: the
+        order feed's way into that queue (else the local queue's `push`)."""
         self.merchant = merchant
         self.config = config
         self._shared = shared
@@ -111,6 +114,9 @@ class MerchantPipeline:
         self.replan_all = replan_all
         self._may_push = may_push
         self._consume = consume
+        if enqueue is None and shared.lookups is not None:
+            enqueue = shared.lookups.push
+        self._enqueue = enqueue
         self._stop = anyio.Event()
         #: the stages, once `run` has built them
         self.parts: Parts | None = None
@@ -131,6 +137,7 @@ class MerchantPipeline:
                 shared.metrics,
                 budget=shared.budget,
                 lookups=shared.lookups,
+                enqueue=self._enqueue,
                 may_push=self._may_push,
                 clock=shared.clock,
             )
@@ -142,6 +149,9 @@ class MerchantPipeline:
                 await self._serve(parts)
             finally:
                 self.parts = None
+                # A replica that no longer leads polls no orders: no stale lag to page on.
+                shared.metrics.order_feed_up.set(0)
+                shared.metrics.order_feed_lag.set(0)
 
     def stop(self) -> None:
         """Stop taking work: `run` drains and returns (at once if called before it serves)."""
@@ -208,6 +218,8 @@ class MerchantPipeline:
             since = oldest.get(name)
             metrics.sync_lag.labels(channel=name).set(0 if since is None else max(0.0, now - since))
         metrics.keycrm_budget_used.set(parts.client.budget.sent_in_window())
+        if parts.feed is not None:
+            metrics.order_feed_lag.set(parts.feed.lag(now))
         metrics.first_scan_done.set(1 if parts.source.progress.first_scan_done else 0)
 
     async def pending(self) -> int:
@@ -240,6 +252,8 @@ class MerchantPipeline:
                 feeders.start_soon(self._replan, parts)
                 feeders.start_soon(parts.source.run_scans)
                 feeders.start_soon(parts.source.run_catalog)
+                if parts.feed is not None:  # the leader's alone: a standby runs no pipeline
+                    feeders.start_soon(parts.feed.run)
                 if self._consume is None:
                     feeders.start_soon(parts.source.run_lookups)
                 else:  # webhooks any replica took, from the durable queue

@@ -11,7 +11,7 @@ from typing import Any
 
 from daemon.pipeline.assembly import Parts
 
-__all__ = ["channel_sections", "source_section", "unacknowledged"]
+__all__ = ["channel_sections", "feed_section", "source_section", "unacknowledged"]
 
 
 def unacknowledged(per_status: dict[str, int]) -> int:
@@ -58,7 +58,8 @@ def channel_sections(
 
 
 def source_section(parts: Parts, now: float) -> dict[str, Any]:
-    """keyCRM's side: the scan and catalog passes, the look-up queue, the request budget."""
+    """keyCRM's side: the scan and catalog passes, the look-up queue, the request budget, the
+    order feed."""
     progress = parts.source.progress
     return {
         "scan_running": progress.running,
@@ -79,4 +80,25 @@ def source_section(parts: Parts, now: float) -> dict[str, Any]:
         "lookups_queued": parts.source.lookups_queued,
         "budget_requests_per_minute": parts.config.keycrm.requests_per_minute,
         "budget_used_last_minute": parts.client.budget.sent_in_window(),
+        "order_feed": feed_section(parts, now),
+    }
+
+
+def feed_section(parts: Parts, now: float) -> dict[str, Any]:
+    """The order feed: on, off or refused by keyCRM, its watermark and how far behind it is."""
+    feed = parts.feed
+    if feed is None:
+        return {"state": "off"}
+    progress = feed.progress
+    return {
+        "state": progress.state,
+        "interval_seconds": feed.interval,
+        "watermark": _iso(progress.watermark),
+        "lag_seconds": round(feed.lag(now), 1),
+        "last_poll": _iso(progress.last_poll),
+        "last_pages": progress.last_pages,
+        "behind": progress.behind,
+        "orders_seen": progress.orders_seen,
+        "skus_queued": progress.skus_queued,
+        "last_error": progress.last_error,
     }

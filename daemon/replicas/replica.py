@@ -36,6 +36,7 @@ from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.faults import HINT, Database, describe_error
 from daemon.store.pg.lease import Lease, LeaseLost, make_holder, read
 from daemon.store.pg.lookups import Wakeup
+from daemon.store.pg.merchants import prepare
 from daemon.store.pg.migrate import migrate
 
 __all__ = ["Replica"]
@@ -69,7 +70,9 @@ class Replica:
             pool, merchant, holder or make_holder(), ttl, fingerprint=fingerprint, db=self.db
         )
         self.wakeup = Wakeup(dsn, merchant, password=password, on_released=self.keeper.poke)
-        self.store = PostgresStore(pool, fence=self.keeper.lease, health=self.health)
+        self.store = PostgresStore(
+            pool, merchant=merchant, fence=self.keeper.lease, health=self.health
+        )
 
     @classmethod
     async def open(
@@ -94,6 +97,7 @@ class Replica:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
+                await prepare(conn, merchant)  # the merchant's schema
         except BaseException as exc:
             await pool.close()
             if isinstance(exc, PsycopgError):
@@ -125,6 +129,12 @@ class Replica:
         Raises `StoreUnavailable`."""
         async with self.db.connection("write") as conn:
             return await lookups.enqueue(conn, self.merchant, skus)
+
+    async def enqueue_uncapped(self, skus: Sequence[str]) -> int:
+        """`enqueue` for the order feed: the merchant's queue has no cap, so nothing is turned
+        away (the number the feed's `Enqueue` returns). Raises `StoreUnavailable`."""
+        await self.enqueue(skus)
+        return 0
 
     async def consume_lookups(
         self,

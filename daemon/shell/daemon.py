@@ -397,7 +397,7 @@ class Daemon:
         """Open a merchant's state; a single merchant's failure is the process's, one of
         several is that merchant's alone (it is reported, and retried at the next reload)."""
         try:
-            await served.open()
+            await served.open(merchants=len(self.merchants))
         except _OPEN_FAILURES as exc:
             if self.single:
                 raise
@@ -515,6 +515,7 @@ class Daemon:
             replica.store,
             inherit=replica.inherit_budget,
             consume=replica.consume_lookups,
+            enqueue=replica.enqueue_uncapped,
             may_push=replica.keeper.leading,
             listen=self.deployment.daemon.listen,
             port=self.bound_port,

@@ -29,6 +29,7 @@ from daemon.config.settings import Config
 from daemon.core.errors import LookupQueueFull, StoreUnavailable
 from daemon.core.telemetry import Metrics
 from daemon.keycrm.budget import RequestBudget
+from daemon.keycrm.feed import Enqueue
 from daemon.keycrm.lookups import LookupQueue
 from daemon.pipeline.assembly import Parts
 from daemon.pipeline.merchant import Consume, MerchantPipeline, ResyncWish, Shared
@@ -175,13 +176,14 @@ class ServedMerchant:
 
     # --- SQLite: this process owns the state -----------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, merchants: int = 1) -> None:
         """Lock and open the state file, and load what the last process left (webhook SKUs
-        still to look up, keyCRM's request window, whether it stopped cleanly)."""
+        still to look up, keyCRM's request window, whether it stopped cleanly). `merchants`:
+        how many states the process opens (each one's page cache is a share of the whole)."""
         lock = StateLock(self.config.daemon.state)
         lock.__enter__()
         try:
-            store = open_store(self.config.daemon.state)
+            store = open_store(self.config.daemon.state, merchants=merchants)
             self.store = store
             store.health.on_error = lambda op: self.metrics.store_errors.labels(operation=op).inc()
             self.lookups = LookupQueue(store)
@@ -202,6 +204,7 @@ class ServedMerchant:
         """Pipelines until `stop()`, then the state is closed (its lock released)."""
         store = self.store
         assert store is not None
+        _log_as(self.name)
         try:
             async with anyio.create_task_group() as chores:
                 chores.start_soon(upkeep.keep_budget, store, self.budget)
@@ -233,6 +236,7 @@ class ServedMerchant:
         *,
         inherit: Callable[[RequestBudget], Awaitable[int]],
         consume: LeaderConsume,
+        enqueue: Enqueue,
         may_push: Callable[[], bool],
         listen: str,
         port: int | None,
@@ -240,6 +244,7 @@ class ServedMerchant:
         """This replica leads: take over the keyCRM window and the pushes a dead leader left
         in flight, then run the pipelines. Cancelled (by the keeper) the moment the lease ends
         on this process's own clock."""
+        _log_as(self.name)
         self.store = store
         self.leading, self.led = True, anyio.Event()
         self.view.leader.set(1)
@@ -251,7 +256,11 @@ class ServedMerchant:
             self._replan_all = inherited > 0 or await upkeep.died_before(store)
             await upkeep.recover_in_flight(store, self.config, self._clock())
             await self.pipelines(
-                listen, port, consume=functools.partial(consume, lease), may_push=may_push
+                listen,
+                port,
+                consume=functools.partial(consume, lease),
+                may_push=may_push,
+                enqueue=enqueue,
             )
         finally:
             self.leading = False
@@ -269,6 +278,7 @@ class ServedMerchant:
         *,
         consume: Consume | None = None,
         may_push: Callable[[], bool] | None = None,
+        enqueue: Enqueue | None = None,
     ) -> None:
         """Pipeline after pipeline (a reload replaces one), until a stop."""
         resync_first = False
@@ -281,6 +291,7 @@ class ServedMerchant:
                 port=port,
                 consume=consume,
                 may_push=may_push,
+                enqueue=enqueue,
             )
             if self.next_config is None or self._stopping:
                 break
@@ -302,6 +313,7 @@ class ServedMerchant:
         port: int | None,
         consume: Consume | None,
         may_push: Callable[[], bool] | None,
+        enqueue: Enqueue | None,
     ) -> None:
         """One pipeline for the current config, from its start to the end of its drain."""
         store = self.store
@@ -318,6 +330,7 @@ class ServedMerchant:
             # paused past its lease wakes up pushing nothing.
             may_push=may_push,
             consume=consume,
+            enqueue=enqueue,
         )
         self.pipeline = pipeline
         if self._stop.is_set():  # a stop or a reload while this one was being set up
@@ -348,3 +361,9 @@ class ServedMerchant:
 
     def _retention(self) -> float:
         return self.config.daemon.history_retention
+
+
+def _log_as(merchant: str) -> None:
+    """Every log line of this task and the tasks it starts names the merchant (the context
+    is copied into each task anyio starts)."""
+    structlog.contextvars.bind_contextvars(merchant=merchant)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from daemon.shell.listener import parse_listen
 
-__all__ = ["check_listen", "check_state", "preflight"]
+__all__ = ["check_listen", "check_state", "check_state_folder", "preflight"]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -70,6 +70,25 @@ def _check_state(path: Path) -> str | None:
         return f"{path} is not writable by this user"
     if header and header != _SQLITE_HEADER:
         return f"{path} is not a SQLite database; move it away or point state elsewhere"
+    return None
+
+
+def check_state_folder(folder: Path) -> str | None:
+    """Why `folder` cannot hold one state file per merchant (`[daemon] merchants` on SQLite),
+    or None. A missing folder is fine where it can be made: `run` makes it (and each file)."""
+    if "\0" in str(folder):  # no file system takes it (and pathlib says it does not exist)
+        return f"{str(folder)[:100]!r} is not a usable folder path"
+    existing = folder
+    try:
+        if folder.exists() and not folder.is_dir():
+            return f"{folder} is a file; with a merchants folder, state names a folder"
+        while not existing.exists():
+            existing = existing.parent
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".stocksync-check-"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        return f"cannot write in {existing} ({reason}): the merchants' state files go in {folder}"
     return None
 
 

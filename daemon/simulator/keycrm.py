@@ -1,4 +1,5 @@
-"""A fake keyCRM OpenAPI: `/offers/stocks` and `/offers`, as keycrm-openapi.yml describes them.
+"""A fake keyCRM OpenAPI: `/offers/stocks`, `/offers` and `/order`, as keycrm-openapi.yml
+describes them (the orders and the sales that move stock: `daemon.simulator.orders`).
 
 Checks the Bearer key, `limit` (1..50, default 15), `page`, the deep-object filters; answers with
 the Laravel-style paginated envelope (whose `next_page_url` carries only `?page=N`, as the live
@@ -20,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from daemon.simulator.faults import Faults
+from daemon.simulator.orders import OrderBook, parse_between
 
 __all__ = ["FakeKeycrm", "FakeOffer"]
 
@@ -109,6 +111,7 @@ class FakeKeycrm:
         self.window = window
         self.warehouse_names = warehouse_names or {1: "Основний", 2: "Магазин"}
         self.faults = Faults()
+        self.orders = OrderBook()
         self.requests: list[tuple[float, str, dict[str, str]]] = []
         self.refused = 0
         self._recent: deque[float] = deque()
@@ -344,9 +347,36 @@ class FakeKeycrm:
             rows.append(row)
         return self._envelope(request, len(offers), rows, *paging)
 
+    async def order_list(self, request: web.Request) -> web.Response:
+        """`GET /order`: by `filter[updated_between]`, `sort` (`id`, `-id`), with the lines'
+        offers under `include=products.offer`."""
+        refusal = await self._guard(request)
+        if refusal is not None:
+            return refusal
+        refused = self.orders.refused()
+        if refused is not None:
+            return web.json_response(refused[1], status=refused[0])
+        paging = self._paging(request)
+        if isinstance(paging, web.Response):
+            return paging
+        between = request.query.get("filter[updated_between]")
+        window = (0.0, math.inf) if between is None else parse_between(between)
+        if window is None:
+            errors = {"filter.updated_between": ["The date range is invalid."]}
+            return web.json_response(
+                {"message": "The given data was invalid.", "errors": errors}, status=422
+            )
+        sort = request.query.get("sort", "id")
+        orders = self.orders.changed(*window, descending=sort == "-id")
+        lines = "products.offer" in request.query.get("include", "").split(",")
+        start = (paging[1] - 1) * paging[0]
+        rows = [self.orders.row(o, lines=lines) for o in orders[start : start + paging[0]]]
+        return self._envelope(request, len(orders), rows, *paging)
+
     def app(self) -> web.Application:
         """Routes under `/v1`, like `https://openapi.keycrm.app/v1`."""
         app = web.Application()
+        app.router.add_get("/v1/order", self.order_list)
         app.router.add_get("/v1/offers/stocks", self.stocks)
         app.router.add_get("/v1/offers", self.offers_list)
         return app

@@ -8,19 +8,24 @@
     sqlite/       the embedded backend (schema.py; backend.py over a module per concern)
     pg/           PostgreSQL, for several replicas (its schema: pg/migrate.py), and the SQL
                   replicas coordinate through (lease, shared queue and budget)
-    migrate_state.py  `stocksync migrate-state`: a SQLite state copied into PostgreSQL
+    migrate_state.py  `stocksync migrate-state`: a SQLite state copied into a merchant's
+                      PostgreSQL schema; export_state.py  the way back, into a new file
 
-`open_store` picks the backend from `daemon.state`.
+`open_store` opens a SQLite `daemon.state` (one merchant's file; a process holding many
+merchants says how many, so their page caches stay small together); `pg/stores.py` gives every
+merchant of a process its PostgreSQL store over one pool.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.store.export_state import export_state
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
 from daemon.store.migrate_state import TargetNotEmpty, copy_state
 from daemon.store.pg.backend import PostgresStore
+from daemon.store.pg.stores import PostgresStores
 from daemon.store.protocol import (
     Enqueued,
     HistoryRow,
@@ -31,6 +36,7 @@ from daemon.store.protocol import (
     Store,
 )
 from daemon.store.sqlite.backend import SQLiteStore
+from daemon.store.sqlite.base import cache_for
 
 __all__ = [
     "Enqueued",
@@ -39,6 +45,7 @@ __all__ = [
     "LookupEntry",
     "LookupStore",
     "PostgresStore",
+    "PostgresStores",
     "SQLiteStore",
     "Settled",
     "Status",
@@ -46,12 +53,15 @@ __all__ = [
     "StoreHealth",
     "TargetNotEmpty",
     "Timing",
+    "cache_for",
     "copy_state",
+    "export_state",
     "open_store",
 ]
 
 
-def open_store(state: Path) -> SQLiteStore:
+def open_store(state: Path, *, merchants: int = 1) -> SQLiteStore:
     """The store behind `daemon.state` (a file path: SQLite, which also keeps the look-up
-    queue; a `postgresql://` state is opened by `daemon.replicas.replica`)."""
-    return SQLiteStore(state)
+    queue; a `postgresql://` state is opened by `daemon.replicas.replica`). `merchants`: how
+    many stores this process opens, for the size of each one's page cache (`cache_for`)."""
+    return SQLiteStore(state, cache_kib=cache_for(merchants))

@@ -1,11 +1,16 @@
 """`stocksync migrate-state`: copy a SQLite state file into PostgreSQL, whole or not at all.
 
+One merchant at a time: the file (`<state>/<merchant>.db` with a merchants folder) goes into
+that merchant's schema (`daemon.store.pg.merchants`; `default` unless `--merchant` says), and
+other merchants' state in the same database is neither read nor touched.
+
 The file is first copied through SQLite's backup API (consistent even while a daemon writes it,
 WAL included) and the copy brought up to the current schema, so the original is never changed.
-Every table then goes over with COPY in one transaction on a migrated, empty database: a failure
-leaves the database empty, and a database that already holds a state is refused rather than
-mixed with another. Items left `sending` stay so: the first daemon to lead recovers them, as it
-would after a crash. History keeps its order; its ids are the database's own.
+Every table then goes over with COPY in one transaction into the merchant's migrated, empty
+schema: a failure leaves it empty, and a merchant that already has a state there is refused
+rather than mixed with another. Items left `sending` stay so: the first daemon to lead
+recovers them, as it would after a crash. History keeps its order; its ids are the database's
+own.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import anyio.to_thread
 
 from daemon.core.errors import StocksyncError
 from daemon.store.pg.connect import connect
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, prepare, scope
 from daemon.store.pg.migrate import migrate
 from daemon.store.sqlite.schema import migrate as migrate_sqlite
 
@@ -61,9 +67,15 @@ def _snapshot(source: Path, target: Path) -> sqlite3.Connection:
 
 
 async def copy_state(
-    source: Path, dsn: str, *, password: str | None = None, batch: int = 5000
+    source: Path,
+    dsn: str,
+    *,
+    password: str | None = None,
+    batch: int = 5000,
+    merchant: str = DEFAULT_MERCHANT,
 ) -> dict[str, int]:
-    """Copy every table of the SQLite state `source` into the database; rows per table.
+    """Copy every table of the SQLite state `source` into the merchant's schema of the
+    database; rows per table.
 
     Raises FileNotFoundError, `TargetNotEmpty`, or the database's error (nothing copied then).
     """
@@ -73,13 +85,16 @@ async def copy_state(
         try:
             async with await connect(dsn, password=password) as conn:
                 await migrate(conn)
+                await prepare(conn, merchant)
                 async with conn.transaction():
+                    await scope(conn, merchant)
                     for table in TABLES:
                         cursor = await conn.execute("SELECT EXISTS (SELECT 1 FROM " + table + ")")
                         row = await cursor.fetchone()
                         if row is not None and row[0]:
                             raise TargetNotEmpty(
-                                f"the database already holds a state (table {table} has rows)"
+                                f"the database already holds a state of merchant {merchant}"
+                                f" (table {table} has rows)"
                             )
                     for table, columns in TABLES.items():
                         query = f"SELECT {columns} FROM {table}{_ORDER.get(table, '')}"

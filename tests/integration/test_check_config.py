@@ -143,3 +143,16 @@ async def test_connect_names_a_refused_keycrm_key(world: World) -> None:
     code, _, err = await check(world.write_config(), "--connect")
     assert code == 1
     assert err.strip() == "keycrm: auth refused (HTTP 401: check the API key)"
+
+
+async def test_connect_says_when_the_key_cannot_read_orders_and_is_not_a_fault(
+    world: World,
+) -> None:
+    await world.add_shop("pos")
+    world.keycrm.orders.refusal = 403
+    code, out, err = await check(world.write_config(order_feed="15s"), "--connect")
+    assert (code, err) == (0, "")
+    assert (
+        "keycrm orders: refused (HTTP 403: the order feed will be off; scans and webhooks "
+        "carry on)" in out.splitlines()
+    )

@@ -89,6 +89,13 @@ async def test_the_commands_the_demo_prints_work_in_another_shell(tmp_path: Path
                     await anyio.sleep(0.2)
             assert " -> " in out and " ok" in out
 
+            with anyio.fail_after(30):  # no webhook: the order feed carries the sales
+                while True:
+                    _, out, _ = await shell(by_verb["status"] + " --json", exports)
+                    if orjson.loads(out)["source"]["order_feed"]["skus_queued"]:
+                        break
+                    await anyio.sleep(0.5)
+
             _, out, _ = await shell(by_verb["resync"], exports)
             assert out.startswith("resync started")
 

@@ -81,13 +81,23 @@ async def test_the_client_sends_only_parameters_the_spec_accepts(
     world.keycrm.populate(60, warehouses=(1, 2))
     await world.add_shop("pos")
     channels = world.shop_table("pos", 'store_map = { "1" = "A" }')
-    daemon = Daemon(world.config(channels=channels), handle_signals=False)
+    daemon = Daemon(world.config(channels=channels, order_feed="100ms"), handle_signals=False)
     async with running(daemon):
         await eventually(lambda: len(world.shops["pos"].stock) == 60)
         await daemon.webhook("default", ["SKU-00001", "SKU-00002"])
         await eventually(
             lambda: any("filter[offers_sku]" in q for _, _, q in world.keycrm.requests)
         )
+        world.keycrm.orders.place([(world.keycrm.by_sku("SKU-00003"), 1)])
+        await eventually(
+            lambda: (
+                daemon.metrics.registry.get_sample_value(
+                    "stocksync_order_feed_skus_total", {"merchant": "default"}
+                )
+                == 1
+            )
+        )
+    assert any(path == "/v1/order" for _, path, _ in world.keycrm.requests)
     for _, path, query in world.keycrm.requests:
         route = path.removeprefix("/v1")
         unknown = set(query) - parameters(spec, route)
@@ -99,12 +109,15 @@ async def test_the_fake_answers_in_the_specs_shapes(spec: dict[str, Any], serve:
 
     fake = FakeKeycrm("k" * 16)
     fake.populate(3, warehouses=(1, 2))
+    for offer in fake.offers.values():
+        fake.orders.place([(offer, 1)])
     base = await serve(fake.app())
     headers = {"Authorization": "Bearer " + "k" * 16}
     envelope = spec["components"]["schemas"]["PaginatedResponse"]
     routes = {
         "/offers/stocks": ({"filter[details]": "true", "limit": "2"}, "OfferStocks"),
         "/offers": ({"include": "product", "limit": "2"}, "Offer"),
+        "/order": ({"include": "products.offer", "limit": "2"}, "OrderWithIncludes"),
     }
     async with aiohttp.ClientSession() as session:
         for route, (query, schema_name) in routes.items():
@@ -115,6 +128,8 @@ async def test_the_fake_answers_in_the_specs_shapes(spec: dict[str, Any], serve:
             row_schema = {"$ref": f"#/components/schemas/{schema_name}"}
             for index, row in enumerate(body["data"]):
                 check(row, row_schema, spec, f"{route}.data[{index}]", LIVE_ONLY.get(route, set()))
+                if route == "/order":  # the lines and their offers, as `include` asked
+                    assert row["products"][0]["offer"]["sku"].startswith("SKU-")
             assert body["next_page_url"].endswith("?page=2")  # only the page, as documented
         async with session.get(
             f"{base}/v1/offers/stocks", params={"limit": "51"}, headers=headers

@@ -103,6 +103,7 @@ async def test_check_config_reports_every_merchant_file_and_one_on_request(world
     assert code == 2
     assert out.splitlines()[1:] == [
         "acme.toml keycrm: reachable (HTTP 200, API key accepted)",
+        "acme.toml keycrm orders: reachable (HTTP 200: the order feed can poll)",
         'acme.toml channel "pos": reachable (HTTP 400, credentials accepted)',
     ]
     code, _, err = await check(path, "--merchant", "nope")

@@ -19,10 +19,11 @@ from daemon.core.models import Outcome, StockLevel, Value, Verdict
 from daemon.rules.plan import Contribution
 from daemon.store import Timing
 from daemon.store.pg.backend import PostgresStore
-from daemon.store.pg.base import CHANNEL_CLASS as _CHANNEL_CLASS
 from daemon.store.pg.base import LOAD as _LOAD
 from daemon.store.pg.base import TRIM_HISTORY as _TRIM_HISTORY
+from daemon.store.pg.base import channel_class
 from daemon.store.pg.connect import Pool, open_pool
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, scope
 from daemon.store.pg.migrate import MIGRATIONS, migrate
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +43,7 @@ def _level(sku: str, quantity: int) -> StockLevel:
 
 async def _kept(pool: Pool) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
     async with pool.connection() as conn:
+        await scope(conn, DEFAULT_MERCHANT)
         cursor = await conn.execute("SELECT channel, status, n FROM item_counts WHERE n <> 0")
         statuses = {(c, s): int(n) for c, s, n in await cursor.fetchall()}
         cursor = await conn.execute("SELECT channel, n FROM in_stock_counts WHERE n <> 0")
@@ -50,6 +52,7 @@ async def _kept(pool: Pool) -> tuple[dict[tuple[str, str], int], dict[str, int]]
 
 async def _recounted(pool: Pool) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
     async with pool.connection() as conn:
+        await scope(conn, DEFAULT_MERCHANT)
         cursor = await conn.execute("SELECT channel, status, count(*) FROM items GROUP BY 1, 2")
         statuses = {(c, s): int(n) for c, s, n in await cursor.fetchall()}
         cursor = await conn.execute(
@@ -132,6 +135,7 @@ def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def _plan(pool: Pool, query: LiteralString, params: tuple[Any, ...]) -> list[dict[str, Any]]:
     async with pool.connection() as conn, conn.transaction(force_rollback=True):
+        await scope(conn, DEFAULT_MERCHANT)
         cursor = await conn.execute("EXPLAIN (FORMAT JSON) " + query, params)
         row = await cursor.fetchone()
     assert row is not None
@@ -185,8 +189,10 @@ async def test_a_claim_waits_for_no_other_write_of_its_channel(pool: Pool) -> No
     await store.set_desired("c", {k: ON_HAND for k in ("a", "b", "c")}, 1.0, T)
     async with pool.connection() as other, other.transaction():
         # Another write of the channel under way: its channel lock, and the row it loaded.
+        await scope(other, DEFAULT_MERCHANT)
         await other.execute(
-            "SELECT pg_advisory_xact_lock(%s::int4, hashtext('c'))", (_CHANNEL_CLASS,)
+            "SELECT pg_advisory_xact_lock(%s::int4, hashtext('c'))",
+            (channel_class(DEFAULT_MERCHANT),),
         )
         await other.execute("SELECT 1 FROM items WHERE key = 'a' FOR UPDATE")
         with anyio.fail_after(10):  # it would wait for the other transaction to end

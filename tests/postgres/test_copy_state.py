@@ -12,7 +12,9 @@ from daemon.commands.cli import main
 from daemon.core.models import ItemValue, Outcome, StockLevel, Value, Verdict
 from daemon.rules.plan import Contribution
 from daemon.store import SQLiteStore, Store, Timing
+from daemon.store.pg import lookups
 from daemon.store.pg.backend import PostgresStore
+from daemon.store.pg.connect import connect
 
 T = Timing(debounce=0.0, max_delay=30.0)
 
@@ -87,9 +89,49 @@ def test_migrate_state_refuses_to_mix_states_and_passwords_in_the_dsn(
     assert main(["migrate-state", "--from", str(path), "--to", pg_dsn]) == 0
     assert main(["migrate-state", "--from", str(path), "--to", pg_dsn]) == 1
     assert "already holds a state" in capsys.readouterr().err
+    # Another merchant's state goes into its own schema, beside default's.
+    assert main(["migrate-state", "--from", str(path), "--to", pg_dsn, "--merchant", "acme"]) == 0
+    assert "(merchant acme): 5 records" in capsys.readouterr().out
+
+    async def acme() -> tuple[object, ...]:
+        return await snapshot(await PostgresStore.open(pg_dsn, merchant="acme"))
+
+    assert anyio.run(acme) == anyio.run(snapshot, SQLiteStore(path))
+    with pytest.raises(SystemExit):
+        main(["migrate-state", "--from", str(path), "--to", pg_dsn, "--merchant", "No!"])
+    assert "invalid" in capsys.readouterr().err
     assert main(["migrate-state", "--from", str(tmp_path / "none.db"), "--to", pg_dsn]) == 1
     assert "no state file" in capsys.readouterr().err
     leaky = "postgresql://u:hunter2@localhost/x"
     assert main(["migrate-state", "--from", str(path), "--to", leaky]) == 2
     err = capsys.readouterr().err
     assert "must not contain the password" in err and "hunter2" not in err
+
+
+def test_one_merchants_state_goes_back_into_a_file_of_its_own(
+    tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, back = tmp_path / "state.db", tmp_path / "out" / "acme.db"
+    anyio.run(build, path)
+    before = anyio.run(snapshot, SQLiteStore(path))
+    assert main(["migrate-state", "--from", str(path), "--to", pg_dsn, "--merchant", "acme"]) == 0
+
+    async def beside() -> None:  # another merchant's state and webhooks, and one of acme's
+        neighbour = await PostgresStore.open(pg_dsn)
+        await neighbour.set_desired("c", {"k9": Value(quantity=9)}, 10.0, T)
+        await neighbour.close()
+        async with await connect(pg_dsn) as conn:
+            await lookups.enqueue(conn, "default", ["S8"])
+            await lookups.enqueue(conn, "acme", ["S9"])
+
+    anyio.run(beside)
+    assert main(["migrate-state", "--from", pg_dsn, "--to", str(back), "--merchant", "acme"]) == 0
+    assert "(merchant acme): 5 records" in capsys.readouterr().out
+    assert anyio.run(snapshot, SQLiteStore(back)) == before
+    assert anyio.run(SQLiteStore(back).lookup_depth)[0] == 1
+    assert main(["migrate-state", "--from", pg_dsn, "--to", str(back), "--merchant", "acme"]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert main(["migrate-state", "--from", pg_dsn, "--to", str(tmp_path / "x.db"), "--merchant",
+                 "zed"]) == 1  # fmt: skip
+    assert "no state of merchant zed" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists() and not (tmp_path / "x.db.partial").exists()

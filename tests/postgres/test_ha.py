@@ -40,13 +40,19 @@ class Replicas:
         self.tokens: dict[str, str] = {}
         self.processes: dict[str, anyio.abc.Process] = {}
 
-    async def start(self, name: str, *, rate: str = "1000/s", channels: str | None = None) -> None:
+    async def start(
+        self, name: str, *, rate: str = "1000/s", channels: str | None = None, **config: str
+    ) -> None:
+        """`config`: more of `World.write_config`'s keywords (`keycrm`, `order_feed`)."""
         port = free_port()
         self.ports[name] = port
         self.tokens[name] = f"{name}-token"
         self.world.shops["pos"].also_accept.add(self.tokens[name])
         path = self.world.write_config(
-            listen=f"127.0.0.1:{port}", daemon=f'lease_ttl = "{TTL:g}s"', channels=channels
+            listen=f"127.0.0.1:{port}",
+            daemon=f'lease_ttl = "{TTL:g}s"',
+            channels=channels,
+            **config,  # type: ignore[arg-type]
         )
         text = (
             path.read_text()

@@ -134,11 +134,13 @@ def guarded(
     """The state's DSN as a role that logs in with a password, and that password."""
     role, password = password_role
     with psycopg.connect(pg_dsn, autocommit=True) as db:
-        db.execute(
-            sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(
-                sql.Identifier(role)
-            )
-        )
+        # The state is merchant default's schema (the shared tables stay in public).
+        for grant in (
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}",
+            "GRANT USAGE ON SCHEMA stocksync_default TO {}",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA stocksync_default TO {}",
+        ):
+            db.execute(sql.SQL(grant).format(sql.Identifier(role)))
     _, dsn = states
     return dsn.replace("postgresql://postgres@", f"postgresql://{role}@"), password
 

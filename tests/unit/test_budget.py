@@ -33,7 +33,7 @@ async def test_no_window_ever_holds_more_than_the_limit() -> None:
     assert min(gaps) >= 0.05 * 0.9  # evenly paced: window / limit apart
 
 
-async def test_lookups_go_before_scans_and_catalog() -> None:
+async def test_lookups_go_before_the_order_feed_then_scans_then_catalog() -> None:
     budget = RequestBudget(limit=100, window=1.0)
     async with budget.request(Priority.SCAN):  # the next grant must wait its spacing
         pass
@@ -46,8 +46,9 @@ async def test_lookups_go_before_scans_and_catalog() -> None:
     async with anyio.create_task_group() as group:
         group.start_soon(ask, "catalog", Priority.CATALOG)
         group.start_soon(ask, "scan", Priority.SCAN)
+        group.start_soon(ask, "orders", Priority.ORDERS)
         group.start_soon(ask, "lookup", Priority.LOOKUP)
-    assert order == ["lookup", "scan", "catalog"]
+    assert order == ["lookup", "orders", "scan", "catalog"]
 
 
 async def test_a_pause_holds_everyone_and_cancelled_waiters_leave_the_queue() -> None:

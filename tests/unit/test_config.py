@@ -205,6 +205,18 @@ def test_reassert_interval_is_an_optional_duration(tmp_path: Path) -> None:
         assert problem in found['channel "pos".reassert_interval'], bad
 
 
+def test_the_order_feed_is_on_every_15s_and_a_bare_zero_turns_it_off(tmp_path: Path) -> None:
+    keycrm = load_config(write(tmp_path, GOOD), ADAPTERS).keycrm
+    assert (keycrm.order_feed_interval, keycrm.order_feed_overlap) == (15, 120)
+    for off in ('"0"', '"0s"'):
+        text = GOOD.replace(
+            'api_key_env = "T_KEY"', f'api_key_env = "T_KEY"\norder_feed_interval = {off}'
+        )
+        assert load_config(write(tmp_path, text), ADAPTERS).keycrm.order_feed_interval == 0
+    text = GOOD.replace('api_key_env = "T_KEY"', 'api_key_env = "T_KEY"\norder_feed_interval = "5"')
+    assert "is not a duration" in faults(tmp_path, text)["keycrm.order_feed_interval"]
+
+
 def test_durations_and_rates_within_sane_bounds(tmp_path: Path) -> None:
     text = GOOD.replace(
         'api_key_env = "T_KEY"',

@@ -5,6 +5,9 @@
       records.py   keyCRM records and the planning shares
       queue.py     channel items and their work queue
       reading.py   reads for status, CLI and metrics; history pruning; meta
+    merchants.py each merchant's state in a schema of its own: its steps, its scope (a
+                 transaction-local search_path), its lock keys, dropping one merchant
+    stores.py    `PostgresStores`: every merchant's store of a process over one pool
     connect.py   pools and connections safe behind PgBouncer in transaction mode
     faults.py    every database error as `StoreUnavailable`: the one translation point
     migrate.py   the schema as ordered steps, applied once at start

@@ -23,7 +23,11 @@ lost connection, a pool that cannot connect) is `StoreUnavailable`, counted in `
 
 With a `fence` (the lease keeper's `lease`), every write first checks, in its own transaction,
 that this replica still holds the merchant's lease under its epoch (`daemon.store.pg.lease.fence`):
-a replica that lost the lease writes nothing and gets `LeaseLost`. One merchant per database.
+a replica that lost the lease writes nothing and gets `LeaseLost`.
+
+A store is one merchant's: every transaction first scopes its names to the merchant's schema
+(`daemon.store.pg.merchants.scope`), and its advisory lock keys mix the merchant in, so stores
+of many merchants share one pool (`daemon.store.pg.stores`) and never wait for each other.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from daemon.store.lifecycle import Item
 from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.faults import Database
 from daemon.store.pg.lease import Lease, LeaseLost, fence
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, SCOPE, lock_key, prepare, quoted
 from daemon.store.pg.migrate import migrate
 from daemon.store.rows import HistoryValues
 from daemon.store.rows import item as _item
@@ -59,6 +64,7 @@ __all__ = [
     "TRIM_HISTORY",
     "Conn",
     "PostgresBase",
+    "channel_class",
     "columns",
 ]
 
@@ -114,11 +120,17 @@ TRIM_HISTORY: LiteralString = (
     "  AND key = k.key AND at < oldest_kept.at OFFSET 0) AS old))"
 )
 
-# Advisory lock keys (transaction-scoped). One bigint key space for the two global locks, the
-# (class, hash) space for per-channel locks.
+# Advisory locks (transaction-scoped), by name; each store's keys mix its merchant in
+# (`merchants.lock_key`): one bigint key space for the two store-wide locks, the
+# (class, hash) space for per-channel locks with the merchant's class.
 ALL_ITEMS = 0x737473796E630001
 RECORDS = 0x737473796E630002
 CHANNEL_CLASS = 0x73737963
+
+
+def channel_class(merchant: str) -> int:
+    """The int4 class of the merchant's per-channel locks (`hashtext(channel)` the other half)."""
+    return lock_key(merchant, CHANNEL_CLASS) >> 32
 
 
 def _float(value: float | None) -> float | None:
@@ -162,6 +174,7 @@ class PostgresBase:
         self,
         pool: Pool,
         *,
+        merchant: str = DEFAULT_MERCHANT,
         fence: Callable[[], Lease | None] | None = None,
         owns_pool: bool = False,
         clock: Callable[[], float] | None = None,
@@ -170,6 +183,11 @@ class PostgresBase:
         health: StoreHealth | None = None,
     ) -> None:
         self._pool = pool
+        #: whose state this is: its schema must exist (`merchants.prepare`; `open` does it)
+        self.merchant = merchant
+        self._locks = {name: lock_key(merchant, name) for name in (ALL_ITEMS, RECORDS)}
+        self._channel_class = channel_class(merchant)
+        self._path = quoted(merchant)
         #: shared with the lease keeper and the look-up queue of a replica
         #: (`daemon.store.pg.faults`)
         self.health = health or StoreHealth(location)
@@ -185,12 +203,14 @@ class PostgresBase:
         cls,
         dsn: str,
         *,
+        merchant: str = DEFAULT_MERCHANT,
         password: str | None = None,
         fence: Callable[[], Lease | None] | None = None,
         max_size: int = 8,
         acquire_timeout: float = 10.0,
     ) -> Self:
-        """Open a pool on `dsn`, bring the schema up to date, and own the pool."""
+        """Open a pool on `dsn`, bring the database and the merchant's schema up to date, and
+        own the pool (one merchant; for many on one pool, `daemon.store.pg.stores`)."""
         location = describe(dsn)
         try:
             pool = await open_pool(
@@ -201,14 +221,16 @@ class PostgresBase:
         try:
             async with pool.connection() as conn:
                 await migrate(conn)
+                await prepare(conn, merchant)
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, fence=fence, owns_pool=True, location=location)
+        return cls(pool, merchant=merchant, fence=fence, owns_pool=True, location=location)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
         async with self._db.connection("read") as conn, conn.transaction():
+            await conn.execute("SELECT " + SCOPE, (self._path,))
             yield conn
 
     @asynccontextmanager
@@ -229,16 +251,26 @@ class PostgresBase:
                 if lease is None:
                     raise LeaseLost("this replica does not hold the lease")
                 await fence(conn, lease)
+            # The merchant's scope in the statement that takes the locks: one round trip.
+            all_items, path = self._locks[ALL_ITEMS], self._path
             if claim:
-                await conn.execute("SELECT pg_advisory_xact_lock_shared(%s::int8)", (ALL_ITEMS,))
+                await conn.execute(
+                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8)",
+                    (path, all_items),
+                )
             elif channel is not None:
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock_shared(%s::int8),"
+                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8),"
                     " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
-                    (ALL_ITEMS, CHANNEL_CLASS, channel),
+                    (path, all_items, self._channel_class, channel),
                 )
             elif lock is not None:
-                await conn.execute("SELECT pg_advisory_xact_lock(%s::int8)", (lock,))
+                await conn.execute(
+                    "SELECT " + SCOPE + ", pg_advisory_xact_lock(%s::int8)",
+                    (path, self._locks[lock]),
+                )
+            else:
+                await conn.execute("SELECT " + SCOPE, (path,))
             yield conn
 
     @staticmethod

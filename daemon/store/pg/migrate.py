@@ -8,7 +8,9 @@ the transaction and is safe through a pooler. DDL is transactional in PostgreSQL
 step leaves the database as it was.
 
 Steps are only ever appended: a released step is never edited, because databases out there
-already had it.
+already had it. These are the database's steps (the shared tables, keyed by merchant); each
+merchant's own tables have their own steps in `daemon.store.pg.merchants` (step 7 moved the
+single-merchant tables of steps 4 and 5 into merchant `default`'s schema).
 """
 
 from __future__ import annotations
@@ -295,6 +297,37 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (merchant, holder)
             )
             """,
+        ),
+    ),
+    Migration(
+        7,
+        "each merchant's state in a schema of its own: today's state is merchant default's",
+        # daemon/store/pg/merchants.py: a merchant's tables, and the functions their triggers
+        # call, live in `stocksync_<merchant>`. SET SCHEMA moves a table with its rows, indexes,
+        # triggers and owned sequences, without copying; the shared tables stay. The steps that
+        # built these tables are merchant steps 1 and 2 of the schema, recorded done.
+        (
+            "CREATE SCHEMA stocksync_default",
+            "ALTER TABLE records SET SCHEMA stocksync_default",
+            "ALTER TABLE shares SET SCHEMA stocksync_default",
+            "ALTER TABLE items SET SCHEMA stocksync_default",
+            "ALTER TABLE item_counts SET SCHEMA stocksync_default",
+            "ALTER TABLE in_stock_counts SET SCHEMA stocksync_default",
+            "ALTER TABLE history SET SCHEMA stocksync_default",
+            "ALTER TABLE meta SET SCHEMA stocksync_default",
+            "ALTER FUNCTION stocksync_in_stock(text) SET SCHEMA stocksync_default",
+            "ALTER FUNCTION stocksync_count_items() SET SCHEMA stocksync_default",
+            "ALTER FUNCTION stocksync_count_item_rows() SET SCHEMA stocksync_default",
+            """
+            CREATE TABLE stocksync_default.merchant_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """,
+            "INSERT INTO stocksync_default.merchant_migrations (version, name) VALUES"
+            " (1, 'state store: records, shares, items, history, meta'),"
+            " (2, 'item counts kept once per statement')",
         ),
     ),
 )
