@@ -69,12 +69,18 @@ async def fetch_status(url: str, merchant: str | None = None) -> dict[str, Any]:
 
 
 async def _no_such_merchant(url: str, merchant: str) -> str:
-    """One line for a merchant the daemon does not serve, naming those it does (if it says)."""
+    """Why the daemon has no such merchant: its file is broken (with the faults), or it is not
+    one of those it serves (named, if it says)."""
     line = f"the daemon at {url} serves no merchant {merchant!r}"
     try:
         served = (await fetch_status(url)).get("merchants")
     except DaemonUnreachable:
         return line
+    if isinstance(served, dict) and isinstance(served.get(merchant), dict):
+        # Named in its folder but not running: a file that failed validation, say why.
+        report = served[merchant]
+        faults = "".join(f"\n  {fault}" for fault in report.get("faults", []))
+        return f"merchant {merchant} is not served: {report.get('reason') or 'unknown'}{faults}"
     if isinstance(served, dict):
         return f"{line} (it serves: {', '.join(served) or 'none'})"
     return f"{line} (it serves one merchant: --merchant is not needed)"
