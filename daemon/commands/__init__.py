@@ -1,6 +1,9 @@
 """The `stocksync` commands: the composition root, and what each command prints.
 
     cli.py           the command line; the only module (with demo.py) that knows the adapters
+    args.py          every subcommand and its flags (`--merchant NAME` among them)
+    merchants.py     which merchant `once` and `drift` work on; every secret of a deployment
+    check.py         `check-config`: one file, or the main file and every merchant file
     demo.py          `stocksync demo`: fakes on loopback and the real daemon against them
     once.py          `stocksync once` and its `--dry-run`   once_report.py  its progress, summary
     remote.py        `status`, `resync`, `guard release`: a client of the running daemon
@@ -9,5 +12,6 @@
     drift.py         `stocksync drift`: read back, compare, report
     connect.py       `check-config --connect`
 
-A new command is a subcommand in `cli.py` and, if it does more than print, a module here.
+A new command is a subcommand in `args.py`, run by `cli.py`, and, if it does more than print,
+a module here.
 """
