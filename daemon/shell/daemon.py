@@ -163,7 +163,9 @@ class Daemon:
         cannot be (the webhook is refused, and keyCRM may send it again)."""
         replica, queue = self.replica, self.lookups
         if replica is not None:
-            await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: replica.enqueue(skus))
+            await commit_within(
+                self._life, WEBHOOK_STORE_WAIT, lambda: replica.enqueue(MERCHANT, skus)
+            )
             return
         if queue is None:
             raise StoreUnavailable("the state store is not open yet", operation="write")
@@ -211,7 +213,7 @@ class Daemon:
 
     async def refresh_metrics(self) -> None:
         if self.replica is not None:
-            differs = self.replica.config_differs()
+            differs = self.replica.config_differs(MERCHANT)
             self.metrics.config_mismatch.labels(merchant=MERCHANT).set(1 if differs else 0)
         if self.pipeline is not None:
             await self.pipeline.refresh_metrics()
@@ -238,7 +240,7 @@ class Daemon:
         Not a reason to be unready: a standby serves webhooks whatever its config, and a
         Kubernetes rolling update (`maxUnavailable: 0`) waits for the new pods, which differ
         from the leader until one of them leads, to be ready."""
-        if self.replica is not None and self.replica.config_differs():
+        if self.replica is not None and self.replica.config_differs(MERCHANT):
             return CONFIG_DIFFERS
         return None
 
@@ -250,7 +252,7 @@ class Daemon:
         report.update(sections)
         if self.replica is not None:
             try:
-                report["replica"] = await self.replica.status()
+                report["replica"] = await self.replica.status(MERCHANT)
             except Exception as exc:
                 report["replica"] = {"error": f"cannot read the lease: {type(exc).__name__}"}
         # Errors quote channel answers; a channel that echoes our credentials must not leak them.
@@ -303,7 +305,7 @@ class Daemon:
             operation=op
         ).inc()
         self.metrics.leader.labels(merchant=MERCHANT).set(0)
-        self.budget.on_done = replica.record_request
+        self.budget.on_done = functools.partial(replica.record_request, MERCHANT)
         try:
             await self._live(replica.store, replica=replica)
         finally:
@@ -381,7 +383,7 @@ class Daemon:
         self.metrics.leader.labels(merchant=MERCHANT).set(1)
         log.info("replica.leading", merchant=MERCHANT, epoch=lease.epoch)
         try:
-            inherited = await self.replica.inherit_budget(self.budget)
+            inherited = await self.replica.inherit_budget(MERCHANT, self.budget)
             log.info("keycrm.budget_inherited", requests=inherited)
             # The predecessor may have died between storing records and planning them.
             self._replan_all = inherited > 0 or await upkeep.died_before(self.store)

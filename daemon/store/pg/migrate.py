@@ -297,6 +297,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # 7 is per-merchant schemas (issue #19, store); the runner applies whatever a database lacks.
+    Migration(
+        8,
+        "replica membership: one heartbeat row per live replica",
+        # daemon/replicas/members.py: a replica is live while its row has not expired (database
+        # clock); merchants are shared out over the live ones (daemon/replicas/assignment.py).
+        (
+            """
+            CREATE TABLE replica_members (
+                holder text PRIMARY KEY,
+                expires_at timestamptz NOT NULL,
+                joined_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """,
+        ),
+    ),
 )
 
 
