@@ -108,6 +108,11 @@ class LeaseKeeper:
     def leading(self) -> bool:
         return self.lease() is not None
 
+    def holding(self) -> bool:
+        """We hold the lease in the database's eyes, valid on our clock or not (a renewal may
+        extend it), or are handing it over: not yet free for another replica."""
+        return self._lease is not None or self._handover is not None
+
     def handing_over(self) -> bool:
         """The merchant is assigned elsewhere and its work is draining before the release."""
         return self._handover is not None
@@ -342,7 +347,11 @@ class LeaseKeeper:
         await leases.release(conn, held)
         self._lease = None
         self._handover = None
-        log.info("lease.handed_over", merchant=self.merchant, epoch=held.epoch)
+        log.info(
+            "lease.handed_over",
+            merchant=self.merchant,
+            epoch=held.epoch,
+        )
 
     async def _step_down(self, conn: AsyncConnection[TupleRow], held: Lease) -> None:
         """Hand the lease over to the replica with the newer config (NOTIFY tells it)."""

@@ -250,7 +250,7 @@ class Replica:
         keeper = self.keepers[name]
         keeper.poke()
         with anyio.move_on_after(keeper.drain_timeout + self.ttl):
-            while keeper.lease() is not None or keeper.handing_over():
+            while keeper.holding():
                 with anyio.move_on_after(self.ttl / 3):
                     await keeper.wait_changed()
                 keeper.poke()

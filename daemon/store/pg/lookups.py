@@ -202,6 +202,22 @@ class Wakeup:
         self._pending.discard(name)
         return notified
 
+    async def _dispatch(self, conn: AsyncConnection[TupleRow]) -> None:
+        notifies = conn.notifies()
+        try:
+            async for notify in notifies:
+                merchant = notify.payload
+                if merchant not in self._merchants:
+                    continue
+                if notify.channel == RELEASED:
+                    if self.on_released is not None:
+                        self.on_released(merchant)
+                else:
+                    self._wake(merchant)
+        finally:  # the generator holds the connection's lock: `close` would wait for it
+            with anyio.CancelScope(shield=True):
+                await notifies.aclose()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled, reconnecting; `started` once the first LISTEN is in place
         (or has failed: the leader polls meanwhile)."""
@@ -210,7 +226,7 @@ class Wakeup:
         while True:
             try:
                 conn = await connect(self.dsn, password=self._password, autocommit=True)
-                async with conn:
+                try:
                     await conn.execute("LISTEN " + CHANNEL)
                     await conn.execute("LISTEN " + RELEASED)
                     self.connected, failing = True, False
@@ -220,15 +236,11 @@ class Wakeup:
                     else:
                         started = True
                         task_status.started()
-                    async for notify in conn.notifies():
-                        merchant = notify.payload
-                        if merchant not in self._merchants:
-                            continue
-                        if notify.channel == RELEASED:
-                            if self.on_released is not None:
-                                self.on_released(merchant)
-                        else:
-                            self._wake(merchant)
+                    await self._dispatch(conn)
+                finally:
+                    # Shielded: a cancelled close leaves the session open until the GC finds it.
+                    with anyio.CancelScope(shield=True):
+                        await conn.close()
             except PsycopgError as exc:
                 if not failing:
                     log.warning("lookups.listen_failed", error=type(exc).__name__)
