@@ -12,6 +12,11 @@ unless its merchant already has a replica or its replica is full. A merchant thu
 to its heaviest replica unless that one filled up with merchants that weigh more for it, and a
 join or a leave moves little more than its share.
 
+`current` (who leads each merchant now) makes it sticky: a merchant stays with its live leader
+while that leader is within its share, before any pair is weighed, so a replica that wakes
+from a pause or restarts does not take back what another now leads in its fair share, and a
+join moves only what the caps free (about 1/R of the merchants, to the new replica).
+
 `eligible` narrows a merchant to some replicas (those whose config for it is the newest live
 one, `daemon.replicas.configs`); a merchant none of whose eligible replicas has room goes to
 the heaviest of them anyway (the cap is a goal, never a reason to leave a merchant unled).
@@ -35,6 +40,7 @@ def assign(
     merchants: Iterable[str],
     replicas: Iterable[str],
     eligible: Mapping[str, Collection[str]] | None = None,
+    current: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Owner per merchant; empty when no replica is live. Deterministic in its inputs (their
     order does not matter)."""
@@ -51,19 +57,22 @@ def assign(
         chosen = [r for r in members if allowed is None or r in allowed]
         return chosen or members  # none eligible is live: any replica rather than none
 
-    pairs = sorted(
-        ((weight(m, r), m, r) for m in names for r in candidates(m)),
-        key=lambda pair: (-pair[0], pair[1], pair[2]),
-    )
     owner: dict[str, str] = {}
-    for _, merchant, replica in pairs:
-        if merchant in owner:
-            continue
-        if load[replica] < floor or (load[replica] == floor and full < extra):
-            if load[replica] == floor:
-                full += 1
-            load[replica] += 1
-            owner[merchant] = replica
+
+    def give(pairs: list[tuple[int, str, str]]) -> None:
+        nonlocal full
+        for _, merchant, replica in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
+            if merchant in owner:
+                continue
+            if load[replica] < floor or (load[replica] == floor and full < extra):
+                if load[replica] == floor:
+                    full += 1
+                load[replica] += 1
+                owner[merchant] = replica
+
+    if current:  # leaders keep what fits in their share, the heaviest first
+        give([(weight(m, r), m, r) for m in names if (r := current.get(m)) in candidates(m)])
+    give([(weight(m, r), m, r) for m in names for r in candidates(m)])
     for merchant in names:  # only with `eligible`: every eligible replica was full
         if merchant not in owner:
             best = max(candidates(merchant), key=lambda r: (weight(merchant, r), r))

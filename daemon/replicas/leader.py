@@ -89,6 +89,8 @@ class LeaseKeeper:
         self.drain_timeout = ttl / 2 if drain_timeout is None else drain_timeout
         #: the merchant left this replica's config (SIGHUP): hand it over, bid no more
         self.retired = False
+        #: called when this replica starts or stops leading (the share-out keeps leaders put)
+        self.on_changed: Callable[[], None] | None = None
         self._lock = anyio.Lock()  # a step and a handover's release never interleave
         self._handover: int | None = None  # the epoch being drained to hand over
         self._working = 0  # `lead` runs the work under the lease
@@ -236,6 +238,8 @@ class LeaseKeeper:
         if seen != self._seen:
             self._seen = seen
             self._wake()
+            if self.on_changed is not None:
+                self.on_changed()
 
     def _wake(self) -> None:
         self._changed.set()

@@ -6,7 +6,9 @@ the leader leases). A replica is live while its row has not expired; one that di
 renewing and drops out `lease_ttl` after its last beat; one that stops cleanly deletes its row,
 so the others see it gone at their next beat instead of a TTL later.
 
-Every beat also reads the live set, so `live()` is at most a third of the TTL old. A beat that
+Every beat also reads the live set and who holds each merchant's lease now (the share-out keeps
+a merchant with its leader while that fits, `daemon.replicas.assignment`), so `live()` and
+`leaders()` are at most a third of the TTL old. A beat that
 fails (the database is away) keeps the last view: merchants are not reshuffled because this
 replica cannot see, and the leases, not this view, say who may write.
 """
@@ -31,8 +33,11 @@ log = structlog.get_logger("stocksync.members")
 _FORGET_AFTER = 3600.0
 
 
-async def beat(conn: AsyncConnection[TupleRow], holder: str, ttl: float) -> frozenset[str]:
-    """Say `holder` is live for another `ttl` seconds; return every live holder, it included."""
+async def beat(
+    conn: AsyncConnection[TupleRow], holder: str, ttl: float
+) -> tuple[frozenset[str], dict[str, str]]:
+    """Say `holder` is live for another `ttl` seconds; return every live holder, it included,
+    and the holder of every unexpired lease by merchant."""
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO replica_members (holder, expires_at)"
@@ -49,7 +54,12 @@ async def beat(conn: AsyncConnection[TupleRow], holder: str, ttl: float) -> froz
             "SELECT holder FROM replica_members WHERE expires_at > clock_timestamp()"
         )
         rows = await cursor.fetchall()
-    return frozenset(str(row[0]) for row in rows)
+        cursor = await conn.execute(
+            "SELECT merchant, holder FROM leases"
+            " WHERE holder <> '' AND expires_at > clock_timestamp()"
+        )
+        leaders = {str(row[0]): str(row[1]) for row in await cursor.fetchall()}
+    return frozenset(str(row[0]) for row in rows), leaders
 
 
 async def leave(conn: AsyncConnection[TupleRow], holder: str) -> None:
@@ -76,12 +86,17 @@ class Membership:
         #: which change without a replica joining or leaving)
         self.on_beat = on_beat
         self._live: frozenset[str] = frozenset({holder})
+        self._leaders: dict[str, str] = {}
         self._left = False
         self._poke = anyio.Event()
 
     def live(self) -> frozenset[str]:
         """The live replicas as of the last beat (this one always among them until it leaves)."""
         return self._live
+
+    def leaders(self) -> dict[str, str]:
+        """Who held each merchant's lease at the last beat (unexpired leases only)."""
+        return self._leaders
 
     def poke(self) -> None:
         """Beat now (a lease was released: the replicas may have changed)."""
@@ -93,12 +108,13 @@ class Membership:
             return self._live
         try:
             async with self._db.connection("write", wait=self.ttl / 3) as conn:
-                seen = await beat(conn, self.holder, self.ttl)
+                seen, leaders = await beat(conn, self.holder, self.ttl)
         except StoreUnavailable:
             return self._live  # the store's health says so, once
         if self._left:  # left while this beat was under way
             return self._live
         seen = seen | {self.holder}
+        self._leaders = leaders
         if seen != self._live:
             log.info("replicas.changed", live=sorted(seen), joined=sorted(seen - self._live),
                      left=sorted(self._live - seen))  # fmt: skip

@@ -239,6 +239,7 @@ class Replica:
             wanted=lambda: self._owners.get(name) == self.holder,
             drain_timeout=self.drain_timeout,
         )  # fmt: skip
+        keeper.on_changed = self._reassign  # what we lead counts at once, not at the next beat
         self.keepers[name] = keeper
         # PostgreSQL keeps every merchant in one database; the store reads and writes `name`'s
         # rows, fenced by `name`'s lease.
@@ -298,10 +299,21 @@ class Replica:
         """Share the merchants out again: the live replicas or the merchants changed."""
         active = [name for name, keeper in self.keepers.items() if not keeper.retired]
         before = self._owners
-        self._owners = assign(active, self.membership.live(), self._eligible(active))
+        live = self.membership.live()
+        self._owners = assign(active, live, self._eligible(active), self._current(live))
         for name, keeper in self.keepers.items():  # ours now, or no longer: act on it now
             if (before.get(name) == self.holder) != (self._owners.get(name) == self.holder):
                 keeper.poke()
+
+    def _current(self, live: frozenset[str]) -> dict[str, str]:
+        """Who leads each merchant now: the database's view at the last beat, ours for ours."""
+        current = {m: h for m, h in self.membership.leaders().items() if h in live}
+        for name, keeper in self.keepers.items():
+            if keeper.holding() and not keeper.handing_over():
+                current[name] = self.holder
+            elif current.get(name) == self.holder:
+                del current[name]
+        return current
 
     def _eligible(self, merchants: list[str]) -> dict[str, set[str]]:
         """Per merchant, the live replicas of its newest config (`configs`): one of an older
