@@ -24,12 +24,14 @@ the heaviest of them anyway (the cap is a goal, never a reason to leave a mercha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Iterable, Mapping
 
 __all__ = ["assign", "weight"]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the share-out runs again on every change of leader
 def weight(merchant: str, replica: str) -> int:
     """The pair's rendezvous weight: a stable 64-bit hash (never Python's salted `hash`)."""
     digest = hashlib.blake2b(merchant.encode() + b"\x00" + replica.encode(), digest_size=8).digest()
@@ -72,7 +74,7 @@ def assign(
 
     if current:  # leaders keep what fits in their share, the heaviest first
         give([(weight(m, r), m, r) for m in names if (r := current.get(m)) in candidates(m)])
-    give([(weight(m, r), m, r) for m in names for r in candidates(m)])
+    give([(weight(m, r), m, r) for m in names if m not in owner for r in candidates(m)])
     for merchant in names:  # only with `eligible`: every eligible replica was full
         if merchant not in owner:
             best = max(candidates(merchant), key=lambda r: (weight(merchant, r), r))

@@ -94,6 +94,8 @@ class Replica:
         self._leads: anyio.abc.TaskGroup | None = None  # while `lead` runs
         self._leading: dict[str, anyio.CancelScope] = {}
         self._work: tuple[Work, Drain | None] | None = None
+        self._rechecking = False  # a beat for released leases is under way
+        self._released_meanwhile: set[str] = set()
         names = [merchants] if isinstance(merchants, str) else list(merchants)
         for name in names:
             self._add(name, _fingerprint_of(fingerprint, name))
@@ -250,7 +252,8 @@ class Replica:
         """Hand a removed merchant over (drained, as on a join) and stop keeping it."""
         keeper = self.keepers[name]
         keeper.poke()
-        with anyio.move_on_after(keeper.drain_timeout + self.ttl):
+        running = self._tasks is not None  # else nobody steps: release at once
+        with anyio.move_on_after(keeper.drain_timeout + self.ttl if running else 0):
             while keeper.holding():
                 with anyio.move_on_after(self.ttl / 3):
                     await keeper.wait_changed()
@@ -329,18 +332,26 @@ class Replica:
         self._reassign()
 
     def _released(self, merchant: str) -> None:
-        """A merchant's leader released its lease: look at the replicas again, then bid."""
-        keeper = self.keepers.get(merchant)
-        if keeper is None:
+        """A merchant's leader released its lease: look at the replicas again, then bid (one
+        beat for a burst of releases, as when a replica leaves)."""
+        if merchant not in self.keepers:
             return
-        if self._tasks is not None:
-            self._tasks.start_soon(self._recheck, keeper)
-        else:
-            keeper.poke()
+        self._released_meanwhile.add(merchant)
+        if self._tasks is not None and not self._rechecking:
+            self._rechecking = True
+            self._tasks.start_soon(self._recheck)
+        elif self._tasks is None:
+            self.keepers[merchant].poke()
 
-    async def _recheck(self, keeper: LeaseKeeper) -> None:
-        await self.membership.step()  # a leaving replica deleted its row before releasing
-        keeper.poke()
+    async def _recheck(self) -> None:
+        try:
+            await self.membership.step()  # a leaving replica deleted its row before releasing
+        finally:
+            self._rechecking = False
+        names, self._released_meanwhile = self._released_meanwhile, set()
+        for name in names:
+            if (keeper := self.keepers.get(name)) is not None:
+                keeper.poke()
 
     def leading(self) -> frozenset[str]:
         """The merchants this replica leads now (`stocksync_merchants{role="leader"}`)."""
