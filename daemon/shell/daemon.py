@@ -367,11 +367,17 @@ class Daemon:
     async def _follow(self, replica: Replica) -> None:
         """Lead whenever this replica holds the lease, stand by otherwise, until a stop."""
         async with anyio.create_task_group() as roles:
-            roles.start_soon(replica.keeper.lead, self._lead)
+            roles.start_soon(functools.partial(replica.keeper.lead, self._lead, drain=self._drain))
             await self._terminate.wait()
             if self._leading:
                 await self._led.wait()  # the leader's pipeline drains first
             roles.cancel_scope.cancel()
+
+    def _drain(self) -> None:
+        """The merchant is handed over to another replica: the pipeline drains, `_lead`
+        returns, and the keeper releases the lease (cancelled if it overruns)."""
+        if self.pipeline is not None:
+            self.pipeline.stop()
 
     async def _lead(self, lease: Lease) -> None:
         """This replica leads: take over the keyCRM window and the pushes a dead leader left
