@@ -1,4 +1,4 @@
-"""Which replicas are live: one heartbeat row each, renewed every third of `lease_ttl`.
+"""Which replicas are live: one heartbeat row each, renewed every sixth of `lease_ttl`.
 
 The shape of a Kubernetes shard lease on PostgreSQL rows: `replica_members` holds each
 replica's `expires_at` on the database's clock (replicas' clocks never need to agree, as with
@@ -6,9 +6,16 @@ the leader leases). A replica is live while its row has not expired; one that di
 renewing and drops out `lease_ttl` after its last beat; one that stops cleanly deletes its row,
 so the others see it gone at their next beat instead of a TTL later.
 
+Why a sixth, when leases are renewed every third: a dead replica's merchants move only once its
+row has expired and a live replica has beaten since (its leases have run out by then: they were
+renewed no later than its last beat). With a beat every sixth the row expires at most a TTL
+after the death and is seen a sixth later: failover within `lease_ttl` + a sixth (17.5 s at
+the default 15 s, inside the `lease_ttl` + 5 s the design promises; every third would be up to
+`lease_ttl` + two thirds, 25 s). Each beat is one small transaction per replica.
+
 Every beat also reads the live set and who holds each merchant's lease now (the share-out keeps
 a merchant with its leader while that fits, `daemon.replicas.assignment`), so `live()` and
-`leaders()` are at most a third of the TTL old. A beat that
+`leaders()` are at most a sixth of the TTL old. A beat that
 fails (the database is away) keeps the last view: merchants are not reshuffled because this
 replica cannot see, and the leases, not this view, say who may write.
 """
@@ -124,11 +131,11 @@ class Membership:
         return seen
 
     async def run(self) -> None:
-        """Beat every third of the TTL (or when poked), until cancelled."""
+        """Beat every sixth of the TTL (or when poked), until cancelled."""
         while True:
             await self.step()
             poke = self._poke
-            with anyio.move_on_after(self.ttl / 3):
+            with anyio.move_on_after(self.ttl / 6):
                 await poke.wait()
             if poke.is_set():
                 self._poke = anyio.Event()
