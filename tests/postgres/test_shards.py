@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from daemon.replicas.leader import LeaseKeeper
 from daemon.replicas.replica import Replica
+from daemon.store.pg.connect import Pool
 from daemon.store.pg.lease import Lease
 from daemon.store.pg.lease import read as read_lease
 from tests.pg import until
@@ -175,3 +177,16 @@ async def test_a_reload_starts_an_added_merchant_and_hands_a_removed_one_back(
     assert status["assigned_to"] == status["leader"]
     assert a.replica.leading() | b.replica.leading() == set(after)
     assert a.replica.standby() == set(after) - a.replica.leading()
+
+
+async def test_a_merchant_given_to_another_replica_is_led_here_once_unled_for_a_ttl(
+    pool: Pool,
+) -> None:
+    now = [0.0]
+    keeper = LeaseKeeper(pool, "orphan", "a", ttl=10.0, clock=lambda: now[0], wanted=lambda: False)
+    assert await keeper.step() is None  # another replica's: no bid while it may still take it
+    now[0] = 9.5
+    assert await keeper.step() is None
+    now[0] = 10.5  # nobody took it for a TTL (replicas disagree, or its owner cannot)
+    lease = await keeper.step()
+    assert lease is not None and keeper.leading()
