@@ -127,9 +127,14 @@ async def test_replicas_share_merchants_evenly_and_take_over_a_killed_ones(
 ) -> None:
     fleet = replicas.fleet
     everyone = set(MERCHANTS)
+    # m7 joins by SIGHUP later; its secrets are in the processes' environment from the start,
+    # as a new merchant's secrets must be before a reload can see them.
+    added = await fleet.add("m7", 5, seed=7)
+    parked = fleet.tmp_path / "m7.toml"
+    (fleet.folder / "m7.toml").rename(parked)
     await replicas.start("a")
     await replicas.start("b")
-    await eventually(lambda: all(m.in_sync() for m in fleet.merchants.values()), timeout=40)
+    await eventually(lambda: all(fleet.merchants[m].in_sync() for m in everyone), timeout=40)
     await eventually(lambda: _even(replicas, ("a", "b"), everyone), timeout=20)
 
     # A replica started later receives its share by handover, within 2 x lease_ttl of joining.
@@ -153,10 +158,10 @@ async def test_replicas_share_merchants_evenly_and_take_over_a_killed_ones(
         merchant.keycrm.set_stock("SKU-00002", 50.0 + index)
         port = replicas.ports["b" if index % 2 else "c"]
         assert await post_webhook(port, merchant.token, ["SKU-00002"]) == 202
-    await eventually(lambda: all(m.in_sync() for m in fleet.merchants.values()), timeout=30)
+    await eventually(lambda: all(fleet.merchants[m].in_sync() for m in everyone), timeout=30)
 
     # SIGHUP: a merchant added starts on one survivor, a merchant removed stops on both.
-    added = await fleet.add("m7", 5, seed=7)
+    parked.rename(fleet.folder / "m7.toml")
     (fleet.folder / "m1.toml").unlink()
     for name in ("b", "c"):
         replicas.processes[name].send_signal(signal.SIGHUP)
