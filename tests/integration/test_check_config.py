@@ -96,7 +96,7 @@ async def test_a_listener_held_by_the_running_daemon_is_fine(world: World) -> No
         config.write_text(config.read_text().replace('listen = "127.0.0.1:0"\n', "", 1))
         code, out, err = await check(config)
     assert (code, err) == (0, "")
-    assert out.endswith(": ok (1 channels)\n")
+    assert out.endswith(": ok (1 channel)\n")
 
 
 async def test_connect_tries_every_endpoint_once_and_changes_nothing(
