@@ -16,6 +16,10 @@ Benchmarks (`--only` takes a comma-separated list of these names):
             twice, seconds to the first push by the new leader (`--lease-ttl`, default 15 s)
 - store     a real daemon's steady-state throughput (acknowledged items/s, batching channel) on
             SQLite and on PostgreSQL, side by side
+- merchants one real daemon serving `--merchants` merchants (200) x `--skus` SKUs each (5,000)
+            x 2 channels through a first sync and a resync: peak memory, worst /healthz,
+            webhook freshness at one change/s per merchant (`--seconds`), CPU per acknowledged
+            item against a single-merchant daemon
 
 `--skus` sets every benchmark's size (default: each its own, 20,000 for resync); `--big` runs the
 million-SKU sizes (ingest, memory, resync), which take many minutes. The real daemon runs as
@@ -40,7 +44,7 @@ from typing import NamedTuple
 import anyio
 import orjson
 
-from bench import baseline, failover, growth, ingest, rate, resync, throughput
+from bench import baseline, failover, growth, ingest, merchants, rate, resync, throughput
 from bench.options import Options
 from bench.report import Figure, Skipped, table
 from daemon.shell.logs import configure_logging
@@ -56,6 +60,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "growth": growth.run,
     "ha": failover.run,
     "store": throughput.run,
+    "merchants": merchants.run,
 }
 
 
@@ -109,6 +114,7 @@ def report(names: list[str], options: Options, outcome: Outcome) -> bytes:
                 "change_rate": options.change_rate,
                 "channels": options.channels,
                 "lease_ttl": options.lease_ttl,
+                "merchants": options.merchants,
             },
             "benchmarks": names,
             "seconds": round(outcome.seconds, 1),
@@ -145,11 +151,16 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--skus", type=int, help="size for every benchmark (default: each its own)")
     parser.add_argument("--big", action="store_true", help="the million-SKU sizes (slow)")
     parser.add_argument("--items", type=int, default=3000, help="items for the rate benchmark")
-    parser.add_argument("--seconds", type=float, default=30.0, help="growth: how long to drive")
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="growth, merchants: how long to drive changes"
+    )
     parser.add_argument("--change-rate", type=float, default=100.0, help="growth: changes/s")
     parser.add_argument("--channels", type=int, default=2, help="resync: channels (2 or 4)")
     parser.add_argument(
         "--lease-ttl", type=_lease_ttl, default=15.0, help="ha: the replicas' lease_ttl in s (>= 3)"
+    )
+    parser.add_argument(
+        "--merchants", type=int, default=200, help="merchants: how many (each of --skus SKUs)"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument("--child", choices=("idle", "stocksync", "naive"), help=argparse.SUPPRESS)
@@ -168,6 +179,7 @@ def cli(argv: list[str] | None = None) -> int:
             channels=args.channels,
             big=args.big,
             lease_ttl=args.lease_ttl,
+            merchants=args.merchants,
         )
         outcome = anyio.run(main, args.only, options)
     print(table(outcome.figures))

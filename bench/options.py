@@ -20,6 +20,7 @@ class Options:
     channels: int = 2
     big: bool = False
     lease_ttl: float = 15.0
+    merchants: int = 200
 
     def size(self, default: int, big: int | None = None) -> int:
         if self.skus is not None:
