@@ -152,6 +152,17 @@ async def _single(options: Options, skus: int) -> tuple[float, int]:
     return cpu, items
 
 
+def _worst_by_phase(probes: list[tuple[float, float, int]], phases: list[tuple[str, float]]) -> str:
+    """The worst answer in each phase (a probe counts in the phase it was sent in)."""
+    worst: dict[str, float] = {}
+    for sent, seconds, status in probes:
+        if status != 200:
+            continue
+        name = next((n for n, start in reversed(phases) if sent >= start), phases[0][0])
+        worst[name] = max(worst.get(name, 0.0), seconds)
+    return ", ".join(f"{name} {worst[name] * 1000:.0f} ms" for name, _ in phases if name in worst)
+
+
 async def run(options: Options) -> list[Figure]:
     merchants, skus = options.merchants, options.size(5_000)
     single_cpu, single_items = await _single(options, skus)
@@ -169,12 +180,16 @@ async def run(options: Options) -> list[Figure]:
             await daemon.wait_answering(session, within=120)
             prober = Prober(f"{daemon.base}/healthz")
             await prober.start()
+            phases = [("first sync", time.monotonic())]
             first_seconds, first_cpu = await run_.first_sync()
+            phases.append(("resync", time.monotonic()))
             resync_seconds, resync_cpu, items = await run_.resync()
+            phases.append(("webhooks", time.monotonic()))
             fresh = await _freshness(fleet, daemon, options.seconds)
             probes = await prober.finish()
             peak = vm_hwm(daemon.pid)
     answered = [seconds for _, seconds, status in probes if status == 200]
+    stalls = _worst_by_phase(probes, phases)
     size = f"{merchants:,} merchants x {skus:,} SKUs x 2 channels"
     per_item = resync_cpu / max(1, items)
     single = single_cpu / max(1, single_items)
@@ -197,7 +212,7 @@ async def run(options: Options) -> list[Figure]:
             "s",
             STALL,
             "lower",
-            f"{size}; {len(answered):,} answers",
+            f"{size}; {len(answered):,} answers; worst by phase: {stalls}",
         ),
         Figure(
             "merchants",
