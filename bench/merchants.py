@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -152,6 +153,16 @@ async def _single(options: Options, skus: int) -> tuple[float, int]:
     return cpu, items
 
 
+def _progress(phase: str, seconds: float, cpu: float, pid: int) -> None:
+    """A line on stderr as each phase ends: a run cut short still tells how far it got."""
+    peak = vm_hwm(pid) / 2**20
+    print(
+        f"  {phase}: {seconds:,.0f} s, daemon CPU {cpu:,.0f} s, VmHWM {peak:,.0f} MiB",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _worst_by_phase(probes: list[tuple[float, float, int]], phases: list[tuple[str, float]]) -> str:
     """The worst answer in each phase (a probe counts in the phase it was sent in)."""
     worst: dict[str, float] = {}
@@ -182,8 +193,10 @@ async def run(options: Options) -> list[Figure]:
             await prober.start()
             phases = [("first sync", time.monotonic())]
             first_seconds, first_cpu = await run_.first_sync()
+            _progress("first sync", first_seconds, first_cpu, daemon.pid)
             phases.append(("resync", time.monotonic()))
             resync_seconds, resync_cpu, items = await run_.resync()
+            _progress("resync", resync_seconds, resync_cpu, daemon.pid)
             phases.append(("webhooks", time.monotonic()))
             fresh = await _freshness(fleet, daemon, options.seconds)
             probes = await prober.finish()
