@@ -22,7 +22,12 @@ Benchmarks (`--only` takes a comma-separated list of these names):
 - merchants one real daemon serving `--merchants` merchants (200) x `--skus` SKUs each (5,000)
             x 2 channels through a first sync and a resync: peak memory, worst /healthz,
             webhook freshness at one change/s per merchant (`--seconds`), CPU per acknowledged
-            item against a single-merchant daemon
+            item against a single-merchant daemon; then the merchants sharded over three
+            replicas on PostgreSQL (the `shards` figures)
+- shards    three replicas on PostgreSQL sharing 60 merchants (fewer with a smaller
+            `--merchants`) of 200 SKUs: max - min merchants per replica, seconds to share evenly
+            again after a SIGKILL and after a join (`--lease-ttl`); part of `merchants`, alone
+            only when named
 
 `--skus` sets every benchmark's size (default: each its own, 20,000 for resync); `--big` runs the
 million-SKU sizes (ingest, memory, resync), which take many minutes. The real daemon runs as
@@ -56,6 +61,7 @@ from bench import (
     orderfeed,
     rate,
     resync,
+    shards,
     throughput,
 )
 from bench.options import Options
@@ -75,7 +81,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "store": throughput.run,
     "orderfeed": orderfeed.run,
     "merchants": merchants.run,
+    "shards": shards.run,
 }
+#: what runs without `--only`: `merchants` already ends with the `shards` figures
+DEFAULT = [name for name in BENCHMARKS if name != "shards"]
 
 
 class Outcome(NamedTuple):
@@ -162,7 +171,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="stocksync benchmarks, each figure beside its target"
     )
-    parser.add_argument("--only", type=_names, default=list(BENCHMARKS), metavar="NAME,...")
+    parser.add_argument("--only", type=_names, default=DEFAULT, metavar="NAME,...")
     parser.add_argument("--skus", type=int, help="size for every benchmark (default: each its own)")
     parser.add_argument("--big", action="store_true", help="the million-SKU sizes (slow)")
     parser.add_argument("--items", type=int, default=3000, help="items for the rate benchmark")
@@ -174,7 +183,10 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--change-rate", type=float, default=100.0, help="growth: changes/s")
     parser.add_argument("--channels", type=int, default=2, help="resync: channels (2 or 4)")
     parser.add_argument(
-        "--lease-ttl", type=_lease_ttl, default=15.0, help="ha: the replicas' lease_ttl in s (>= 3)"
+        "--lease-ttl",
+        type=_lease_ttl,
+        default=15.0,
+        help="ha, shards: the replicas' lease_ttl in s (>= 3)",
     )
     parser.add_argument(
         "--feed-interval", type=float, default=15.0, help="orderfeed: order_feed_interval in s"

@@ -133,14 +133,25 @@ class Fleet:
 
     def write_merchants(self, folder: Path, port: int) -> Path:
         """A main file with `[daemon] merchants = "merchants"`, one file per shop beside it."""
+        self.write_folder(folder)
+        return self.write_main(folder, port, f'state = "{folder / "state"}"')
+
+    def write_folder(self, folder: Path) -> None:
+        """`merchants/`, one file per shop, and their key maps in `maps/`."""
         merchants = folder / "merchants"
         merchants.mkdir()
         maps = folder / "maps"
         maps.mkdir()
         for name, shop in self.shops.items():
             (merchants / f"{name}.toml").write_text(shop.body(self.base, maps), encoding="utf-8")
-        main = folder / "stocksync.toml"
-        main.write_text(_daemon(port, f'merchants = "merchants"\nstate = "{folder / "state"}"'))
+
+    def write_main(
+        self, folder: Path, port: int, keys: str, filename: str = "stocksync.toml"
+    ) -> Path:
+        """A main file beside `merchants/` naming it, with `keys` added to its `[daemon]`
+        (several replicas: one file each, the same folder)."""
+        main = folder / filename
+        main.write_text(_daemon(port, f'merchants = "merchants"\n{keys}'), encoding="utf-8")
         return main
 
     def write_single(self, folder: Path, port: int) -> Path:

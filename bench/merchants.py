@@ -12,8 +12,9 @@ and everything settled) divided by the items the channels acknowledged meanwhile
 measured on a single-merchant daemon (today's one-merchant file) of one merchant's size, and the
 ratio is many / single: each merchant's work should cost what it costs alone.
 
-Sharding over replicas (three replicas, 60 merchants on PostgreSQL) waits for the sharding
-work to land on main: its figure is printed as skipped, with the reason.
+Then the same merchants sharded over three replicas on PostgreSQL (bench/shards.py: 60 of
+them, 200 SKUs each): how evenly they share, and how fast after a kill and after a join; skipped,
+with the reason and the figures above kept, without PostgreSQL server binaries.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 import aiohttp
 import anyio
 
+from bench import shards
 from bench.fleet import REQUESTS_PER_MINUTE, Fleet, Freshness, Tally
 from bench.options import Options
-from bench.report import Figure
+from bench.report import Figure, Skipped
 from bench.resync import Prober, cpu_seconds
 from bench.world import DaemonProcess, free_port, post_webhook, settled, vm_hwm
 
@@ -205,7 +207,7 @@ async def run(options: Options) -> list[Figure]:
     size = f"{merchants:,} merchants x {skus:,} SKUs x 2 channels"
     per_item = resync_cpu / max(1, items)
     single = single_cpu / max(1, single_items)
-    return [
+    figures = [
         Figure(
             "merchants",
             "merchants.peak_memory",
@@ -273,14 +275,9 @@ async def run(options: Options) -> list[Figure]:
             f"single-merchant: today's one-merchant file at one merchant's size "
             f"({skus:,} SKUs x 2 channels), its resync measured the same way",
         ),
-        Figure(
-            "merchants",
-            "merchants.replicas",
-            "three replicas, 60 merchants on PostgreSQL: max - min merchants per replica",
-            None,
-            "merchants",
-            1,
-            "lower",
-            "skipped: sharding not landed on main",
-        ),
     ]
+    try:
+        figures += await shards.run(options)
+    except Skipped as skip:
+        raise Skipped(f"sharding figures: {skip.reason}", figures) from None
+    return figures
