@@ -183,21 +183,37 @@ def test_unknown_benchmark_names_are_refused() -> None:
 
 
 @pytest.mark.bench
-def test_many_merchants_in_one_process(tmp_path: Path) -> None:
-    args = ("--only", "merchants", "--merchants", "3", "--skus", "40", "--seconds", "1")
-    _, report = bench(tmp_path, *args, timeout=60)
+@pytest.mark.timeout(150)
+def test_many_merchants_in_one_process_and_over_replicas(tmp_path: Path) -> None:
+    if find_bindir() is None and os.environ.get("CI"):
+        pytest.fail(NO_BINARIES + " (.ci/run installs it)")
+    args = ("--only", "merchants", "--merchants", "6", "--skus", "40", "--seconds", "1")
+    _, report = bench(tmp_path, *args, "--lease-ttl", "3", timeout=140)
     assert report["failed"] == {}
-    assert report["options"]["merchants"] == 3
+    assert report["options"]["merchants"] == 6
     figures = by_name(report)
     assert figures["merchants.peak_memory"]["target"] == 600 * 2**20
     assert figures["merchants.healthz_worst"]["target"] == 0.1
     assert figures["merchants.freshness_p99"]["target"] == 3.0  # the default debounce + 1 s
     assert figures["merchants.freshness_p99"]["value"] is not None  # changes were timed
-    assert "3 merchants x 40 SKUs x 2 channels" in figures["merchants.peak_memory"]["note"]
+    assert "6 merchants x 40 SKUs x 2 channels" in figures["merchants.peak_memory"]["note"]
     ratio = figures["merchants.ack_cpu_ratio"]
     assert ratio["target"] == 1.0
     assert ratio["value"] > 0
-    # Sharding over replicas is not on main yet: a figure without a value says so.
-    replicas = figures["merchants.replicas"]
-    assert replicas["value"] is None
-    assert replicas["note"] == "skipped: sharding not landed on main"
+    if find_bindir() is None:
+        assert report["skipped"]["merchants"].startswith("sharding figures: no PostgreSQL")
+        assert "merchants.replicas" not in figures
+        return
+    # The same six merchants over three replicas (then two, then three again) on PostgreSQL.
+    assert report["skipped"] == {}
+    shares = figures["merchants.replicas"]
+    assert (shares["target"], shares["better"]) == (1, "lower")
+    assert shares["value"] == 0  # 2, 2, 2
+    assert "6 merchants x 40 SKUs x 2 channels, lease_ttl 3 s" in shares["note"]
+    kill, join = figures["merchants.replicas_kill"], figures["merchants.replicas_join"]
+    assert kill["target"] == 3 + 5  # the bounds: lease_ttl + 5 s, 2 x lease_ttl
+    assert join["target"] == 2 * 3
+    assert 0 < kill["value"] <= 3 + 5
+    assert 0 < join["value"] <= 2 * 3
+    assert "killed a (2 merchants); then b 3, c 3;" in kill["note"]
+    assert "then b 2, c 2, d 2;" in join["note"]
