@@ -1,7 +1,9 @@
 """The `stocksync` commands: the composition root, and what each command prints.
 
+    entry.py         the program's first lines: Ctrl-C during start-up is one line
     cli.py           the command line; the only module (with demo.py) that knows the adapters
     demo.py          `stocksync demo`: fakes on loopback and the real daemon against them
+    demo_handoff.py  what the demo shows: the lines to copy (again on Enter), a heartbeat
     once.py          `stocksync once` and its `--dry-run`   once_report.py  its progress, summary
     remote.py        `status`, `resync`, `guard release`: a client of the running daemon
     statusview.py    `/status` as a person reads it
