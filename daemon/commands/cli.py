@@ -8,30 +8,33 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import structlog
 
 from adapters import ADAPTERS
-from daemon import __version__
-from daemon.commands.connect import connect
+from daemon.commands.args import parser
+from daemon.commands.check import check_config
 from daemon.commands.demo import run_demo
-from daemon.commands.drift import DEFAULT_SHARE, run_drift
-from daemon.commands.history import DEFAULT_LIMIT, parse_since, show_history, show_history_pg
+from daemon.commands.drift import run_drift
+from daemon.commands.history import parse_since, show_history, show_history_pg
+from daemon.commands.merchants import deployment_secrets, pick
 from daemon.commands.migrate import migrate_state
 from daemon.commands.once import dry_run, run_once
-from daemon.commands.once_report import LINE_EVERY
 from daemon.commands.remote import release_guard, request_resync, show_status, watch_status
+from daemon.config.deployment import Deployment, load_deployment
 from daemon.config.dsn import SCHEMES, check_dsn
 from daemon.config.ops import (
     OpsSettings,
     admin_token,
     daemon_url,
     database_password,
+    merchant_state,
     read_ops_settings,
 )
-from daemon.config.settings import Config, load_config, secret_values
+from daemon.config.settings import DEFAULT_MERCHANT
 from daemon.core import redact
 from daemon.core.errors import ConfigError, StateUnusable, StocksyncError
 from daemon.core.secrets import secrets_named_in
@@ -39,9 +42,10 @@ from daemon.shell.daemon import Daemon
 from daemon.shell.logs import configure_logging
 from daemon.shell.preflight import preflight
 from daemon.shell.sdnotify import notifier, watchdog_interval
-from daemon.store.pg.merchants import DEFAULT_MERCHANT, merchant_id
 
 __all__ = ["main"]
+
+log = structlog.get_logger("stocksync.pipeline")
 
 EXIT_CONFIG = 2
 #: `run` leads or stands by under the lease; a one-off process beside the replicas would push
@@ -55,156 +59,6 @@ _ONE_OFF_ON_POSTGRES = {
     "reads the channels back itself (sync.verify_interval): watch stocksync_drift_items_total, "
     "and stocksync history SKU shows each drift",
 }
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stocksync", description="Keeps sales channels' stock in sync with keyCRM."
-    )
-    parser.add_argument("--version", action="version", version=f"stocksync {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "-c",
-            "--config",
-            type=Path,
-            default=os.environ.get("STOCKSYNC_CONFIG"),
-            help="the TOML file (default: $STOCKSYNC_CONFIG)",
-        )
-        return sub
-
-    with_config("run", "run the daemon in the foreground; logs go to stderr")
-    once = with_config("once", "one full scan, push the differences, wait, exit 0 or 1")
-    once.add_argument(
-        "--dry-run", action="store_true", help="print the planned pushes; send nothing"
-    )
-    once.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for pushes")
-    once.add_argument(
-        "--progress-every",
-        type=float,
-        default=LINE_EVERY,
-        metavar="SECONDS",
-        help=f"progress line interval when stderr is not a terminal (default {LINE_EVERY:g})",
-    )
-    check = with_config(
-        "check-config",
-        "validate the file, the secrets it names, the state path and the listener; exit 0 or 2",
-    )
-    check.add_argument(
-        "--connect",
-        action="store_true",
-        help="also try keyCRM and every channel once with their credentials (changes nothing); "
-        "exit 1 if any fails",
-    )
-    _ops_commands(with_config)
-    _guard_commands(commands)
-    drift = with_config(
-        "drift", "read back what readable channels hold; report drift; change nothing"
-    )
-    drift.add_argument("--channel", metavar="NAME", help="only this channel")
-    drift.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    drift.add_argument(
-        "--share",
-        type=float,
-        default=DEFAULT_SHARE,
-        help="share of each channel's rate_limit the reads may use "
-        f"(default {DEFAULT_SHARE}; a running daemon keeps the rest)",
-    )
-    migrate_state = commands.add_parser(
-        "migrate-state",
-        help="copy one merchant's state between SQLite and PostgreSQL",
-        description="Copy a SQLite state file into a merchant's empty PostgreSQL schema, or back "
-        "into a new file (the password from PGPASSWORD or PGPASSFILE, never in the DSN).",
-    )
-    migrate_state.add_argument("--from", dest="source", required=True, metavar="FILE|DSN")
-    migrate_state.add_argument("--to", dest="target", required=True, metavar="DSN|FILE")
-    migrate_state.add_argument(
-        "--merchant", type=merchant_id, default=DEFAULT_MERCHANT, metavar="NAME",
-        help=f"whose state FILE is: into its schema alone (default {DEFAULT_MERCHANT})",
-    )  # fmt: skip
-    demo = commands.add_parser(
-        "demo", help="simulated keyCRM and channels on loopback, and the daemon"
-    )
-    demo.add_argument(
-        "--port", type=int, default=9108, help="the daemon's HTTP port (default 9108)"
-    )
-    demo.add_argument("--skus", type=int, default=60, help="how many SKUs the fake keyCRM holds")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help="keep the demo's config, state and env file here (default: a temporary folder)",
-    )
-    return parser
-
-
-def _ops_commands(with_config: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    """status, resync, history: read-only, so they need the daemon's address or state, no secret."""
-    url_help = "the daemon's listener, e.g. http://127.0.0.1:9108 (default: daemon.listen of -c)"
-    resync = with_config("resync", "ask the running daemon for a full resync (same as SIGUSR1)")
-    resync.add_argument("--url", help=url_help)
-    resync.add_argument(
-        "--token-env",
-        metavar="VARIABLE",
-        help="the environment variable holding the admin token (default: the config's)",
-    )
-    status = with_config("status", "print the running daemon's status")
-    status.add_argument("--url", help=url_help)
-    status.add_argument("--json", action="store_true", help="the daemon's JSON, with states")
-    status.add_argument("--watch", action="store_true", help="a live view, redrawn in place")
-    status.add_argument(
-        "--interval", type=float, default=2.0, help="seconds between --watch refreshes"
-    )
-    history = with_config("history", "the audit trail of one SKU: every push per channel")
-    history.add_argument("sku")
-    history.add_argument(
-        "--state",
-        help="the state file or PostgreSQL DSN (default: daemon.state of -c)",
-    )
-    history.add_argument("--channel", help="only this channel")
-    history.add_argument(
-        "--since", help="only pushes after this: a duration back (30m, 2h, 7d) or a UTC date/time"
-    )
-    history.add_argument(
-        "--limit",
-        type=int,
-        default=DEFAULT_LIMIT,
-        help=f"newest pushes shown (default {DEFAULT_LIMIT}; 0 for all)",
-    )
-    history.add_argument("--json", action="store_true", help="one JSON array")
-
-
-def _guard_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`guard release`: like resync, a client of the running daemon's admin route."""
-    guard = commands.add_parser(
-        "guard", help="the mass-change guard", description="the mass-change guard"
-    )
-    actions = guard.add_subparsers(dest="guard_command", required=True)
-    text = (
-        "show the zeros the mass-change guard holds, then release them (they are pushed now, "
-        "and each release is recorded in the history)"
-    )
-    release = actions.add_parser("release", help=text, description=text)
-    release.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        default=os.environ.get("STOCKSYNC_CONFIG"),
-        help="the TOML file (default: $STOCKSYNC_CONFIG)",
-    )
-    release.add_argument("--channel", metavar="NAME", help="only this channel's hold")
-    release.add_argument(
-        "--url",
-        help="the daemon's listener, e.g. http://127.0.0.1:9108 (default: daemon.listen of -c)",
-    )
-    release.add_argument(
-        "--token-env",
-        metavar="VARIABLE",
-        help="the environment variable holding the admin token (default: the config's)",
-    )
 
 
 def _ops_settings(args: argparse.Namespace) -> OpsSettings | None:
@@ -223,30 +77,60 @@ def _daemon_url(args: argparse.Namespace) -> str:
     return daemon_url(settings.listen)
 
 
+def _scrub_named(args: argparse.Namespace) -> None:
+    """Scrub what a read-only command prints of any secret the files name that this shell can
+    read: the main file's and, with a merchants folder, every merchant file's."""
+    if args.config is None:
+        return
+    path = Path(args.config)
+    redact.update(secrets_named_in(path))
+    try:
+        folder = read_ops_settings(path).merchants
+    except ConfigError:
+        return  # the command itself says what is wrong with the file
+    if folder is not None and folder.is_dir():
+        for file in sorted(folder.glob("*.toml")):
+            redact.update(secrets_named_in(file))
+
+
 def _ops(args: argparse.Namespace) -> int:
     """Run a read-only command; ConfigError goes up to main (exit 2)."""
-    if args.config is not None:  # scrub what it prints of any secret this shell can read
-        redact.update(secrets_named_in(Path(args.config)))
+    _scrub_named(args)
+    merchant: str | None = args.merchant
     if args.command == "status":
         url = _daemon_url(args)
         if args.watch:
+            every = max(0.2, args.interval)
             return anyio.run(
-                lambda: watch_status(url, every=max(0.2, args.interval), out=sys.stdout)
+                lambda: watch_status(url, every=every, merchant=merchant, out=sys.stdout)
             )
-        return anyio.run(lambda: show_status(url, as_json=args.json, out=sys.stdout))
+        return anyio.run(
+            lambda: show_status(url, as_json=args.json, merchant=merchant, out=sys.stdout)
+        )
     if args.command == "resync":
         url = _daemon_url(args)
         token = admin_token(_ops_settings(args) if args.config else None, args.token_env)
-        return anyio.run(request_resync, url, token)
+        return anyio.run(lambda: request_resync(url, token, merchant=merchant))
     if args.command == "guard":
         url = _daemon_url(args)
         token = admin_token(_ops_settings(args) if args.config else None, args.token_env)
-        return anyio.run(lambda: release_guard(url, token, args.channel, out=sys.stdout))
+        return anyio.run(
+            lambda: release_guard(url, token, args.channel, merchant=merchant, out=sys.stdout)
+        )
+    return _history(args)
+
+
+def _history(args: argparse.Namespace) -> int:
+    """`history SKU`: from `--state`, or the state of the merchant `-c` names (`--merchant`)."""
     settings = _ops_settings(args) if args.state is None else None
     if args.state is None and settings is None:
         raise ConfigError(
             [("config", "no file given: use -c FILE, --state FILE or STOCKSYNC_CONFIG")]
         )
+    merchant = args.merchant or DEFAULT_MERCHANT
+    state = None if args.state is None else Path(args.state)
+    if settings is not None:  # which merchant, and its file on SQLite; refused if unknown
+        merchant, state = merchant_state(settings, args.merchant)
     try:
         since = None if args.since is None else parse_since(args.since, time.time())
     except ValueError as exc:
@@ -269,9 +153,10 @@ def _ops(args: argparse.Namespace) -> int:
                 limit=limit,
                 as_json=args.json,
                 out=sys.stdout,
+                merchant=merchant,
             )
         )
-    state = Path(args.state) if args.state is not None else settings.state  # type: ignore[union-attr]
+    assert state is not None
     return show_history(
         state,
         args.sku,
@@ -295,15 +180,16 @@ def _history_dsn(args: argparse.Namespace, settings: OpsSettings | None) -> str 
         raise ConfigError([("--state", str(exc))]) from exc
 
 
-def _load(args: argparse.Namespace, *, check_machine: bool = False) -> Config:
-    """Load the file and register its secrets with the scrubber (at start and on every reload)."""
+def _load(args: argparse.Namespace, *, check_machine: bool = False) -> Deployment:
+    """Load the main file and every merchant file it names, and register every secret with the
+    scrubber (at start and on every reload)."""
     if args.config is None:
         raise ConfigError([("config", "no file given: use -c FILE or set STOCKSYNC_CONFIG")])
-    config = load_config(
+    deployment = load_deployment(
         Path(args.config), ADAPTERS, check_machine=preflight if check_machine else None
     )
-    redact.update(secret_values(config))
-    return config
+    redact.update(deployment_secrets(deployment))
+    return deployment
 
 
 def _print_faults(exc: ConfigError) -> None:
@@ -311,20 +197,16 @@ def _print_faults(exc: ConfigError) -> None:
         print(f"{key}: {problem}", file=sys.stderr)
 
 
-def _check_config(config: Config, *, connect_too: bool) -> int:
-    """The file was loaded with the machine checks; now, if asked, try every endpoint."""
-    print(f"{config.path}: ok ({len(config.channels)} channels)")
-    if not connect_too:
-        return 0
-    reaches = anyio.run(connect, config)
-    for reach in reaches:
-        print(reach.line(), file=sys.stdout if reach.ok else sys.stderr)
-    return 0 if all(reach.ok for reach in reaches) else 1
-
-
-async def _run(config: Config, args: argparse.Namespace) -> int:
+async def _run(deployment: Deployment, args: argparse.Namespace) -> int:
+    for name, faults in deployment.broken.items():
+        log.error(
+            "merchant.config_invalid",
+            merchant=name,
+            faults=[f"{k}: {p}" for k, p in faults],
+            hint="not started; fix its file, then reload (SIGHUP)",
+        )
     daemon = Daemon(
-        config, reload=lambda: _load(args), notify=notifier(), watchdog=watchdog_interval()
+        deployment, reload=lambda: _load(args), notify=notifier(), watchdog=watchdog_interval()
     )
     await daemon.run()
     return 0
@@ -348,17 +230,18 @@ def _command(args: argparse.Namespace) -> int:
         )
     if args.command in ("status", "resync", "history", "guard"):
         return _ops(args)
-    config = _load(args, check_machine=args.command == "check-config")
+    deployment = _load(args, check_machine=args.command == "check-config")
     if args.command == "check-config":
-        return _check_config(config, connect_too=args.connect)
-    if config.daemon.database is not None and args.command in ("once", "drift"):
+        return check_config(deployment, merchant=args.merchant, connect_too=args.connect)
+    if deployment.daemon.database is not None and args.command in ("once", "drift"):
         print(_ONE_OFF_ON_POSTGRES[args.command], file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(
-        fmt=config.daemon.log_format, level=config.daemon.log_level, secrets=secret_values(config)
-    )
+    daemon = deployment.daemon
+    secrets = deployment_secrets(deployment)
+    configure_logging(fmt=daemon.log_format, level=daemon.log_level, secrets=secrets)
     if args.command == "run":
-        return anyio.run(_run, config, args)
+        return anyio.run(_run, deployment, args)
+    config = pick(deployment, args.merchant)  # once, drift: one merchant's config and state
     if args.command == "once":
         if args.dry_run:
             return anyio.run(dry_run, config, sys.stdout)
@@ -394,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         return _command(args)
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 They need only the daemon's address (`--url`, or `daemon.listen` from the file) and `resync`
 and `guard release` the admin token; none touches a channel secret (see `daemon.config.ops`).
+Each takes a merchant (`?merchant=`): `status` and `resync` default to every merchant the daemon
+serves, `guard release` needs one when it serves several.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 from pydantic import SecretStr
 
 from daemon.commands.statusview import render, with_states
+from daemon.core.errors import ConfigError
 from daemon.core.neterrors import describe_network_error
 
 __all__ = [
@@ -36,14 +39,20 @@ class DaemonUnreachable(Exception):
     """No usable answer from the daemon; the message says where and why, in one line."""
 
 
-async def fetch_status(url: str) -> dict[str, Any]:
-    """The daemon's `/status` JSON, or DaemonUnreachable."""
+def _query(merchant: str | None) -> dict[str, str]:
+    return {} if merchant is None else {"merchant": merchant}
+
+
+async def fetch_status(url: str, merchant: str | None = None) -> dict[str, Any]:
+    """The daemon's `/status` JSON (of one merchant, or all), or DaemonUnreachable."""
     try:
         async with (
             aiohttp.ClientSession() as session,
-            session.get(f"{url}/status", timeout=_TIMEOUT) as response,
+            session.get(f"{url}/status", params=_query(merchant), timeout=_TIMEOUT) as response,
         ):
             body = await response.read()
+            if response.status == 404 and merchant is not None:
+                raise DaemonUnreachable(await _no_such_merchant(url, merchant))
             if response.status != 200:
                 raise DaemonUnreachable(f"{url}/status answered HTTP {response.status}")
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -59,10 +68,31 @@ async def fetch_status(url: str) -> dict[str, Any]:
     return data
 
 
-async def show_status(url: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
-    """Print the status once: 0, or 1 when the daemon cannot be reached."""
+async def _no_such_merchant(url: str, merchant: str) -> str:
+    """Why the daemon has no such merchant: its file is broken (with the faults), or it is not
+    one of those it serves (named, if it says)."""
+    line = f"the daemon at {url} serves no merchant {merchant!r}"
     try:
-        data = await fetch_status(url)
+        served = (await fetch_status(url)).get("merchants")
+    except DaemonUnreachable:
+        return line
+    if isinstance(served, dict) and isinstance(served.get(merchant), dict):
+        # Named in its folder but not running: a file that failed validation, say why.
+        report = served[merchant]
+        faults = "".join(f"\n  {fault}" for fault in report.get("faults", []))
+        return f"merchant {merchant} is not served: {report.get('reason') or 'unknown'}{faults}"
+    if isinstance(served, dict):
+        return f"{line} (it serves: {', '.join(served) or 'none'})"
+    return f"{line} (it serves one merchant: --merchant is not needed)"
+
+
+async def show_status(
+    url: str, *, as_json: bool, merchant: str | None = None, out: TextIO = sys.stdout
+) -> int:
+    """Print the status (every merchant's, or one's) once: 0, or 1 when the daemon cannot be
+    reached or serves no such merchant."""
+    try:
+        data = await fetch_status(url, merchant)
     except DaemonUnreachable as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -82,7 +112,9 @@ def _frame(url: str, data: dict[str, Any] | None, problem: str | None, every: fl
     return f"{header}\n{body}"
 
 
-async def watch_status(url: str, *, every: float, out: TextIO = sys.stdout) -> int:
+async def watch_status(
+    url: str, *, every: float, merchant: str | None = None, out: TextIO = sys.stdout
+) -> int:
     """Redraw the status in place every `every` seconds until Ctrl-C (a live, top-like view).
 
     On a terminal the view is redrawn in place (rich); into a pipe or a file each refresh is
@@ -99,7 +131,7 @@ async def watch_status(url: str, *, every: float, out: TextIO = sys.stdout) -> i
     async def frame() -> str:
         nonlocal last
         try:
-            last = await fetch_status(url)
+            last = await fetch_status(url, merchant)
             return _frame(url, last, None, every)
         except DaemonUnreachable as exc:
             return _frame(url, last, f"{exc} (retrying)", every)
@@ -114,8 +146,8 @@ async def watch_status(url: str, *, every: float, out: TextIO = sys.stdout) -> i
             live.update(Text(await frame()), refresh=True)
 
 
-async def request_resync(url: str, token: SecretStr | None) -> int:
-    """`POST /admin/resync`; print one line; 0 when the daemon took it."""
+async def request_resync(url: str, token: SecretStr | None, *, merchant: str | None = None) -> int:
+    """`POST /admin/resync` (every merchant, or one); print one line; 0 when the daemon took it."""
     if token is None:
         print(
             "no admin token: set daemon.admin_token_env (or _file) in the config, or pass "
@@ -127,17 +159,27 @@ async def request_resync(url: str, token: SecretStr | None) -> int:
     try:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(f"{url}/admin/resync", headers=headers, timeout=_TIMEOUT) as response,
+            session.post(
+                f"{url}/admin/resync", headers=headers, params=_query(merchant), timeout=_TIMEOUT
+            ) as response,
         ):
             status = response.status
+            body = await response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
         print(f"cannot reach the daemon at {url}: {describe_network_error(exc)}", file=sys.stderr)
         return 1
     if status == 202:
-        print(f"resync started ({url}); follow it with: stocksync status --url {url} --watch")
+        which = "" if merchant is None else f" of {merchant}"
+        flag = "" if merchant is None else f" --merchant {merchant}"
+        print(
+            f"resync{which} started ({url}); follow it with: "
+            f"stocksync status --url {url}{flag} --watch"
+        )
         return 0
     if status == 401:
         print("the daemon refused the admin token (HTTP 401)", file=sys.stderr)
+    elif status == 404 and merchant is not None and _names_merchant(body):
+        print(await _no_such_merchant(url, merchant), file=sys.stderr)
     elif status == 404:
         print(
             "the daemon has no admin route (HTTP 404): its config sets no admin token",
@@ -146,6 +188,16 @@ async def request_resync(url: str, token: SecretStr | None) -> int:
     else:
         print(f"the daemon answered HTTP {status}", file=sys.stderr)
     return 1
+
+
+def _names_merchant(body: bytes) -> bool:
+    """A 404 of an admin route that is there, for a merchant it does not serve (not one from a
+    daemon without admin routes)."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(answer, dict) and "merchant" in str(answer.get("error", ""))
 
 
 def _holds(data: dict[str, Any], channel: str | None) -> list[str]:
@@ -174,10 +226,18 @@ def _operator() -> str:
 
 
 async def release_guard(
-    url: str, token: SecretStr | None, channel: str | None, *, out: TextIO = sys.stdout
+    url: str,
+    token: SecretStr | None,
+    channel: str | None,
+    *,
+    merchant: str | None = None,
+    out: TextIO = sys.stdout,
 ) -> int:
     """`stocksync guard release`: show what the guard holds (`/status`), then release it
-    (`POST /admin/guard/release`); 0 when the daemon released it or nothing was held."""
+    (`POST /admin/guard/release`); 0 when the daemon released it or nothing was held.
+
+    A daemon serving several merchants is asked about one (`merchant`); without one it is a
+    ConfigError naming them, before anything is released."""
     if token is None:
         print(
             "no admin token: set daemon.admin_token_env (or _file) in the config, or pass "
@@ -186,10 +246,16 @@ async def release_guard(
         )
         return 1
     try:
-        data = await fetch_status(url)
+        data = await fetch_status(url, merchant)
     except DaemonUnreachable as exc:
         print(exc, file=sys.stderr)
         return 1
+    served = data.get("merchants")
+    if isinstance(served, dict):
+        known = ", ".join(served) or "none"
+        raise ConfigError(
+            [("--merchant", f"required: the daemon at {url} serves several merchants ({known})")]
+        )
     if channel is not None and channel not in data.get("channels", {}):
         print(f"the daemon has no channel named {channel!r}", file=sys.stderr)
         return 1
@@ -203,7 +269,7 @@ async def release_guard(
         "Authorization": f"Bearer {token.get_secret_value()}",
         "X-Stocksync-Operator": _operator(),
     }
-    params = {} if channel is None else {"channel": channel}
+    params = _query(merchant) | ({} if channel is None else {"channel": channel})
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -220,7 +286,11 @@ async def release_guard(
         released = orjson.loads(body).get("released", {})
         for name, count in sorted(released.items()):
             print(f"{name}: {count} zeros released; they are pushed now", file=out)
-        print(f"follow them with: stocksync status --url {url}; stocksync history SKU", file=out)
+        flag = "" if merchant is None else f" --merchant {merchant}"
+        print(
+            f"follow them with: stocksync status --url {url}{flag}; stocksync history{flag} SKU",
+            file=out,
+        )
         return 0
     if status == 401:
         print("the daemon refused the admin token (HTTP 401)", file=sys.stderr)

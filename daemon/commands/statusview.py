@@ -1,7 +1,9 @@
 """`/status` as a person reads it: relative times, one word per channel, progress with an ETA.
 
 Pure functions over the JSON the daemon serves, so the same words appear in `status`,
-`status --watch` and `status --json` (which adds `state` to each channel).
+`status --watch` and `status --json` (which adds `state` to each channel). A daemon serving a
+merchants folder answers `merchants: {name: ...}`: each merchant is a block, a line with its role
+and readiness, then its keyCRM lines and channels as a single merchant's are shown.
 """
 
 from __future__ import annotations
@@ -75,7 +77,13 @@ def channel_state(channel: dict[str, Any]) -> str:
 
 
 def with_states(data: dict[str, Any]) -> dict[str, Any]:
-    """The daemon's status with `state` added to each channel (for `status --json`)."""
+    """The daemon's status with `state` added to each channel (for `status --json`), of every
+    merchant when it serves several."""
+    merchants = data.get("merchants")
+    if isinstance(merchants, dict):
+        return {**data, "merchants": {name: with_states(m) for name, m in merchants.items()}}
+    if "channels" not in data:
+        return data
     channels = {
         name: {**channel, "state": channel_state(channel)}
         for name, channel in data.get("channels", {}).items()
@@ -168,14 +176,40 @@ def _replica_line(replica: dict[str, Any]) -> str:
     return line
 
 
+def _readiness(data: dict[str, Any]) -> str:
+    return "ready" if data.get("ready") else f"NOT READY: {data.get('reason') or 'unknown'}"
+
+
 def render(data: dict[str, Any], now: float, url: str = "") -> str:
     """The whole status as lines of text (what `status` prints and `--watch` redraws)."""
-    ready = "ready" if data.get("ready") else f"NOT READY: {data.get('reason') or 'unknown'}"
     where = f" at {url}" if url else ""
-    lines = [f"stocksync {data.get('version', '?')}{where}  {ready}"]
+    lines = [f"stocksync {data.get('version', '?')}{where}  {_readiness(data)}"]
     replica = data.get("replica")
     if isinstance(replica, dict):
         lines.append(_replica_line(replica))
+    merchants = data.get("merchants")
+    if isinstance(merchants, dict):
+        unready = [name for name, merchant in merchants.items() if not merchant.get("ready")]
+        summary = f"merchants: {len(merchants) - len(unready)} of {len(merchants)} ready"
+        lines.append(summary + (f"; not ready: {', '.join(unready)}" if unready else ""))
+        for name, merchant in merchants.items():
+            lines += ["", *_merchant_lines(name, merchant, now)]
+        return "\n".join(lines)
+    lines += _merchant_body(data, now, data.get("merchant"))
+    return "\n".join(lines)
+
+
+def _merchant_lines(name: str, data: dict[str, Any], now: float) -> list[str]:
+    """One merchant of several: `merchant acme: serving, ready`, then what a single merchant's
+    status shows (a broken one: the faults of its file)."""
+    lines = [f"merchant {name}: {data.get('role', '?')}, {_readiness(data)}"]
+    lines += [f"          {fault}" for fault in data.get("faults", [])]
+    return lines + _merchant_body(data, now, name)
+
+
+def _merchant_body(data: dict[str, Any], now: float, merchant: Any) -> list[str]:
+    """keyCRM's lines, the channel table and the guard's holds of one merchant."""
+    lines: list[str] = []
     source = data.get("source")
     if isinstance(source, dict):
         lines += _source_lines(source, now)
@@ -198,14 +232,15 @@ def render(data: dict[str, Any], now: float, url: str = "") -> str:
                 f"{channel.get('rejected', 0):>8} {channel.get('acknowledged', 0):>7} "
                 f"{duration(lag) if lag else '0s':>8}  {error}"
             )
-        lines += _hold_lines(channels, now)
-    return "\n".join(lines)
+        lines += _hold_lines(channels, now, merchant)
+    return lines
 
 
-def _hold_lines(channels: dict[str, Any], now: float) -> list[str]:
+def _hold_lines(channels: dict[str, Any], now: float, merchant: Any = None) -> list[str]:
     """A channel on hold by the mass-change guard: what, since when, why, and the way out (its
     zeroes go out only when a person says so)."""
     lines = []
+    flag = f" --merchant {merchant}" if merchant not in (None, "default") else ""
     for name, channel in channels.items():
         hold = channel.get("guard")
         if not isinstance(hold, dict):
@@ -215,8 +250,8 @@ def _hold_lines(channels: dict[str, Any], now: float) -> list[str]:
             f"{ago(hold.get('since'), now)}: {hold.get('reason') or '?'}"
         )
         lines.append(
-            f"          if keyCRM is right: stocksync guard release --channel {name}; if not, "
-            "fix it (the hold ends as stock comes back)"
+            f"          if keyCRM is right: stocksync guard release{flag} --channel {name}; "
+            "if not, fix it (the hold ends as stock comes back)"
         )
     if lines:
         lines.insert(0, "")

@@ -94,7 +94,9 @@ def load_deployment(
             faults.append((name, "unknown section"))
     folder = daemon.merchants
     files = _merchant_files(folder, faults)
-    if daemon.database is None and "state" not in daemon.model_fields_set:
+    # Not `model_fields_set`: resolving the default against the file's folder sets `state` too.
+    table = document.get("daemon")
+    if daemon.database is None and not (isinstance(table, dict) and "state" in table):
         daemon = daemon.model_copy(update={"state": base_dir / DEFAULT_STATE_FOLDER})
     if check_machine is not None:
         # The listener once; each merchant's state file with its merchant below.

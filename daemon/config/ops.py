@@ -6,6 +6,10 @@ the service alone), so loading the whole config there would fail on "variable is
 doing anything. These commands read only `[daemon]`: where it listens, where its state is (a file,
 or a PostgreSQL DSN and where its password comes from), and where the admin token comes from
 (each resolved only by the command that needs it, only when it does).
+
+With `merchants = "DIR"` the state is per merchant: on SQLite `state` is a folder of
+`<merchant>.db` files (default `state/` beside the file, as `load_deployment` reads it), on
+PostgreSQL one database; `merchant_state` says where one merchant's is.
 """
 
 from __future__ import annotations
@@ -16,11 +20,21 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from daemon.config.deployment import DEFAULT_STATE_FOLDER
 from daemon.config.dsn import SCHEMES, check_dsn
+from daemon.config.settings import DEFAULT_MERCHANT, MERCHANT_ID
 from daemon.core.errors import ConfigError
 from daemon.core.secrets import read_env_secret, read_file_secret
 
-__all__ = ["OpsSettings", "admin_token", "daemon_url", "database_password", "read_ops_settings"]
+__all__ = [
+    "OpsSettings",
+    "admin_token",
+    "daemon_url",
+    "database_password",
+    "merchant_names",
+    "merchant_state",
+    "read_ops_settings",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:9108"
 
@@ -38,6 +52,8 @@ class OpsSettings:
     database: str | None = None
     state_password_env: str | None = None
     state_password_file: str | None = None
+    #: the merchants folder (`daemon.merchants`); None for a single-merchant file
+    merchants: Path | None = None
 
 
 def _string(table: dict[str, object], key: str, faults: list[tuple[str, str]]) -> str | None:
@@ -63,7 +79,10 @@ def read_ops_settings(path: Path) -> OpsSettings:
         raise ConfigError([("daemon", "must be a table")])
     faults: list[tuple[str, str]] = []
     listen = _string(table, "listen", faults) or DEFAULT_LISTEN
-    raw_state = _string(table, "state", faults) or "stocksync.db"
+    folder = _string(table, "merchants", faults)
+    merchants = None if folder is None else path.resolve().parent / folder
+    default_state = "stocksync.db" if merchants is None else DEFAULT_STATE_FOLDER
+    raw_state = _string(table, "state", faults) or default_state
     state = Path(raw_state)
     database = None
     if raw_state.startswith(SCHEMES):
@@ -88,7 +107,54 @@ def read_ops_settings(path: Path) -> OpsSettings:
         database=database,
         state_password_env=password_env,
         state_password_file=password_file,
+        merchants=merchants,
     )
+
+
+def merchant_names(settings: OpsSettings) -> list[str]:
+    """The merchants the folder names (each `*.toml` whose stem is an id), in id order;
+    `["default"]` for a single-merchant file."""
+    if settings.merchants is None:
+        return [DEFAULT_MERCHANT]
+    if not settings.merchants.is_dir():
+        return []
+    stems = (file.stem for file in settings.merchants.glob("*.toml"))
+    return sorted(stem for stem in stems if MERCHANT_ID.fullmatch(stem))
+
+
+def merchant_state(settings: OpsSettings, merchant: str | None) -> tuple[str, Path]:
+    """Whose state `history` reads, and its SQLite file (unused on PostgreSQL).
+
+    ConfigError (`--merchant`) when a folder config is not told which merchant, or is told one
+    it does not name; a single-merchant file knows only `default`.
+    """
+    names = merchant_names(settings)
+    if settings.merchants is None:
+        if merchant not in (None, DEFAULT_MERCHANT):
+            raise ConfigError(
+                [
+                    (
+                        "--merchant",
+                        f"{settings.path} serves one merchant, {DEFAULT_MERCHANT} "
+                        "(it names no daemon.merchants folder)",
+                    )
+                ]
+            )
+        return DEFAULT_MERCHANT, settings.state
+    known = ", ".join(names) or "none"
+    if merchant is None:
+        raise ConfigError(
+            [
+                (
+                    "--merchant",
+                    f"required: {settings.path} serves the merchants in {settings.merchants} "
+                    f"({known})",
+                )
+            ]
+        )
+    if merchant not in names:
+        raise ConfigError([("--merchant", f"no merchant {merchant!r} (merchants: {known})")])
+    return merchant, settings.state / f"{merchant}.db"
 
 
 def daemon_url(listen: str) -> str:

@@ -46,6 +46,8 @@ class ConfigView:
     #: publishes none, being of a version before fingerprints)
     leader_fingerprint: str | None = None
     leader_generation: int | None = None
+    #: the live replicas that run the newest generation (the only ones that will bid)
+    newest_holders: tuple[str, ...] = ()
 
     @property
     def outranked(self) -> bool:
@@ -101,13 +103,14 @@ async def beat(
             (merchant, _FORGET_AFTER),
         )
         cursor = await conn.execute(
-            "SELECT max(g.generation) FROM replica_configs r"
+            "SELECT r.holder, g.generation FROM replica_configs r"
             " JOIN config_generations g USING (merchant, fingerprint)"
             " WHERE r.merchant = %s AND r.seen_at > clock_timestamp() - make_interval(secs => %s)",
             (merchant, ttl),
         )
-        row = await cursor.fetchone()
-        newest = generation if row is None or row[0] is None else max(generation, int(row[0]))
+        live = {str(row[0]): int(row[1]) for row in await cursor.fetchall()}
+        live[holder] = generation
+        newest = max(live.values())
         cursor = await conn.execute(
             "SELECT r.fingerprint, g.generation FROM leases l"
             " JOIN replica_configs r ON r.merchant = l.merchant AND r.holder = l.holder"
@@ -123,6 +126,7 @@ async def beat(
         newest=newest,
         leader_fingerprint=None if leader is None else str(leader[0]),
         leader_generation=None if leader is None else int(leader[1]),
+        newest_holders=tuple(sorted(h for h, g in live.items() if g == newest)),
     )
 
 

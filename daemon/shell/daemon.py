@@ -193,7 +193,9 @@ class Daemon:
             raise StoreUnavailable(f"merchant {merchant} is not served now", operation="write")
         replica, queue = self.replica, served.lookups
         if replica is not None:
-            await commit_within(self._life, WEBHOOK_STORE_WAIT, lambda: replica.enqueue(skus))
+            await commit_within(
+                self._life, WEBHOOK_STORE_WAIT, lambda: replica.enqueue(merchant, skus)
+            )
             return
         if queue is None:
             raise StoreUnavailable("the state store is not open yet", operation="write")
@@ -241,12 +243,14 @@ class Daemon:
         self.metrics.config_reloads.labels(result="ok" if not deployment.broken else "error").inc()
         self.metrics.config_reload_ok.set(1)
         log.info("config.reloaded", merchants=sorted(deployment.merchants))
-        self._apply(deployment)
+        await self._apply(deployment)
         self._notify("READY=1")
 
-    def _apply(self, new: Deployment) -> None:
+    async def _apply(self, new: Deployment) -> None:
         """Restart the merchants whose config changed (every reload restarts a single
-        merchant, as before), start the added ones, stop the removed ones."""
+        merchant, as before), start the added ones, stop the removed ones. On PostgreSQL the
+        replica learns the new set (and each config's fingerprint, published with the leases):
+        a removed merchant led here drains and is handed over."""
         for name, faults in new.broken.items():
             log.error(
                 "merchant.config_invalid",
@@ -256,23 +260,36 @@ class Daemon:
                 if name in self.merchants
                 else "not started",
             )
+        added = []
         for name, config in new.merchants.items():
             served = self.merchants.get(name)
             if served is None or served.trouble is not None:
                 if served is not None:
                     served.stop()
-                self._start(name, config)
+                added.append(self._start(name, config))
             elif self.single or config != served.config:
-                if self.replica is not None:  # published with the next lease step
-                    self.replica.keeper.fingerprint = config_fingerprint(config)
                 served.reload(config)
+        removed = []
         for name in set(self.merchants) - set(new.merchants) - set(new.broken):
             log.info("merchant.removed", merchant=name)
-            removed = self.merchants.pop(name)
-            removed.removed = True
-            removed.stop()
-            if removed.store is None:  # never opened, or already closed: nothing records
-                self.metrics.forget_merchant(name)
+            gone = self.merchants.pop(name)
+            gone.removed = True
+            gone.stop()
+            removed.append(gone)
+        replica = self.replica
+        if replica is not None:
+            fingerprints = {n: config_fingerprint(s.config) for n, s in self.merchants.items()}
+            fingerprints.update({n: config_fingerprint(c) for n, c in new.merchants.items()})
+            try:
+                await replica.set_merchants(list(self.merchants), fingerprints)
+            except StoreUnavailable as exc:
+                log.error("replica.merchants_not_updated", error=str(exc))  # noqa: TRY400
+            for served in added:
+                if served.name in replica.stores:
+                    self._attach(served)
+        for gone in removed:
+            if gone.store is None or replica is not None:  # nothing of it records any more
+                self.metrics.forget_merchant(gone.name)
         kept = {n: self.merchants[n].config for n in new.broken if n in self.merchants}
         self.deployment = Deployment(
             new.path,
@@ -284,22 +301,24 @@ class Daemon:
         self._scrub = scrubber(_secrets(self.deployment))
         self.metrics.set_broken(self.deployment.broken)
 
-    def _start(self, name: str, config: Config) -> None:
-        """A merchant added (or fixed) by a reload: served from now on."""
+    def _start(self, name: str, config: Config) -> ServedMerchant:
+        """A merchant added (or fixed) by a reload: served from now on (on PostgreSQL, once
+        the replica has its store, and led wherever the share-out gives it)."""
         served = self._served(config)
         self.merchants[name] = served
         if self._serving is not None and self.replica is None:
             self._serving.start_soon(self._open_and_serve, served)
         log.info("merchant.added", merchant=name)
+        return served
 
     # --- HTTP controller -------------------------------------------------------------------------
 
     async def refresh_metrics(self) -> None:
         replica = self.replica
         for name, served in list(self.merchants.items()):
-            if replica is not None:
-                differs = replica.config_differs()
-                self.metrics.config_mismatch.labels(merchant=name).set(1 if differs else 0)
+            if replica is not None and name in replica.keepers:
+                differs = replica.config_differs(name)
+                served.view.config_mismatch.set(1 if differs else 0)
             await served.refresh_metrics()
 
     async def readiness(self) -> str | None:
@@ -310,7 +329,7 @@ class Daemon:
         if not self.started.is_set():
             return "starting"
         if self.replica is not None:
-            return self.replica.store.health.reason
+            return self.replica.health.reason
         return None  # each merchant's own trouble is in /status
 
     def _merchant_readiness(self, served: ServedMerchant) -> str | None:
@@ -326,7 +345,8 @@ class Daemon:
         Not a reason to be unready: a standby serves webhooks whatever its config, and a
         Kubernetes rolling update (`maxUnavailable: 0`) waits for the new pods, which differ
         from the leader until one of them leads, to be ready."""
-        if self.replica is not None and self.replica.config_differs():
+        replica = self.replica
+        if replica is not None and any(replica.config_differs(n) for n in replica.keepers):
             return CONFIG_DIFFERS
         return None
 
@@ -345,8 +365,14 @@ class Daemon:
             report.update({"ready": reason is None, "reason": reason})
             report["merchants"] = await self._merchant_reports()
         if self.replica is not None:
+            shown = (
+                merchant if merchant is not None else (self._sole().name if self.single else None)
+            )
             try:
-                report["replica"] = await self.replica.status()
+                if shown is not None:
+                    report["replica"] = await self.replica.status(shown)
+                else:
+                    report["replicas"] = self.replica.replicas_status()
             except Exception as exc:
                 report["replica"] = {"error": f"cannot read the lease: {type(exc).__name__}"}
         # Errors quote channel answers; a channel that echoes our credentials must not leak them.
@@ -367,7 +393,9 @@ class Daemon:
                 }
                 continue
             reason = self._merchant_readiness(served)
-            role = "standby" if self.replica is not None and not served.leading else "serving"
+            role = "serving"
+            if self.replica is not None:
+                role = "leading" if served.leading else "standby"
             reports[name] = {"ready": reason is None, "role": role, "reason": reason}
             reports[name].update(await served.sections())
         return reports
@@ -427,25 +455,22 @@ class Daemon:
                 self.metrics.forget_merchant(served.name)
 
     async def _run_replicated(self, dsn: str) -> None:
-        """On PostgreSQL: one of several replicas, leading the merchant while it holds the
-        lease (`daemon.replicas`), a useful standby otherwise."""
+        """On PostgreSQL: one of several replicas, leading its share of the merchants (each
+        while it holds that merchant's lease, `daemon.replicas`), a useful standby for the rest."""
         settings = self.deployment.daemon
         password = settings.database_password
-        served = self._sole()
         replica = await Replica.open(
             dsn,
-            served.name,
+            list(self.merchants),
             password=None if password is None else password.get_secret_value(),
             ttl=settings.lease_ttl,
-            fingerprint=config_fingerprint(served.config),
+            fingerprint={n: config_fingerprint(s.config) for n, s in self.merchants.items()},
+            drain_timeout=settings.shutdown_timeout,
         )
         self.replica = replica
-        served.store = replica.store
-        replica.store.health.on_error = lambda op: self.metrics.store_errors.labels(
-            operation=op
-        ).inc()
-        served.view.leader.set(0)
-        served.budget.on_done = replica.record_request
+        replica.health.on_error = lambda op: self.metrics.store_errors.labels(operation=op).inc()
+        for served in self.merchants.values():
+            self._attach(served)
         try:
             await self._live(replica)
         finally:
@@ -453,6 +478,15 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await replica.close()
             log.info("daemon.stopped")
+
+    def _attach(self, served: ServedMerchant) -> None:
+        """A merchant's share of the replica: its fenced store, its keyCRM window counted in
+        the database (whoever leads next inherits it), a standby until it leads."""
+        replica = self.replica
+        assert replica is not None
+        served.store = replica.stores[served.name]
+        served.budget.on_done = functools.partial(replica.record_request, served.name)
+        served.view.leader.set(0)
 
     async def _live(self, replica: Replica | None = None) -> None:
         app = build_app(
@@ -500,25 +534,38 @@ class Daemon:
             self._serving = None
 
     async def _follow(self, replica: Replica) -> None:
-        """Lead whenever this replica holds the lease, stand by otherwise, until a stop."""
-        served = self._sole()
+        """Lead each merchant while this replica holds its lease, stand by otherwise, until a
+        stop; a merchant handed over (a replica joined) drains before its lease is released."""
         async with anyio.create_task_group() as roles:
-            roles.start_soon(replica.keeper.lead, functools.partial(self._lead, served))
+            roles.start_soon(replica.lead, self._lead, self._drain)
+            self._check_started()
             await self._terminate.wait()
-            if served.leading:
-                await served.led.wait()  # the leader's pipeline drains first
+            for served in list(self.merchants.values()):
+                if served.leading:
+                    await served.led.wait()  # the leaders' pipelines drain first
             roles.cancel_scope.cancel()
 
-    async def _lead(self, served: ServedMerchant, lease: Lease) -> None:
+    def _drain(self, merchant: str) -> None:
+        """The merchant is handed over to another replica: its pipeline drains, `_lead`
+        returns, and the keeper releases the lease (cancelled if it overruns)."""
+        served = self.merchants.get(merchant)
+        if served is not None:
+            served.end_pipeline()
+
+    async def _lead(self, lease: Lease) -> None:
         replica = self.replica
         assert replica is not None
+        served = self.merchants.get(lease.merchant)
+        if served is None:  # removed by a reload meanwhile: the replica hands it over
+            return
+        name = served.name
         await served.lead(
             lease,
-            replica.store,
-            inherit=replica.inherit_budget,
+            replica.stores[name],
+            inherit=functools.partial(replica.inherit_budget, name),
             consume=replica.consume_lookups,
-            enqueue=replica.enqueue_uncapped,
-            may_push=replica.keeper.leading,
+            enqueue=functools.partial(replica.enqueue_uncapped, name),
+            may_push=replica.keepers[name].leading,
             listen=self.deployment.daemon.listen,
             port=self.bound_port,
         )
@@ -534,10 +581,10 @@ class Daemon:
         ]
         if self.replica is None and waiting:
             return
-        if self.replica is not None and not any(
+        if self.replica is not None and self.single and not any(
             s.started.is_set() for s in self.merchants.values()
         ):
-            return
+            return  # a single merchant's standby has started once it leads (as before)
         self._notify("READY=1")
         channels = sum(len(s.config.channels) for s in self.merchants.values())
         self._notify(f"STATUS=syncing {channels} channels")

@@ -246,6 +246,8 @@ class ServedMerchant:
         on this process's own clock."""
         _log_as(self.name)
         self.store = store
+        if not self._stopping:  # a drain (handed over) ended the last tenure: this one is new
+            self._stop = anyio.Event()
         self.leading, self.led = True, anyio.Event()
         self.view.leader.set(1)
         log.info("replica.leading", merchant=self.name, epoch=lease.epoch)

@@ -110,8 +110,15 @@ class Backend:
     async def kill_moment(
         self, rng: random.Random, role: Callable[[], Awaitable[str | None]]
     ) -> bool:
-        """Wait for the moment to kill the process just started; whether it counts as a kill."""
-        await anyio.sleep(rng.uniform(0.4, 1.6))
+        """Wait for the moment to kill the process just started; whether it counts as a kill.
+
+        The moment is counted from when the process has made its state file (its imports take
+        from under a second to several on a loaded machine): a kill before that proves nothing,
+        and a run of them would leave no state at all. Kills during the rest of start-up
+        (recovery, the listener, the first scan) stay in the window."""
+        state = self.world.tmp_path / "state.db"
+        await eventually(state.exists, timeout=30)
+        await anyio.sleep(rng.uniform(0.0, 1.6))
         return True
 
     def make_due(self) -> None:
@@ -166,6 +173,7 @@ class Postgres(Backend):
 
     def make_due(self) -> None:
         with psycopg.connect(self.dsn) as db:
+            db.execute("SET search_path TO stocksync_default, public")
             db.execute("UPDATE items SET next_attempt = 0, due_at = 0 WHERE status = 'pending'")
 
     def queued(self) -> list[tuple[object, ...]]:

@@ -182,7 +182,7 @@ async def test_a_failed_unclaim_does_not_replace_the_look_ups_error(
     try:
         lease = await replica.keeper.step()
         assert lease is not None
-        await replica.enqueue(["A"])
+        await replica.enqueue(M, ["A"])
 
         async def unclaim(*_args: object) -> None:
             raise psycopg.OperationalError("server closed the connection unexpectedly")

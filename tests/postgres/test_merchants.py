@@ -58,7 +58,7 @@ async def test_an_old_database_keeps_its_state_as_merchant_default(pg_dsn: str) 
         await write(old, "A", 3, at=10.0)
         before = await state(old)
         async with pool.connection() as conn:
-            assert await migrate(conn) == [7]
+            assert await migrate(conn) == [7, 8]
             cursor = await conn.execute(
                 "SELECT to_regclass('public.items'), to_regclass('stocksync_default.items')"
             )

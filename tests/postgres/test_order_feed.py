@@ -44,6 +44,8 @@ async def test_a_new_leader_continues_from_the_stored_watermark(
     leader = await leader_elected(replicas)
     standby = "b" if leader == "a" else "a"
     await eventually(lambda: len(polls(world)) >= 2, timeout=20)
+    # A loaded machine may still be starting the standby's process: wait for it to answer.
+    await eventually(lambda: _answers(replicas, standby), timeout=20)
     status = await replicas.status(standby)
     assert status is not None and "order_feed" not in str(status.get("source"))  # it polls not
     world.keycrm.scan_gate = anyio.Event()  # the new leader's first scan carries nothing
@@ -64,3 +66,7 @@ async def test_a_new_leader_continues_from_the_stored_watermark(
         assert first.split(",")[0] <= keycrm_time(killed)  # from the old leader's watermark
     finally:
         world.keycrm.scan_gate.set()
+
+
+async def _answers(replicas: Replicas, name: str) -> bool:
+    return await replicas.status(name) is not None

@@ -75,9 +75,9 @@ async def test_webhooks_taken_by_any_replica_are_looked_up_by_the_leader(
             tg.start_soon(running.serve)
         leader = await until(lambda: leader_of(group), timeout=5)
         standbys = [r for r in group if r is not leader]
-        await standbys[0].replica.enqueue(["A", "B"])
-        await standbys[1].replica.enqueue(["C"])
-        await leader.replica.enqueue(["D"])
+        await standbys[0].replica.enqueue(M, ["A", "B"])
+        await standbys[1].replica.enqueue(M, ["C"])
+        await leader.replica.enqueue(M, ["D"])
 
         async def all_handled() -> bool | None:
             return True if len(handled) == 4 else None
@@ -85,10 +85,14 @@ async def test_webhooks_taken_by_any_replica_are_looked_up_by_the_leader(
         await until(all_handled, timeout=5)
         assert {name for name, _ in handled} == {leader.replica.keeper.holder}
         assert sorted(sku for _, sku in handled) == ["A", "B", "C", "D"]
-        status = await standbys[0].replica.status()
+
+        async def queue_empty() -> bool | None:  # `done` follows the last `handle` shortly
+            return True if (await standbys[0].replica.status(M))["lookups_queued"] == 0 else None
+
+        await until(queue_empty, timeout=5)
+        status = await standbys[0].replica.status(M)
         assert status["role"] == "standby" and status["leader"] == leader.replica.keeper.holder
-        assert status["lookups_queued"] == 0
-        assert (await leader.replica.status())["role"] == "leader"
+        assert (await leader.replica.status(M))["role"] == "leader"
         tg.cancel_scope.cancel()
 
 
@@ -110,7 +114,7 @@ async def test_a_lookup_the_dead_leader_held_is_done_by_the_next_one(
         tg.start_soon(group[0].serve)
         await until(lambda: leader_of(group), timeout=5)
         tg.start_soon(group[1].serve)
-        await replicas[1].enqueue(["A"])
+        await replicas[1].enqueue(M, ["A"])
         await stuck.wait()  # the leader claimed it and hangs in the look-up
         died = time.monotonic()
         group[0].scope.cancel()  # SIGKILL, as far as the database can tell: no release
@@ -137,7 +141,7 @@ async def test_a_graceful_stop_hands_the_lease_over_at_once(pg_dsn: str) -> None
         first = group[0]
         first_epoch = first.replica.keeper.lease().epoch  # type: ignore[union-attr]
         first.scope.cancel()
-        await first.replica.keeper.release()
+        await first.replica.leave()
         stopped = time.monotonic()
 
         async def second_leads() -> bool | None:
@@ -157,7 +161,7 @@ async def test_a_failed_lookup_goes_back_to_the_queue(replicas: list[Replica]) -
         await tg.start(replica.run)
         lease = replica.keeper.lease()
         assert lease is not None
-        await replica.enqueue(["A"])
+        await replica.enqueue(M, ["A"])
 
         async def fail(skus: list[str]) -> None:
             raise RuntimeError("keyCRM is down")
@@ -180,7 +184,7 @@ async def test_a_new_leader_inherits_its_predecessors_keycrm_window(
     replicas: list[Replica],
 ) -> None:
     for _ in range(3):
-        await replicas[0].record_request()
+        await replicas[0].record_request(M)
     budget = RequestBudget(limit=60, window=60.0)
-    assert await replicas[1].inherit_budget(budget) == 3
+    assert await replicas[1].inherit_budget(M, budget) == 3
     assert budget.sent_in_window() == 3

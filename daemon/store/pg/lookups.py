@@ -20,7 +20,7 @@ reconnect, a transaction-mode pooler that drops LISTEN) only delays a look-up.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -141,8 +141,9 @@ async def depth(conn: AsyncConnection[TupleRow], merchant: str) -> tuple[int, fl
 
 
 class Wakeup:
-    """LISTENs on its own connection: wakes the leader when its merchant's queue grows, and
-    tells a standby (`on_released`) when the leader released its lease.
+    """LISTENs on its own connection for every merchant this replica serves: wakes the leader
+    of a merchant whose queue grows, and tells a standby (`on_released(merchant)`) when a
+    merchant's leader released its lease. One connection for all merchants, however many.
 
     It needs a real session: point `dsn` past a transaction-mode pooler (the leader polls the
     queue anyway, so without notifications look-ups only wait for the next poll).
@@ -151,37 +152,71 @@ class Wakeup:
     def __init__(
         self,
         dsn: str,
-        merchant: str,
+        merchants: str | Iterable[str] = (),
         *,
         password: str | None = None,
         retry: float = 1.0,
-        on_released: Callable[[], None] | None = None,
+        on_released: Callable[[str], None] | None = None,
     ) -> None:
         self.dsn = dsn
-        #: called when the merchant's leader released its lease (a standby should bid now)
+        #: called with the merchant whose leader released its lease (a standby should bid now)
         self.on_released = on_released
-        self.merchant = merchant
+        self._merchants = {merchants} if isinstance(merchants, str) else set(merchants)
         self._password = password
         self._retry = retry
-        self._pending = False
-        self._event = anyio.Event()
+        self._pending: set[str] = set()  # merchants notified since their last `wait`
+        self._events: dict[str, anyio.Event] = {}
         self.connected = False
 
-    def _wake(self) -> None:
-        self._pending = True
-        self._event.set()
-        self._event = anyio.Event()
+    def watch(self, merchant: str) -> None:
+        """Pass on this merchant's notifications too (a merchant added by a reload)."""
+        self._merchants.add(merchant)
 
-    async def wait(self, poll: float = math.inf) -> bool:
-        """Until a notification arrives (or came since the last call), at most `poll` seconds.
+    def unwatch(self, merchant: str) -> None:
+        """Ignore this merchant's notifications from now on (a merchant removed)."""
+        self._merchants.discard(merchant)
+        self._pending.discard(merchant)
+        self._events.pop(merchant, None)
 
-        True if notified; False when the caller should poll anyway.
-        """
-        if not self._pending:
+    def _wake(self, merchant: str) -> None:
+        self._pending.add(merchant)
+        event = self._events.pop(merchant, None)
+        if event is not None:
+            event.set()
+
+    def _only(self) -> str:
+        if len(self._merchants) != 1:
+            raise ValueError("name the merchant: this listener serves several")
+        return next(iter(self._merchants))
+
+    async def wait(self, poll: float = math.inf, merchant: str | None = None) -> bool:
+        """Until a notification for `merchant` (default: the only one) arrives, or came since
+        the last call, at most `poll` seconds. True if notified; False when the caller should
+        poll anyway."""
+        name = self._only() if merchant is None else merchant
+        if name not in self._pending:
+            event = self._events.setdefault(name, anyio.Event())
             with anyio.move_on_after(poll):
-                await self._event.wait()
-        notified, self._pending = self._pending, False
+                await event.wait()
+        notified = name in self._pending
+        self._pending.discard(name)
         return notified
+
+    async def _dispatch(self, conn: AsyncConnection[TupleRow]) -> None:
+        notifies = conn.notifies()
+        try:
+            async for notify in notifies:
+                merchant = notify.payload
+                if merchant not in self._merchants:
+                    continue
+                if notify.channel == RELEASED:
+                    if self.on_released is not None:
+                        self.on_released(merchant)
+                else:
+                    self._wake(merchant)
+        finally:  # the generator holds the connection's lock: `close` would wait for it
+            with anyio.CancelScope(shield=True):
+                await notifies.aclose()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled, reconnecting; `started` once the first LISTEN is in place
@@ -191,23 +226,21 @@ class Wakeup:
         while True:
             try:
                 conn = await connect(self.dsn, password=self._password, autocommit=True)
-                async with conn:
+                try:
                     await conn.execute("LISTEN " + CHANNEL)
                     await conn.execute("LISTEN " + RELEASED)
                     self.connected, failing = True, False
-                    if started:
-                        self._wake()  # notifications sent while we were away are lost: poll
+                    if started:  # notifications sent while we were away are lost: poll
+                        for merchant in list(self._merchants):
+                            self._wake(merchant)
                     else:
                         started = True
                         task_status.started()
-                    async for notify in conn.notifies():
-                        if notify.payload != self.merchant:
-                            continue
-                        if notify.channel == RELEASED:
-                            if self.on_released is not None:
-                                self.on_released()
-                        else:
-                            self._wake()
+                    await self._dispatch(conn)
+                finally:
+                    # Shielded: a cancelled close leaves the session open until the GC finds it.
+                    with anyio.CancelScope(shield=True):
+                        await conn.close()
             except PsycopgError as exc:
                 if not failing:
                     log.warning("lookups.listen_failed", error=type(exc).__name__)

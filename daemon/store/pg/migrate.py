@@ -330,6 +330,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             " (2, 'item counts kept once per statement')",
         ),
     ),
+    Migration(
+        8,
+        "replica membership: one heartbeat row per live replica",
+        # daemon/replicas/members.py: a replica is live while its row has not expired (database
+        # clock); merchants are shared out over the live ones (daemon/replicas/assignment.py).
+        (
+            """
+            CREATE TABLE replica_members (
+                holder text PRIMARY KEY,
+                expires_at timestamptz NOT NULL,
+                joined_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """,
+        ),
+    ),
 )
 
 
