@@ -230,7 +230,8 @@ def _command(args: argparse.Namespace) -> int:
         )
     if args.command in ("status", "resync", "history", "guard"):
         return _ops(args)
-    deployment = _load(args, check_machine=args.command == "check-config")
+    # `run` and `check-config` share one preflight: they refuse the same things, alike.
+    deployment = _load(args, check_machine=args.command in ("check-config", "run"))
     if args.command == "check-config":
         return check_config(deployment, merchant=args.merchant, connect_too=args.connect)
     if deployment.daemon.database is not None and args.command in ("once", "drift"):

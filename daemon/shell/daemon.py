@@ -581,8 +581,10 @@ class Daemon:
         ]
         if self.replica is None and waiting:
             return
-        if self.replica is not None and self.single and not any(
-            s.started.is_set() for s in self.merchants.values()
+        if (
+            self.replica is not None
+            and self.single
+            and not any(s.started.is_set() for s in self.merchants.values())
         ):
             return  # a single merchant's standby has started once it leads (as before)
         self._notify("READY=1")

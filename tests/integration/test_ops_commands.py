@@ -238,11 +238,10 @@ async def test_port_in_use_is_one_line(world: World) -> None:
         path = world.write_config()
         path.write_text(path.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
         code, _, err = await cli("run", "-c", str(path), env=dict(os.environ))
-    assert code == 1
+    # run's preflight (check-config's) refuses before anything starts: one line, no log.
+    assert code == 2
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        f"cannot listen on 127.0.0.1:{port}: address already in use"
-    )
+    assert err.strip() == f"daemon.listen: port {port} on 127.0.0.1 is in use by another program"
 
 
 async def test_watch_redraws_until_interrupted_and_a_closed_pipe_is_quiet(world: World) -> None:
