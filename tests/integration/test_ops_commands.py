@@ -181,6 +181,9 @@ async def test_history_filters_newest_first(world: World) -> None:
 
     code, out, _ = await cli("history", "--state", state, "SKU-00002", "--channel", "web", "--json")
     assert {r["channel"] for r in orjson.loads(out)} == {"web"}
+    code, out, err = await cli("history", "--state", state, "SKU-00002", "--channel", "nope")
+    assert (code, out) == (2, "")  # a typo is named, not "no pushes recorded"
+    assert err.strip() == "--channel: no channel 'nope' in this state (channels: pos, web)"
 
     code, out, _ = await cli("history", "--state", state, "SKU-00002", "--limit", "1")
     lines = out.splitlines()
