@@ -191,7 +191,8 @@ async def test_a_damaged_state_file_is_one_clear_line(world: World, content: byt
     assert result.returncode == 2, err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if "state.db" in line]
-    assert len(lines) == 1 and "Move it aside" in lines[0]
+    # The preflight's line (a foreign header) or the store's (a damaged database): either way one.
+    assert len(lines) == 1 and "move it a" in lines[0].lower()
 
 
 async def test_a_restart_plans_again_only_when_the_rules_changed(world: World) -> None:
