@@ -254,7 +254,12 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "drift":
         return anyio.run(
             lambda: run_drift(
-                config, channel=args.channel, as_json=args.json, share=args.share, out=sys.stdout
+                config,
+                channel=args.channel,
+                as_json=args.json,
+                share=args.share,
+                out=sys.stdout,
+                progress_every=args.progress_every,
             )
         )
     raise AssertionError(args.command)  # pragma: no cover
