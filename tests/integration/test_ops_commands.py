@@ -352,8 +352,13 @@ async def test_an_unusable_state_file_is_one_line(world: World) -> None:
     path = world.write_config(daemon=f'state = "{blocker / "state.db"}"')
     text = path.read_text().replace(f'state = "{world.tmp_path / "state.db"}"\n', "", 1)
     path.write_text(text)
-    for command in ("run", "once"):
-        code, _, err = await cli(command, "-c", str(path), env=dict(os.environ))
-        assert code == 1, err
-        assert "Traceback" not in err
-        assert err.strip().splitlines()[-1].startswith(f"cannot use {blocker}")
+    code, _, err = await cli("once", "-c", str(path), env=dict(os.environ))
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"cannot use {blocker}")
+    # run refuses in its preflight, as check-config does: the same one line, exit 2
+    code, _, err = await cli("run", "-c", str(path), env=dict(os.environ))
+    assert code == 2, err
+    assert err.strip() == (
+        f"daemon.state: folder {blocker} does not exist and cannot be made: {blocker} is a file"
+    )
