@@ -19,6 +19,10 @@ Benchmarks (`--only` takes a comma-separated list of these names):
 - orderfeed a real daemon at 60 keyCRM requests a minute, no webhook, N SKUs (default 100,000),
             one order a second for `--seconds` (60): from each order to every channel holding its
             stock (p99, max), the feed's keyCRM requests a minute; beside a run with the feed off
+- merchants one real daemon serving `--merchants` merchants (200) x `--skus` SKUs each (5,000)
+            x 2 channels through a first sync and a resync: peak memory, worst /healthz,
+            webhook freshness at one change/s per merchant (`--seconds`), CPU per acknowledged
+            item against a single-merchant daemon
 
 `--skus` sets every benchmark's size (default: each its own, 20,000 for resync); `--big` runs the
 million-SKU sizes (ingest, memory, resync), which take many minutes. The real daemon runs as
@@ -43,7 +47,17 @@ from typing import NamedTuple
 import anyio
 import orjson
 
-from bench import baseline, failover, growth, ingest, orderfeed, rate, resync, throughput
+from bench import (
+    baseline,
+    failover,
+    growth,
+    ingest,
+    merchants,
+    orderfeed,
+    rate,
+    resync,
+    throughput,
+)
 from bench.options import Options
 from bench.report import Figure, Skipped, table
 from daemon.shell.logs import configure_logging
@@ -60,6 +74,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "ha": failover.run,
     "store": throughput.run,
     "orderfeed": orderfeed.run,
+    "merchants": merchants.run,
 }
 
 
@@ -114,6 +129,7 @@ def report(names: list[str], options: Options, outcome: Outcome) -> bytes:
                 "channels": options.channels,
                 "lease_ttl": options.lease_ttl,
                 "feed_interval": options.feed_interval,
+                "merchants": options.merchants,
             },
             "benchmarks": names,
             "seconds": round(outcome.seconds, 1),
@@ -151,7 +167,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true", help="the million-SKU sizes (slow)")
     parser.add_argument("--items", type=int, default=3000, help="items for the rate benchmark")
     parser.add_argument(
-        "--seconds", type=float, help="growth (30), orderfeed (60): how long to drive changes"
+        "--seconds",
+        type=float,
+        help="growth (30), orderfeed (60), merchants (30): how long to drive changes",
     )
     parser.add_argument("--change-rate", type=float, default=100.0, help="growth: changes/s")
     parser.add_argument("--channels", type=int, default=2, help="resync: channels (2 or 4)")
@@ -160,6 +178,9 @@ def cli(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--feed-interval", type=float, default=15.0, help="orderfeed: order_feed_interval in s"
+    )
+    parser.add_argument(
+        "--merchants", type=int, default=200, help="merchants: how many (each of --skus SKUs)"
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument("--child", choices=("idle", "stocksync", "naive"), help=argparse.SUPPRESS)
@@ -179,6 +200,7 @@ def cli(argv: list[str] | None = None) -> int:
             big=args.big,
             lease_ttl=args.lease_ttl,
             feed_interval=args.feed_interval,
+            merchants=args.merchants,
         )
         outcome = anyio.run(main, args.only, options)
     print(table(outcome.figures))

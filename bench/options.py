@@ -23,6 +23,7 @@ class Options:
     lease_ttl: float = 15.0
     #: orderfeed: the daemon's `order_feed_interval`, in seconds
     feed_interval: float = 15.0
+    merchants: int = 200
 
     def size(self, default: int, big: int | None = None) -> int:
         if self.skus is not None:

@@ -234,10 +234,19 @@ poll_interval = "{poll_interval}"
 
 
 class DaemonProcess:
-    """`stocksync run -c FILE` as a child process, with its HTTP listener on a known port."""
+    """`stocksync run -c FILE` (or `command -c FILE`) as a child process, with its HTTP
+    listener on a known port."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        port: int,
+        env: dict[str, str],
+        log: Path,
+        command: tuple[str, ...] = ("-m", "daemon", "run"),
+    ) -> None:
         self.config = config
+        self.command = command
         self.port = port
         self.env = {**os.environ, **env}
         self.log = log
@@ -249,7 +258,7 @@ class DaemonProcess:
         self.started_at = time.monotonic()
         with self.log.open("ab") as log:
             self.process = await anyio.open_process(
-                [sys.executable, "-m", "daemon", "run", "-c", str(self.config)],
+                [sys.executable, *self.command, "-c", str(self.config)],
                 env=self.env,
                 stdin=None,
                 stdout=log,

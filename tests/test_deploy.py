@@ -7,13 +7,16 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from adapters import ADAPTERS
+from daemon.config.deployment import load_deployment
 from daemon.config.settings import load_config
 from daemon.core.telemetry import Metrics
 
@@ -21,6 +24,8 @@ ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s" / "base"
 HA = DEPLOY / "k8s" / "ha"
+MERCHANTS = DEPLOY / "k8s" / "merchants"
+SYSTEMD_MERCHANTS = DEPLOY / "systemd" / "merchants"
 
 
 def tool(name: str) -> str:
@@ -130,19 +135,13 @@ def test_kubernetes_config_is_a_valid_stocksync_config(
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    analyze = tool("systemd-analyze")
-    stocksync = shutil.which("stocksync", path=str(Path(os.sys.executable).parent))
-    assert stocksync is not None
     unit = (DEPLOY / "systemd" / "stocksync.service").read_text()
     assert (
         "Type=notify" in unit
         and "WatchdogSec=" in unit
         and "ExecReload=/bin/kill -HUP $MAINPID" in unit
     )
-    # verify checks that ExecStart exists: point it at this environment's command.
-    local = tmp_path / "stocksync.service"
-    local.write_text(unit.replace("/opt/stocksync/bin/stocksync", stocksync))
-    run(analyze, "verify", str(local))
+    _verify_unit(tmp_path)
 
 
 def test_systemd_example_config_reads_its_secrets_from_credentials(
@@ -244,14 +243,27 @@ def _documents(path: Path) -> list[dict[str, object]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def _render_ha(tmp_path: Path) -> list[dict[str, object]]:
+def _render(overlay: Path, tmp_path: Path) -> list[dict[str, object]]:
     """The overlay as kustomize builds it (kubectl's built-in kustomize); skipped without it."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (its kustomize renders the overlay)")
-    rendered = tmp_path / "ha.yaml"
-    rendered.write_text(run(kubectl, "kustomize", str(HA)))
+    rendered = tmp_path / f"{overlay.name}.yaml"
+    rendered.write_text(run(kubectl, "kustomize", str(overlay)))
     return _documents(rendered)
+
+
+def _validate_strict(documents: list[dict[str, object]], tmp_path: Path, *extra: Path) -> None:
+    """kubernetes-validate --strict over every core resource (not the operator's) and `extra`."""
+    validate = tool("kubernetes-validate")
+    core = []
+    for index, doc in enumerate([*documents, *(d for p in extra for d in _documents(p))]):
+        if str(doc["apiVersion"]).startswith("monitoring.coreos.com/"):
+            continue
+        path = tmp_path / f"{index}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        core.append(str(path))
+    run(validate, "--strict", *core)
 
 
 def test_kubernetes_base_still_applies_from_deploy_k8s() -> None:
@@ -306,8 +318,7 @@ def test_kubernetes_ha_config_is_a_valid_postgresql_config(
 
 
 def test_kubernetes_ha_overlay_renders_and_validates(tmp_path: Path) -> None:
-    validate = tool("kubernetes-validate")
-    documents = _render_ha(tmp_path)
+    documents = _render(HA, tmp_path)
     kinds = {str(doc["kind"]): doc for doc in documents}
     assert "PersistentVolumeClaim" not in kinds  # the state is in PostgreSQL
     assert {"Deployment", "PodDisruptionBudget", "ConfigMap", "Service"} <= set(kinds)
@@ -315,12 +326,189 @@ def test_kubernetes_ha_overlay_renders_and_validates(tmp_path: Path) -> None:
     assert deployment["spec"]["replicas"] == 3  # type: ignore[index]
     volumes = deployment["spec"]["template"]["spec"]["volumes"]  # type: ignore[index]
     assert not any("persistentVolumeClaim" in v for v in volumes)
-    core = []
-    for index, doc in enumerate(documents):
-        if str(doc["apiVersion"]).startswith("monitoring.coreos.com/"):
-            continue
-        path = tmp_path / f"{index}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        core.append(str(path))
-    core.append(str(HA / "db-secret.example.yaml"))
-    run(validate, "--strict", *core)
+    _validate_strict(documents, tmp_path, HA / "db-secret.example.yaml")
+
+
+def _verify_unit(tmp_path: Path, drop_in: Path | None = None) -> str:
+    """`systemd-analyze verify` of the unit (and a drop-in beside it, as systemd finds one)."""
+    analyze = tool("systemd-analyze")
+    stocksync = shutil.which("stocksync", path=str(Path(os.sys.executable).parent))
+    assert stocksync is not None
+    unit = (DEPLOY / "systemd" / "stocksync.service").read_text()
+    # verify checks that ExecStart exists: point it at this environment's command.
+    local = tmp_path / "stocksync.service"
+    local.write_text(unit.replace("/opt/stocksync/bin/stocksync", stocksync))
+    if drop_in is not None:
+        folder = tmp_path / "stocksync.service.d"
+        folder.mkdir(exist_ok=True)
+        (folder / "merchants.conf").write_text(drop_in.read_text())
+    return run(analyze, "verify", str(local))
+
+
+def _credentials_as_systemd_loads_them(unit: str, root: Path, into: Path) -> None:
+    """What `LoadCredential=ID:PATH` puts in $CREDENTIALS_DIRECTORY (PATH under `root`): a file
+    as ID; a folder's files, recursively, as ID_<path below the folder, '/' made '_'>
+    (systemd.exec(5), Credentials; src/core/exec-credential.c). An empty one resets the list."""
+    lines: list[str] = []
+    for line in unit.splitlines():
+        if line.startswith("LoadCredential="):
+            value = line.removeprefix("LoadCredential=")
+            lines = [*lines, value] if value else []
+    into.mkdir()
+    for line in lines:
+        name, path = line.split(":", 1)
+        source = root / path.lstrip("/")
+        if source.is_dir():
+            for file in sorted(p for p in source.rglob("*") if p.is_file()):
+                sub = file.relative_to(source).as_posix().replace("/", "_")
+                (into / f"{name}_{sub}").write_bytes(file.read_bytes())
+        else:
+            (into / name).write_bytes(source.read_bytes())
+
+
+def _file_secrets(node: object) -> list[str]:
+    """Every `*_file` value of a TOML document: the credentials it names."""
+    if isinstance(node, list):
+        return [s for item in node for s in _file_secrets(item)]
+    if isinstance(node, dict):
+        return [
+            s
+            for key, value in node.items()
+            for s in ([value] if key.endswith("_file") else _file_secrets(value))
+        ]
+    return []
+
+
+def test_systemd_merchants_drop_in_verifies(tmp_path: Path) -> None:
+    drop_in = SYSTEMD_MERCHANTS / "stocksync.service.d" / "merchants.conf"
+    out = _verify_unit(tmp_path, drop_in)
+    assert "merchants.conf" not in out, out  # every key of the drop-in is known to systemd
+    # ...and verify did read the drop-in: a key it does not know is named
+    (tmp_path / "stocksync.service.d" / "merchants.conf").write_text(
+        drop_in.read_text() + "NoSuchKey=1\n"
+    )
+    assert "merchants.conf" in run(
+        tool("systemd-analyze"), "verify", str(tmp_path / "stocksync.service")
+    )
+
+
+def test_systemd_merchants_example_loads_every_merchant_from_its_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drop_in = (SYSTEMD_MERCHANTS / "stocksync.service.d" / "merchants.conf").read_text()
+    main = re.search(r"^Environment=STOCKSYNC_CONFIG=(/etc/stocksync/\S+)$", drop_in, re.M)
+    assert main is not None
+    main_file = SYSTEMD_MERCHANTS / Path(main.group(1)).name
+    daemon = tomllib.loads(main_file.read_text())["daemon"]
+    folder = main_file.parent / daemon["merchants"]
+    # The secrets as the README installs them: /etc/stocksync/credentials/merchants/<m>/<name>.
+    root = tmp_path / "root"
+    admin = root / "etc/stocksync/credentials" / daemon["admin_token_file"]
+    admin.parent.mkdir(parents=True)
+    admin.write_text("admin-token-value-0123456789")
+    names = sorted(f.stem for f in folder.glob("*.toml"))
+    assert len(names) >= 2
+    for name in names:
+        document = tomllib.loads((folder / f"{name}.toml").read_text())
+        secrets = _file_secrets(document)
+        assert secrets and "channel" in document, name
+        for secret in secrets:
+            # each merchant names its own credentials only: merchants_<merchant>_<file>
+            assert secret.startswith(f"merchants_{name}_"), (name, secret)
+            file = root / "etc/stocksync/credentials/merchants" / name / secret.split("_", 2)[2]
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(f"{secret}-value-0123456789")
+    unit = (DEPLOY / "systemd" / "stocksync.service").read_text()
+    credentials = tmp_path / "credentials"
+    _credentials_as_systemd_loads_them(unit + "\n" + drop_in, root, credentials)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    deployment = load_deployment(main_file, ADAPTERS)
+    assert deployment.broken == {}
+    assert sorted(deployment.merchants) == names
+    for name, config in deployment.merchants.items():
+        assert config.keycrm.api_key.get_secret_value().startswith(f"merchants_{name}_")
+        assert config.daemon.state == Path(daemon["state"]) / f"{name}.db"
+    # the state folder is inside the unit's StateDirectory, which the sandbox lets it write
+    assert Path(daemon["state"]).is_relative_to("/var/lib/stocksync")
+    assert "StateDirectory=stocksync" in unit
+
+
+def _merchants_overlay(tmp_path: Path) -> tuple[list[dict[str, object]], dict[str, object]]:
+    documents = _render(MERCHANTS, tmp_path)
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    return documents, deployment
+
+
+def _configmap(documents: list[dict[str, object]], prefix: str) -> dict[str, str]:
+    (found,) = [
+        d
+        for d in documents
+        if d["kind"] == "ConfigMap" and str(d["metadata"]["name"]).startswith(prefix)  # type: ignore[index]
+    ]
+    return found["data"]  # type: ignore[return-value]
+
+
+def test_kubernetes_merchants_overlay_renders_and_validates(tmp_path: Path) -> None:
+    documents, deployment = _merchants_overlay(tmp_path)
+    pod = deployment["spec"]["template"]["spec"]  # type: ignore[index]
+    assert deployment["spec"]["replicas"] == 3  # type: ignore[index]  # sharded, on PostgreSQL
+    assert not any(d["kind"] == "PersistentVolumeClaim" for d in documents)
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (name,) = [n for n, v in volumes.items() if "configMap" in v and "merchants" in n]
+    generated = volumes[name]["configMap"]["name"]
+    # The ConfigMap is generated from the merchants' files (its name carries their hash, so a
+    # changed set rolls the replicas over), every file of the folder, nothing else.
+    files = _configmap(documents, "stocksync-merchants-")
+    assert str(generated).startswith("stocksync-merchants-")
+    assert set(files) == {f.name for f in (MERCHANTS / "merchants").glob("*.toml")}
+    # It is mounted where the main file says the merchants are.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    main = Path(str(env["STOCKSYNC_CONFIG"]))
+    assert mounts["config"] == str(main.parent)
+    daemon = tomllib.loads(_configmap(documents, "stocksync-config")[main.name])["daemon"]
+    assert main.parent / daemon["merchants"] == Path(mounts[name])
+    assert daemon["state"].startswith("postgresql://")
+    _validate_strict(documents, tmp_path, MERCHANTS / "secrets.example.yaml")
+
+
+def test_kubernetes_merchants_load_with_the_secrets_the_pod_gets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documents, deployment = _merchants_overlay(tmp_path)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]  # type: ignore[index]
+    # Each Secret's keys become variables as envFrom names them (with its prefix, if any).
+    examples = (MERCHANTS / "secrets.example.yaml", DEPLOY / "k8s" / "secret.example.yaml")
+    secrets: dict[str, Any] = {
+        d["metadata"]["name"]: d["stringData"]
+        for path in examples
+        for d in yaml.safe_load_all(path.read_text())
+        if d
+    }
+    for source in container["envFrom"]:
+        for key in secrets[source["secretRef"]["name"]]:
+            name = source.get("prefix", "") + key
+            monkeypatch.setenv(name, f"{name}-value-0123456789")  # each its own: tokens differ
+    monkeypatch.setenv("STOCKSYNC_DB_PASSWORD", "p" * 20)
+    folder = tmp_path / "merchants"
+    folder.mkdir()
+    for name, text in _configmap(documents, "stocksync-merchants-").items():
+        (folder / name).write_text(text)
+    main = _configmap(documents, "stocksync-config")["stocksync.toml"]
+    path = tmp_path / "stocksync.toml"
+    path.write_text(
+        main.replace('merchants = "/etc/stocksync/merchants"', f'merchants = "{folder}"')
+    )
+    assert str(folder) in path.read_text()
+    deployment_config = load_deployment(path, ADAPTERS)
+    assert deployment_config.broken == {}
+    assert set(deployment_config.merchants) == {
+        f.removesuffix(".toml") for f in _configmap(documents, "stocksync-merchants-")
+    }
+    assert deployment_config.daemon.database is not None
+    for name, config in deployment_config.merchants.items():
+        assert (
+            config.keycrm.api_key.get_secret_value()
+            == f"{name.upper()}_KEYCRM_API_KEY-value-0123456789"
+        )

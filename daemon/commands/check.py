@@ -30,7 +30,7 @@ def check_config(deployment: Deployment, *, merchant: str | None, connect_too: b
     """0 all good, 1 an endpoint failed (`--connect`), 2 a merchant file has a fault."""
     if deployment.folder is None:
         config = pick(deployment, merchant)  # `--merchant default` is fine, another refused
-        print(f"{config.path}: ok ({len(config.channels)} channels)")
+        print(f"{config.path}: ok ({_channels(len(config.channels))})")
         if not connect_too:
             return 0
         reaches = anyio.run(connect, config)
@@ -50,7 +50,7 @@ def check_config(deployment: Deployment, *, merchant: str | None, connect_too: b
             count = f"{len(faults)} fault" + ("s" if len(faults) != 1 else "")
             print(f"{file}: {count}", file=sys.stderr)
         else:
-            print(f"{file}: ok ({len(deployment.merchants[name].channels)} channels)")
+            print(f"{file}: ok ({_channels(len(deployment.merchants[name].channels))})")
     reached = True
     if connect_too:
         valid = [deployment.merchants[n] for n in names if n in deployment.merchants]
@@ -80,3 +80,7 @@ async def _connect_all(configs: list[Config]) -> list[tuple[Config, list[Reach]]
 def _print_reaches(reaches: list[Reach], *, prefix: str) -> None:
     for reach in reaches:
         print(prefix + reach.line(), file=sys.stdout if reach.ok else sys.stderr)
+
+
+def _channels(count: int) -> str:
+    return "1 channel" if count == 1 else f"{count} channels"

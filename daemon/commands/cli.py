@@ -39,6 +39,7 @@ from daemon.core import redact
 from daemon.core.errors import ConfigError, StateUnusable, StocksyncError
 from daemon.core.secrets import secrets_named_in
 from daemon.shell.daemon import Daemon
+from daemon.shell.limits import raise_open_files
 from daemon.shell.logs import configure_logging
 from daemon.shell.preflight import preflight
 from daemon.shell.sdnotify import notifier, watchdog_interval
@@ -198,6 +199,7 @@ def _print_faults(exc: ConfigError) -> None:
 
 
 async def _run(deployment: Deployment, args: argparse.Namespace) -> int:
+    raise_open_files()  # many merchants hold many files and connections
     for name, faults in deployment.broken.items():
         log.error(
             "merchant.config_invalid",

@@ -170,7 +170,12 @@ class Daemon:
     def resync(self, trigger: str, merchant: str | None = None) -> None:
         """Full resync (SIGUSR1, `POST /admin/resync`) of every merchant or one (KeyError for
         one not served here); merged with one under way, kept for the next pipeline."""
-        for served in self._merchant(merchant):
+        targets = self._merchant(merchant)
+        if merchant is None and self.replica is not None and not self.single:
+            # Every merchant this replica leads; a standby's wish would otherwise wait for the
+            # day its merchant moves here, and resync it then for no reason.
+            targets = [s for s in targets if s.leading]
+        for served in targets:
             served.resync(trigger)
 
     async def release_guard(

@@ -86,7 +86,7 @@ async def test_check_config_reports_every_merchant_file_and_one_on_request(world
 
     code, out, err = await check(path)
     assert code == 2, err
-    assert out == "acme.toml: ok (1 channels)\n"
+    assert out == "acme.toml: ok (1 channel)\n"
     faults = err.splitlines()
     assert faults[-1] == "bad.toml: 2 faults", err
     assert {line.split(": ", 1)[0] for line in faults[:-1]} == {
@@ -96,7 +96,7 @@ async def test_check_config_reports_every_merchant_file_and_one_on_request(world
 
     assert await check(path, "--merchant", "acme") == (
         0,
-        "acme.toml: ok (1 channels)\n",
+        "acme.toml: ok (1 channel)\n",
         "",
     )
     code, out, err = await check(path, "--connect")  # the valid merchants' endpoints

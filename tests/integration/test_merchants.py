@@ -163,11 +163,16 @@ async def test_three_merchants_converge_each_to_its_own_keycrm(fleet: Fleet) -> 
         assert (await get_json(daemon.bound_port, "/status?merchant=nobody"))[0] == 404
 
 
-async def test_one_merchant_refused_by_keycrm_leaves_the_others_fresh(fleet: Fleet) -> None:
+async def test_one_merchants_refused_key_broken_file_or_damaged_state_leaves_the_others_fresh(
+    fleet: Fleet,
+) -> None:
     acme = await fleet.add("acme", 10, seed=1)
     await fleet.add("bolt", 10, seed=2, key="kc-wrong")
     cody = await fleet.add("cody", 10, seed=3)
     (fleet.folder / "dud.toml").write_text('[keycrm]\nrequests_per_minute = "lots"\n')
+    await fleet.add("dent", 5, seed=4)
+    (fleet.tmp_path / "state").mkdir()
+    (fleet.tmp_path / "state" / "dent.db").write_bytes(b"not a database, " * 64)  # damaged
     daemon = fleet.daemon()
     async with running(daemon):
         await eventually(lambda: acme.in_sync() and cody.in_sync())
@@ -186,6 +191,8 @@ async def test_one_merchant_refused_by_keycrm_leaves_the_others_fresh(fleet: Fle
         assert merchants["acme"]["ready"] and merchants["cody"]["ready"]
         assert not merchants["bolt"]["ready"]
         assert "keyCRM" in merchants["bolt"]["reason"]
+        assert not merchants["dent"]["ready"]
+        assert "cannot open its state" in merchants["dent"]["reason"]
         assert merchants["dud"]["role"] == "broken"
         assert any("dud.toml keycrm.requests_per_minute" in f for f in merchants["dud"]["faults"])
 

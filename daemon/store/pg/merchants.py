@@ -26,7 +26,7 @@ import hashlib
 import re
 from typing import LiteralString
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, errors, sql
 from psycopg.rows import TupleRow
 
 from daemon.core.errors import StateUnusable
@@ -153,6 +153,22 @@ async def prepare(
     if applied is not None and applied >= known:
         _refuse_newer(merchant, applied, known)
         return []
+    try:
+        return await _make(conn, merchant, migrations, known)
+    except (errors.UniqueViolation, errors.DuplicateSchema, errors.DuplicateTable):
+        # Another replica made the schema while we waited for the merchant's lock, and the
+        # catalog this transaction read was older than the lock (an advisory lock does not
+        # refresh it): IF NOT EXISTS missed it. A new transaction sees it.
+        return await _make(conn, merchant, migrations, known)
+
+
+async def _make(
+    conn: AsyncConnection[TupleRow],
+    merchant: str,
+    migrations: tuple[Migration, ...],
+    known: set[int],
+) -> list[int]:
+    """`prepare`'s work under the merchant's lock, in one transaction."""
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock_shared(%s::int8), pg_advisory_xact_lock(%s::int8)",

@@ -2,7 +2,13 @@
 
 Every call runs in a worker thread, one at a time (a capacity limiter of one), so the event loop
 never waits on the disk and calls never interleave inside a transaction. Long jobs (a resync over
-every item) are cut into pages, each its own call, so other work gets in between. The store's
+every item) are cut into pages, each its own call, so other work gets in between.
+
+A process serving many merchants has one store per merchant, so two limits are process-wide:
+at most `RUNNING` calls of all its stores run at once (a resync of 200 merchants at once would
+otherwise hold 200 pages of rows in memory together, one in each store's thread), and SQLite's
+page caches share a soft heap limit (`SQLITE_HEAP`: each connection's own default cache, 2 MiB,
+times 200 merchants is 400 MiB). One merchant's store never reaches either. The store's
 calls (records.py, queue.py, reading.py, lookups.py) build on `SQLiteBase`: its thread runner,
 its transactions, and the item load/write that keeps the counts per status and in stock.
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -54,6 +61,11 @@ CACHE_KIB = 2000
 CACHES_KIB = 64 * 1024
 HISTORY_PER_ITEM = 100
 PAGE = 5000  # rows per call of a long job
+#: store calls (of every SQLite store in the process) running at once; see the module docstring
+RUNNING = 4
+_running = threading.BoundedSemaphore(RUNNING)
+#: bytes of heap all SQLite connections of the process keep before their caches recycle pages
+SQLITE_HEAP = 64 * 1024 * 1024
 
 COLUMNS = ", ".join(ITEM_COLUMNS)
 _UPSERT = (
@@ -145,6 +157,7 @@ class SQLiteBase:
             self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
             # Keep the WAL from growing past what one checkpoint leaves behind.
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
+            self._db.execute(f"PRAGMA soft_heap_limit={SQLITE_HEAP}")  # process-wide
             migrate(self._db)
         except sqlite3.Error as exc:
             self._db.close()
@@ -172,7 +185,8 @@ class SQLiteBase:
         """Run one call in the store's thread; a failure of SQLite becomes a store fault."""
         self._writing = False
         try:
-            return job(*args, **kwargs)
+            with _running:
+                return job(*args, **kwargs)
         except sqlite3.Error as exc:
             operation = "write" if self._writing else "read"
             self.health.failed(operation, str(exc))
