@@ -1,5 +1,5 @@
 """`python -m daemon` is the same as the `stocksync` command."""
 
-from daemon.commands.cli import main
+from daemon.commands.entry import main
 
 raise SystemExit(main())

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon import __version__
-from daemon.commands.drift import DEFAULT_SHARE
+from daemon.commands.drift import DEFAULT_SHARE, PROGRESS_EVERY
 from daemon.commands.history import DEFAULT_LIMIT
 from daemon.commands.once_report import LINE_EVERY
 from daemon.config.settings import DEFAULT_MERCHANT, MERCHANT_ID
@@ -100,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_SHARE,
         help="share of each channel's rate_limit the reads may use "
         f"(default {DEFAULT_SHARE}; a running daemon keeps the rest)",
+    )
+    drift.add_argument(
+        "--progress-every",
+        type=float,
+        default=PROGRESS_EVERY,
+        metavar="SECONDS",
+        help=f"a progress line on stderr this often while reading (default {PROGRESS_EVERY:g})",
     )
     _with_merchant(drift, _ONE)
     migrate_state = commands.add_parser(

@@ -232,7 +232,8 @@ def _command(args: argparse.Namespace) -> int:
         )
     if args.command in ("status", "resync", "history", "guard"):
         return _ops(args)
-    deployment = _load(args, check_machine=args.command == "check-config")
+    # `run` and `check-config` share one preflight: they refuse the same things, alike.
+    deployment = _load(args, check_machine=args.command in ("check-config", "run"))
     if args.command == "check-config":
         return check_config(deployment, merchant=args.merchant, connect_too=args.connect)
     if deployment.daemon.database is not None and args.command in ("once", "drift"):
@@ -255,7 +256,12 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "drift":
         return anyio.run(
             lambda: run_drift(
-                config, channel=args.channel, as_json=args.json, share=args.share, out=sys.stdout
+                config,
+                channel=args.channel,
+                as_json=args.json,
+                share=args.share,
+                out=sys.stdout,
+                progress_every=args.progress_every,
             )
         )
     raise AssertionError(args.command)  # pragma: no cover

@@ -20,8 +20,6 @@ import contextlib
 import os
 import random
 import secrets
-import shlex
-import shutil
 import socket
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import anyio
 import structlog
 from aiohttp import web
 
+from daemon.commands.demo_handoff import HEARTBEAT, Tally, handoff, heartbeat, reprint_on_enter
 from daemon.config.settings import load_config
 from daemon.core.channel import ChannelSpec
 from daemon.core.errors import StartupError
@@ -119,7 +118,7 @@ async def _serve(stack: AsyncExitStack, app: web.Application) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def _shop_floor(keycrm: FakeKeycrm, every: float) -> None:
+async def _shop_floor(keycrm: FakeKeycrm, every: float, tally: Tally) -> None:
     """Place an order of a SKU or two now and then, and restock one every fifth time: keyCRM
     lists the orders by change time (the order feed reads them); a restock shows in a scan."""
     rng = random.Random(42)  # noqa: S311
@@ -133,11 +132,13 @@ async def _shop_floor(keycrm: FakeKeycrm, every: float) -> None:
             warehouse = rng.choice(sorted(offer.stock))
             quantity, reserve = offer.stock[warehouse]
             offer.stock[warehouse] = (quantity + 10, reserve)
+            tally.restocks += 1
             log.info("demo.restocked", sku=offer.sku, warehouse=warehouse, quantity=quantity + 10)
             continue
         in_stock = [o for o in offers if o.quantity >= 1] or offers
         lines = [(o, float(rng.choice((1, 1, 2)))) for o in rng.sample(in_stock, rng.randint(1, 2))]
         order = keycrm.orders.place(lines)
+        tally.orders += 1
         log.info(
             "demo.order_placed",
             order=order.id,
@@ -145,7 +146,9 @@ async def _shop_floor(keycrm: FakeKeycrm, every: float) -> None:
         )
 
 
-async def _hand_edits(marketplacer: FakeMarketplacer, every: float) -> None:
+async def _hand_edits(
+    marketplacer: FakeMarketplacer, every: float, tally: Tally | None = None
+) -> None:
     """Change a Marketplacer variant's stock in the "seller portal", as people do."""
     rng = random.Random(7)  # noqa: S311
     while True:
@@ -156,6 +159,8 @@ async def _hand_edits(marketplacer: FakeMarketplacer, every: float) -> None:
         before = marketplacer.count_on_hand[variant]
         after = max(0, before + rng.choice((-2, -1, 3, 8)))
         marketplacer.edit_by_hand(variant, after)
+        if tally is not None:
+            tally.hand_edits += 1
         log.info("demo.edited_by_hand", variant=variant, before=before, after=after)
 
 
@@ -187,51 +192,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _command() -> str:
-    """How this process was started: `stocksync`, or `python -m daemon` from a checkout."""
-    started = Path(sys.argv[0])
-    if started.name == "stocksync":
-        # Bare only when another shell finds this same program (an activated venv, a package);
-        # else the full path, so the lines work as printed after `.venv/bin/stocksync demo`.
-        found = shutil.which("stocksync")
-        if found is not None and Path(found).resolve() == started.resolve():
-            return "stocksync"
-        return shlex.quote(str(started.resolve()))
-    return f"{shlex.quote(sys.executable)} -m daemon"
-
-
-_PROMETHEUS = """\
-# Prometheus scraping the demo: prometheus --config.file={path}
-global:
-  scrape_interval: 5s
-  evaluation_interval: 5s
-scrape_configs:
-  - job_name: stocksync
-    static_configs:
-      - targets: ["127.0.0.1:{port}"]
-"""
-
-
-def _howto(folder: Path, config: Path, base: str, sku: str, *, port: int, secrets_env: Path) -> str:
-    """The lines an operator copies into a second terminal."""
-    cmd = _command()
-    prometheus = folder / "prometheus.yml"
-    prometheus.write_text(_PROMETHEUS.format(path=prometheus, port=port), encoding="utf-8")
-    q = shlex.quote
-    return (
-        "In another terminal, copy these lines:\n"
-        f"  export STOCKSYNC_CONFIG={q(str(config))}\n"
-        f"  {cmd} status\n"
-        f"  {cmd} status --watch\n"
-        f"  {cmd} history {q(sku)}\n"
-        f"  {cmd} resync\n"
-        f"  (. {q(str(secrets_env))} && {cmd} drift)\n"
-        f"  curl -s {base}/metrics | grep ^stocksync_\n"
-        f"  prometheus --config.file={q(str(prometheus))} --storage.tsdb.path="
-        f"{q(str(folder / 'prometheus-data'))}\n"
-    )
-
-
 async def _run_with_port_hint(daemon: Daemon) -> None:
     """The daemon, with a way out added when its port is taken: most often by a demo still
     running in another terminal."""
@@ -255,6 +215,7 @@ async def run_demo(
     duration: float | None = None,
     state_dir: Path | None = None,
     out: TextIO = sys.stdout,
+    heartbeat_every: float = HEARTBEAT,
 ) -> int:
     """Run the demo until Ctrl-C (or `duration` seconds); `state_dir` keeps its files."""
     tokens = {
@@ -319,7 +280,10 @@ async def run_demo(
             )
             config = load_config(path, registry)
             secret_texts = [*tokens.values(), admin_token.read_text(encoding="utf-8")]
-            configure_logging(fmt="console", level="info", secrets=secret_texts)
+            # The log to a file: on the terminal it would scroll the lines to copy away.
+            log_path = Path(folder) / "demo.log"
+            log_file = stack.enter_context(log_path.open("a", encoding="utf-8", buffering=1))
+            configure_logging(fmt="console", level="info", secrets=secret_texts, stream=log_file)
             daemon = Daemon(config, reload=lambda: load_config(path, registry))
             async with anyio.create_task_group() as group:
 
@@ -330,27 +294,30 @@ async def run_demo(
                 group.start_soon(run_then_end_demo)
                 await daemon.started.wait()
                 base = f"http://127.0.0.1:{daemon.bound_port}"
-                print(
+                lines = (
                     f"stocksync demo: {skus} SKUs in a fake keyCRM ({keycrm_url}) and four fake "
                     f"channels: Inventory Update API ({urls['pos']}), Klump ({urls['klump']}), "
                     f"Marketplacer ({urls['marketplacer']}), Ordergroove ({urls['ordergroove']})\n"
                     f"  state file   {config.daemon.state}"
                     f"{'' if state_dir else ' (deleted at exit; --state-dir DIR keeps it)'}\n"
                     f"  config       {path}\n"
+                    f"  log          {log_path}\n"
                     f"  stop         Ctrl-C (or kill -TERM {os.getpid()})\n\n"
-                    + _howto(
+                    + handoff(
                         Path(folder),
                         path,
                         base,
                         _first_sku(keycrm),
                         port=daemon.bound_port or port,
-                        secrets_env=secrets_env,
-                    ),
-                    file=out,
-                    flush=True,
+                        log=log_path,
+                    )
                 )
-                group.start_soon(_shop_floor, keycrm, 2.0)
-                group.start_soon(_hand_edits, marketplacer, 20.0)
+                print(lines, file=out, flush=True)
+                tally = Tally()
+                group.start_soon(_shop_floor, keycrm, 2.0, tally)
+                group.start_soon(_hand_edits, marketplacer, 20.0, tally)
+                group.start_soon(reprint_on_enter, lines, out)
+                group.start_soon(heartbeat, tally, daemon.status, out, heartbeat_every)
                 if duration is not None:
                     await anyio.sleep(duration)
                     daemon.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TextIO
 
 import aiohttp
@@ -36,6 +37,7 @@ from daemon.store import Store, open_store
 
 __all__ = [
     "DEFAULT_SHARE",
+    "PROGRESS_EVERY",
     "ChannelDrift",
     "DriftReport",
     "Drifted",
@@ -51,6 +53,8 @@ __all__ = [
 log = structlog.get_logger("stocksync.drift")
 
 #: the share of a channel's rate limit the report may use; the daemon keeps the rest
+#: seconds between `drift: read ...` progress lines on stderr
+PROGRESS_EVERY = 5.0
 DEFAULT_SHARE = 0.2
 
 
@@ -73,18 +77,38 @@ async def _channel_report(
     store: Store,
     share: float,
     into: ChannelDrift,
+    *,
+    totals: dict[str, int],
 ) -> None:
-    await check_channel(
-        reader, await store.items(channel.name), rate=channel.rate * share, into=into
-    )
+    rows = await store.items(channel.name)
+    totals[channel.name] = sum(1 for row in rows if row.acked is not None)
+    await check_channel(reader, rows, rate=channel.rate * share, into=into)
     if into.drifted:
         recheck(into, await store.items(channel.name))
 
 
+async def _progress(report: DriftReport, totals: dict[str, int], every: float, err: TextIO) -> None:
+    """A `drift: ...` line every `every` seconds while the reads go on (they are paced: a
+    channel of thousands of items takes minutes, and silence reads as a hang)."""
+    while True:
+        await anyio.sleep(every)
+        read = ", ".join(
+            f"{c.channel} {c.checked}/{totals.get(c.channel, '?')}" for c in report.channels
+        )
+        print(f"drift: read {read}", file=err, flush=True)
+
+
 async def build_report(
-    config: Config, store: Store, *, only: str | None = None, share: float = DEFAULT_SHARE
+    config: Config,
+    store: Store,
+    *,
+    only: str | None = None,
+    share: float = DEFAULT_SHARE,
+    progress_every: float | None = None,
+    err: TextIO = sys.stderr,
 ) -> DriftReport:
-    """Compare every readable channel (or just `only`) with the state; channels side by side."""
+    """Compare every readable channel (or just `only`) with the state; channels side by side,
+    with a progress line on `err` every `progress_every` seconds (None: quiet)."""
     chosen = [c for c in config.channels if only is None or c.name == only]
     report = DriftReport(channels=[], not_readable=[])
     async with aiohttp.ClientSession() as session:
@@ -97,9 +121,16 @@ async def build_report(
             else:
                 readers.append((channel, reader))
                 report.channels.append(ChannelDrift(channel.name))
-        async with anyio.create_task_group() as group:
-            for (channel, reader), into in zip(readers, report.channels, strict=True):
-                group.start_soon(_channel_report, channel, reader, store, share, into)
+        totals: dict[str, int] = {}
+        async with anyio.create_task_group() as progress:
+            if progress_every is not None and readers:
+                progress.start_soon(_progress, report, totals, progress_every, err)
+            async with anyio.create_task_group() as group:
+                for (channel, reader), into in zip(readers, report.channels, strict=True):
+                    group.start_soon(
+                        partial(_channel_report, totals=totals), channel, reader, store, share, into
+                    )
+            progress.cancel_scope.cancel()
     return report
 
 
@@ -179,6 +210,7 @@ async def run_drift(
     as_json: bool = False,
     share: float = DEFAULT_SHARE,
     out: TextIO = sys.stdout,
+    progress_every: float | None = PROGRESS_EVERY,
 ) -> int:
     """Print the report; 0 when every acknowledged item agrees, 1 otherwise, 2 for bad usage."""
     names = [c.name for c in config.channels]
@@ -193,7 +225,9 @@ async def run_drift(
         return 2
     store = open_store(config.daemon.state)
     try:
-        report = await build_report(config, store, only=channel, share=share)
+        report = await build_report(
+            config, store, only=channel, share=share, progress_every=progress_every
+        )
     finally:
         await store.close()
     print(render_json(report) if as_json else render_text(report), file=out)

@@ -33,6 +33,7 @@ from daemon.store.pg.merchants import DEFAULT_MERCHANT, scope
 __all__ = [
     "DEFAULT_LIMIT",
     "HistoryEntry",
+    "UnknownChannel",
     "parse_since",
     "read_history",
     "read_history_pg",
@@ -55,6 +56,16 @@ _PG_WHERE: LiteralString = (
     "FROM history h WHERE EXISTS (SELECT 1 FROM shares s "
     "WHERE s.channel = h.channel AND s.key = h.key AND s.sku = %s)"
 )
+
+
+class UnknownChannel(LookupError):
+    """`--channel NAME` names no channel of the state (a typo reads as "no pushes" otherwise)."""
+
+    def __init__(self, channel: str, known: list[str]) -> None:
+        super().__init__(
+            f"--channel: no channel {channel!r} in this state (channels: "
+            f"{', '.join(sorted(known)) or 'none yet'})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,10 @@ def read_history(
             f"SELECT {_COLUMNS} {where} ORDER BY h.at DESC, h.id DESC{page}",
             params,
         ).fetchall()
+        if channel is not None and not total:
+            known = [row[0] for row in db.execute("SELECT DISTINCT channel FROM shares")]
+            if channel not in known:
+                raise UnknownChannel(channel, known)
     finally:
         db.close()
     entries = [HistoryEntry(c, k, b, a, o, e, float(at)) for c, k, b, a, o, e, at in rows]
@@ -163,6 +178,11 @@ async def read_history_pg(
                 params,
             )
             rows = await cursor.fetchall()
+            if channel is not None and not (counted and counted[0]):
+                cursor = await conn.execute("SELECT DISTINCT channel FROM shares")
+                known = [str(row[0]) for row in await cursor.fetchall()]
+                if channel not in known:
+                    raise UnknownChannel(channel, known)
     finally:
         await conn.close()
     total = 0 if counted is None else int(counted[0])
@@ -219,6 +239,9 @@ def show_history(
     except sqlite3.Error as exc:
         print(f"cannot read the state file {state}: {exc}", file=sys.stderr)
         return 1
+    except UnknownChannel as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return _print(entries, total, sku, as_json=as_json, out=out)
 
 
@@ -255,6 +278,9 @@ async def show_history_pg(
         reason = " ".join(str(exc).split()) or type(exc).__name__  # libpq's lines, as one
         print(f"cannot read the state in {where}: {reason}", file=sys.stderr)
         return 1
+    except UnknownChannel as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return _print(entries, total, sku, as_json=as_json, out=out)
 
 

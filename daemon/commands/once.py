@@ -84,13 +84,20 @@ async def dry_run(config: Config, out: TextIO = sys.stdout) -> int:
             for channel in config.channels:
                 items = await store.items(channel.name)
                 rows = [r for r in items if r.status == "pending"]
+                # A resync (or a reload) makes every item pending, changed or not: the
+                # unchanged ones go out again, but a line "qty=21 (now: qty=21)" says nothing.
+                again = [r for r in rows if r.acked is not None and r.acked == r.desired]
                 for row in rows:
+                    if row.acked is not None and row.acked == row.desired:
+                        continue
                     was = "unknown" if row.acked is None else row.acked.describe()
                     print(
                         f"{channel.name}\t{row.key}\t{row.desired.describe()}\t(now: {was})",
                         file=out,
                     )
-                line = f"# {channel.name}: {len(rows)} to push"
+                line = f"# {channel.name}: {len(rows) - len(again)} to push"
+                if again:
+                    line += f"; {len(again)} unchanged pushed again (a resync asked for every item)"
                 if held := sum(1 for r in items if r.status == "held"):
                     line += f"; {held} zeroes held by the mass-change guard (not pushed)"
                 print(line, file=out)
@@ -130,12 +137,20 @@ async def _run_once(config: Config, *, wait: float, out: TextIO, progress_every:
                     group.cancel_scope.cancel()
                     return 1
                 deadline = time.time() + wait
-                while True:
-                    if time.time() >= deadline or not await _unsettled(store):
+                timed_out = False
+                while await _unsettled(store):
+                    if time.time() >= deadline:
+                        timed_out = True
                         break
                     await anyio.sleep(0.05)
                 group.cancel_scope.cancel()
         unsettled = await summarize(store, metrics, names, out)
+        if timed_out:
+            print(
+                f"once stopped waiting: --timeout {wait:g}s reached with items not acknowledged; "
+                "they go out at the next run (a longer --timeout waits for them)",
+                file=sys.stderr,
+            )
         return 0 if unsettled == 0 else 1
     finally:
         await store.close()

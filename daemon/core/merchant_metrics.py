@@ -10,6 +10,7 @@ themselves, so no call site can forget the label or put another merchant's name 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
@@ -125,6 +126,22 @@ class MerchantFamilies:
             ["merchant"],
             registry=r,
         )
+        # Whether keyCRM answers, however seldom the daemon asks (alert StocksyncKeycrmDown):
+        # `up` falls at the first failed request and rises at the next good answer.
+        self.keycrm_up = Gauge(
+            "stocksync_keycrm_up",
+            "1 while keyCRM's last answer was usable; 0 after a request that failed (no "
+            "answer, 5xx, 429, the key refused, a malformed page) until one succeeds again.",
+            ["merchant"],
+            registry=r,
+        )
+        self.keycrm_last_success = Gauge(
+            "stocksync_keycrm_last_success_timestamp_seconds",
+            "When keyCRM last gave a usable answer to any request (Unix time); the start of "
+            "the merchant in this process before its first.",
+            ["merchant"],
+            registry=r,
+        )
         self.scan_duration = Gauge(
             "stocksync_keycrm_scan_duration_seconds",
             "Length of the last complete keyCRM scan.",
@@ -221,6 +238,20 @@ class MerchantFamilies:
             ["merchant", "channel"],
             registry=r,
         )
+        self.verify_expected = Gauge(
+            "stocksync_verify_pass_expected_seconds",
+            "What a read-back pass of the channel's acknowledged items costs at its read share "
+            "(verify_share of its rate limit); StocksyncVerifyStale allows for it.",
+            ["merchant", "channel"],
+            registry=r,
+        )
+        self.verify_started = Gauge(
+            "stocksync_verify_pass_started_timestamp_seconds",
+            "When the channel's current (or last) read-back pass started (Unix time); 0 before "
+            "the first pass of this run.",
+            ["merchant", "channel"],
+            registry=r,
+        )
         self.first_scan_done = Gauge(
             "stocksync_keycrm_first_scan_done",
             "1 once a complete keyCRM scan is on record (this run or an earlier one); 0 while "
@@ -291,6 +322,8 @@ class MerchantMetrics:
         self.drift_items = Labelled(f.drift_items, m)
         self.verify_last_success = Labelled(f.verify_last_success, m)
         self.verify_interval = Labelled(f.verify_interval, m)
+        self.verify_expected = Labelled(f.verify_expected, m)
+        self.verify_started = Labelled(f.verify_started, m)
         self.keycrm_requests = Labelled(f.keycrm_requests, m)
         self.offers_skipped = Labelled(f.offers_skipped, m)
         self.incomplete_scans = Labelled(f.incomplete_scans, m)
@@ -298,6 +331,8 @@ class MerchantMetrics:
         self.resyncs = Labelled(f.resyncs, m)
         self.last_scan_success: Gauge = f.last_scan_success.labels(merchant=m)
         self.scan_duration: Gauge = f.scan_duration.labels(merchant=m)
+        self.keycrm_up: Gauge = f.keycrm_up.labels(merchant=m)
+        self.keycrm_last_success: Gauge = f.keycrm_last_success.labels(merchant=m)
         self.keycrm_budget_used: Gauge = f.keycrm_budget_used.labels(merchant=m)
         self.keycrm_budget_limit: Gauge = f.keycrm_budget_limit.labels(merchant=m)
         self.skus_tracked: Gauge = f.skus_tracked.labels(merchant=m)
@@ -312,6 +347,10 @@ class MerchantMetrics:
         self.config_mismatch: Gauge = f.config_mismatch.labels(merchant=m)
         self._channels: set[str] = set()
         self.leader.set(1)
+        # Up until proven otherwise, and "last answered" counts from now: a merchant that just
+        # started has the alert's five minutes to reach keyCRM.
+        self.keycrm_up.set(1)
+        self.keycrm_last_success.set(time.time())
         for trigger in RESYNC_TRIGGERS:
             self.resyncs.labels(trigger=trigger)
         for kind in KEYCRM_KINDS:
@@ -345,3 +384,5 @@ class MerchantMetrics:
             self.drift_items.labels(channel=channel)
             self.verify_last_success.labels(channel=channel)
             self.verify_interval.labels(channel=channel)
+            self.verify_expected.labels(channel=channel)
+            self.verify_started.labels(channel=channel)

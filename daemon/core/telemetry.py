@@ -101,6 +101,15 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # What the counter cannot say: whether the config running now is the file on disk.
+        self.config_reload_ok = Gauge(
+            "stocksync_config_last_reload_successful",
+            "0 after a reload (SIGHUP) refused the main file (the previous config runs, and a "
+            "restart would fail); 1 at start and after a reload that applied. A merchant file "
+            'that fails is stocksync_merchants{role="broken"}.',
+            registry=r,
+        )
+        self.config_reload_ok.set(1)
         self.store_errors = Counter(
             "stocksync_store_errors",
             "Store reads/writes that failed (full disk, I/O error); readiness is 503 while "

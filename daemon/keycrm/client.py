@@ -76,6 +76,7 @@ _PAGE_BYTES = {
     "orders": CATALOG_PAGE_BYTES,
 }
 _DEFAULT_429_PAUSE = 10.0
+_KEY_REFUSED = ("401", "403")
 _ATTEMPTS = 6
 
 T = TypeVar("T")
@@ -180,6 +181,37 @@ class KeycrmClient:
         *,
         attempt: int = 1,
     ) -> Page[T]:
+        """One request; `stocksync_keycrm_up` and the last success follow how it went.
+
+        Down means keyCRM gave nothing usable: no answer, 5xx, 429, a malformed page, or the
+        key refused (401/403). A 401/403 on `/order` is not: it is a key without order access,
+        which turns the order feed off (`stocksync_order_feed_up`) while stock flows. A 400 or
+        414 refuses what was asked, not us, and leaves the gauge as it was."""
+        try:
+            page = await self._request(path, params, kind, priority, parse, attempt=attempt)
+        except SourceFatal as exc:
+            if exc.status in _KEY_REFUSED and kind != "orders":
+                self._metrics.keycrm_up.set(0)
+            raise
+        except (SourceRetryable, MalformedPage):
+            self._metrics.keycrm_up.set(0)
+            raise
+        now = time.time()
+        self.last_success = now
+        self._metrics.keycrm_up.set(1)
+        self._metrics.keycrm_last_success.set(now)
+        return page
+
+    async def _request(
+        self,
+        path: str,
+        params: dict[str, str],
+        kind: str,
+        priority: Priority,
+        parse: Callable[[Any], Page[T]],
+        *,
+        attempt: int,
+    ) -> Page[T]:
         url = f"{self._settings.base_url}{path}"
         timeout = aiohttp.ClientTimeout(total=self._settings.timeout)
         try:
@@ -226,7 +258,6 @@ class KeycrmClient:
         except MalformedPage as exc:
             self._count_malformed(kind, path, str(exc))
             raise
-        self.last_success = time.time()
         if page.no_sku:
             self._metrics.offers_skipped.labels(reason="no_sku").inc(page.no_sku)
         return page

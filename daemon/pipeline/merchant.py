@@ -40,6 +40,7 @@ from daemon.pipeline.assembly import Parts, assemble
 from daemon.pipeline.report import channel_sections, source_section, unacknowledged
 from daemon.rules.plan import fingerprint
 from daemon.send.dispatch import Dispatcher
+from daemon.send.verify import Verifier
 from daemon.store import Store
 
 __all__ = ["Consume", "MerchantPipeline", "ResyncWish", "Shared"]
@@ -217,6 +218,9 @@ class MerchantPipeline:
             metrics.guard_held.labels(channel=name).set(0 if hold is None else hold["held"])
             since = oldest.get(name)
             metrics.sync_lag.labels(channel=name).set(0 if since is None else max(0.0, now - since))
+        for checker in parts.checkers:
+            if isinstance(checker, Verifier):
+                checker.publish_expected(counts.get(checker.name, {}).get("ok", 0))
         metrics.keycrm_budget_used.set(parts.client.budget.sent_in_window())
         if parts.feed is not None:
             metrics.order_feed_lag.set(parts.feed.lag(now))

@@ -78,14 +78,11 @@ class Verifier:
 
     async def run(self) -> None:
         """Pass after pass, until cancelled; a failed pass is tried again in a minute."""
-        # Until a pass completes, the gauge holds the start: "no pass for two intervals" then
-        # means what it says for a fresh daemon too.
-        try:
-            last = await self._store.get_meta(_meta_key("verify", self.name))
-        except StoreUnavailable:
-            last = None
-        gauge = self._metrics.verify_last_success.labels(channel=self.name)
-        gauge.set(float(last) if last else self._clock())
+        # Until a pass of this run completes, the gauge holds the run's start, whatever the
+        # stored last pass says: a daemon that was down for a while does not start out stale,
+        # it has two intervals (and two passes' cost) like a fresh one. The stored time still
+        # sets when the first pass is due.
+        self._metrics.verify_last_success.labels(channel=self.name).set(self._clock())
         while True:
             await _wait_until_due(
                 self._store, _meta_key("verify", self.name), self._every, self._clock
@@ -95,6 +92,16 @@ class Verifier:
             except (StoreUnavailable, ChannelFatal) as exc:
                 self._log.warning("verify.failed", error=str(exc))
                 await anyio.sleep(_RETRY)
+
+    def expected_seconds(self, items: int) -> float:
+        """What a pass over this many acknowledged items costs at the read share: one request
+        per read batch, at `verify_share` of the channel's rate (waits for live changes not
+        counted). Published as `stocksync_verify_pass_expected_seconds`."""
+        batch = max(1, self._reader.max_read_batch)
+        return -(-items // batch) / self._rate
+
+    def publish_expected(self, items: int) -> None:
+        self._metrics.verify_expected.labels(channel=self.name).set(self.expected_seconds(items))
 
     async def _quiet(self) -> None:
         """Until the channel has no live change due: those go first."""
@@ -111,6 +118,7 @@ class Verifier:
         after = ""
         meanwhile = 0
         started = self._clock()
+        self._metrics.verify_started.labels(channel=self.name).set(started)
         while page := await self._store.items_page(self.name, after, _PAGE):
             after = page[-1].key
             rows = [row for row in page if row.acked is not None and row.status == "ok"]

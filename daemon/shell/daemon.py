@@ -236,6 +236,7 @@ class Daemon:
                     ) from exc
         except ConfigError as exc:
             self.metrics.config_reloads.labels(result="error").inc()
+            self.metrics.config_reload_ok.set(0)
             log.error(  # noqa: TRY400 (a fault of the file, not of the program: no traceback)
                 "config.reload_failed",
                 faults=[f"{k}: {p}" for k, p in exc.faults],
@@ -245,6 +246,7 @@ class Daemon:
             return
         redact.update(_secrets(deployment))  # a rotated secret is masked from now on
         self.metrics.config_reloads.labels(result="ok" if not deployment.broken else "error").inc()
+        self.metrics.config_reload_ok.set(1)
         log.info("config.reloaded", merchants=sorted(deployment.merchants))
         await self._apply(deployment)
         self._notify("READY=1")

@@ -311,6 +311,9 @@ def build_app(
     async def webhook(request: web.Request) -> web.Response:
         merchant = _merchant_of(request.match_info["token"], webhook_tokens())
         if merchant is None:
+            # Counted: a token rotated here but not in keyCRM loses every delivery this way.
+            controller.metrics.webhook_events.labels(outcome="rejected").inc()
+            log.warning("webhook.rejected", problem="no merchant has this token", status=404)
             raise web.HTTPNotFound
         try:
             body = await read_request_body(request, within=BODY_TIMEOUT)

@@ -1,9 +1,13 @@
 """What `run` needs from the machine, checked before it is needed: the state file and the listener.
 
-`load_config` checks the file itself; this checks the world the file points at, so that
-`check-config` refuses everything `run` would refuse at start. Each check returns a
-`(key, problem)` fault like the loader's, or nothing. The checks change nothing: the state file is
-only read, a probe file is created and removed beside it, and the listener is bound and released.
+`load_config` checks the file itself; this checks the world the file points at. `check-config`
+and `run` both call it (the one preflight), so they agree: what one refuses the other refuses
+with the same line, and what one accepts the other starts on. A state or a port a running
+stocksync holds is refused by both (`run` could not start beside it; the line says how to
+reload that one instead), and a state folder that does not exist is accepted by both where it
+can be made (`run` makes it). Each check returns a `(key, problem)` fault like the loader's, or
+nothing. The checks change nothing: the state file is only read, a probe file is created and
+removed beside it, its lock is tried shared and dropped, and the listener is bound and released.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from daemon.shell.listener import parse_listen
+from daemon.shell.statelock import holder
 
 __all__ = ["check_listen", "check_state", "check_state_folder", "preflight"]
 
@@ -49,7 +54,10 @@ def _check_state(path: Path) -> str | None:
         return f"{path} is a folder; give a file path, e.g. {path / 'stocksync.db'}"
     folder = path.parent
     if not folder.is_dir():
-        return f"folder {folder} does not exist"
+        problem = _makeable(folder)
+        if problem is not None:
+            return f"folder {folder} does not exist and cannot be made: {problem}"
+        return None  # run makes it
     try:
         # Really write: permissions, read-only mounts and ACLs all say no here.
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".stocksync-check-"):
@@ -70,6 +78,29 @@ def _check_state(path: Path) -> str | None:
         return f"{path} is not writable by this user"
     if header and header != _SQLITE_HEADER:
         return f"{path} is not a SQLite database; move it away or point state elsewhere"
+    pid = holder(path)
+    if pid is not None:
+        return (
+            f"a stocksync (pid {pid}) is running on {path}: run refuses to start beside it; "
+            "to apply this file to that one, reload it (systemctl reload stocksync, or "
+            f"kill -HUP {pid})"
+        )
+    return None
+
+
+def _makeable(folder: Path) -> str | None:
+    """Why `folder` (missing) could not be made, or None: its nearest existing ancestor must be a
+    folder this user can write in."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".stocksync-check-"):
+            pass
+    except OSError as exc:
+        return f"cannot write in {existing} ({(exc.strerror or str(exc)).lower()})"
     return None
 
 
@@ -93,7 +124,7 @@ def check_state_folder(folder: Path) -> str | None:
 
 
 def check_listen(listen: str) -> str | None:
-    """Why the listener could not bind `listen`, or None (also when stocksync holds it)."""
+    """Why the listener could not bind `listen`, or None."""
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -113,7 +144,11 @@ def check_listen(listen: str) -> str | None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 if _stocksync_answers(host, port):
-                    return None  # the running daemon: a reload keeps its listener
+                    return (
+                        f"port {port} on {host} is in use by a running stocksync: run cannot "
+                        "listen there beside it; to apply this file to that one, reload it "
+                        "(systemctl reload stocksync, or kill -HUP its pid)"
+                    )
                 return f"port {port} on {host} is in use by another program"
             if exc.errno == errno.EACCES:
                 return f"binding port {port} needs privileges this user lacks"

@@ -15,11 +15,29 @@ from types import TracebackType
 
 from daemon.core.errors import StateUnusable
 
-__all__ = ["StateLock", "lock_path"]
+__all__ = ["StateLock", "holder", "lock_path"]
 
 
 def lock_path(state: Path) -> Path:
     return state.with_name(state.name + ".lock")
+
+
+def holder(state: Path) -> str | None:
+    """The pid of the stocksync running on `state`, or None when none is (check-config's probe:
+    a shared lock tried and dropped at once; the file is never created or written)."""
+    try:
+        fd = os.open(lock_path(state), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class StateLock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -76,7 +77,7 @@ async def test_a_state_path_that_cannot_hold_a_database(world: World, tmp_path: 
     await world.add_shop("pos")
     (tmp_path / "notes.txt").write_text("not a database at all", encoding="utf-8")
     for state, problem in (
-        (tmp_path / "missing" / "state.db", "does not exist"),
+        (tmp_path / "notes.txt" / "state.db", "does not exist and cannot be made"),
         (tmp_path / "notes.txt", "is not a SQLite database"),
     ):
         config = world.write_config()
@@ -88,15 +89,67 @@ async def test_a_state_path_that_cannot_hold_a_database(world: World, tmp_path: 
         assert problem in faults_of(err)["daemon.state"]
 
 
-async def test_a_listener_held_by_the_running_daemon_is_fine(world: World) -> None:
+async def run_on(config: Path) -> tuple[int | None, str]:
+    """`stocksync run` on the file: (None, "") once it has started (it is stopped then), or its
+    exit code and stderr when it refuses."""
+    process = await anyio.open_process([sys.executable, "-m", "daemon", "run", "-c", str(config)])
+    assert process.stderr is not None
+    err = b""
+    async with process:
+        with anyio.fail_after(30):
+            async for chunk in process.stderr:
+                err += chunk
+                if b'"event":"daemon.started"' in err:
+                    process.terminate()
+                    await process.wait()
+                    return None, ""
+            return await process.wait(), err.decode()
+
+
+def with_state(config: Path, state: Path, tmp_path: Path) -> Path:
+    text = config.read_text().replace(str(tmp_path / "state.db"), str(state))
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+async def test_check_config_and_run_agree_case_by_case(world: World, tmp_path: Path) -> None:
+    """Issue 22: one preflight. Where check-config says ok, run starts; where it refuses, run
+    refuses with the very same lines and exit code."""
+
+    async def agree(config: Path) -> tuple[int, str]:
+        code, _, err = await check(config)
+        started, refusal = await run_on(config)
+        if code == 0:
+            assert started is None, refusal  # ok: run starts
+        else:
+            assert (started, faults_of(refusal)) == (code, faults_of(err)), refusal
+        return code, err
+
     await world.add_shop("pos")
+    # A state folder that does not exist yet: both fine (run makes it).
+    missing = tmp_path / "new" / "deeper" / "state.db"
+    assert (await agree(with_state(world.write_config(), missing, tmp_path)))[0] == 0
+    assert missing.exists()
+    # The port held by another program: both refuse, naming it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = await agree(world.write_config(listen=f"127.0.0.1:{port}"))
+    assert code == 2
+    assert faults_of(err) == {
+        "daemon.listen": f"port {port} on 127.0.0.1 is in use by another program"
+    }
+    # State and port held by a running daemon: both refuse, and say how to reload that one.
     daemon = Daemon(world.config(), handle_signals=False)
     async with running(daemon):
-        config = world.write_config(daemon=f'listen = "127.0.0.1:{daemon.bound_port}"')
-        config.write_text(config.read_text().replace('listen = "127.0.0.1:0"\n', "", 1))
-        code, out, err = await check(config)
-    assert (code, err) == (0, "")
-    assert out.endswith(": ok (1 channel)\n")
+        code, err = await agree(world.write_config(listen=f"127.0.0.1:{daemon.bound_port}"))
+    assert code == 2
+    found = faults_of(err)
+    assert set(found) == {"daemon.state", "daemon.listen"}
+    assert f"a stocksync (pid {os.getpid()}) is running on" in found["daemon.state"]
+    assert "in use by a running stocksync" in found["daemon.listen"]
+    assert "kill -HUP" in found["daemon.state"]
 
 
 async def test_connect_tries_every_endpoint_once_and_changes_nothing(

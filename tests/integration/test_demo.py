@@ -43,19 +43,28 @@ async def test_the_commands_the_demo_prints_work_in_another_shell(tmp_path: Path
             str(folder),
         ]
     )
-    assert demo.stdout is not None and demo.stderr is not None
+    assert demo.stdout is not None and demo.stderr is not None and demo.stdin is not None
     printed = ""
+    stderr = b""
     try:
         async with anyio.create_task_group() as group:
 
             async def drain_logs() -> None:
-                async for _ in demo.stderr:  # type: ignore[union-attr]
-                    pass
+                nonlocal stderr
+                async for chunk in demo.stderr:  # type: ignore[union-attr]
+                    stderr += chunk
 
             group.start_soon(drain_logs)
             with anyio.fail_after(30):
-                while "prometheus --config.file" not in printed:
+                while "Press Enter" not in printed:
                     printed += (await demo.stdout.receive()).decode()  # type: ignore[union-attr]
+            # Issue 22: the log goes to a file, and Enter prints the lines to copy again.
+            await demo.stdin.send(b"\n")
+            again = ""
+            with anyio.fail_after(10):
+                while "Press Enter" not in again:
+                    again += (await demo.stdout.receive()).decode()  # type: ignore[union-attr]
+            assert "In another terminal, copy these lines:" in again
             block = printed.split("In another terminal, copy these lines:\n", 1)[1]
             lines = [line.strip() for line in block.splitlines() if line.startswith("  ")]
             exports = [line for line in lines if line.startswith("export ")]
@@ -72,6 +81,7 @@ async def test_the_commands_the_demo_prints_work_in_another_shell(tmp_path: Path
                         "drift",
                         "curl",
                         "prometheus",
+                        "tail",
                     )
                     if w in line
                 ): line
@@ -122,8 +132,14 @@ async def test_the_commands_the_demo_prints_work_in_another_shell(tmp_path: Path
             config = by_verb["prometheus"].split("--config.file=", 1)[1].split()[0]
             promtool = shutil.which("promtool")
             if promtool:
-                await shell(f"{promtool} check config {config}", exports)
-            assert "127.0.0.1:" in await anyio.Path(config).read_text()
+                await shell(f"{promtool} check config {config}", exports)  # rules included
+            prometheus = await anyio.Path(config).read_text()
+            assert "127.0.0.1:" in prometheus and "rule_files:\n  - alerts.yml" in prometheus
+            assert "StocksyncKeycrmDown" in (folder / "alerts.yml").read_text()
+            assert "--web.listen-address=127.0.0.1:" in by_verb["prometheus"]
+            log = by_verb["tail"].split("tail -f ", 1)[1]
+            assert "demo.order_placed" in await anyio.Path(log).read_text()
+            assert b"demo.order_placed" not in stderr
 
             demo.send_signal(signal.SIGINT)
             with anyio.fail_after(20):

@@ -167,9 +167,16 @@ async def test_drift_paces_reads_within_a_share_of_the_rate_limit(
 ) -> None:
     shops = await setup(world, monkeypatch, og_rate="40/s")  # share 0.5: one read per 50 ms
     run = await stocksync(
-        "drift", world.tmp_path / "stocksync.toml", "--channel", "ordergroove", "--share", "0.5"
+        "drift",
+        world.tmp_path / "stocksync.toml",
+        *("--channel", "ordergroove", "--share", "0.5", "--progress-every", "0.1"),
     )
     assert run.code == 0, run.out + run.err
+    # Not silent while it reads (issue 22): how far each channel is, on stderr.
+    progress = [line for line in run.err.splitlines() if line.startswith("drift: read ")]
+    assert progress, run.err
+    assert progress[-1].startswith("drift: read ordergroove ")
+    assert progress[-1].endswith(f"/{SKUS}")
     reads = shops.ordergroove.reads
     assert len(reads) == SKUS  # one product per request
     gaps = [later - earlier for earlier, later in pairwise(reads)]

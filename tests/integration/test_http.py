@@ -58,7 +58,7 @@ async def test_webhook_tokens_bodies_and_what_they_change(synced: World) -> None
         rejected = daemon.metrics.registry.get_sample_value(
             "stocksync_webhook_events_total", {"outcome": "rejected"}
         )
-        assert rejected == 5
+        assert rejected == 6  # the unknown token counts too (StocksyncWebhooksRejected)
 
 
 async def test_admin_resync_needs_the_bearer_token_and_pushes_everything_again(
@@ -105,6 +105,14 @@ async def test_admin_guard_release_needs_the_token_and_a_channel_it_knows(synced
             assert (r.status, await r.json()) == (200, {"released": {}, "items": 0})
 
 
+def keycrm(daemon: Daemon, gauge: str) -> float:
+    value = daemon.metrics.registry.get_sample_value(
+        f"stocksync_keycrm_{gauge}", {"merchant": "default"}
+    )
+    assert value is not None
+    return value
+
+
 async def test_health_readiness_and_status(synced: World) -> None:
     world = synced
     world.keycrm.faults.add(503, times=100)  # keyCRM down at start
@@ -115,6 +123,8 @@ async def test_health_readiness_and_status(synced: World) -> None:
         async with session.get(f"{base(daemon)}/readyz") as r:
             assert r.status == 503
             assert "keyCRM has not answered" in await r.text()
+        await eventually(lambda: keycrm(daemon, "up") == 0)  # StocksyncKeycrmDown's gauge
+        started = keycrm(daemon, "last_success_timestamp_seconds")
         world.keycrm.faults.clear()
         assert daemon.parts is not None
         daemon.parts.source.request_scan()
@@ -127,6 +137,8 @@ async def test_health_readiness_and_status(synced: World) -> None:
             assert r.status == 200
         async with session.get(f"{base(daemon)}/status") as r:
             status = await r.json()
+        assert keycrm(daemon, "up") == 1
+        assert keycrm(daemon, "last_success_timestamp_seconds") > started
     assert status["ready"] is True
     assert status["channels"]["pos"]["pending"] == 0
     assert status["source"]["budget_requests_per_minute"] == 6000

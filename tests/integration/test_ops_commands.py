@@ -181,6 +181,9 @@ async def test_history_filters_newest_first(world: World) -> None:
 
     code, out, _ = await cli("history", "--state", state, "SKU-00002", "--channel", "web", "--json")
     assert {r["channel"] for r in orjson.loads(out)} == {"web"}
+    code, out, err = await cli("history", "--state", state, "SKU-00002", "--channel", "nope")
+    assert (code, out) == (2, "")  # a typo is named, not "no pushes recorded"
+    assert err.strip() == "--channel: no channel 'nope' in this state (channels: pos, web)"
 
     code, out, _ = await cli("history", "--state", state, "SKU-00002", "--limit", "1")
     lines = out.splitlines()
@@ -238,11 +241,10 @@ async def test_port_in_use_is_one_line(world: World) -> None:
         path = world.write_config()
         path.write_text(path.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
         code, _, err = await cli("run", "-c", str(path), env=dict(os.environ))
-    assert code == 1
+    # run's preflight (check-config's) refuses before anything starts: one line, no log.
+    assert code == 2
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        f"cannot listen on 127.0.0.1:{port}: address already in use"
-    )
+    assert err.strip() == f"daemon.listen: port {port} on 127.0.0.1 is in use by another program"
 
 
 async def test_watch_redraws_until_interrupted_and_a_closed_pipe_is_quiet(world: World) -> None:
@@ -350,8 +352,13 @@ async def test_an_unusable_state_file_is_one_line(world: World) -> None:
     path = world.write_config(daemon=f'state = "{blocker / "state.db"}"')
     text = path.read_text().replace(f'state = "{world.tmp_path / "state.db"}"\n', "", 1)
     path.write_text(text)
-    for command in ("run", "once"):
-        code, _, err = await cli(command, "-c", str(path), env=dict(os.environ))
-        assert code == 1, err
-        assert "Traceback" not in err
-        assert err.strip().splitlines()[-1].startswith(f"cannot use {blocker}")
+    code, _, err = await cli("once", "-c", str(path), env=dict(os.environ))
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"cannot use {blocker}")
+    # run refuses in its preflight, as check-config does: the same one line, exit 2
+    code, _, err = await cli("run", "-c", str(path), env=dict(os.environ))
+    assert code == 2, err
+    assert err.strip() == (
+        f"daemon.state: folder {blocker} does not exist and cannot be made: {blocker} is a file"
+    )

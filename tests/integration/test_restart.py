@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from daemon.shell.daemon import Daemon
+from daemon.store import SQLiteStore
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_sync import in_sync
 
@@ -110,6 +111,20 @@ async def test_once_dry_run_prints_the_plan_and_sends_nothing(world: World) -> N
     assert pos.requests == []
     assert not (world.tmp_path / "state.db").exists()
 
+    # After a resync (a reload asks for one) every item is pending, changed or not: the
+    # unchanged ones are counted, not listed as "qty=2 (now: qty=2)".
+    done = await anyio.run_process([sys.executable, "-m", "daemon", "once", "-c", str(path)])
+    assert done.returncode == 0
+    store = SQLiteStore(world.tmp_path / "state.db")
+    assert await store.force_all(time.time()) == 3
+    await store.close()
+    result = await anyio.run_process(
+        [sys.executable, "-m", "daemon", "once", "--dry-run", "-c", str(path)], check=False
+    )
+    assert result.stdout.decode().splitlines() == [
+        "# pos: 0 to push; 3 unchanged pushed again (a resync asked for every item)"
+    ]
+
 
 async def test_once_exits_1_when_an_item_is_rejected(world: World) -> None:
     world.keycrm.populate(4)
@@ -141,6 +156,7 @@ async def test_once_says_what_it_did_and_a_second_run_pushed_nothing(world: Worl
     progress = [line for line in first.stderr.decode().splitlines() if line.startswith("once: ")]
     assert progress, first.stderr.decode()
     assert "pushed" in progress[-1] and "pending" in progress[-1]
+    assert "once stopped waiting: --timeout 2s reached" in first.stderr.decode()
 
     # nothing to do: says so, rather than counting what earlier runs acknowledged
     world.write_config(channels=world.shop_table("pos"))

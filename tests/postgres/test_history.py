@@ -114,6 +114,10 @@ def test_history_reads_daemon_state_and_an_unknown_sku(
     assert "rejected  unknown product" in out
     assert len(out.splitlines()) == len(AGES) * len(CHANNELS)
     assert history(capsys, "-c", str(config), "NOPE") == (0, "no pushes recorded for NOPE\n", "")
+    # A channel the state never held is named, from either backend alike (issue 22).
+    unknown = history(capsys, "-c", str(config), "S1", "--channel", "nope")
+    assert unknown == history(capsys, "S1", "--state", str(path), "--channel", "nope")
+    assert unknown[0] == 2 and unknown[2].startswith("--channel: no channel 'nope' in this state")
 
 
 def test_history_reads_nothing_else_and_writes_nothing(
