@@ -34,6 +34,7 @@ import pytest
 from adapters import ADAPTERS
 from daemon.config.settings import load_config
 from daemon.shell.daemon import Daemon
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, SCOPE, quoted
 from tests.conftest import World, eventually, idle, running
 from tests.integration.test_lifecycle import free_port
 from tests.integration.test_sync import available, in_sync
@@ -166,10 +167,12 @@ class Postgres(Backend):
 
     def make_due(self) -> None:
         with psycopg.connect(self.dsn) as db:
+            db.execute("SELECT " + SCOPE, (quoted(DEFAULT_MERCHANT),))  # the merchant's tables
             db.execute("UPDATE items SET next_attempt = 0, due_at = 0 WHERE status = 'pending'")
 
     def queued(self) -> list[tuple[object, ...]]:
         with psycopg.connect(self.dsn) as db:
+            db.execute("SELECT " + SCOPE, (quoted(DEFAULT_MERCHANT),))
             return db.execute("SELECT sku, claimed_epoch FROM lookup_queue").fetchall()
 
     def check(self) -> None:
