@@ -15,6 +15,7 @@ from daemon.core.models import Outcome, Value, Verdict
 from daemon.store import lifecycle, moves
 from daemon.store.lifecycle import Item, Status, Timing
 from daemon.store.rows import item as loaded
+from daemon.store.sqlite import queue
 from daemon.store.sqlite.base import COLUMNS
 from daemon.store.sqlite.schema import ITEM_COLUMNS, migrate
 
@@ -127,3 +128,16 @@ def test_postgresql_takes_the_same_sql_with_its_parameters() -> None:
         "status = 'sending' AND sent = %(sent)s AND desired = %(sent)s AND held_scan IS NULL"
     )
     assert "%(now)s" in moves.pg(moves.FORCE.sets) and "::" not in moves.FORCE.sets
+
+
+def test_sqlite_finds_acknowledged_rows_key_by_key(db: sqlite3.Connection) -> None:
+    """An acknowledgement probes each key of the push; joined the other way round, SQLite read
+    every item in flight once per value (a third of a resync's CPU)."""
+    plan = [
+        row[3]
+        for row in db.execute(
+            "EXPLAIN QUERY PLAN " + queue._ACKNOWLEDGE, {"channel": "c", "acks": "[]", "now": 1}
+        )
+    ]
+    assert "SEARCH items USING INDEX sqlite_autoindex_items_1 (channel=? AND key=?)" in plan, plan
+    assert not [step for step in plan if "items_lag" in step or step.startswith("SCAN items")]

@@ -29,13 +29,15 @@ _DUE = (
     + " ORDER BY priority, due_at LIMIT :limit"
 )
 _CLAIM = f"UPDATE items SET {CLAIM.sets} WHERE rowid IN (SELECT value FROM json_each(:rows))"
-#: A push's acknowledged values (a JSON list of [key, sent]) settled in one statement.
+#: A push's acknowledged values (a JSON list of [key, sent]) settled in one statement. The rows
+#: are found key by key (CROSS JOIN keeps the list outside: joined the other way round, SQLite
+#: read every item in flight once per value); `acked = sent` as the condition made them equal.
+_SENT = "json_extract(v.value, '$[1]')"
 _ACKNOWLEDGE = (
-    f"UPDATE items SET {bind(ACKNOWLEDGE.sets, sent='v.verdict_sent')} FROM ("
-    "SELECT json_extract(value, '$[0]') AS verdict_key, json_extract(value, '$[1]') AS"
-    " verdict_sent FROM json_each(:acks)) AS v"
-    " WHERE items.channel = :channel AND items.key = v.verdict_key AND "
-    f"({bind(ACKNOWLEDGE.where, sent='v.verdict_sent')}) RETURNING key, changed_at"
+    f"UPDATE items SET {bind(ACKNOWLEDGE.sets, sent='sent')} WHERE rowid IN ("
+    "SELECT items.rowid FROM json_each(:acks) AS v CROSS JOIN items"
+    " ON items.channel = :channel AND items.key = json_extract(v.value, '$[0]')"
+    f" WHERE {bind(ACKNOWLEDGE.where, sent=_SENT)}) RETURNING key, changed_at"
 )
 _RANGE = "rowid > :first AND rowid <= :last"
 
