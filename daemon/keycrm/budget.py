@@ -62,6 +62,11 @@ class RequestBudget:
         self.spacing = window / limit
         self._clock = clock
         self._requests: deque[_Request] = deque(maxlen=limit)
+        #: when the requests of the window were answered, oldest first (pruned as the window
+        #: moves), and how many are under way: `sent_in_window` in O(1), however often
+        #: /status and /metrics ask and however large N is
+        self._answered: deque[float] = deque()
+        self._under_way = 0
         self._queue: list[tuple[int, int]] = []
         self._seq = itertools.count()
         self._changed = anyio.Event()
@@ -104,9 +109,9 @@ class RequestBudget:
         done = saved.get("done")
         if isinstance(done, list):
             times = sorted(float(t) for t in done if isinstance(t, int | float))
-            for t in times[-self.limit :]:
-                mono = mono_now - max(0.0, wall_now - t)
-                self._requests.append(_Request(mono, mono))
+            taken = [mono_now - max(0.0, wall_now - t) for t in times[-self.limit :]]
+            self._requests.extend(_Request(mono, mono) for mono in taken)
+            self._answered_at(taken)
         paused = saved.get("paused_until")
         if isinstance(paused, int | float) and paused > wall_now:
             self._paused_until = max(self._paused_until, mono_now + (paused - wall_now))
@@ -114,8 +119,18 @@ class RequestBudget:
 
     def sent_in_window(self) -> int:
         """Requests sent in the last window: `budget use` on the dashboard."""
+        self._prune()
+        return min(self.limit, self._under_way + len(self._answered))
+
+    def _prune(self) -> None:
         edge = self._clock() - self.window
-        return sum(1 for r in self._requests if r.done is None or r.done > edge)
+        answered = self._answered
+        while answered and answered[0] <= edge:
+            answered.popleft()
+
+    def _answered_at(self, times: Iterable[float]) -> None:
+        """Count requests answered at these times (in any order) in the window."""
+        self._answered = deque(sorted([*self._answered, *times]))
 
     def _ready_at(self) -> float:
         ready = self._paused_until
@@ -135,6 +150,7 @@ class RequestBudget:
         predecessor's window, kept in PostgreSQL by `daemon.store.pg.budget`)."""
         now = self._clock()
         inherited = [_Request(now - age, now - age) for age in ages if 0 <= age < self.window]
+        self._answered_at(r.sent for r in inherited)
         merged = sorted([*self._requests, *inherited], key=lambda r: r.sent)
         self._requests = deque(merged, maxlen=self.limit)
         self._notify()
@@ -152,6 +168,9 @@ class RequestBudget:
             yield
         finally:
             entry.done = self._clock()
+            self._under_way -= 1
+            self._answered.append(entry.done)  # the clock only moves on: still in order
+            self._prune()
             self._notify()
             if self.on_done is not None:
                 with anyio.CancelScope(shield=True):
@@ -172,6 +191,7 @@ class RequestBudget:
                         heapq.heappop(self._queue)
                         entry = _Request(self._clock())
                         self._requests.append(entry)
+                        self._under_way += 1
                         self._notify()
                         return entry
                 event = self._changed

@@ -14,11 +14,13 @@ look-up may have read the stock before the change; a claim left by a dead proces
 older than `reclaim_after`, is taken again.
 
 Only a count is kept in memory, never the SKUs: the consumer waits on it (for a first SKU, or
-for a full request's worth within `keycrm.lookup_window`) without asking the store.
+for a full request's worth within the window `ArrivalRate.window` gives) without asking the
+store.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -27,12 +29,50 @@ import anyio
 
 from daemon.store import LookupEntry, LookupStore
 
-__all__ = ["LOOKUP_QUEUE_CAP", "LookupQueue"]
+__all__ = ["LOOKUP_QUEUE_CAP", "ArrivalRate", "LookupQueue"]
 
 #: SKUs waiting for a look-up at most; more are left to the next scan
 LOOKUP_QUEUE_CAP = 10_000
 #: a claim older than this (a look-up that hung past every timeout) is taken again
 RECLAIM_AFTER = 60.0
+#: SKUs one look-up request carries at most (keyCRM's `limit`)
+FULL = 50
+
+
+class ArrivalRate:
+    """SKUs queued per second lately (decayed over `horizon` seconds), and how long a look-up
+    should wait for more of them. Pure: `now` is given.
+
+    A fixed window is wrong both ways: 250 ms carried 13 SKUs a request at 50 changes/s, and
+    made a lone change wait 250 ms for company that never came. So: when fewer than one more
+    SKU is expected within the configured window, ask at once; under load, wait until a full
+    request's worth is expected, up to twice the configured window (the change-to-channel
+    latency stays within the debounce plus a second)."""
+
+    def __init__(self, horizon: float = 0.5) -> None:
+        self.horizon = horizon
+        self._weight = 0.0
+        self._at: float | None = None
+
+    def arrived(self, count: int, now: float) -> None:
+        self._weight = self._decayed(now) + count
+        self._at = now
+
+    def per_second(self, now: float) -> float:
+        return self._decayed(now) / self.horizon
+
+    def window(self, configured: float, now: float) -> float:
+        """Seconds a look-up waits for more SKUs (it goes earlier once `FULL` are queued)."""
+        rate = self.per_second(now)
+        expected = rate * configured
+        if configured <= 0 or expected < 1:
+            return 0.0
+        return min(FULL / rate, configured * min(2.0, max(1.0, expected / 5)))
+
+    def _decayed(self, now: float) -> float:
+        if self._at is None:
+            return 0.0
+        return self._weight * math.exp(-max(0.0, now - self._at) / self.horizon)
 
 
 class LookupQueue:
@@ -53,6 +93,8 @@ class LookupQueue:
         #: entries in the table as far as this process knows; None until `load` or `take` says
         self._depth: int | None = None
         self._wake = anyio.Event()
+        #: how fast SKUs are queued: the consumer's window (`ArrivalRate.window`)
+        self.arrivals = ArrivalRate()
 
     def __len__(self) -> int:
         return self._depth or 0
@@ -67,10 +109,15 @@ class LookupQueue:
         """Queue these SKUs durably (those already waiting keep their place); return how many
         the cap turned away. Raises `StoreUnavailable`, having queued nothing."""
         done = await self._store.enqueue_lookups(skus, self.cap, self._clock())
+        self.arrivals.arrived(done.added, self._clock())
         if self._depth is not None:
             self._depth += done.added
         self._notify()
         return done.overflow
+
+    def window(self, configured: float) -> float:
+        """How long the consumer waits for a fuller request now (see `ArrivalRate`)."""
+        return self.arrivals.window(configured, self._clock())
 
     async def take(self, limit: int) -> list[LookupEntry]:
         """Claim the oldest `limit` entries (they stay on disk until `done`)."""

@@ -294,9 +294,11 @@ class Source:
             return
         while True:
             await queue.wait()
-            if self._lookup_window > 0:
-                # A moment for more SKUs to come: one request then carries up to 50 of them.
-                with anyio.move_on_after(self._lookup_window):
+            window = queue.window(self._lookup_window)
+            if window > 0:
+                # A moment for more SKUs to come (longer the faster they come, none when they
+                # are rare): one request then carries up to 50 of them.
+                with anyio.move_on_after(window):
                     await queue.wait(PAGE_SIZE)
             try:
                 batch = await queue.take(_LOOKUP_BATCH)

@@ -321,7 +321,7 @@ class MerchantPipeline:
                 log.info("resync.merged", trigger=wish.trigger)
                 continue
             try:
-                await parts.reconciler.replan()
+                replanned = await self._replan_if_stale(parts)
                 forced = await store.force_all(self._shared.clock())
             except StoreUnavailable:
                 await anyio.sleep(_STORE_RETRY)  # still wanted: tried again
@@ -330,7 +330,22 @@ class MerchantPipeline:
             for dispatcher in parts.dispatchers.values():
                 dispatcher.notify()
             parts.source.request_scan()
-            log.info("resync.started", trigger=wish.trigger, items=forced)
+            log.info("resync.started", trigger=wish.trigger, items=forced, replanned=replanned)
+
+    async def _replan_if_stale(self, parts: Parts) -> int | None:
+        """A resync's plan: the stored desired values were planned from the stored records by
+        these very rules unless the rules' fingerprint moved or the last process died mid-way;
+        then every record is planned again (returns how many items that moved), else the stored
+        values stand and are pushed again as they are (None). Re-planning a million unchanged
+        records cost an eighth of a resync's CPU for nothing (issue 21); the resync's own scan
+        still brings every record keyCRM changed."""
+        store = self._shared.store
+        rules = fingerprint({c.name: c.rules for c in self.config.channels})
+        if not self.replan_all and await store.get_meta("plan_fingerprint") == rules:
+            return None
+        replanned = await parts.reconciler.replan()
+        await store.set_meta("plan_fingerprint", rules)
+        return replanned
 
     async def _scheduled_resyncs(self, every: float) -> None:
         """`sync.resync_interval`: heal drift made by hand in a channel, on a schedule."""

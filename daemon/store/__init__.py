@@ -2,6 +2,8 @@
 
     protocol.py   the `Store` interface and the values it returns
     lifecycle.py  the item states and every transition between them (pure)
+    moves.py      the transitions every pushed item makes, as set-based SQL (tested against
+                  lifecycle.py)
     rows.py       what both backends do between their SQL and the lifecycle (pure)
     health.py     a failing store as a state the daemon shows, not a crash
     records.py    keyCRM records as both backends store them    codec.py  their compact text

@@ -1,9 +1,11 @@
 """The item lifecycle: every state a channel item can be in, and every move between them.
 
-This module is the one place the lifecycle is decided. Backends (SQLite now, PostgreSQL later)
-load an item's row, call one of the transitions below, and write back what it returns, inside one
-transaction; they never set a status themselves. The functions are pure and take `now`, so every
-edge is tested in milliseconds (tests/unit/test_lifecycle.py).
+This module is the one place the lifecycle is decided. Backends (SQLite and PostgreSQL) load an
+item's row, call one of the transitions below, and write back what it returns, inside one
+transaction; they never set a status themselves. The four moves every pushed item makes (claim,
+an acknowledgement, force, reassert) also exist as SQL over many rows (`daemon.store.moves`):
+tests/unit/test_moves.py holds each to its function here, item for item. The functions are pure
+and take `now`, so every edge is tested in milliseconds (tests/unit/test_lifecycle.py).
 
     (new) ──desire──> pending ──claim──> sending ──settle: 2xx, desired unchanged──> ok
                        ^  │                 │  └──settle: 2xx, desired moved──> pending

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, LiteralString
 
-from daemon.core.models import CatalogEntry, StockRecord, Value
+from daemon.core.models import CatalogEntry, Outcome, StockRecord, Value, Verdict
 from daemon.rules.guard import ScanGuard
 from daemon.rules.plan import Contribution
 from daemon.store import lifecycle
@@ -36,8 +36,10 @@ __all__ = [
     "item",
     "item_rows",
     "oldest",
+    "quick_acks",
     "recover_all",
     "release_all",
+    "settled_history",
     "skus_by_key",
     "stock_change",
     "stocked_records",
@@ -131,6 +133,36 @@ def held_history(items: Iterable[Item], now: float, by: str | None) -> list[Hist
     if by is None:
         return []
     return [(i.channel, i.key, i.acked, i.desired, "released", by, float(now)) for i in items]
+
+
+def quick_acks(verdicts: Sequence[Verdict]) -> dict[str, str]:
+    """The acknowledged verdicts `moves.ACKNOWLEDGE` may settle in one statement (key: the
+    value sent); none when a key comes twice, as one statement may not move a row twice."""
+    if len({v.key for v in verdicts}) != len(verdicts):
+        return {}
+    return {v.key: v.sent.encode() for v in verdicts if v.outcome is Outcome.ACKNOWLEDGED}
+
+
+def settled_history(
+    channel: str,
+    verdicts: Sequence[Verdict],
+    acknowledged: Mapping[str, str | None],
+    rest: Sequence[HistoryValues],
+    now: float,
+) -> list[HistoryValues]:
+    """A push's history rows in its verdicts' order: those `acknowledged` in one statement
+    (key: the value acknowledged before), and `rest`, the lifecycle's rows of the others."""
+    others = iter(rest)
+    out: list[HistoryValues] = []
+    for verdict in verdicts:
+        if verdict.key in acknowledged:
+            out.append(
+                (channel, verdict.key, acknowledged[verdict.key], verdict.sent.encode(),
+                 str(verdict.outcome), verdict.error, now)
+            )  # fmt: skip
+        else:
+            out.append(next(others))
+    return out
 
 
 def item_rows(rows: Iterable[Sequence[Any]]) -> list[ItemRow]:

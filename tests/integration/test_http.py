@@ -11,6 +11,7 @@ import aiohttp
 import anyio
 import orjson
 import pytest
+import structlog
 from aiohttp import web
 
 from daemon.core.telemetry import PUSH_OUTCOMES
@@ -65,27 +66,37 @@ async def test_admin_resync_needs_the_bearer_token_and_pushes_everything_again(
     synced: World,
 ) -> None:
     world = synced
-    pos = world.shops["pos"]
     daemon = Daemon(world.config(), handle_signals=False)
-    async with running(daemon), aiohttp.ClientSession() as session:
-        await eventually(lambda: in_sync(world))
-        await eventually(lambda: len(pos.requests) >= 10 and idle(daemon))
-        assert len(pos.requests) == 10
-        url = f"{base(daemon)}/admin/resync"
-        async with session.post(url) as r:
-            assert r.status == 401
-        async with session.post(url, headers={"Authorization": "Bearer nope"}) as r:
-            assert r.status == 401
-        async with session.post(url, headers={"Authorization": f"Bearer {world.admin_token}"}) as r:
-            assert r.status == 202
-        await eventually(lambda: len(pos.requests) >= 20 and idle(daemon))
-        assert len(pos.requests) == 20
+    with structlog.testing.capture_logs() as logs:
+        async with running(daemon), aiohttp.ClientSession() as session:
+            await _resync_over_http(world, daemon, session)
+    # The rules did not change since the start planned every record: the stored values went
+    # out again as they were, with no second plan of every record.
+    started = [e for e in logs if e["event"] == "resync.started"]
+    assert [(e["items"], e["replanned"]) for e in started] == [(10, None)]
+    assert [e["event"] for e in logs].count("plan.replanning") == 1  # the start's own
     assert (
         daemon.metrics.registry.get_sample_value(
             "stocksync_resyncs_total", {"merchant": "default", "trigger": "http"}
         )
         == 1
     )
+
+
+async def _resync_over_http(world: World, daemon: Daemon, session: aiohttp.ClientSession) -> None:
+    pos = world.shops["pos"]
+    await eventually(lambda: in_sync(world))
+    await eventually(lambda: len(pos.requests) >= 10 and idle(daemon))
+    assert len(pos.requests) == 10
+    url = f"{base(daemon)}/admin/resync"
+    async with session.post(url) as r:
+        assert r.status == 401
+    async with session.post(url, headers={"Authorization": "Bearer nope"}) as r:
+        assert r.status == 401
+    async with session.post(url, headers={"Authorization": f"Bearer {world.admin_token}"}) as r:
+        assert r.status == 202
+    await eventually(lambda: len(pos.requests) >= 20 and idle(daemon))
+    assert len(pos.requests) == 20
 
 
 async def test_admin_guard_release_needs_the_token_and_a_channel_it_knows(synced: World) -> None:

@@ -25,6 +25,7 @@ from daemon.store.pg.base import channel_class
 from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.merchants import DEFAULT_MERCHANT, scope
 from daemon.store.pg.migrate import MIGRATIONS, migrate
+from daemon.store.pg.queue import _ACKNOWLEDGE, _CLAIM
 
 pytestmark = pytest.mark.anyio
 
@@ -133,7 +134,9 @@ def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
-async def _plan(pool: Pool, query: LiteralString, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+async def _plan(
+    pool: Pool, query: LiteralString, params: tuple[Any, ...] | dict[str, Any]
+) -> list[dict[str, Any]]:
     async with pool.connection() as conn, conn.transaction(force_rollback=True):
         await scope(conn, DEFAULT_MERCHANT)
         cursor = await conn.execute("EXPLAIN (FORMAT JSON) " + query, params)
@@ -155,6 +158,19 @@ async def test_writes_probe_indexes_before_the_tables_have_statistics(pool: Pool
     assert [(n["Node Type"], n.get("Index Name")) for n in load if n.get("Relation Name")] == [
         ("Index Scan", "items_pkey")
     ]
+    # The set-based moves: the due rows by a due index, acknowledged ones by primary key, then
+    # each moved by its address (a join by key read the whole channel: a Seq Scan).
+    claim = await _plan(pool, _CLAIM, {"channel": "c", "now": 9.0, "limit": 100})
+    acks = {"keys": keys[:100], "sents": [ON_HAND.encode()] * 100, "channel": "c", "now": 9.0}
+    acknowledge = await _plan(pool, _ACKNOWLEDGE, acks)
+    for plan, probe in ((claim, {"items_due", "items_lag"}), (acknowledge, {"items_pkey"})):
+        scans = [
+            n.get("Index Name", n["Node Type"])
+            for n in plan
+            if n.get("Relation Name") == "items" and n["Node Type"] != "ModifyTable"
+        ]
+        assert len(scans) == 2 and scans.count("Tid Scan") == 1, scans
+        assert set(scans) - {"Tid Scan"} <= probe, scans
     trim = await _plan(pool, _TRIM_HISTORY, (keys[:100], "c", 99, "c"))
     on_history = [n for n in trim if n.get("Relation Name") == "history" or n.get("Index Name")]
     assert any(n.get("Index Name") == "history_by_key" for n in on_history)

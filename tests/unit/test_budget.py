@@ -72,3 +72,19 @@ async def test_a_request_counts_from_its_answer_so_network_delay_cannot_crowd_a_
         pass
     async with budget.request(Priority.SCAN):  # the third waits a window after the first answer
         assert time.monotonic() - answered >= 0.2 * 0.95
+
+
+async def test_the_window_counts_requests_under_way_and_those_answered_within_it() -> None:
+    """`sent_in_window` is kept as requests come and go (O(1) for /status and /metrics)."""
+    now = [100.0]
+    budget = RequestBudget(limit=5, window=10.0, clock=lambda: now[0])
+    budget.restore({"done": [1000.0 - 8]}, wall_now=1000.0)  # answered 8 s ago
+    budget.preload([3.0])  # another replica's, 3 s ago
+    assert budget.sent_in_window() == 2
+    async with budget.request(Priority.SCAN):
+        assert budget.sent_in_window() == 3
+        now[0] += 1.0
+    now[0] += 1.5  # the restored one (answered at 92) has left the window
+    assert budget.sent_in_window() == 2
+    now[0] += 10.0
+    assert budget.sent_in_window() == 0

@@ -1,23 +1,56 @@
-"""The PostgreSQL store's channel items and their work queue: every call here loads items (locking
-their rows), moves them through `daemon.store.lifecycle` (by way of `daemon.store.rows`) and saves
-them back in one transaction under its channel's lock, or the all-items lock for a call that moves
-items of every channel."""
+"""The PostgreSQL store's channel items and their work queue, each call one transaction under its
+channel's lock, or the all-items lock for a call that moves items of every channel.
+
+The moves every pushed item makes (claim, an acknowledgement of the value sent, a resync's force,
+a reassert) are set-based statements (`daemon.store.moves`, the SQL SQLite runs too); every other
+move loads its items (locking their rows), moves them through `daemon.store.lifecycle` (by way of
+`daemon.store.rows`) and saves them back.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from typing import LiteralString
 
 from daemon.core.models import ItemValue, Value, Verdict
 from daemon.rules.guard import ScanGuard
 from daemon.store import lifecycle
 from daemon.store import rows as shared
 from daemon.store.lifecycle import Timing
+from daemon.store.moves import ACKNOWLEDGE, CLAIM, FORCE, REASSERT, bind, pg
 from daemon.store.pg.base import ALL_ITEMS, COLUMNS, PAGE, TRIM_HISTORY, PostgresBase
 from daemon.store.protocol import ItemRow, Settled
 from daemon.store.rows import item as _item
 
 __all__ = ["PostgresQueue"]
+
+#: The due rows, first due first, locked (others' claims skip them) and moved in one statement,
+#: by their addresses: a join by key read the whole channel before the table had statistics
+#: (tests/postgres/test_batches.py). They come back with their order (RETURNING keeps none).
+_CLAIM: LiteralString = (
+    "WITH due AS (SELECT ctid AS row_id, key AS due_key, priority AS due_priority,"
+    " due_at AS due_time FROM items WHERE channel = %(channel)s AND " + pg(CLAIM.where) + ""
+    " ORDER BY priority, due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+    " moved AS (UPDATE items SET " + pg(CLAIM.sets) + ""
+    " WHERE ctid = ANY(ARRAY(SELECT row_id FROM due)) RETURNING key, desired)"
+    " SELECT moved.key, moved.desired FROM moved JOIN due ON due.due_key = moved.key"
+    " ORDER BY due.due_priority, due.due_time"
+)
+#: A push's acknowledged values in one statement: each key probed by its primary key and locked
+#: (see `LOAD`), the value acknowledged before kept for the history, and the rows `ACKNOWLEDGE`
+#: takes moved by their addresses (`acked = sent`: its condition made them the value sent).
+_ACKNOWLEDGE: LiteralString = (
+    "WITH found AS (SELECT old.row_id, old.key AS found_key, old.acked AS before"
+    " FROM unnest(%(keys)s::text[], %(sents)s::text[]) AS v(verdict_key, verdict_sent)"
+    " CROSS JOIN LATERAL (SELECT ctid AS row_id, * FROM items WHERE channel = %(channel)s"
+    " AND key = v.verdict_key LIMIT 1 FOR UPDATE) AS old"
+    " WHERE " + pg(bind(ACKNOWLEDGE.where, sent="v.verdict_sent")) + "),"
+    " moved AS (UPDATE items SET " + pg(bind(ACKNOWLEDGE.sets, sent="sent")) + ""
+    " WHERE ctid = ANY(ARRAY(SELECT row_id FROM found)) RETURNING key, changed_at)"
+    " SELECT moved.key, found.before, moved.changed_at FROM moved"
+    " JOIN found ON found.found_key = moved.key"
+)
 
 
 class PostgresQueue(PostgresBase):
@@ -45,14 +78,9 @@ class PostgresQueue(PostgresBase):
         # Without the channel's lock (see `_write`): the claims and settles of a channel's
         # batches in flight overlap instead of queueing behind each other.
         async with self._write(claim=True) as conn:
-            cursor = await conn.execute(
-                "SELECT " + COLUMNS + " FROM items WHERE channel = %s AND status = 'pending'"
-                " AND due_at <= %s ORDER BY priority, due_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                (channel, now, limit),
-            )
-            items = [lifecycle.claim(_item(row)) for row in await cursor.fetchall()]
-            await self._save(conn, items)
-        return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
+            cursor = await conn.execute(_CLAIM, {"channel": channel, "now": now, "limit": limit})
+            rows = await cursor.fetchall()
+        return [ItemValue(key, Value.decode(desired)) for key, desired in rows]
 
     async def count_due(self, channel: str, now: float, limit: int) -> int:
         async with self._read() as conn:
@@ -93,12 +121,21 @@ class PostgresQueue(PostgresBase):
         backoff: Callable[[int], float],
     ) -> Settled:
         async with self._write(channel=channel) as conn:
-            current = await self._load(conn, channel, [v.key for v in verdicts])
-            done = lifecycle.settle_all(
-                channel, current, verdicts, now, timing=timing, backoff=backoff
-            )
-            writes, history = done.writes, done.history
-            await self._save(conn, writes)
+            acks = shared.quick_acks(verdicts)
+            acknowledged: dict[str, tuple[str | None, float]] = {}
+            if acks:
+                cursor = await conn.execute(
+                    _ACKNOWLEDGE,
+                    {"keys": list(acks), "sents": list(acks.values()), "channel": channel,
+                     "now": now},
+                )  # fmt: skip
+                acknowledged = {key: (was, at) for key, was, at in await cursor.fetchall()}
+            rest = [v for v in verdicts if v.key not in acknowledged]
+            current = await self._load(conn, channel, [v.key for v in rest]) if rest else {}
+            done = lifecycle.settle_all(channel, current, rest, now, timing=timing, backoff=backoff)
+            await self._save(conn, done.writes)
+            befores = {key: before for key, (before, _) in acknowledged.items()}
+            history = shared.settled_history(channel, verdicts, befores, done.history, now)
             if history:
                 await self._history(conn, history)
                 # A bounded trail per item, whatever the retention (as in SQLite).
@@ -107,7 +144,8 @@ class PostgresQueue(PostgresBase):
                     (sorted({v.key for v in verdicts}), channel, self.history_per_item - 1,
                      channel),
                 )  # fmt: skip
-        return Settled(done.propagated, done.attempts)
+        propagated = [float(at) for _, at in acknowledged.values()]
+        return Settled([*propagated, *done.propagated], done.attempts)
 
     async def release(
         self,
@@ -149,17 +187,31 @@ class PostgresQueue(PostgresBase):
         after = ("", "")
         while True:
             async with self._write(lock=ALL_ITEMS) as conn:
+                # A page is a range of the primary key, its end found in the index.
                 cursor = await conn.execute(
-                    "SELECT " + COLUMNS + " FROM items WHERE (channel, key) > (%s, %s)"
-                    " ORDER BY channel, key LIMIT %s",
-                    (*after, PAGE),
+                    "SELECT channel, key FROM items WHERE (channel, key) > (%s, %s)"
+                    " ORDER BY channel, key OFFSET %s LIMIT 1",
+                    (*after, PAGE - 1),
                 )
-                rows = await cursor.fetchall()
-                await self._save(conn, [lifecycle.force(_item(row), now) for row in rows])
-            forced += len(rows)
-            if len(rows) < PAGE:
+                last = await cursor.fetchone()
+                span = {"channel": after[0], "key": after[1], "now": now}
+                if last is None:
+                    cursor = await conn.execute(
+                        "UPDATE items SET " + pg(FORCE.sets) + " WHERE (channel, key) >"
+                        " (%(channel)s, %(key)s) AND " + pg(FORCE.where),
+                        span,
+                    )
+                else:
+                    cursor = await conn.execute(
+                        "UPDATE items SET " + pg(FORCE.sets) + " WHERE (channel, key) >"
+                        " (%(channel)s, %(key)s) AND (channel, key) <= (%(last_channel)s,"
+                        " %(last_key)s) AND " + pg(FORCE.where),
+                        {**span, "last_channel": last[0], "last_key": last[1]},
+                    )
+                forced += cursor.rowcount
+            if last is None:
                 return forced
-            after = (rows[-1][0], rows[-1][1])
+            after = (last[0], last[1])
 
     async def mark_drifted(
         self, channel: str, live: Sequence[tuple[str, Value]], now: float
@@ -178,16 +230,28 @@ class PostgresQueue(PostgresBase):
         while True:
             async with self._write(channel=channel) as conn:
                 cursor = await conn.execute(
-                    "SELECT " + COLUMNS + " FROM items WHERE channel = %s AND key > %s"
-                    " AND status = 'ok' ORDER BY key LIMIT %s",
-                    (channel, after, PAGE),
+                    "SELECT key FROM items WHERE channel = %s AND key > %s ORDER BY key"
+                    " OFFSET %s LIMIT 1",
+                    (channel, after, PAGE - 1),
                 )
-                rows = await cursor.fetchall()
-                await self._save(conn, [lifecycle.reassert(_item(row), now) for row in rows])
-            moved += len(rows)
-            if len(rows) < PAGE:
+                last = await cursor.fetchone()
+                span = {"channel": channel, "key": after, "now": now}
+                if last is None:
+                    cursor = await conn.execute(
+                        "UPDATE items SET " + pg(REASSERT.sets) + " WHERE channel = %(channel)s"
+                        " AND key > %(key)s AND " + pg(REASSERT.where),
+                        span,
+                    )
+                else:
+                    cursor = await conn.execute(
+                        "UPDATE items SET " + pg(REASSERT.sets) + " WHERE channel = %(channel)s"
+                        " AND key > %(key)s AND key <= %(last)s AND " + pg(REASSERT.where),
+                        {**span, "last": last[0]},
+                    )
+                moved += cursor.rowcount
+            if last is None:
                 return moved
-            after = rows[-1][1]
+            after = last[0]
 
     async def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:
         async with self._read() as conn:

@@ -46,6 +46,7 @@ __all__ = [
     "cache_for",
     "chunks",
     "in_clause",
+    "in_stock",
     "in_thread",
 ]
 
@@ -106,7 +107,8 @@ def in_thread(
     return call
 
 
-def _in_stock(acked: str | None) -> bool:
+def in_stock(acked: str | None) -> bool:
+    """Whether an acknowledged value (encoded) shows the item in stock."""
     return acked is not None and Value.decode(acked).is_positive
 
 
@@ -223,23 +225,27 @@ class SQLiteBase:
     def _loaded(self, row: Sequence[Any]) -> Item:
         """An item read in this transaction; what it was is kept for the counters."""
         item = _item(row)
-        self._before[(item.channel, item.key)] = (item.status, _in_stock(item.acked))
+        self._before[(item.channel, item.key)] = (item.status, in_stock(item.acked))
         return item
 
     def _write(self, items: Sequence[Item]) -> None:
         """Store items moved by the lifecycle, and keep the counts per status and in stock."""
         self._db.executemany(_UPSERT, [_row(item) for item in items])
         by_status: Counter[tuple[str, str]] = Counter()
-        in_stock: Counter[str] = Counter()
+        stocked: Counter[str] = Counter()
         for item in items:
             status, positive = self._before.pop((item.channel, item.key), (None, False))
-            now_positive = _in_stock(item.acked)
+            now_positive = in_stock(item.acked)
             if status is not item.status:
                 by_status[(item.channel, str(item.status))] += 1
                 if status is not None:
                     by_status[(item.channel, str(status))] -= 1
             if positive != now_positive:
-                in_stock[item.channel] += 1 if now_positive else -1
+                stocked[item.channel] += 1 if now_positive else -1
+        self._count(by_status, stocked)
+
+    def _count(self, by_status: Counter[tuple[str, str]], stocked: Counter[str]) -> None:
+        """Add what a transaction moved to the counts per (channel, status) and in stock."""
         self._db.executemany(
             "INSERT INTO item_counts (channel, status, n) VALUES (?, ?, ?) "
             "ON CONFLICT (channel, status) DO UPDATE SET n = n + excluded.n",
@@ -248,7 +254,7 @@ class SQLiteBase:
         self._db.executemany(
             "INSERT INTO in_stock_counts (channel, n) VALUES (?, ?) "
             "ON CONFLICT (channel) DO UPDATE SET n = n + excluded.n",
-            [(c, n) for c, n in in_stock.items() if n],
+            [(c, n) for c, n in stocked.items() if n],
         )
 
     def _add_history(self, rows: Sequence[HistoryValues]) -> None:

@@ -1,9 +1,14 @@
-"""The SQLite store's channel items and their work queue: every call here loads items, moves
-them through `daemon.store.lifecycle` (by way of `daemon.store.rows`) and writes them back in one
-transaction."""
+"""The SQLite store's channel items and their work queue, each call one transaction.
+
+The moves every pushed item makes (claim, an acknowledgement of the value sent, a resync's force,
+a reassert) run as set-based SQL (`daemon.store.moves`, checked against the lifecycle by
+tests/unit/test_moves.py); every other move loads its items, moves them through
+`daemon.store.lifecycle` (by way of `daemon.store.rows`) and writes them back.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
@@ -12,8 +17,29 @@ from daemon.rules.guard import ScanGuard
 from daemon.store import lifecycle
 from daemon.store import rows as shared
 from daemon.store.lifecycle import Timing
+from daemon.store.moves import ACKNOWLEDGE, CLAIM, FORCE, FORCE_STAYS, REASSERT, bind
 from daemon.store.protocol import ItemRow, Settled
-from daemon.store.sqlite.base import COLUMNS, PAGE, SQLiteBase, in_thread
+from daemon.store.sqlite.base import COLUMNS, PAGE, SQLiteBase, in_stock, in_thread
+
+#: The due items in the order they go (`CLAIM` then moves them by rowid: SQLite's RETURNING
+#: comes in no order, and the batch must be the first due).
+_DUE = (
+    "SELECT rowid, key, desired FROM items WHERE channel = :channel AND "
+    + CLAIM.where
+    + " ORDER BY priority, due_at LIMIT :limit"
+)
+_CLAIM = f"UPDATE items SET {CLAIM.sets} WHERE rowid IN (SELECT value FROM json_each(:rows))"
+#: A push's acknowledged values (a JSON list of [key, sent]) settled in one statement. The rows
+#: are found key by key (CROSS JOIN keeps the list outside: joined the other way round, SQLite
+#: read every item in flight once per value); `acked = sent` as the condition made them equal.
+_SENT = "json_extract(v.value, '$[1]')"
+_ACKNOWLEDGE = (
+    f"UPDATE items SET {bind(ACKNOWLEDGE.sets, sent='sent')} WHERE rowid IN ("
+    "SELECT items.rowid FROM json_each(:acks) AS v CROSS JOIN items"
+    " ON items.channel = :channel AND items.key = json_extract(v.value, '$[0]')"
+    f" WHERE {bind(ACKNOWLEDGE.where, sent=_SENT)}) RETURNING key, changed_at"
+)
+_RANGE = "rowid > :first AND rowid <= :last"
 
 __all__ = ["SQLiteQueue"]
 
@@ -43,14 +69,16 @@ class SQLiteQueue(SQLiteBase):
     @in_thread
     def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
         with self._tx():
-            rows = self._db.execute(
-                f"SELECT {COLUMNS} FROM items WHERE channel = ? AND status = 'pending' "
-                "AND due_at <= ? ORDER BY priority, due_at LIMIT ?",
-                (channel, now, limit),
+            due = self._db.execute(
+                _DUE, {"channel": channel, "now": now, "limit": limit}
             ).fetchall()
-            items = [lifecycle.claim(self._loaded(row)) for row in rows]
-            self._write(items)
-        return [ItemValue(item.key, Value.decode(item.desired)) for item in items]
+            if due:
+                self._db.execute(_CLAIM, {"rows": json.dumps([row[0] for row in due])})
+                moved = len(due)
+                self._count(
+                    Counter({(channel, "pending"): -moved, (channel, "sending"): moved}), Counter()
+                )
+        return [ItemValue(key, Value.decode(desired)) for _, key, desired in due]
 
     @in_thread
     def count_due(self, channel: str, now: float, limit: int) -> int:
@@ -85,13 +113,14 @@ class SQLiteQueue(SQLiteBase):
         backoff: Callable[[int], float],
     ) -> Settled:
         with self._tx():
-            current = self._load(channel, [v.key for v in verdicts])
-            done = lifecycle.settle_all(
-                channel, current, verdicts, now, timing=timing, backoff=backoff
-            )
-            writes, history = done.writes, done.history
-            self._write(writes)
-            self._add_history(history)
+            acks = shared.quick_acks(verdicts)
+            acknowledged = self._acknowledge(channel, acks, now) if acks else {}
+            rest = [v for v in verdicts if v.key not in acknowledged]
+            current = self._load(channel, [v.key for v in rest]) if rest else {}
+            done = lifecycle.settle_all(channel, current, rest, now, timing=timing, backoff=backoff)
+            self._write(done.writes)
+            befores = {key: before for key, (before, _) in acknowledged.items()}
+            self._add_history(shared.settled_history(channel, verdicts, befores, done.history, now))
             # A bounded trail per item, whatever the retention: an item retried every few
             # seconds for a day must not grow the file by thousands of rows.
             self._db.executemany(
@@ -100,7 +129,32 @@ class SQLiteQueue(SQLiteBase):
                 "ORDER BY at DESC LIMIT 1 OFFSET ?)",
                 [(channel, v.key, channel, v.key, self.history_per_item - 1) for v in verdicts],
             )
-        return Settled(done.propagated, done.attempts)
+        propagated = [changed for _, changed in acknowledged.values()]
+        return Settled([*propagated, *done.propagated], done.attempts)
+
+    def _acknowledge(
+        self, channel: str, acks: dict[str, str], now: float
+    ) -> dict[str, tuple[str | None, float]]:
+        """`moves.ACKNOWLEDGE` over a push's acknowledged values: per key it moved, the value
+        acknowledged before (for the history) and when its desired value changed."""
+        before: dict[str, str | None] = dict(
+            self._select_in(
+                "SELECT key, acked FROM items WHERE channel = ? AND key IN ({in})",
+                list(acks),
+                channel,
+            )
+        )
+        rows = self._db.execute(
+            _ACKNOWLEDGE,
+            {"channel": channel, "acks": json.dumps(list(acks.items())), "now": now},
+        ).fetchall()
+        moved = {key: (before[key], changed) for key, changed in rows}
+        stocked = sum(in_stock(acks[key]) - in_stock(was) for key, (was, _) in moved.items())
+        self._count(
+            Counter({(channel, "sending"): -len(moved), (channel, "ok"): len(moved)}),
+            Counter({channel: stocked}),
+        )
+        return moved
 
     @in_thread
     def release(
@@ -146,12 +200,21 @@ class SQLiteQueue(SQLiteBase):
         return forced
 
     def _force_page(self, first: int, last: int, now: float) -> int:
+        span = {"first": first, "last": last, "now": now}
         with self._tx():
-            rows = self._db.execute(
-                f"SELECT {COLUMNS} FROM items WHERE rowid > ? AND rowid <= ?", (first, last)
-            ).fetchall()
-            self._write([lifecycle.force(self._loaded(row), now) for row in rows])
-        return len(rows)
+            by_status: Counter[tuple[str, str]] = Counter()
+            for channel, status, n in self._db.execute(
+                f"SELECT channel, status, COUNT(*) FROM items WHERE {_RANGE} AND status NOT IN "
+                f"{FORCE_STAYS} AND status != 'pending' GROUP BY channel, status",
+                span,
+            ):
+                by_status[(channel, status)] -= n
+                by_status[(channel, "pending")] += n
+            forced = self._db.execute(
+                f"UPDATE items SET {FORCE.sets} WHERE {_RANGE} AND ({FORCE.where})", span
+            ).rowcount
+            self._count(by_status, Counter())
+        return forced
 
     @in_thread
     def mark_drifted(
@@ -174,13 +237,13 @@ class SQLiteQueue(SQLiteBase):
 
     def _reassert_page(self, channel: str, first: int, last: int, now: float) -> int:
         with self._tx():
-            rows = self._db.execute(
-                f"SELECT {COLUMNS} FROM items WHERE rowid > ? AND rowid <= ? AND channel = ? "
-                "AND status = 'ok'",
-                (first, last, channel),
-            ).fetchall()
-            self._write([lifecycle.reassert(self._loaded(row), now) for row in rows])
-        return len(rows)
+            moved = self._db.execute(
+                f"UPDATE items SET {REASSERT.sets} WHERE {_RANGE} AND channel = :channel "
+                f"AND ({REASSERT.where})",
+                {"first": first, "last": last, "now": now, "channel": channel},
+            ).rowcount
+            self._count(Counter({(channel, "ok"): -moved, (channel, "pending"): moved}), Counter())
+        return moved
 
     @in_thread
     def items_page(self, channel: str, after: str, limit: int) -> list[ItemRow]:

@@ -3,6 +3,7 @@ bring in, and which channel items each SKU feeds."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from daemon.core.models import CatalogEntry, StockLevel, StockRecord, plain
@@ -37,7 +38,7 @@ class SQLiteRecords(SQLiteBase):
                 stock, catalog, digest = existing.get(level.sku, (None, None, None))
                 if level.digest is not None and level.digest == digest:
                     # The same bytes as last time: the same level. Only the scan mark moves.
-                    seen.append((scan, level.sku))
+                    seen.append(level.sku)
                     continue
                 text = encode_stock(level)
                 record = shared.stock_change(level.sku, text, (stock, catalog))
@@ -55,8 +56,11 @@ class SQLiteRecords(SQLiteBase):
                 rows,
             )
             if scan is not None and seen:
-                self._db.executemany(
-                    "UPDATE records SET seen_scan = ?1 WHERE sku = ?2 AND seen_scan < ?1", seen
+                # One statement for the page's unchanged SKUs, not one per SKU.
+                self._db.execute(
+                    "UPDATE records SET seen_scan = :scan WHERE sku IN "
+                    "(SELECT value FROM json_each(:skus)) AND seen_scan < :scan",
+                    {"scan": scan, "skus": json.dumps(seen)},
                 )
         return changed
 
