@@ -199,7 +199,10 @@ def test_many_merchants_in_one_process_and_over_replicas(tmp_path: Path) -> None
     assert "6 merchants x 40 SKUs x 2 channels" in figures["merchants.peak_memory"]["note"]
     ratio = figures["merchants.ack_cpu_ratio"]
     assert ratio["target"] == 1.0
-    assert ratio["value"] > 0
+    # At 40 SKUs a single merchant's resync may cost under one CPU tick (10 ms): no ratio then,
+    # and the figure says so rather than dividing by zero.
+    assert ratio["value"] is None or ratio["value"] > 0
+    assert ratio["value"] is not None or "too small" in ratio["note"]
     if find_bindir() is None:
         assert report["skipped"]["merchants"].startswith("sharding figures: no PostgreSQL")
         assert "merchants.replicas" not in figures
