@@ -111,6 +111,9 @@ class Daemon:
         #: set on PostgreSQL: this process is one replica of several
         self.replica: Replica | None = None
         self._terminate = anyio.Event()
+        #: per merchant name, set when its serving ends (state closed, lock released): a
+        #: merchant removed and added back by the next reload waits for its old tenancy
+        self._tenancies: dict[str, anyio.Event] = {}
 
     def _served(self, config: Config) -> ServedMerchant:
         return ServedMerchant(config, self.metrics, clock=self._clock, on_started=self._on_started)
@@ -440,6 +443,10 @@ class Daemon:
             log.error("merchant.state_unusable", merchant=served.name, error=str(exc))  # noqa: TRY400
 
     async def _open_and_serve(self, served: ServedMerchant) -> None:
+        previous = self._tenancies.get(served.name)
+        if previous is not None:  # removed by the last reload and still draining
+            log.info("merchant.waiting_for_drain", merchant=served.name)
+            await previous.wait()
         await self._open(served)
         await self._serve(served)
 
@@ -448,6 +455,7 @@ class Daemon:
         logged with its traceback and ends that merchant only."""
         if served.trouble is not None or served.store is None:
             return
+        ended = self._tenancies[served.name] = anyio.Event()
         try:
             await served.serve(self.deployment.daemon.listen, self.bound_port)
         except Exception as exc:
@@ -456,7 +464,10 @@ class Daemon:
             served.trouble = f"stopped by an unexpected error: {type(exc).__name__}"
             log.exception("merchant.failed", merchant=served.name)
         finally:
-            if served.removed:
+            ended.set()
+            if self._tenancies.get(served.name) is ended:
+                del self._tenancies[served.name]
+            if served.removed and served.name not in self.merchants:  # not added back since
                 self.metrics.forget_merchant(served.name)
 
     async def _run_replicated(self, dsn: str) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 
 from adapters import ADAPTERS
@@ -233,3 +234,34 @@ async def _get_text(port: int | None, path: str) -> tuple[int, str]:
         session.get(f"http://127.0.0.1:{port}{path}") as answer,
     ):
         return answer.status, await answer.text()
+
+
+async def test_a_merchant_removed_and_added_back_before_its_drain_ended_is_served(
+    fleet: Fleet,
+) -> None:
+    """Two reloads in a row (a file moved out and back): the new pipeline waits for the old
+    one's drain instead of finding its state locked, and keeps its series."""
+    acme = await fleet.add("acme", 8, seed=1)
+    await fleet.add("bolt", 4, seed=2)  # a folder left empty is refused
+    daemon = fleet.daemon()
+    async with running(daemon):
+        await eventually(acme.in_sync)
+        gate = acme.shop.answer_gate = anyio.Event()  # a push stays in flight: the drain waits
+        changed(acme, "SKU-00001")
+        assert await post_webhook(daemon.bound_port or 0, acme.token, ["SKU-00001"]) == 202
+        await eventually(lambda: acme.shop.in_flight == 1)
+        path = fleet.folder / "acme.toml"
+        text = path.read_text(encoding="utf-8")
+        path.unlink()
+        await daemon.reload()
+        path.write_text(text, encoding="utf-8")
+        await daemon.reload()
+        gate.set()
+        await eventually(lambda: daemon.merchants["acme"].pipeline is not None)
+        barcode = acme.keycrm.by_sku("SKU-00002").barcode or ""
+        acme.keycrm.set_stock("SKU-00002", 55.0)  # served by the pipeline of the second reload
+        assert await post_webhook(daemon.bound_port or 0, acme.token, ["SKU-00002"]) == 202
+        await eventually(lambda: acme.shop.quantity(barcode, "S1") == 55)
+        assert daemon.merchants["acme"].trouble is None
+        _, text = await _get_text(daemon.bound_port, "/metrics")
+        assert 'stocksync_pending_items{channel="pos",merchant="acme"}' in text
