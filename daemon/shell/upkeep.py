@@ -92,17 +92,26 @@ async def load_budget(store: Store, budget: RequestBudget) -> None:
         budget.restore(orjson.loads(saved), time.time())
 
 
-async def save_budget(store: Store, budget: RequestBudget) -> None:
+async def save_budget(store: Store, budget: RequestBudget, unless: str | None = None) -> str:
+    """Write the budget's snapshot unless it is `unless` (what was saved last); returns it."""
     snapshot = orjson.dumps(budget.snapshot(time.time())).decode()
+    if snapshot == unless:
+        return snapshot
     try:
         await store.set_meta("keycrm_budget", snapshot)
     except StoreUnavailable:
-        return
+        return unless or ""
+    return snapshot
 
 
-async def keep_budget(store: Store, budget: RequestBudget) -> None:
+async def keep_budget(
+    store: Store, budget: RequestBudget, every: float = _BUDGET_SAVE_EVERY
+) -> None:
     """Save the budget's recent requests every few seconds (and at exit): a restart, even
-    a SIGKILL, then knows what the last process spent in keyCRM's window."""
+    a SIGKILL, then knows what the last process spent in keyCRM's window. An idle merchant's
+    snapshot stays the same and is not written again (hundreds of merchants in one process
+    would otherwise commit a write each every few seconds for nothing)."""
+    saved: str | None = None
     while True:
-        await anyio.sleep(_BUDGET_SAVE_EVERY)
-        await save_budget(store, budget)
+        await anyio.sleep(every)
+        saved = await save_budget(store, budget, saved)

@@ -2,11 +2,15 @@
 
 import itertools
 import time
+from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from daemon.keycrm.budget import Priority, RequestBudget
+from daemon.shell.upkeep import keep_budget
+from daemon.store import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -88,3 +92,30 @@ async def test_the_window_counts_requests_under_way_and_those_answered_within_it
     assert budget.sent_in_window() == 2
     now[0] += 10.0
     assert budget.sent_in_window() == 0
+
+
+async def test_an_idle_budget_is_saved_once_not_every_few_seconds(tmp_path: Path) -> None:
+    """`keep_budget` writes a snapshot when it changed: an idle merchant's state is left alone."""
+    store = SQLiteStore(tmp_path / "state.db")
+    writes: list[str] = []
+    original = store.set_meta
+
+    async def counted(key: str, value: str) -> None:
+        writes.append(value)
+        await original(key, value)
+
+    store.set_meta = counted  # type: ignore[method-assign]
+    budget = RequestBudget(limit=100, window=60.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(keep_budget, store, budget, 0.005)
+        await anyio.sleep(0.05)  # ~10 rounds, nothing asked
+        assert len(writes) == 1
+        async with budget.request(Priority.SCAN):
+            pass
+        with anyio.fail_after(2):
+            while len(writes) < 2:
+                await anyio.sleep(0.005)
+        group.cancel_scope.cancel()
+    await store.close()
+    assert len(orjson.loads(writes[-1])["done"]) == 1
+    assert len(orjson.loads(writes[0])["done"]) == 0
