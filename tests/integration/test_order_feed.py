@@ -93,7 +93,7 @@ async def test_a_watermark_from_before_a_restart_is_honoured(world: World) -> No
     assert saved["watermark"] >= now  # moved on, and kept for the next start
 
 
-@pytest.mark.parametrize("status", [403, 404])
+@pytest.mark.parametrize("status", [401, 403, 404])
 async def test_a_refused_order_route_turns_the_feed_off_and_the_rest_goes_on(
     world: World, status: int
 ) -> None:
@@ -118,6 +118,11 @@ async def test_a_refused_order_route_turns_the_feed_off_and_the_rest_goes_on(
         "stocksync_order_feed_up", {"merchant": "default"}
     )
     assert up == 0
+    # a key without order access is not keyCRM down: stock flows on
+    assert (
+        daemon.metrics.registry.get_sample_value("stocksync_keycrm_up", {"merchant": "default"})
+        == 1
+    )
     off = [e for e in logs if e["event"] == "keycrm.order_feed_off"]
     assert len(off) == 1
     assert off[0]["log_level"] == "error"
