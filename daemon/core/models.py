@@ -133,6 +133,14 @@ class Value:
         """Whether the channel would show this item as in stock."""
         return bool(self.live) or (self.quantity is not None and self.quantity > 0)
 
+    @staticmethod
+    def encoded_is_positive(text: str) -> bool:
+        """`decode(text).is_positive` without building the value (nor parsing its price): the
+        store asks it of every value it acknowledges, to keep its in-stock counts."""
+        parts = orjson.loads(text)
+        quantity = parts.get("q")
+        return bool(parts.get("l")) or (quantity is not None and quantity > 0)
+
     def describe(self) -> str:
         """Short human form for logs, --dry-run and history: `qty=3 price=9.5`."""
         bits = []

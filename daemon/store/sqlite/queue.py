@@ -120,7 +120,9 @@ class SQLiteQueue(SQLiteBase):
             done = lifecycle.settle_all(channel, current, rest, now, timing=timing, backoff=backoff)
             self._write(done.writes)
             befores = {key: before for key, (before, _) in acknowledged.items()}
-            self._add_history(shared.settled_history(channel, verdicts, befores, done.history, now))
+            self._add_history(
+                shared.settled_history(channel, verdicts, befores, done.history, now, sent=acks)
+            )
             # A bounded trail per item, whatever the retention: an item retried every few
             # seconds for a day must not grow the file by thousands of rows.
             self._db.executemany(
