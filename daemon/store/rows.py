@@ -149,20 +149,15 @@ def settled_history(
     acknowledged: Mapping[str, str | None],
     rest: Sequence[HistoryValues],
     now: float,
-    *,
-    sent: Mapping[str, str] | None = None,
 ) -> list[HistoryValues]:
     """A push's history rows in its verdicts' order: those `acknowledged` in one statement
-    (key: the value acknowledged before), and `rest`, the lifecycle's rows of the others.
-    `sent`: the values sent already encoded (`quick_acks`), so as not to encode them twice."""
+    (key: the value acknowledged before), and `rest`, the lifecycle's rows of the others."""
     others = iter(rest)
     out: list[HistoryValues] = []
     for verdict in verdicts:
         if verdict.key in acknowledged:
-            text = sent.get(verdict.key) if sent is not None else None
             out.append(
-                (channel, verdict.key, acknowledged[verdict.key],
-                 verdict.sent.encode() if text is None else text,
+                (channel, verdict.key, acknowledged[verdict.key], verdict.sent.encode(),
                  str(verdict.outcome), verdict.error, now)
             )  # fmt: skip
         else:
