@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -120,6 +121,14 @@ class Value:
 
     @classmethod
     def decode(cls, text: str) -> Value:
+        """The value of an `encode` text (values are immutable: the same text gives the same
+        object from a small cache, as the store decodes every item it hands out)."""
+        if cls is Value:
+            return _decode(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Value:
         parts = orjson.loads(text)
         price = parts.get("p")
         return cls(
@@ -151,6 +160,11 @@ class Value:
         if self.live is not None:
             bits.append(f"live={str(self.live).lower()}")
         return " ".join(bits) or "-"
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode(text: str) -> Value:
+    return Value._parse(text)
 
 
 @dataclass(frozen=True, slots=True)
