@@ -28,6 +28,7 @@ Retry-After and wait at least 60 s without it.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -112,8 +113,10 @@ class MarketplacerSettings(Settings):
         return key
 
 
+@functools.lru_cache(maxsize=256)
 def mutation(count: int) -> str:
-    """One document updating `count` variants: aliases i0..iN over variables $i0..$iN."""
+    """One document updating `count` variants: aliases i0..iN over variables $i0..$iN (the
+    same few sizes over and over: built once each)."""
     variables = ", ".join(f"$i{n}: VariantUpdateMutationInput!" for n in range(count))
     fields = " ".join(f"i{n}: variantUpdate(input: $i{n}) {{ {_SELECTION} }}" for n in range(count))
     return f"mutation StocksyncVariantUpdate({variables}) {{ {fields} }}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -120,6 +121,14 @@ class Value:
 
     @classmethod
     def decode(cls, text: str) -> Value:
+        """The value of an `encode` text (values are immutable: the same text gives the same
+        object from a small cache, as the store decodes every item it hands out)."""
+        if cls is Value:
+            return _decode(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Value:
         parts = orjson.loads(text)
         price = parts.get("p")
         return cls(
@@ -133,6 +142,14 @@ class Value:
         """Whether the channel would show this item as in stock."""
         return bool(self.live) or (self.quantity is not None and self.quantity > 0)
 
+    @staticmethod
+    def encoded_is_positive(text: str) -> bool:
+        """`decode(text).is_positive` without building the value (nor parsing its price): the
+        store asks it of every value it acknowledges, to keep its in-stock counts."""
+        parts = orjson.loads(text)
+        quantity = parts.get("q")
+        return bool(parts.get("l")) or (quantity is not None and quantity > 0)
+
     def describe(self) -> str:
         """Short human form for logs, --dry-run and history: `qty=3 price=9.5`."""
         bits = []
@@ -143,6 +160,11 @@ class Value:
         if self.live is not None:
             bits.append(f"live={str(self.live).lower()}")
         return " ".join(bits) or "-"
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode(text: str) -> Value:
+    return Value._parse(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,6 +235,30 @@ async def test_a_release_by_an_operator_is_in_the_history_per_item(store: Store)
     assert await store.release_held(None, 400, by="again") == {}
 
 
+async def test_a_push_with_mixed_outcomes_is_in_the_history_with_befores_and_notes(
+    store: Store,
+) -> None:
+    """SQLite writes acknowledged items' rows in SQL and the others' by the lifecycle: each row
+    has its value before, and a note that comes with an acknowledgement is kept."""
+    shares = [(sku, Contribution(key, Decimal(4), None)) for sku, key in (("A", "a"), ("B", "b"))]
+    await store.replace_shares("c", ["A", "B"], shares)
+    await acknowledge(store, q(4), 100, key="a")
+    await store.set_desired("c", {"a": q(5), "b": q(2)}, 200, T)
+    assert {i.key for i in await store.claim("c", 300, 10)} == {"a", "b"}
+    verdicts = [Verdict("a", q(5), Outcome.ACKNOWLEDGED), Verdict("b", q(2), Outcome.RETRY, "busy")]
+    await store.settle("c", verdicts, 300, T, no_backoff)
+    a = [(r.before, r.after, r.outcome, r.error) for r in await store.history("A")]
+    assert a[-1] == (q(4), q(5), "ok", None)
+    b = [(r.before, r.after, r.outcome, r.error) for r in await store.history("B")]
+    assert b[-1] == (None, q(2), "retry", "busy")
+    assert [i.key for i in await store.claim("c", 400, 10)] == ["b"]
+    noted = [Verdict("b", q(2), Outcome.ACKNOWLEDGED, "applied, rounded")]
+    await store.settle("c", noted, 400, T, no_backoff)
+    b = [(r.before, r.after, r.outcome, r.error) for r in await store.history("B")]
+    assert b[-1] == (None, q(2), "ok", "applied, rounded")
+    assert await status(store, "b") == "ok"
+
+
 async def test_a_zero_held_while_its_item_is_in_flight_lands_in_held(store: Store) -> None:
     """Issue 7, case 2: a queued or in-flight item must not carry a held zero out."""
     await acknowledge(store, q(4), 100)

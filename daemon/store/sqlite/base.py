@@ -109,7 +109,7 @@ def in_thread(
 
 def in_stock(acked: str | None) -> bool:
     """Whether an acknowledged value (encoded) shows the item in stock."""
-    return acked is not None and Value.decode(acked).is_positive
+    return acked is not None and Value.encoded_is_positive(acked)
 
 
 def _row(item: Item) -> tuple[Any, ...]:

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from daemon.core.models import ItemValue, Value, Verdict
+from daemon.core.models import ItemValue, Outcome, Value, Verdict
 from daemon.rules.guard import ScanGuard
 from daemon.store import lifecycle
 from daemon.store import rows as shared
@@ -29,15 +29,33 @@ _DUE = (
     + " ORDER BY priority, due_at LIMIT :limit"
 )
 _CLAIM = f"UPDATE items SET {CLAIM.sets} WHERE rowid IN (SELECT value FROM json_each(:rows))"
-#: A push's acknowledged values (a JSON list of [key, sent]) settled in one statement. The rows
-#: are found key by key (CROSS JOIN keeps the list outside: joined the other way round, SQLite
-#: read every item in flight once per value); `acked = sent` as the condition made them equal.
-_SENT = "json_extract(v.value, '$[1]')"
+#: A push's acknowledged values (a JSON object {key: sent}; `json_each` reads each pair as its
+#: `key` and `value`, no JSON path per row) settled in one statement. The rows are found key by
+#: key (CROSS JOIN keeps the object outside: joined the other way round, SQLite read every item
+#: in flight once per value); `acked = sent` as the condition made them equal.
+_ACKED_ROWS = (
+    "FROM json_each(:acks) AS v CROSS JOIN items ON items.channel = :channel AND items.key = v.key"
+    f" WHERE {bind(ACKNOWLEDGE.where, sent='v.value')}"
+)
 _ACKNOWLEDGE = (
     f"UPDATE items SET {bind(ACKNOWLEDGE.sets, sent='sent')} WHERE rowid IN ("
-    "SELECT items.rowid FROM json_each(:acks) AS v CROSS JOIN items"
-    " ON items.channel = :channel AND items.key = json_extract(v.value, '$[0]')"
-    f" WHERE {bind(ACKNOWLEDGE.where, sent=_SENT)}) RETURNING key, changed_at"
+    f"SELECT items.rowid {_ACKED_ROWS}) RETURNING key, changed_at"
+)
+#: Their history rows, written just before `_ACKNOWLEDGE` (the same condition in the same
+#: transaction picks the same rows): the value acknowledged before comes from the row itself
+#: instead of being read into Python and bound back, and RETURNING gives it for the counts.
+_ACKNOWLEDGED_HISTORY = (
+    "INSERT INTO history (channel, key, before, after, outcome, error, at) "
+    f"SELECT :channel, items.key, items.acked, v.value, :outcome, NULL, :now {_ACKED_ROWS}"
+    " RETURNING key, before"
+)
+#: The bounded trail per item (the newest `:keep` rows) for a push's keys, in one statement:
+#: each key's cut-off first, then its older rows by the (channel, key, at) index.
+_TRIM = (
+    "DELETE FROM history WHERE rowid IN (SELECT h.rowid FROM (SELECT k.value AS key, "
+    "(SELECT at FROM history WHERE channel = :channel AND key = k.value "
+    "ORDER BY at DESC LIMIT 1 OFFSET :keep - 1) AS cut FROM json_each(:keys) AS k) AS c "
+    "CROSS JOIN history AS h ON h.channel = :channel AND h.key = c.key AND h.at < c.cut)"
 )
 _RANGE = "rowid > :first AND rowid <= :last"
 
@@ -114,20 +132,25 @@ class SQLiteQueue(SQLiteBase):
     ) -> Settled:
         with self._tx():
             acks = shared.quick_acks(verdicts)
+            if any(v.error is not None for v in verdicts if v.key in acks):
+                acks = {}  # their history rows carry no error: the lifecycle's way keeps it
             acknowledged = self._acknowledge(channel, acks, now) if acks else {}
             rest = [v for v in verdicts if v.key not in acknowledged]
             current = self._load(channel, [v.key for v in rest]) if rest else {}
             done = lifecycle.settle_all(channel, current, rest, now, timing=timing, backoff=backoff)
             self._write(done.writes)
-            befores = {key: before for key, (before, _) in acknowledged.items()}
-            self._add_history(shared.settled_history(channel, verdicts, befores, done.history, now))
+            # The acknowledged ones have their rows already (`_acknowledge`): a push with other
+            # outcomes too lists the others' after them, at the same time.
+            self._add_history(done.history)
             # A bounded trail per item, whatever the retention: an item retried every few
             # seconds for a day must not grow the file by thousands of rows.
-            self._db.executemany(
-                "DELETE FROM history WHERE channel = ? AND key = ? AND at < ("
-                "SELECT at FROM history WHERE channel = ? AND key = ? "
-                "ORDER BY at DESC LIMIT 1 OFFSET ?)",
-                [(channel, v.key, channel, v.key, self.history_per_item - 1) for v in verdicts],
+            self._db.execute(
+                _TRIM,
+                {
+                    "channel": channel,
+                    "keys": json.dumps([v.key for v in verdicts]),
+                    "keep": self.history_per_item,
+                },
             )
         propagated = [changed for _, changed in acknowledged.values()]
         return Settled([*propagated, *done.propagated], done.attempts)
@@ -137,17 +160,12 @@ class SQLiteQueue(SQLiteBase):
     ) -> dict[str, tuple[str | None, float]]:
         """`moves.ACKNOWLEDGE` over a push's acknowledged values: per key it moved, the value
         acknowledged before (for the history) and when its desired value changed."""
+        params = {"channel": channel, "acks": json.dumps(acks), "now": now}
+        outcome = str(Outcome.ACKNOWLEDGED)
         before: dict[str, str | None] = dict(
-            self._select_in(
-                "SELECT key, acked FROM items WHERE channel = ? AND key IN ({in})",
-                list(acks),
-                channel,
-            )
+            self._db.execute(_ACKNOWLEDGED_HISTORY, {**params, "outcome": outcome}).fetchall()
         )
-        rows = self._db.execute(
-            _ACKNOWLEDGE,
-            {"channel": channel, "acks": json.dumps(list(acks.items())), "now": now},
-        ).fetchall()
+        rows = self._db.execute(_ACKNOWLEDGE, params).fetchall()
         moved = {key: (before[key], changed) for key, changed in rows}
         stocked = sum(in_stock(acks[key]) - in_stock(was) for key, (was, _) in moved.items())
         self._count(
