@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, LiteralString, Self
 
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, AsyncCursor, OperationalError
+from psycopg import Error as PsycopgError
 from psycopg.rows import TupleRow
 
 from daemon.config.dsn import describe
@@ -46,7 +47,7 @@ from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Item
 from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.faults import Database
-from daemon.store.pg.lease import Lease, LeaseLost, fence
+from daemon.store.pg.lease import Lease, LeaseLost, fence_held, fence_sent, lost
 from daemon.store.pg.merchants import DEFAULT_MERCHANT, SCOPE, lock_key, prepare, quoted
 from daemon.store.pg.migrate import migrate
 from daemon.store.rows import HistoryValues
@@ -119,6 +120,9 @@ TRIM_HISTORY: LiteralString = (
     " CROSS JOIN LATERAL (SELECT id FROM history WHERE channel = %s"
     "  AND key = k.key AND at < oldest_kept.at OFFSET 0) AS old))"
 )
+
+#: This transaction's commit does not wait for the WAL's flush (`_write(durable=False)`).
+_ASYNC: LiteralString = "set_config('synchronous_commit', 'off', true)"
 
 # Advisory locks (transaction-scoped), by name; each store's keys mix its merchant in
 # (`merchants.lock_key`): one bigint key space for the two store-wide locks, the
@@ -229,13 +233,35 @@ class PostgresBase:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
-        async with self._db.connection("read") as conn, conn.transaction():
+        """A read transaction, pipelined: its statements travel together, one round trip until
+        the body first needs a result and one for the commit."""
+        async with self._db.connection("read") as conn, conn.pipeline(), conn.transaction():
             await conn.execute("SELECT " + SCOPE, (self._path,))
             yield conn
 
+    async def _select(self, query: LiteralString, params: Any = None) -> list[TupleRow]:
+        """One read statement's rows in one round trip: begin, scope, the query and the commit
+        sent together (`_read` waits for the query's rows before it sends the commit)."""
+        async with self._db.connection("read") as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute("SELECT " + SCOPE, (self._path,))
+                    cursor = await conn.execute(query, params)
+                    await conn.execute("COMMIT")
+            except BaseException:
+                with suppress(Exception):
+                    await conn.rollback()
+                raise
+            return await cursor.fetchall()
+
     @asynccontextmanager
     async def _write(
-        self, *, channel: str | None = None, lock: int | None = None, claim: bool = False
+        self,
+        *,
+        channel: str | None = None,
+        lock: int | None = None,
+        claim: bool = False,
+        durable: bool = True,
     ) -> AsyncIterator[Conn]:
         """A write transaction: fenced by the lease (if any), then the advisory locks.
 
@@ -244,34 +270,64 @@ class PostgresBase:
         (`FOR UPDATE`), so neither can write back over the other's change. The fence comes
         first in every transaction, then the advisory locks, then the row locks: a takeover
         waiting for the fenced transactions never waits on a lock one of them waits for.
+
+        Pipelined: the statements go to the server without waiting for each other, and a round
+        trip is paid only where the body reads a result, and once for the commit. A body that
+        reads its results after the block (the cursors keep them) costs one round trip in all:
+        begin, fence, locks, its statements and the commit together. A replica that lost the
+        lease makes its transaction read-only in the fence (`lease.fence_sent`), so it writes
+        nothing, and `LeaseLost` is raised once the fence's answer is read.
+
+        `durable=False`: the commit does not wait for the WAL's flush (`synchronous_commit`
+        off, this transaction only). Only for moves whose loss in a crash of the *server* is
+        harmless by design (see the README, "How it works" and the PostgreSQL section): a
+        later durable commit flushes it with itself, as the WAL keeps commit order.
         """
-        async with self._db.connection("write") as conn, conn.transaction():
-            if self._fence is not None:
-                lease = self._fence()
-                if lease is None:
-                    raise LeaseLost("this replica does not hold the lease")
-                await fence(conn, lease)
-            # The merchant's scope in the statement that takes the locks: one round trip.
-            all_items, path = self._locks[ALL_ITEMS], self._path
-            if claim:
-                await conn.execute(
-                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8)",
-                    (path, all_items),
-                )
-            elif channel is not None:
-                await conn.execute(
-                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8),"
-                    " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
-                    (path, all_items, self._channel_class, channel),
-                )
-            elif lock is not None:
-                await conn.execute(
-                    "SELECT " + SCOPE + ", pg_advisory_xact_lock(%s::int8)",
-                    (path, self._locks[lock]),
-                )
-            else:
-                await conn.execute("SELECT " + SCOPE, (path,))
-            yield conn
+        async with self._db.connection("write") as conn:
+            fenced: tuple[AsyncCursor[TupleRow], Lease] | None = None
+            try:
+                async with conn.pipeline(), conn.transaction():
+                    if self._fence is not None:
+                        lease = self._fence()
+                        if lease is None:
+                            raise LeaseLost("this replica does not hold the lease")
+                        fenced = (await fence_sent(conn, lease), lease)
+                    await conn.execute(*self._prelude(channel, lock, claim, durable))
+                    yield conn
+            except PsycopgError:
+                # A write the fence made fail, or a fault (then the error stands).
+                if fenced is not None and await fence_held(fenced[0]) is False:
+                    raise lost(fenced[1]) from None
+                raise
+            if fenced is not None and not await fence_held(fenced[0]):
+                raise lost(fenced[1])
+
+    def _prelude(
+        self, channel: str | None, lock: int | None, claim: bool, durable: bool
+    ) -> tuple[LiteralString, tuple[object, ...]]:
+        """The statement after the fence: the merchant's scope, the advisory locks, and the
+        commit's durability (one statement, not one per setting)."""
+        all_items, path = self._locks[ALL_ITEMS], self._path
+        scope: LiteralString = "SELECT " + SCOPE + ("" if durable else ", " + _ASYNC)
+        if claim:
+            return scope + ", pg_advisory_xact_lock_shared(%s::int8)", (path, all_items)
+        if channel is not None:
+            return (
+                scope + ", pg_advisory_xact_lock_shared(%s::int8),"
+                " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
+                (path, all_items, self._channel_class, channel),
+            )
+        if lock is not None:
+            return scope + ", pg_advisory_xact_lock(%s::int8)", (path, self._locks[lock])
+        return scope, (path,)
+
+    @staticmethod
+    async def _rowcount(conn: Conn, query: LiteralString, params: Any) -> int:
+        """Run `query` and wait for the rows it changed (inside the pipelined transaction of
+        `_write`, a statement's count is known only once the pipeline synced)."""
+        async with conn.pipeline():
+            cursor = await conn.execute(query, params)
+        return cursor.rowcount
 
     @staticmethod
     async def _load(conn: Conn, channel: str, keys: Sequence[str]) -> dict[str, Item]:

@@ -13,13 +13,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import LiteralString
 
-from daemon.core.models import ItemValue, Value, Verdict
+from daemon.core.models import ItemValue, Outcome, Value, Verdict
 from daemon.rules.guard import ScanGuard
 from daemon.store import lifecycle
 from daemon.store import rows as shared
 from daemon.store.lifecycle import Timing
 from daemon.store.moves import ACKNOWLEDGE, CLAIM, FORCE, REASSERT, bind, pg
-from daemon.store.pg.base import ALL_ITEMS, COLUMNS, PAGE, TRIM_HISTORY, PostgresBase
+from daemon.store.pg.base import ALL_ITEMS, COLUMNS, PAGE, TRIM_HISTORY, Conn, PostgresBase
 from daemon.store.protocol import ItemRow, Settled
 from daemon.store.rows import item as _item
 
@@ -51,6 +51,27 @@ _ACKNOWLEDGE: LiteralString = (
     " SELECT moved.key, found.before, moved.changed_at FROM moved"
     " JOIN found ON found.found_key = moved.key"
 )
+#: `_ACKNOWLEDGE` of a push whose verdicts are all acknowledgements, with their history rows,
+#: all or nothing: it moves the rows only if every one of them is still `sending` the value
+#: acknowledged (else it writes nothing, and `settle` goes the general way). One statement
+#: that needs no answer before the commit: a settle in one round trip.
+_ACKNOWLEDGE_ALL: LiteralString = (
+    "WITH found AS (SELECT old.row_id, old.key AS found_key, old.acked AS before,"
+    " v.verdict_sent, v.verdict_error, v.n"
+    " FROM unnest(%(keys)s::text[], %(sents)s::text[], %(errors)s::text[])"
+    " WITH ORDINALITY AS v(verdict_key, verdict_sent, verdict_error, n)"
+    " CROSS JOIN LATERAL (SELECT ctid AS row_id, * FROM items WHERE channel = %(channel)s"
+    " AND key = v.verdict_key LIMIT 1 FOR UPDATE) AS old"
+    " WHERE " + pg(bind(ACKNOWLEDGE.where, sent="v.verdict_sent")) + "),"
+    " moved AS (UPDATE items SET " + pg(bind(ACKNOWLEDGE.sets, sent="sent")) + ""
+    " WHERE ctid = ANY(ARRAY(SELECT row_id FROM found))"
+    " AND (SELECT COUNT(*) FROM found) = %(count)s RETURNING key, changed_at),"
+    " logged AS (INSERT INTO history (channel, key, before, after, outcome, error, at)"
+    " SELECT %(channel)s, found.found_key, found.before, found.verdict_sent, %(outcome)s,"
+    " found.verdict_error, %(now)s::float8 FROM moved JOIN found ON found.found_key = moved.key"
+    " ORDER BY found.n)"
+    " SELECT moved.key, moved.changed_at FROM moved"
+)
 
 
 class PostgresQueue(PostgresBase):
@@ -77,40 +98,37 @@ class PostgresQueue(PostgresBase):
     async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
         # Without the channel's lock (see `_write`): the claims and settles of a channel's
         # batches in flight overlap instead of queueing behind each other.
-        async with self._write(claim=True) as conn:
+        # One round trip: the rows are read after the commit (see `_write`).
+        async with self._write(claim=True, durable=False) as conn:
             cursor = await conn.execute(_CLAIM, {"channel": channel, "now": now, "limit": limit})
-            rows = await cursor.fetchall()
+        rows = await cursor.fetchall()
         return [ItemValue(key, Value.decode(desired)) for key, desired in rows]
 
     async def count_due(self, channel: str, now: float, limit: int) -> int:
-        async with self._read() as conn:
-            cursor = await conn.execute(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = %s"
-                " AND status = 'pending' AND due_at <= %s LIMIT %s) due",
-                (channel, now, limit),
-            )
-            row = await cursor.fetchone()
-        return 0 if row is None else int(row[0])
+        rows = await self._select(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = %s"
+            " AND status = 'pending' AND due_at <= %s LIMIT %s) due",
+            (channel, now, limit),
+        )
+        return int(rows[0][0]) if rows else 0
 
     async def next_due(self, channel: str) -> float | None:
-        async with self._read() as conn:
-            # The first item of each priority in due order, skipping from one priority to the
-            # next through the index (a loose index scan): a few probes, where a MIN per
-            # priority read every pending item, all of them during a resync, before each claim.
-            cursor = await conn.execute(
-                "WITH RECURSIVE firsts AS ("
-                " (SELECT priority, due_at FROM items WHERE channel = %(c)s"
-                "  AND status = 'pending' ORDER BY priority, due_at LIMIT 1)"
-                " UNION ALL"
-                " SELECT nxt.priority, nxt.due_at FROM firsts CROSS JOIN LATERAL ("
-                "  SELECT priority, due_at FROM items WHERE channel = %(c)s"
-                "  AND status = 'pending' AND priority > firsts.priority"
-                "  ORDER BY priority, due_at LIMIT 1) AS nxt"
-                ") SELECT MIN(due_at) FROM firsts",
-                {"c": channel},
-            )
-            row = await cursor.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        # The first item of each priority in due order, skipping from one priority to the
+        # next through the index (a loose index scan): a few probes, where a MIN per
+        # priority read every pending item, all of them during a resync, before each claim.
+        rows = await self._select(
+            "WITH RECURSIVE firsts AS ("
+            " (SELECT priority, due_at FROM items WHERE channel = %(c)s"
+            "  AND status = 'pending' ORDER BY priority, due_at LIMIT 1)"
+            " UNION ALL"
+            " SELECT nxt.priority, nxt.due_at FROM firsts CROSS JOIN LATERAL ("
+            "  SELECT priority, due_at FROM items WHERE channel = %(c)s"
+            "  AND status = 'pending' AND priority > firsts.priority"
+            "  ORDER BY priority, due_at LIMIT 1) AS nxt"
+            ") SELECT MIN(due_at) FROM firsts",
+            {"c": channel},
+        )
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     async def settle(
         self,
@@ -120,8 +138,12 @@ class PostgresQueue(PostgresBase):
         timing: Timing,
         backoff: Callable[[int], float],
     ) -> Settled:
-        async with self._write(channel=channel) as conn:
-            acks = shared.quick_acks(verdicts)
+        acks = shared.quick_acks(verdicts)
+        if acks and len(acks) == len(verdicts):
+            settled = await self._settle_acknowledged(channel, verdicts, now)
+            if settled is not None:
+                return settled
+        async with self._write(channel=channel, durable=False) as conn:
             acknowledged: dict[str, tuple[str | None, float]] = {}
             if acks:
                 cursor = await conn.execute(
@@ -138,14 +160,34 @@ class PostgresQueue(PostgresBase):
             history = shared.settled_history(channel, verdicts, befores, done.history, now)
             if history:
                 await self._history(conn, history)
-                # A bounded trail per item, whatever the retention (as in SQLite).
-                await conn.execute(
-                    TRIM_HISTORY,
-                    (sorted({v.key for v in verdicts}), channel, self.history_per_item - 1,
-                     channel),
-                )  # fmt: skip
+                await self._trim(conn, channel, verdicts)
         propagated = [float(at) for _, at in acknowledged.values()]
         return Settled([*propagated, *done.propagated], done.attempts)
+
+    async def _settle_acknowledged(
+        self, channel: str, verdicts: Sequence[Verdict], now: float
+    ) -> Settled | None:
+        """A push acknowledged whole, in one round trip (`_ACKNOWLEDGE_ALL`); None when an item
+        had moved meanwhile, and nothing was written."""
+        async with self._write(channel=channel, durable=False) as conn:
+            cursor = await conn.execute(
+                _ACKNOWLEDGE_ALL,
+                {"keys": [v.key for v in verdicts], "sents": [v.sent.encode() for v in verdicts],
+                 "errors": [v.error for v in verdicts], "channel": channel, "now": now,
+                 "count": len(verdicts), "outcome": str(Outcome.ACKNOWLEDGED)},
+            )  # fmt: skip
+            await self._trim(conn, channel, verdicts)
+        rows = await cursor.fetchall()
+        if len(rows) != len(verdicts):
+            return None
+        return Settled([float(at) for _, at in rows])
+
+    async def _trim(self, conn: Conn, channel: str, verdicts: Sequence[Verdict]) -> None:
+        """A bounded trail per item, whatever the retention (as in SQLite)."""
+        await conn.execute(
+            TRIM_HISTORY,
+            (sorted({v.key for v in verdicts}), channel, self.history_per_item - 1, channel),
+        )
 
     async def release(
         self,
@@ -196,19 +238,20 @@ class PostgresQueue(PostgresBase):
                 last = await cursor.fetchone()
                 span = {"channel": after[0], "key": after[1], "now": now}
                 if last is None:
-                    cursor = await conn.execute(
+                    forced += await self._rowcount(
+                        conn,
                         "UPDATE items SET " + pg(FORCE.sets) + " WHERE (channel, key) >"
                         " (%(channel)s, %(key)s) AND " + pg(FORCE.where),
                         span,
                     )
                 else:
-                    cursor = await conn.execute(
+                    forced += await self._rowcount(
+                        conn,
                         "UPDATE items SET " + pg(FORCE.sets) + " WHERE (channel, key) >"
                         " (%(channel)s, %(key)s) AND (channel, key) <= (%(last_channel)s,"
                         " %(last_key)s) AND " + pg(FORCE.where),
                         {**span, "last_channel": last[0], "last_key": last[1]},
                     )
-                forced += cursor.rowcount
             if last is None:
                 return forced
             after = (last[0], last[1])
@@ -237,18 +280,19 @@ class PostgresQueue(PostgresBase):
                 last = await cursor.fetchone()
                 span = {"channel": channel, "key": after, "now": now}
                 if last is None:
-                    cursor = await conn.execute(
+                    moved += await self._rowcount(
+                        conn,
                         "UPDATE items SET " + pg(REASSERT.sets) + " WHERE channel = %(channel)s"
                         " AND key > %(key)s AND " + pg(REASSERT.where),
                         span,
                     )
                 else:
-                    cursor = await conn.execute(
+                    moved += await self._rowcount(
+                        conn,
                         "UPDATE items SET " + pg(REASSERT.sets) + " WHERE channel = %(channel)s"
                         " AND key > %(key)s AND key <= %(last)s AND " + pg(REASSERT.where),
                         {**span, "last": last[0]},
                     )
-                moved += cursor.rowcount
             if last is None:
                 return moved
             after = last[0]
