@@ -121,9 +121,6 @@ TRIM_HISTORY: LiteralString = (
     "  AND key = k.key AND at < oldest_kept.at OFFSET 0) AS old))"
 )
 
-#: This transaction's commit does not wait for the WAL's flush (`_write(durable=False)`).
-_ASYNC: LiteralString = "set_config('synchronous_commit', 'off', true)"
-
 # Advisory locks (transaction-scoped), by name; each store's keys mix its merchant in
 # (`merchants.lock_key`): one bigint key space for the two store-wide locks, the
 # (class, hash) space for per-channel locks with the merchant's class.
@@ -261,7 +258,6 @@ class PostgresBase:
         channel: str | None = None,
         lock: int | None = None,
         claim: bool = False,
-        durable: bool = True,
     ) -> AsyncIterator[Conn]:
         """A write transaction: fenced by the lease (if any), then the advisory locks.
 
@@ -278,10 +274,10 @@ class PostgresBase:
         lease makes its transaction read-only in the fence (`lease.fence_sent`), so it writes
         nothing, and `LeaseLost` is raised once the fence's answer is read.
 
-        `durable=False`: the commit does not wait for the WAL's flush (`synchronous_commit`
-        off, this transaction only). Only for moves whose loss in a crash of the *server* is
-        harmless by design (see the README, "How it works" and the PostgreSQL section): a
-        later durable commit flushes it with itself, as the WAL keeps commit order.
+        Every commit waits for the WAL's flush (as the server is configured): a claim or an
+        acknowledgement that a crash of the server took back would let a second request for an
+        item leave while the first is on the wire, or leave an item `sending` that no request
+        carries (README, Scale: why `synchronous_commit` stays on).
         """
         async with self._db.connection("write") as conn:
             fenced: tuple[AsyncCursor[TupleRow], Lease] | None = None
@@ -292,7 +288,7 @@ class PostgresBase:
                         if lease is None:
                             raise LeaseLost("this replica does not hold the lease")
                         fenced = (await fence_sent(conn, lease), lease)
-                    await conn.execute(*self._prelude(channel, lock, claim, durable))
+                    await conn.execute(*self._prelude(channel, lock, claim))
                     yield conn
             except PsycopgError:
                 # A write the fence made fail, or a fault (then the error stands).
@@ -303,12 +299,11 @@ class PostgresBase:
                 raise lost(fenced[1])
 
     def _prelude(
-        self, channel: str | None, lock: int | None, claim: bool, durable: bool
+        self, channel: str | None, lock: int | None, claim: bool
     ) -> tuple[LiteralString, tuple[object, ...]]:
-        """The statement after the fence: the merchant's scope, the advisory locks, and the
-        commit's durability (one statement, not one per setting)."""
+        """The statement after the fence: the merchant's scope and the advisory locks."""
         all_items, path = self._locks[ALL_ITEMS], self._path
-        scope: LiteralString = "SELECT " + SCOPE + ("" if durable else ", " + _ASYNC)
+        scope: LiteralString = "SELECT " + SCOPE
         if claim:
             return scope + ", pg_advisory_xact_lock_shared(%s::int8)", (path, all_items)
         if channel is not None:

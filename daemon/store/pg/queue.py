@@ -99,7 +99,7 @@ class PostgresQueue(PostgresBase):
         # Without the channel's lock (see `_write`): the claims and settles of a channel's
         # batches in flight overlap instead of queueing behind each other.
         # One round trip: the rows are read after the commit (see `_write`).
-        async with self._write(claim=True, durable=False) as conn:
+        async with self._write(claim=True) as conn:
             cursor = await conn.execute(_CLAIM, {"channel": channel, "now": now, "limit": limit})
         rows = await cursor.fetchall()
         return [ItemValue(key, Value.decode(desired)) for key, desired in rows]
@@ -143,7 +143,7 @@ class PostgresQueue(PostgresBase):
             settled = await self._settle_acknowledged(channel, verdicts, now)
             if settled is not None:
                 return settled
-        async with self._write(channel=channel, durable=False) as conn:
+        async with self._write(channel=channel) as conn:
             acknowledged: dict[str, tuple[str | None, float]] = {}
             if acks:
                 cursor = await conn.execute(
@@ -169,7 +169,7 @@ class PostgresQueue(PostgresBase):
     ) -> Settled | None:
         """A push acknowledged whole, in one round trip (`_ACKNOWLEDGE_ALL`); None when an item
         had moved meanwhile, and nothing was written."""
-        async with self._write(channel=channel, durable=False) as conn:
+        async with self._write(channel=channel) as conn:
             cursor = await conn.execute(
                 _ACKNOWLEDGE_ALL,
                 {"keys": [v.key for v in verdicts], "sents": [v.sent.encode() for v in verdicts],
