@@ -33,7 +33,7 @@ of many merchants share one pool (`daemon.store.pg.stores`) and never wait for e
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, LiteralString, Self
 
@@ -198,6 +198,13 @@ class PostgresBase:
         self._fence = fence
         self._owns_pool = owns_pool
         self._clock = clock or time.time
+        #: (channel, "next" | "count") -> (the claim's `now`, its answer): what was left due
+        #: when this store's last claim of the channel committed, for the dispatcher's next
+        #: `next_due` and `count_due` (each used once; `queue.PostgresQueue.claim`). Any other
+        #: write to items drops them all, as may its change (a new debounce, a held zero).
+        self._hints: dict[tuple[str, str], tuple[float, float]] = {}
+        #: counts the writes that dropped them: a claim whose answer raced one keeps none
+        self._moves = 0
 
     @classmethod
     async def open(
@@ -258,6 +265,8 @@ class PostgresBase:
         channel: str | None = None,
         lock: int | None = None,
         claim: bool = False,
+        keeps_due: bool = False,
+        then: Callable[[Conn], Awaitable[None]] | None = None,
     ) -> AsyncIterator[Conn]:
         """A write transaction: fenced by the lease (if any), then the advisory locks.
 
@@ -274,22 +283,53 @@ class PostgresBase:
         lease makes its transaction read-only in the fence (`lease.fence_sent`), so it writes
         nothing, and `LeaseLost` is raised once the fence's answer is read.
 
+        A write that may move items (any under a channel's lock or the all-items lock) drops
+        the last claims' answers of what is due (`_hints`), unless it `keeps_due`: it moves
+        no pending item (a claim, an acknowledgement of items `sending`). `then` sends more
+        statements after the commit, in their own transaction, with the same round trip.
+
         Every commit waits for the WAL's flush (as the server is configured): a claim or an
         acknowledgement that a crash of the server took back would let a second request for an
         item leave while the first is on the wire, or leave an item `sending` that no request
         carries (README, Scale: why `synchronous_commit` stays on).
         """
+        moves = not (claim or keeps_due) and (channel is not None or lock == ALL_ITEMS)
+        if moves:
+            self._forget_due()
+        try:
+            async with self._write_fenced(channel, lock, claim, then) as conn:
+                yield conn
+        finally:
+            if moves:
+                self._forget_due()
+
+    def _forget_due(self) -> None:
+        self._hints.clear()
+        self._moves += 1
+
+    @asynccontextmanager
+    async def _write_fenced(
+        self,
+        channel: str | None,
+        lock: int | None,
+        claim: bool,
+        then: Callable[[Conn], Awaitable[None]] | None,
+    ) -> AsyncIterator[Conn]:
+        """`_write` without the bookkeeping of `_hints`."""
         async with self._db.connection("write") as conn:
             fenced: tuple[AsyncCursor[TupleRow], Lease] | None = None
             try:
-                async with conn.pipeline(), conn.transaction():
-                    if self._fence is not None:
-                        lease = self._fence()
-                        if lease is None:
-                            raise LeaseLost("this replica does not hold the lease")
-                        fenced = (await fence_sent(conn, lease), lease)
-                    await conn.execute(*self._prelude(channel, lock, claim))
-                    yield conn
+                async with conn.pipeline():
+                    async with conn.transaction():
+                        if self._fence is not None:
+                            lease = self._fence()
+                            if lease is None:
+                                raise LeaseLost("this replica does not hold the lease")
+                            fenced = (await fence_sent(conn, lease), lease)
+                        await conn.execute(*self._prelude(channel, lock, claim))
+                        yield conn
+                    if then is not None:
+                        await then(conn)
             except PsycopgError:
                 # A write the fence made fail, or a fault (then the error stands).
                 if fenced is not None and await fence_held(fenced[0]) is False:

@@ -20,6 +20,7 @@ from daemon.store import rows as shared
 from daemon.store.lifecycle import Timing
 from daemon.store.moves import ACKNOWLEDGE, CLAIM, FORCE, REASSERT, bind, pg
 from daemon.store.pg.base import ALL_ITEMS, COLUMNS, PAGE, TRIM_HISTORY, Conn, PostgresBase
+from daemon.store.pg.merchants import SCOPE
 from daemon.store.protocol import ItemRow, Settled
 from daemon.store.rows import item as _item
 
@@ -37,6 +38,28 @@ _CLAIM: LiteralString = (
     " SELECT moved.key, moved.desired FROM moved JOIN due ON due.due_key = moved.key"
     " ORDER BY due.due_priority, due.due_time"
 )
+#: The earliest due time of the channel's pending items: the first item of each priority in due
+#: order, skipping from one priority to the next through the index (a loose index scan): a few
+#: probes, where a MIN per priority read every pending item, all of them during a resync, before
+#: each claim. An expression (`%(c)s`: the channel).
+_NEXT_DUE: LiteralString = (
+    "(WITH RECURSIVE firsts AS ("
+    " (SELECT priority, due_at FROM items WHERE channel = %(c)s"
+    "  AND status = 'pending' ORDER BY priority, due_at LIMIT 1)"
+    " UNION ALL"
+    " SELECT nxt.priority, nxt.due_at FROM firsts CROSS JOIN LATERAL ("
+    "  SELECT priority, due_at FROM items WHERE channel = %(c)s"
+    "  AND status = 'pending' AND priority > firsts.priority"
+    "  ORDER BY priority, due_at LIMIT 1) AS nxt"
+    ") SELECT MIN(due_at) FROM firsts)"
+)
+#: How many of the channel's items are due at `%(now)s`, counted up to `%(limit)s`.
+_COUNT_DUE: LiteralString = (
+    "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = %(c)s"
+    " AND status = 'pending' AND due_at <= %(now)s LIMIT %(limit)s) due"
+)
+#: Both, for the hints a claim leaves (`claim`).
+_LEFT_DUE: LiteralString = "SELECT " + _NEXT_DUE + ", (" + _COUNT_DUE + ")"
 #: A push's acknowledged values in one statement: each key probed by its primary key and locked
 #: (see `LOAD`), the value acknowledged before kept for the history, and the rows `ACKNOWLEDGE`
 #: takes moved by their addresses (`acked = sent`: its condition made them the value sent).
@@ -97,37 +120,43 @@ class PostgresQueue(PostgresBase):
 
     async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
         # Without the channel's lock (see `_write`): the claims and settles of a channel's
-        # batches in flight overlap instead of queueing behind each other.
-        # One round trip: the rows are read after the commit (see `_write`).
-        async with self._write(claim=True) as conn:
-            cursor = await conn.execute(_CLAIM, {"channel": channel, "now": now, "limit": limit})
+        # batches in flight overlap instead of queueing behind each other. One round trip:
+        # the rows are read after the commit (see `_write`), and with them what is left due,
+        # which the dispatcher asks next (`next_due`, `count_due`): answered from here while
+        # nothing else of this store wrote to the items since, not by two more round trips.
+        params = {"c": channel, "channel": channel, "now": now, "limit": limit}
+        moves, left = self._moves, []
+
+        async def what_is_left(conn: Conn) -> None:
+            # After the claim's commit, in a read of its own: the rows the claim locked are
+            # free again meanwhile (the item counts' rows above all), not held for this read.
+            await conn.execute("SELECT " + SCOPE, (self._path,))
+            left.append(
+                await conn.execute("SELECT " + _NEXT_DUE + ", (" + _COUNT_DUE + ")", params)
+            )
+            await conn.execute("COMMIT")
+
+        async with self._write(claim=True, then=what_is_left) as conn:
+            cursor = await conn.execute(_CLAIM, params)
         rows = await cursor.fetchall()
+        after = await left[0].fetchone()
+        if moves == self._moves and after is not None and after[0] is not None and after[0] <= now:
+            self._hints[(channel, "next")] = (now, float(after[0]))
+            self._hints[(channel, "count")] = (now, float(after[1]))
         return [ItemValue(key, Value.decode(desired)) for key, desired in rows]
 
     async def count_due(self, channel: str, now: float, limit: int) -> int:
-        rows = await self._select(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = %s"
-            " AND status = 'pending' AND due_at <= %s LIMIT %s) due",
-            (channel, now, limit),
-        )
+        hint = self._hints.pop((channel, "count"), None)
+        if hint is not None and now >= hint[0] and hint[1] >= limit:
+            return limit  # as many were due when the last claim committed (see `claim`)
+        rows = await self._select(_COUNT_DUE, {"c": channel, "now": now, "limit": limit})
         return int(rows[0][0]) if rows else 0
 
     async def next_due(self, channel: str) -> float | None:
-        # The first item of each priority in due order, skipping from one priority to the
-        # next through the index (a loose index scan): a few probes, where a MIN per
-        # priority read every pending item, all of them during a resync, before each claim.
-        rows = await self._select(
-            "WITH RECURSIVE firsts AS ("
-            " (SELECT priority, due_at FROM items WHERE channel = %(c)s"
-            "  AND status = 'pending' ORDER BY priority, due_at LIMIT 1)"
-            " UNION ALL"
-            " SELECT nxt.priority, nxt.due_at FROM firsts CROSS JOIN LATERAL ("
-            "  SELECT priority, due_at FROM items WHERE channel = %(c)s"
-            "  AND status = 'pending' AND priority > firsts.priority"
-            "  ORDER BY priority, due_at LIMIT 1) AS nxt"
-            ") SELECT MIN(due_at) FROM firsts",
-            {"c": channel},
-        )
+        hint = self._hints.pop((channel, "next"), None)
+        if hint is not None:
+            return hint[1]  # due already when the last claim committed (see `claim`)
+        rows = await self._select("SELECT " + _NEXT_DUE, {"c": channel})
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     async def settle(
@@ -169,7 +198,7 @@ class PostgresQueue(PostgresBase):
     ) -> Settled | None:
         """A push acknowledged whole, in one round trip (`_ACKNOWLEDGE_ALL`); None when an item
         had moved meanwhile, and nothing was written."""
-        async with self._write(channel=channel) as conn:
+        async with self._write(channel=channel, keeps_due=True) as conn:
             cursor = await conn.execute(
                 _ACKNOWLEDGE_ALL,
                 {"keys": [v.key for v in verdicts], "sents": [v.sent.encode() for v in verdicts],
