@@ -200,6 +200,33 @@ async def test_next_due_is_the_earliest_over_every_priority(pool: Pool) -> None:
     assert await store.next_due("c") == 121.0
 
 
+async def test_a_claim_answers_what_is_left_due_until_a_change_moves_it(pool: Pool) -> None:
+    """The dispatcher asks `next_due` and `count_due` before every claim: a claim that leaves
+    items due answers both (the same answers, no round trip); a change drops them."""
+    store = PostgresStore(pool)
+    await store.set_desired("c", {f"k{n}": ON_HAND for n in range(5)}, 1.0, T)
+    asked: list[str] = []
+    select = store._select
+
+    async def counted(query: LiteralString, params: Any = None) -> Any:
+        asked.append(query)
+        return await select(query, params)
+
+    store._select = counted  # type: ignore[method-assign]
+    assert len(await store.claim("c", 2.0, 2)) == 2
+    assert await store.next_due("c") == 1.0
+    assert await store.count_due("c", 3.0, 2) == 2  # counted up to the claim's batch
+    assert asked == []  # answered by the claim
+    assert await store.count_due("c", 3.0, 3) == 3  # once: asked again, the database answers
+    assert len(asked) == 1
+
+    assert len(await store.claim("c", 2.0, 2)) == 2  # k4 is left, due at 1.0
+    later = Timing(debounce=10.0, max_delay=100.0)
+    await store.set_desired("c", {"k4": SOLD_OUT}, 5.0, later)  # a change: due at 15 now
+    assert await store.next_due("c") == 15.0
+    assert await store.count_due("c", 6.0, 3) == 0
+
+
 async def test_a_claim_waits_for_no_other_write_of_its_channel(pool: Pool) -> None:
     store = PostgresStore(pool)
     await store.set_desired("c", {k: ON_HAND for k in ("a", "b", "c")}, 1.0, T)

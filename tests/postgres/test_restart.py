@@ -4,6 +4,10 @@ of their own that is stopped and started again, three times.
 No replica exits; every webhook is answered 202 or 503 within 5 s (never 500, never a
 traceback); `/readyz` is 503 on both replicas during each outage and 200 after; every SKU whose
 last webhook was answered 202 reaches the channel with the stock of that change.
+
+And in process, a crash of the server (`stop("immediate")`): the claims and acknowledgements it
+may lose (they commit without waiting for the WAL's flush) are pushed again, while every desired
+value committed before the crash stays.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from dataclasses import dataclass, field
 import aiohttp
 import anyio
 import orjson
+import psycopg
 import pytest
 
-from bench.pgserver import PostgresServer
+from bench.pgserver import THROWAWAY, PostgresServer, find_bindir, running_server
+from daemon.core.models import Outcome, Value, Verdict
+from daemon.store import Timing
+from daemon.store.pg.backend import PostgresStore
 from tests.conftest import World, eventually
 from tests.postgres.test_ha import Replicas, leader_elected
 
@@ -166,3 +174,44 @@ async def test_postgresql_restarts_under_webhook_traffic_lose_nothing_and_kill_n
         assert '"logger":"psycopg.pool"' not in log  # not a line per reconnection attempt
         episodes = log.count('"store.unavailable"')
         assert 1 <= episodes <= len(OUTAGES), f"{name}: {episodes} store.unavailable lines"
+
+
+async def test_a_server_crash_takes_back_no_claim_and_no_acknowledgement() -> None:
+    """A claim and an acknowledgement go to the server with their commit in one round trip; the
+    commit must still wait for the WAL's flush. A claim a crash took back would let a second
+    request for the item leave while the first is on the wire (an older value could land
+    last); an acknowledgement it took back would leave the item `sending` with no request
+    carrying it, its next change stuck behind it until the next start."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries")
+    timing = Timing(debounce=0.0, max_delay=1.0)
+
+    def acknowledge(key: str, quantity: int) -> list[Verdict]:
+        return [Verdict(key, Value(quantity=quantity), Outcome.ACKNOWLEDGED)]
+
+    # Commits reach the kernel when they are acknowledged, and the WAL writer waits 10 s: a
+    # transaction that commits without waiting for the flush is lost in a crash within that time.
+    settings = {**THROWAWAY, "synchronous_commit": "on", "wal_writer_delay": "10000"}
+    with running_server(bindir, settings) as server, server.database() as name:
+        store = await PostgresStore.open(server.dsn(name))
+        await store.set_desired("c", {"a": Value(quantity=1), "b": Value(quantity=2)}, 1.0, timing)
+        assert [i.key for i in await store.claim("c", 2.0, 1)] == ["a"]
+        await store.settle("c", acknowledge("a", 1), 2.0, timing, lambda _n: 1.0)
+        assert [i.key for i in await store.claim("c", 3.0, 1)] == ["b"]  # the last commit
+        await anyio.to_thread.run_sync(server.stop, "immediate")
+        await store.close()
+        await anyio.to_thread.run_sync(server.start)
+
+        store = await PostgresStore.open(server.dsn(name))
+        try:
+            rows = {row.key: row for row in await store.items("c")}
+            assert {k: (r.status, r.desired, r.acked) for k, r in rows.items()} == {
+                "a": ("ok", Value(quantity=1), Value(quantity=1)),
+                "b": ("sending", Value(quantity=2), None),
+            }
+        finally:
+            await store.close()
+        with psycopg.connect(server.dsn(name)) as conn:  # the acknowledgement's history row too
+            rows = conn.execute("SELECT key, outcome FROM stocksync_default.history").fetchall()
+        assert rows == [("a", "ok")]

@@ -61,6 +61,31 @@ async def test_a_replica_that_lost_the_lease_writes_nothing(pool: Pool) -> None:
     assert [r.status for r in await leader.items("c")] == ["ok"]
 
 
+async def test_a_fenced_claim_sent_with_its_commit_claims_nothing(pool: Pool) -> None:
+    """A claim and a push's acknowledgement go to the server with their commit, before the
+    fence is answered: a replica the database no longer takes as leader must still claim and
+    acknowledge nothing, and learn that it lost the lease."""
+    old = LeaseKeeper(pool, "acme", "old", ttl=10.0)
+    assert await old.step() is not None
+    store = PostgresStore(pool, fence=old.lease)
+    await store.set_desired("c", {"k": Value(quantity=1)}, 1.0, T)
+    await store.set_desired("c", {"j": Value(quantity=2)}, 1.5, T)
+    assert [i.key for i in await store.claim("c", 2.0, 1)] == ["k"]
+    async with pool.connection() as conn:  # another replica takes the lease meanwhile
+        await conn.execute("UPDATE leases SET expires_at = clock_timestamp()")
+    new = LeaseKeeper(pool, "acme", "new", ttl=10.0)
+    assert await new.step() is not None
+
+    with pytest.raises(LeaseLost):
+        await store.claim("c", 3.0, 10)
+    with pytest.raises(LeaseLost):
+        await store.settle("c", [Verdict("k", Value(quantity=1), Outcome.ACKNOWLEDGED)], 3.0, T,
+                           backoff)  # fmt: skip
+    rows = {row.key: row.status for row in await PostgresStore(pool, fence=new.lease).items("c")}
+    assert rows == {"j": "pending", "k": "sending"}
+    assert await store.history("k") == []
+
+
 async def test_concurrent_claims_never_hand_out_an_item_twice(pool: Pool) -> None:
     store = PostgresStore(pool)
     await store.set_desired("c", {f"k{n:03d}": Value(quantity=n) for n in range(120)}, 1.0, T)

@@ -33,11 +33,12 @@ of many merchants share one pool (`daemon.store.pg.stores`) and never wait for e
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any, LiteralString, Self
 
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, AsyncCursor, OperationalError
+from psycopg import Error as PsycopgError
 from psycopg.rows import TupleRow
 
 from daemon.config.dsn import describe
@@ -46,7 +47,7 @@ from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Item
 from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.faults import Database
-from daemon.store.pg.lease import Lease, LeaseLost, fence
+from daemon.store.pg.lease import Lease, LeaseLost, fence_held, fence_sent, lost
 from daemon.store.pg.merchants import DEFAULT_MERCHANT, SCOPE, lock_key, prepare, quoted
 from daemon.store.pg.migrate import migrate
 from daemon.store.rows import HistoryValues
@@ -197,6 +198,13 @@ class PostgresBase:
         self._fence = fence
         self._owns_pool = owns_pool
         self._clock = clock or time.time
+        #: (channel, "next" | "count") -> (the claim's `now`, its answer): what was left due
+        #: when this store's last claim of the channel committed, for the dispatcher's next
+        #: `next_due` and `count_due` (each used once; `queue.PostgresQueue.claim`). Any other
+        #: write to items drops them all, as may its change (a new debounce, a held zero).
+        self._hints: dict[tuple[str, str], tuple[float, float]] = {}
+        #: counts the writes that dropped them: a claim whose answer raced one keeps none
+        self._moves = 0
 
     @classmethod
     async def open(
@@ -229,13 +237,36 @@ class PostgresBase:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:
-        async with self._db.connection("read") as conn, conn.transaction():
+        """A read transaction, pipelined: its statements travel together, one round trip until
+        the body first needs a result and one for the commit."""
+        async with self._db.connection("read") as conn, conn.pipeline(), conn.transaction():
             await conn.execute("SELECT " + SCOPE, (self._path,))
             yield conn
 
+    async def _select(self, query: LiteralString, params: Any = None) -> list[TupleRow]:
+        """One read statement's rows in one round trip: begin, scope, the query and the commit
+        sent together (`_read` waits for the query's rows before it sends the commit)."""
+        async with self._db.connection("read") as conn:
+            try:
+                async with conn.pipeline():
+                    await conn.execute("SELECT " + SCOPE, (self._path,))
+                    cursor = await conn.execute(query, params)
+                    await conn.execute("COMMIT")
+            except BaseException:
+                with suppress(Exception):
+                    await conn.rollback()
+                raise
+            return await cursor.fetchall()
+
     @asynccontextmanager
     async def _write(
-        self, *, channel: str | None = None, lock: int | None = None, claim: bool = False
+        self,
+        *,
+        channel: str | None = None,
+        lock: int | None = None,
+        claim: bool = False,
+        keeps_due: bool = False,
+        then: Callable[[Conn], Awaitable[None]] | None = None,
     ) -> AsyncIterator[Conn]:
         """A write transaction: fenced by the lease (if any), then the advisory locks.
 
@@ -244,34 +275,94 @@ class PostgresBase:
         (`FOR UPDATE`), so neither can write back over the other's change. The fence comes
         first in every transaction, then the advisory locks, then the row locks: a takeover
         waiting for the fenced transactions never waits on a lock one of them waits for.
+
+        Pipelined: the statements go to the server without waiting for each other, and a round
+        trip is paid only where the body reads a result, and once for the commit. A body that
+        reads its results after the block (the cursors keep them) costs one round trip in all:
+        begin, fence, locks, its statements and the commit together. A replica that lost the
+        lease makes its transaction read-only in the fence (`lease.fence_sent`), so it writes
+        nothing, and `LeaseLost` is raised once the fence's answer is read.
+
+        A write that may move items (any under a channel's lock or the all-items lock) drops
+        the last claims' answers of what is due (`_hints`), unless it `keeps_due`: it moves
+        no pending item (a claim, an acknowledgement of items `sending`). `then` sends more
+        statements after the commit, in their own transaction, with the same round trip.
+
+        Every commit waits for the WAL's flush (as the server is configured): a claim or an
+        acknowledgement that a crash of the server took back would let a second request for an
+        item leave while the first is on the wire, or leave an item `sending` that no request
+        carries (README, Scale: why `synchronous_commit` stays on).
         """
-        async with self._db.connection("write") as conn, conn.transaction():
-            if self._fence is not None:
-                lease = self._fence()
-                if lease is None:
-                    raise LeaseLost("this replica does not hold the lease")
-                await fence(conn, lease)
-            # The merchant's scope in the statement that takes the locks: one round trip.
-            all_items, path = self._locks[ALL_ITEMS], self._path
-            if claim:
-                await conn.execute(
-                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8)",
-                    (path, all_items),
-                )
-            elif channel is not None:
-                await conn.execute(
-                    "SELECT " + SCOPE + ", pg_advisory_xact_lock_shared(%s::int8),"
-                    " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
-                    (path, all_items, self._channel_class, channel),
-                )
-            elif lock is not None:
-                await conn.execute(
-                    "SELECT " + SCOPE + ", pg_advisory_xact_lock(%s::int8)",
-                    (path, self._locks[lock]),
-                )
-            else:
-                await conn.execute("SELECT " + SCOPE, (path,))
-            yield conn
+        moves = not (claim or keeps_due) and (channel is not None or lock == ALL_ITEMS)
+        if moves:
+            self._forget_due()
+        try:
+            async with self._write_fenced(channel, lock, claim, then) as conn:
+                yield conn
+        finally:
+            if moves:
+                self._forget_due()
+
+    def _forget_due(self) -> None:
+        self._hints.clear()
+        self._moves += 1
+
+    @asynccontextmanager
+    async def _write_fenced(
+        self,
+        channel: str | None,
+        lock: int | None,
+        claim: bool,
+        then: Callable[[Conn], Awaitable[None]] | None,
+    ) -> AsyncIterator[Conn]:
+        """`_write` without the bookkeeping of `_hints`."""
+        async with self._db.connection("write") as conn:
+            fenced: tuple[AsyncCursor[TupleRow], Lease] | None = None
+            try:
+                async with conn.pipeline():
+                    async with conn.transaction():
+                        if self._fence is not None:
+                            lease = self._fence()
+                            if lease is None:
+                                raise LeaseLost("this replica does not hold the lease")
+                            fenced = (await fence_sent(conn, lease), lease)
+                        await conn.execute(*self._prelude(channel, lock, claim))
+                        yield conn
+                    if then is not None:
+                        await then(conn)
+            except PsycopgError:
+                # A write the fence made fail, or a fault (then the error stands).
+                if fenced is not None and await fence_held(fenced[0]) is False:
+                    raise lost(fenced[1]) from None
+                raise
+            if fenced is not None and not await fence_held(fenced[0]):
+                raise lost(fenced[1])
+
+    def _prelude(
+        self, channel: str | None, lock: int | None, claim: bool
+    ) -> tuple[LiteralString, tuple[object, ...]]:
+        """The statement after the fence: the merchant's scope and the advisory locks."""
+        all_items, path = self._locks[ALL_ITEMS], self._path
+        scope: LiteralString = "SELECT " + SCOPE
+        if claim:
+            return scope + ", pg_advisory_xact_lock_shared(%s::int8)", (path, all_items)
+        if channel is not None:
+            return (
+                scope + ", pg_advisory_xact_lock_shared(%s::int8),"
+                " pg_advisory_xact_lock(%s::int4, hashtext(%s))",
+                (path, all_items, self._channel_class, channel),
+            )
+        if lock is not None:
+            return scope + ", pg_advisory_xact_lock(%s::int8)", (path, self._locks[lock])
+        return scope, (path,)
+
+    @staticmethod
+    async def _rowcount(conn: Conn, query: LiteralString, params: Any) -> int:
+        """Run `query` and wait for the rows it changed (inside the pipelined transaction of
+        `_write`, a statement's count is known only once the pipeline synced)."""
+        async with conn.pipeline():
+            cursor = await conn.execute(query, params)
+        return cursor.rowcount
 
     @staticmethod
     async def _load(conn: Conn, channel: str, keys: Sequence[str]) -> dict[str, Item]:

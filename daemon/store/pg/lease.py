@@ -31,13 +31,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import LiteralString
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
 from daemon.core.errors import StateError
 
 __all__ = [
     "FENCE",
+    "FENCE_OR_READ_ONLY",
     "RELEASED",
     "Lease",
     "LeaseInfo",
@@ -45,7 +46,10 @@ __all__ = [
     "acquire",
     "default_margin",
     "fence",
+    "fence_held",
     "fence_params",
+    "fence_sent",
+    "lost",
     "make_holder",
     "read",
     "release",
@@ -144,7 +148,43 @@ async def fence(conn: AsyncConnection[TupleRow], lease: Lease) -> None:
     cursor = await conn.execute("SELECT " + FENCE, fence_params(lease))
     row = await cursor.fetchone()
     if row is None or not row[0]:
-        raise LeaseLost(f"the lease of {lease.merchant} moved on from epoch {lease.epoch}")
+        raise lost(lease)
+
+
+#: `FENCE` for a pipelined transaction (`fence_sent`): true while the lease is ours; otherwise
+#: false, and the transaction it runs in is made read-only, so nothing after it can write.
+FENCE_OR_READ_ONLY: LiteralString = (
+    "SELECT CASE WHEN " + FENCE + " THEN true"
+    " ELSE set_config('transaction_read_only', 'on', true) IS NULL END"
+)
+
+
+async def fence_sent(conn: AsyncConnection[TupleRow], lease: Lease) -> AsyncCursor[TupleRow]:
+    """`fence` for a transaction in pipeline mode, whose statements go to the server without
+    waiting for each other's answers (and whose commit may go with them).
+
+    Sent first in the transaction, like `fence`, with the same lock. When the lease moved on it
+    makes its own transaction read-only instead of raising: every write after it fails on the
+    server (`ReadOnlySqlTransaction`), so the commit writes nothing, whenever the answer is
+    read. Read it with `fence_held` once the pipeline has synced.
+    """
+    await limit_idle(conn, lease.ttl)
+    return await conn.execute(FENCE_OR_READ_ONLY, fence_params(lease))
+
+
+async def fence_held(cursor: AsyncCursor[TupleRow]) -> bool | None:
+    """What the fence `fence_sent` sent found: True (the lease was ours, the transaction could
+    write), False (it had moved on: nothing was written), None (no answer came: the
+    transaction failed before it)."""
+    if cursor.pgresult is None:
+        return None
+    row = await cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def lost(lease: Lease) -> LeaseLost:
+    """The error of a fenced write that found the lease moved on."""
+    return LeaseLost(f"the lease of {lease.merchant} moved on from epoch {lease.epoch}")
 
 
 async def acquire(

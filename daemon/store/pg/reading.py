@@ -74,13 +74,14 @@ class PostgresReading(PostgresBase):
         pruned = 0
         while True:  # in pages: a month of history must not hold a transaction for seconds
             async with self._write() as conn:
-                cursor = await conn.execute(
+                count = await self._rowcount(
+                    conn,
                     "DELETE FROM history WHERE id IN"
                     " (SELECT id FROM history WHERE at < %s LIMIT %s)",
                     (before, PAGE),
                 )
-            pruned += cursor.rowcount
-            if cursor.rowcount < PAGE:
+            pruned += count
+            if count < PAGE:
                 return pruned
 
     async def get_meta(self, name: str) -> str | None:
