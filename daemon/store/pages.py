@@ -18,10 +18,12 @@ Why that leaves the store as parsing would have (the invariant the tests hold):
   if no record of the page is newer.
 - A page that dropped a duplicate SKU is not recorded: which offer of a duplicated SKU counts
   depends on the pages before it, which may have changed.
-- Only the pages of the last complete scan are compared with. A scan records its pages under
-  its own generation; they become the ones compared with once it completes, and the older ones
-  go (`drop_scan_pages`); a scan that failed halfway is started again from nothing
-  (`scan_pages` forgets what it recorded).
+- Only the pages of the last complete scan are compared with. A store keeps one row a page
+  number, marked with the scan that last saw it: a parse records it under the running scan, a
+  skip moves its mark in place. Once the scan completes, its rows are the ones compared with and
+  rows no page of it had go (`drop_scan_pages`); a scan that failed halfway is started again
+  from what the last complete one left (`scan_pages` forgets every row it marked, so a page it
+  touched is parsed again).
 """
 
 from __future__ import annotations

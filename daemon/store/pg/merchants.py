@@ -78,9 +78,10 @@ MERCHANT_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4,
         "scan pages a rescan compares with, and each record's revision",
-        # daemon/store/pages.py: each page a scan parsed (digest, paging, SKUs) and the
-        # revision it was recorded at; each record the revision of its last stock write, from
-        # the merchant's own sequence. A page none of whose records is newer is skipped.
+        # daemon/store/pages.py: each page a scan parsed (digest, paging, SKUs), the scan that
+        # last saw it (a skip moves it in place) and the revision it was recorded at; each
+        # record the revision of its last stock write, from the merchant's own sequence. A page
+        # none of whose records is newer is skipped.
         (
             "ALTER TABLE records ADD COLUMN rev bigint NOT NULL DEFAULT 0",
             "CREATE SEQUENCE records_rev",
@@ -99,7 +100,7 @@ MERCHANT_MIGRATIONS: tuple[Migration, ...] = (
                 skus text[] NOT NULL,
                 offer_ids bigint[] NOT NULL,
                 rev bigint NOT NULL,
-                PRIMARY KEY (scan, number)
+                PRIMARY KEY (number)
             )
             """,
         ),

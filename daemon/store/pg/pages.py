@@ -17,7 +17,7 @@ _MARK: LiteralString = (
 )
 _PAGE: LiteralString = _MARK + ", skus, offer_ids, rev"
 _REPLACE: LiteralString = (
-    " ON CONFLICT (scan, number) DO UPDATE SET digest = excluded.digest,"
+    " ON CONFLICT (number) DO UPDATE SET scan = excluded.scan, digest = excluded.digest,"
     " size = excluded.size, total = excluded.total, current_page = excluded.current_page,"
     " last_page = excluded.last_page, next_url = excluded.next_url,"
     " has_next = excluded.has_next, no_sku = excluded.no_sku, skus = excluded.skus,"
@@ -77,11 +77,9 @@ class PostgresPages(PostgresBase):
         try:
             async with self._write(lock=RECORDS) as conn:
                 cursor = await conn.execute(
-                    "INSERT INTO scan_pages (scan, " + _PAGE + ") SELECT %s, " + _PAGE + " FROM"
-                    " scan_pages WHERE scan = %s AND number = %s AND digest = %s"
-                    + _REPLACE
-                    + " RETURNING skus, offer_ids, rev",
-                    (scan, mark.scan, mark.number, mark.digest),
+                    "UPDATE scan_pages SET scan = %s WHERE number = %s AND scan = %s"
+                    " AND digest = %s RETURNING skus, offer_ids, rev",
+                    (scan, mark.number, mark.scan, mark.digest),
                 )
                 row = await cursor.fetchone()
                 if row is None:

@@ -72,10 +72,9 @@ class SQLitePages(SQLiteBase):
         try:
             with self._tx():
                 row = self._db.execute(
-                    f"INSERT OR REPLACE INTO scan_pages (scan, {_PAGE}) SELECT ?, {_PAGE} "
-                    "FROM scan_pages WHERE scan = ? AND number = ? AND digest = ? "
+                    "UPDATE scan_pages SET scan = ? WHERE number = ? AND scan = ? AND digest = ? "
                     "RETURNING skus, offer_ids, rev",
-                    (scan, mark.scan, mark.number, mark.digest),
+                    (scan, mark.number, mark.scan, mark.digest),
                 ).fetchone()
                 if row is None:
                     return None

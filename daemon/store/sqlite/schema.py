@@ -161,7 +161,8 @@ def _step_5_lookup_queue(db: sqlite3.Connection) -> None:
 
 def _step_6_scan_pages(db: sqlite3.Connection) -> None:
     """Each page a scan parsed, so a rescan that gets the same bytes skips it
-    (`daemon.store.pages`): its digest, paging and SKUs, and the revision it was recorded at.
+    (`daemon.store.pages`): its digest, paging and SKUs, the scan that last saw it, and the
+    revision it was recorded at (one row a page number: a skip moves its `scan` in place).
     Every record carries the revision of its last stock write (`rev`, from the one-row
     `records_rev` counter); a page whose records are all no newer is still what they hold."""
     db.execute("ALTER TABLE records ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
@@ -172,7 +173,7 @@ def _step_6_scan_pages(db: sqlite3.Connection) -> None:
         "digest BLOB NOT NULL, size INTEGER NOT NULL, total INTEGER, current_page INTEGER, "
         "last_page INTEGER, next_url INTEGER NOT NULL, has_next INTEGER NOT NULL, "
         "no_sku INTEGER NOT NULL, skus TEXT NOT NULL, offer_ids TEXT NOT NULL, "
-        "rev INTEGER NOT NULL, PRIMARY KEY (scan, number))"
+        "rev INTEGER NOT NULL, PRIMARY KEY (number))"
     )
 
 
