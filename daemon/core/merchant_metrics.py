@@ -169,6 +169,14 @@ class MerchantFamilies:
             ["merchant", "reason"],
             registry=r,
         )
+        self.scan_pages_unchanged = Counter(
+            "stocksync_keycrm_scan_pages_unchanged",
+            "Scan pages whose bytes equalled the same page of the last complete scan: their "
+            "SKUs' scan marks moved without parsing them (a rescan that finds nothing changed "
+            "has all its pages here).",
+            ["merchant"],
+            registry=r,
+        )
         self.records_skipped = Counter(
             "stocksync_records_skipped",
             "Records that gave a channel no item, by reason (empty_key, unmapped, no_warehouses).",
@@ -341,6 +349,7 @@ class MerchantMetrics:
         self.order_feed_up: Gauge = f.order_feed_up.labels(merchant=m)
         self.order_feed_orders: Counter = f.order_feed_orders.labels(merchant=m)
         self.order_feed_skus: Counter = f.order_feed_skus.labels(merchant=m)
+        self.scan_pages_unchanged: Counter = f.scan_pages_unchanged.labels(merchant=m)
         #: 1 while this replica leads the merchant (the shell sets it; 1 from the start, as with
         #: SQLite, where the one process always leads)
         self.leader: Gauge = f.leader.labels(merchant=m)

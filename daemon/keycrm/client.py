@@ -9,7 +9,7 @@ never because a page came back short.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -32,10 +32,13 @@ from daemon.keycrm.payloads import (
     ChangedOrder,
     MalformedPage,
     Page,
+    page_digest,
     parse_catalog_page,
     parse_order_page,
     parse_stock_page,
+    unchanged_page,
 )
+from daemon.store import PageMark
 
 __all__ = [
     "CATALOG_PAGE_BYTES",
@@ -160,14 +163,17 @@ class KeycrmClient:
         kind: str,
         priority: Priority,
         parse: Callable[[Any], Page[T]],
+        *,
+        mark: PageMark | None = None,
     ) -> Page[T]:
-        """GET one page, parse it whole, retrying transient faults within the budget."""
+        """GET one page, parse it whole, retrying transient faults within the budget. A scan
+        page whose bytes match `mark` is not decoded (`unchanged_page`)."""
         async for attempt in stamina.retry_context(
             on=_backoff_hook, attempts=_ATTEMPTS, timeout=None, wait_initial=1.0, wait_max=60.0
         ):
             with attempt:
                 return await self._fetch_once(
-                    path, params, kind, priority, parse, attempt=attempt.num
+                    path, params, kind, priority, parse, mark=mark, attempt=attempt.num
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -179,6 +185,7 @@ class KeycrmClient:
         priority: Priority,
         parse: Callable[[Any], Page[T]],
         *,
+        mark: PageMark | None = None,
         attempt: int = 1,
     ) -> Page[T]:
         """One request; `stocksync_keycrm_up` and the last success follow how it went.
@@ -188,7 +195,9 @@ class KeycrmClient:
         which turns the order feed off (`stocksync_order_feed_up`) while stock flows. A 400 or
         414 refuses what was asked, not us, and leaves the gauge as it was."""
         try:
-            page = await self._request(path, params, kind, priority, parse, attempt=attempt)
+            page = await self._request(
+                path, params, kind, priority, parse, mark=mark, attempt=attempt
+            )
         except SourceFatal as exc:
             if exc.status in _KEY_REFUSED and kind != "orders":
                 self._metrics.keycrm_up.set(0)
@@ -210,6 +219,7 @@ class KeycrmClient:
         priority: Priority,
         parse: Callable[[Any], Page[T]],
         *,
+        mark: PageMark | None,
         attempt: int,
     ) -> Page[T]:
         url = f"{self._settings.base_url}{path}"
@@ -248,19 +258,35 @@ class KeycrmClient:
             raise SourceFatal(f"keyCRM refused the API key (HTTP {status})", status=str(status))
         if status != 200:
             raise SourceFatal(f"keyCRM {path}: HTTP {status}", status=str(status))
+        digest = page_digest(body) if kind == "scan" else None
+        if mark is not None and digest == mark.digest:
+            page: Page[T] = unchanged_page(mark, body)
+        else:
+            page = self._parse(body, kind, path, parse)
+            page.digest = digest
+        if page.no_sku:
+            self._metrics.offers_skipped.labels(reason="no_sku").inc(page.no_sku)
+        return page
+
+    def _parse(self, body: bytes, kind: str, path: str, parse: Callable[[Any], Page[T]]) -> Page[T]:
+        """The page in `body`; a malformed one is counted and logged (`MalformedPage`)."""
         try:
             decoded = decode_page(body)
             del body  # a split page keeps its own text; a whole one is all values now
-            page = parse(decoded)
+            return parse(decoded)
         except NotJson as exc:
             self._count_malformed(kind, path, "the body is not JSON")
             raise MalformedPage("the body is not JSON") from exc
         except MalformedPage as exc:
             self._count_malformed(kind, path, str(exc))
             raise
-        if page.no_sku:
-            self._metrics.offers_skipped.labels(reason="no_sku").inc(page.no_sku)
-        return page
+
+    def parse_unchanged(self, page: Page[StockLevel]) -> Page[StockLevel]:
+        """Parse a stand-in's kept bytes after all (the store no longer trusts its mark)."""
+        assert page.raw is not None
+        parsed = self._parse(page.raw, "scan", "/offers/stocks", parse_stock_page)
+        parsed.digest = page.digest
+        return parsed
 
     def _count_malformed(self, kind: str, path: str, problem: str) -> None:
         self._metrics.keycrm_requests.labels(kind=kind, status="malformed").inc()
@@ -279,19 +305,26 @@ class KeycrmClient:
         kind: str,
         priority: Priority,
         parse: Callable[[Any], Page[T]],
+        *,
+        marks: Mapping[int, PageMark] | None = None,
     ) -> AsyncIterator[Page[T]]:
         number = 1
         while True:
-            page = await self._fetch(path, {**base, "page": str(number)}, kind, priority, parse)
+            mark = None if marks is None else marks.get(number)
+            params = {**base, "page": str(number)}
+            page = await self._fetch(path, params, kind, priority, parse, mark=mark)
             yield page
             if not page.has_next or number >= MAX_PAGES:
                 return
             number += 1
 
-    def scan(self) -> AsyncIterator[Page[StockLevel]]:
-        """Every page of `/offers/stocks`, in order."""
+    def scan(self, marks: Mapping[int, PageMark] | None = None) -> AsyncIterator[Page[StockLevel]]:
+        """Every page of `/offers/stocks`, in order, each with its bytes' digest. A page whose
+        bytes match its number's mark in `marks` comes undecoded (`Page.unchanged`)."""
         params = self._stock_params(1)
-        return self._pages("/offers/stocks", params, "scan", Priority.SCAN, parse_stock_page)
+        return self._pages(
+            "/offers/stocks", params, "scan", Priority.SCAN, parse_stock_page, marks=marks
+        )
 
     def catalog(self) -> AsyncIterator[Page[CatalogEntry]]:
         """Every page of `/offers?include=product`."""

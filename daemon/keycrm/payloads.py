@@ -18,15 +18,18 @@ import orjson
 from daemon.core.errors import SourceRetryable
 from daemon.core.models import CatalogEntry, StockLevel, WarehouseStock
 from daemon.keycrm.page_split import NotJson, RawOffer
+from daemon.store import PageMark
 
 __all__ = [
     "ChangedOrder",
     "MalformedPage",
     "Page",
+    "page_digest",
     "parse_catalog_page",
     "parse_order_page",
     "parse_stock_page",
     "raw_digest",
+    "unchanged_page",
 ]
 
 
@@ -66,6 +69,12 @@ class Page(Generic[T]):
     current_page: int | None = None
     #: whether `next_page_url` was set: checked against `last_page` (they must agree)
     next_url: bool = False
+    #: `page_digest` of the body (scan pages only)
+    digest: bytes | None = None
+    #: set on a scan page whose bytes equal a recorded page's: `items` is empty, the paging is
+    #: the mark's, and `raw` keeps the body in case the store no longer trusts the mark
+    unchanged: PageMark | None = None
+    raw: bytes | None = None
 
 
 #: No stock or price is near this; `1e999999999` in a page would otherwise cost a billion digits.
@@ -115,6 +124,30 @@ def raw_digest(item: dict[str, Any]) -> bytes | None:
     except TypeError:  # orjson.JSONEncodeError is one
         return None
     return hashlib.blake2b(raw, digest_size=8, person=_DIGEST_PERSON).digest()
+
+
+def page_digest(body: bytes) -> bytes:
+    """A fingerprint of a whole page's bytes: a scan page with the same one as a page of the
+    last complete scan is skipped (`daemon.store.pages`). Keyed by the parser's version as
+    offers' digests are; 16 bytes, since a false match would hide 50 offers' changes."""
+    return hashlib.blake2b(body, digest_size=16, person=_DIGEST_PERSON).digest()
+
+
+def unchanged_page(mark: PageMark, body: bytes) -> Page[Any]:
+    """A stand-in for a page whose bytes equal `mark`'s: its paging without decoding it."""
+    return Page(
+        [],
+        mark.last_page,
+        mark.has_next,
+        mark.no_sku,
+        mark.total,
+        size=mark.size,
+        current_page=mark.current_page,
+        next_url=mark.next_url,
+        digest=mark.digest,
+        unchanged=mark,
+        raw=body,
+    )
 
 
 def _int(value: Any, where: str) -> int:

@@ -25,8 +25,10 @@ from daemon.core.telemetry import MerchantMetrics
 from daemon.keycrm.client import PAGE_SIZE, KeycrmClient
 from daemon.keycrm.completeness import ScanTally
 from daemon.keycrm.lookups import LookupQueue
+from daemon.keycrm.payloads import Page
 from daemon.reconcile.reconciler import Reconciler
-from daemon.store import LookupEntry, Store
+from daemon.rules.guard import ScanGuard
+from daemon.store import LookupEntry, PageMark, ScanPage, Store
 
 __all__ = ["ScanProgress", "Source"]
 
@@ -154,32 +156,24 @@ class Source:
         progress.running, progress.page, progress.last_page = True, 0, None
         progress.started_at = started
         seen: dict[str, int] = {}
-        duplicates = 0
+        duplicates = unchanged = 0
         complete = False
         tally = ScanTally(PAGE_SIZE)
+        # The pages of the last complete scan: a page that comes back byte for byte is not
+        # parsed; its SKUs' marks move in one statement (daemon/store/pages.py).
+        marks = await self._store.scan_pages(scan)
         guard = await self._reconciler.begin_scan(scan)
         try:
-            async for page in self.client.scan():
+            async for page in self.client.scan(marks):
                 tally.add(page)
-                levels: list[StockLevel] = []
-                for level in page.items:
-                    first = seen.setdefault(level.sku, level.offer_id)
-                    if first != level.offer_id:
-                        duplicates += 1
-                        log.error(
-                            "keycrm.duplicate_sku",
-                            sku=level.sku,
-                            offer_id=level.offer_id,
-                            kept_offer_id=first,
-                        )
-                        continue
-                    levels.append(level)
-                changed = await self._store.save_stock(levels, scan)
-                await self._reconciler.ingest(changed, guard)
+                dropped, skipped = await self._take_page(page, scan, seen, guard)
+                duplicates += dropped
+                unchanged += skipped
                 progress.page += 1
                 progress.last_page = page.last_page
             self._fail_if_incomplete(tally)
             await self._store.set_meta("scan_generation", str(scan))
+            await self._store.drop_scan_pages(scan)
             vanished = await self._store.vanished(scan)
             if vanished:
                 sample = [r.sku for r in vanished[:20]]
@@ -204,9 +198,27 @@ class Source:
             "keycrm.scan_finished",
             skus=len(seen),
             pages=progress.page,
+            unchanged_pages=unchanged,
             duplicates=duplicates,
             duration_ms=round((finished - started) * 1000),
         )
+
+    async def _take_page(
+        self, page: Page[StockLevel], scan: int, seen: dict[str, int], guard: ScanGuard
+    ) -> tuple[int, bool]:
+        """Store and plan one page of scan `scan` (the `progress.page + 1`th); return how many
+        duplicate SKUs it dropped and whether it was skipped as unchanged."""
+        if page.unchanged is not None:
+            offers = await self._store.skip_page(page.unchanged, scan)
+            if offers is not None:
+                self._metrics.scan_pages_unchanged.inc()
+                return sum(not _first(seen, *offer) for offer in offers), True
+            page = self.client.parse_unchanged(page)  # a record of it changed since: parse it
+        levels = [level for level in page.items if _first(seen, level.sku, level.offer_id)]
+        record = _recorded(page, levels, scan, self.progress.page + 1)
+        changed = await self._store.save_stock(levels, scan, record)
+        await self._reconciler.ingest(changed, guard)
+        return len(page.items) - len(levels), False
 
     def _fail_if_incomplete(self, tally: ScanTally) -> None:
         problem = tally.verdict()
@@ -357,6 +369,38 @@ class Source:
             self.retry_in = _FAILED_SCAN_RETRY
             return False
         return True
+
+
+def _first(seen: dict[str, int], sku: str, offer_id: int) -> bool:
+    """Whether this offer is the first of its SKU in the scan; a second offer is logged."""
+    first = seen.setdefault(sku, offer_id)
+    if first == offer_id:
+        return True
+    log.error("keycrm.duplicate_sku", sku=sku, offer_id=offer_id, kept_offer_id=first)
+    return False
+
+
+def _recorded(
+    page: Page[StockLevel], levels: list[StockLevel], scan: int, number: int
+) -> ScanPage | None:
+    """What the store records of a parsed page, for the next scan to skip it if it comes back
+    the same; None for a page that dropped a duplicate SKU (which offer counts depends on the
+    pages before it, daemon/store/pages.py)."""
+    if page.digest is None or len(levels) != len(page.items):
+        return None
+    mark = PageMark(
+        scan,
+        number,
+        page.digest,
+        page.size,
+        page.total,
+        page.current_page,
+        page.last_page,
+        page.next_url,
+        page.has_next,
+        page.no_sku,
+    )
+    return ScanPage(mark, [level.sku for level in levels], [level.offer_id for level in levels])
 
 
 async def _settle_lookups(

@@ -7,6 +7,7 @@
     rows.py       what both backends do between their SQL and the lifecycle (pure)
     health.py     a failing store as a state the daemon shows, not a crash
     records.py    keyCRM records as both backends store them    codec.py  their compact text
+    pages.py      what a scan records of each page, so a rescan skips the unchanged ones
     sqlite/       the embedded backend (schema.py; backend.py over a module per concern)
     pg/           PostgreSQL, for several replicas (its schema: pg/migrate.py), and the SQL
                   replicas coordinate through (lease, shared queue and budget)
@@ -26,6 +27,7 @@ from daemon.store.export_state import export_state
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Status, Timing
 from daemon.store.migrate_state import TargetNotEmpty, copy_state
+from daemon.store.pages import PageMark, ScanPage
 from daemon.store.pg.backend import PostgresStore
 from daemon.store.pg.stores import PostgresStores
 from daemon.store.protocol import (
@@ -46,9 +48,11 @@ __all__ = [
     "ItemRow",
     "LookupEntry",
     "LookupStore",
+    "PageMark",
     "PostgresStore",
     "PostgresStores",
     "SQLiteStore",
+    "ScanPage",
     "Settled",
     "Status",
     "Store",

@@ -15,6 +15,7 @@ from daemon.rules.guard import ScanGuard
 from daemon.rules.plan import Contribution
 from daemon.store.health import StoreHealth
 from daemon.store.lifecycle import Timing
+from daemon.store.pages import PageMark, ScanPage
 
 __all__ = ["Enqueued", "HistoryRow", "ItemRow", "LookupEntry", "LookupStore", "Settled", "Store"]
 
@@ -86,8 +87,26 @@ class Store(Protocol):
 
     # --- keyCRM records --------------------------------------------------------------------------
 
-    async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
-        """Store stock levels; return the records that changed. `scan` marks them seen by it."""
+    async def save_stock(
+        self, levels: Sequence[StockLevel], scan: int | None, page: ScanPage | None = None
+    ) -> list[StockRecord]:
+        """Store stock levels; return the records that changed. `scan` marks them seen by it.
+        `page`: the scan page they came from, recorded with them (`daemon.store.pages`)."""
+        ...
+
+    async def scan_pages(self, scan: int) -> dict[int, PageMark]:
+        """Scan `scan` starts: forget the pages an unfinished attempt at it recorded, and
+        return the marks of the pages of complete scan `scan - 1`, by page number."""
+        ...
+
+    async def skip_page(self, mark: PageMark, scan: int) -> list[tuple[str, int]] | None:
+        """Scan `scan` got the bytes of `mark`'s page again: if no record of it changed since it
+        was recorded, move its SKUs' scan marks (one statement), record it for `scan`, and
+        return its (SKU, offer id) pairs in order. None, changing nothing: parse it."""
+        ...
+
+    async def drop_scan_pages(self, scan: int) -> None:
+        """Scan `scan` completed: the pages of older scans are compared with no more."""
         ...
 
     async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:

@@ -13,6 +13,7 @@ from daemon.core.errors import StateUnusable
 from daemon.core.models import Outcome, StockLevel, Value, Verdict
 from daemon.rules.plan import Contribution
 from daemon.store import Store, Timing
+from daemon.store.codec import encode_stock
 from daemon.store.pg import lookups
 from daemon.store.pg.backend import PostgresStore
 from daemon.store.pg.base import ALL_ITEMS
@@ -27,9 +28,20 @@ pytestmark = pytest.mark.anyio
 T = Timing(debounce=0.0, max_delay=1.0)
 
 
-async def write(store: Store, sku: str, quantity: int, *, at: float) -> None:
-    """A record, its share, an acknowledged push (history) and a meta value."""
-    await store.save_stock([StockLevel(sku, 1, Decimal(quantity), Decimal(0), None)], 1)
+async def write(
+    store: Store, sku: str, quantity: int, *, at: float, old: Pool | None = None
+) -> None:
+    """A record, its share, an acknowledged push (history) and a meta value. `old`: the
+    record written on that pool as a release of the step-4 schema wrote it (before `rev`)."""
+    level = StockLevel(sku, 1, Decimal(quantity), Decimal(0), None)
+    if old is None:
+        await store.save_stock([level], 1)
+    else:
+        async with old.connection() as conn:
+            await conn.execute(
+                "INSERT INTO records (sku, stock, seen_scan, updated_at) VALUES (%s, %s, 1, %s)",
+                (sku, encode_stock(level), at),
+            )
     await store.replace_shares("c", [sku], [(sku, Contribution(sku, Decimal(quantity), None))])
     await store.set_desired("c", {sku: Value(quantity=quantity)}, at, T)
     sent = await store.claim("c", at + 1, 10)
@@ -55,7 +67,7 @@ async def test_an_old_database_keeps_its_state_as_merchant_default(pg_dsn: str) 
         async with pool.connection() as conn:
             assert await migrate(conn, MIGRATIONS[:6]) == [1, 2, 3, 4, 5, 6]
         old = PostgresStore(pool)  # the tables where steps 4 and 5 made them
-        await write(old, "A", 3, at=10.0)
+        await write(old, "A", 3, at=10.0, old=pool)
         before = await state(old)
         async with pool.connection() as conn:
             assert await migrate(conn) == [7, 8]

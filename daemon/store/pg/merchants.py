@@ -75,6 +75,36 @@ MERCHANT_MIGRATIONS: tuple[Migration, ...] = (
         # (a manual fix, a restore) counts here, never into another merchant's counts.
         ("ALTER FUNCTION stocksync_count_item_rows() SET search_path FROM CURRENT",),
     ),
+    Migration(
+        4,
+        "scan pages a rescan compares with, and each record's revision",
+        # daemon/store/pages.py: each page a scan parsed (digest, paging, SKUs), the scan that
+        # last saw it (a skip moves it in place) and the revision it was recorded at; each
+        # record the revision of its last stock write, from the merchant's own sequence. A page
+        # none of whose records is newer is skipped.
+        (
+            "ALTER TABLE records ADD COLUMN rev bigint NOT NULL DEFAULT 0",
+            "CREATE SEQUENCE records_rev",
+            """
+            CREATE TABLE scan_pages (
+                scan bigint NOT NULL,
+                number integer NOT NULL,
+                digest bytea NOT NULL,
+                size integer NOT NULL,
+                total bigint,
+                current_page bigint,
+                last_page bigint,
+                next_url boolean NOT NULL,
+                has_next boolean NOT NULL,
+                no_sku integer NOT NULL,
+                skus text[] NOT NULL,
+                offer_ids bigint[] NOT NULL,
+                rev bigint NOT NULL,
+                PRIMARY KEY (number)
+            )
+            """,
+        ),
+    ),
 )
 
 

@@ -9,12 +9,14 @@ from daemon.core.models import CatalogEntry, StockLevel, StockRecord, plain
 from daemon.rules.plan import Contribution
 from daemon.store import rows as shared
 from daemon.store.codec import encode_stock
-from daemon.store.pg.base import RECORDS, Conn, PostgresBase, columns
+from daemon.store.pages import ScanPage
+from daemon.store.pg.base import RECORDS, Conn, columns
+from daemon.store.pg.pages import PostgresPages
 
 __all__ = ["PostgresRecords"]
 
 
-class PostgresRecords(PostgresBase):
+class PostgresRecords(PostgresPages):
     """keyCRM records and shares (see the module docstring)."""
 
     @staticmethod
@@ -24,7 +26,9 @@ class PostgresRecords(PostgresBase):
         )
         return {sku: (stock, catalog) for sku, stock, catalog in await cursor.fetchall()}
 
-    async def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+    async def save_stock(
+        self, levels: Sequence[StockLevel], scan: int | None, page: ScanPage | None = None
+    ) -> list[StockRecord]:
         now = self._clock()
         changed: list[StockRecord] = []
         rows: dict[str, str] = {}  # one row per SKU: the last level given wins, as before
@@ -38,15 +42,22 @@ class PostgresRecords(PostgresBase):
                 rows[level.sku] = text
             if rows:
                 skus = sorted(rows)
+                # A record whose stock changes takes a new revision (`daemon.store.pages`);
+                # updated_at says when the stock last changed, as in SQLite.
                 await conn.execute(
-                    "INSERT INTO records (sku, stock, seen_scan, updated_at)"
-                    " SELECT sku, stock, %s::int8, %s::float8"
+                    "INSERT INTO records (sku, stock, seen_scan, updated_at, rev)"
+                    " SELECT sku, stock, %s::int8, %s::float8, nextval('records_rev')"
                     " FROM unnest(%s::text[], %s::text[]) AS r(sku, stock)"
                     " ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock,"
                     " seen_scan = GREATEST(records.seen_scan, excluded.seen_scan),"
-                    " updated_at = excluded.updated_at",
+                    " updated_at = CASE WHEN records.stock IS NOT DISTINCT FROM excluded.stock"
+                    " THEN records.updated_at ELSE excluded.updated_at END,"
+                    " rev = CASE WHEN records.stock IS NOT DISTINCT FROM excluded.stock"
+                    " THEN records.rev ELSE excluded.rev END",
                     (scan or 0, float(now), skus, [rows[sku] for sku in skus]),
                 )
+            if page is not None:
+                await self._record_page(conn, page)
         return changed
 
     async def save_catalog(self, entries: Sequence[CatalogEntry]) -> list[StockRecord]:

@@ -10,12 +10,14 @@ from daemon.core.models import CatalogEntry, StockLevel, StockRecord, plain
 from daemon.rules.plan import Contribution
 from daemon.store import rows as shared
 from daemon.store.codec import encode_stock
-from daemon.store.sqlite.base import SQLiteBase, chunks, in_clause, in_thread
+from daemon.store.pages import ScanPage
+from daemon.store.sqlite.base import chunks, in_clause, in_thread
+from daemon.store.sqlite.pages import SQLitePages
 
 __all__ = ["SQLiteRecords"]
 
 
-class SQLiteRecords(SQLiteBase):
+class SQLiteRecords(SQLitePages):
     """keyCRM records and shares (see the module docstring)."""
 
     def _existing(self, skus: Sequence[str]) -> dict[str, shared.Stored]:
@@ -23,7 +25,9 @@ class SQLiteRecords(SQLiteBase):
         return {sku: (stock, catalog) for sku, stock, catalog in rows}
 
     @in_thread
-    def save_stock(self, levels: Sequence[StockLevel], scan: int | None) -> list[StockRecord]:
+    def save_stock(
+        self, levels: Sequence[StockLevel], scan: int | None, page: ScanPage | None = None
+    ) -> list[StockRecord]:
         now = self._clock()
         changed: list[StockRecord] = []
         rows = []
@@ -45,15 +49,18 @@ class SQLiteRecords(SQLiteBase):
                 if record is not None:
                     changed.append(record)
                 rows.append((level.sku, text, level.digest, scan or 0, now))
+            # Every record written, and the page, take a new revision: a page recorded
+            # earlier that holds one of these SKUs is no longer what its records hold.
+            rev = self._next_rev() if rows or page is not None else 0
             self._db.executemany(
-                "INSERT INTO records (sku, stock, digest, seen_scan, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO records (sku, stock, digest, seen_scan, updated_at, rev) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sku) DO UPDATE SET stock = excluded.stock, "
-                "digest = excluded.digest, "
+                "digest = excluded.digest, rev = excluded.rev, "
                 "seen_scan = MAX(records.seen_scan, excluded.seen_scan), "
                 "updated_at = CASE WHEN records.stock IS excluded.stock "
                 "THEN records.updated_at ELSE excluded.updated_at END",
-                rows,
+                [(*row, rev) for row in rows],
             )
             if scan is not None and seen:
                 # One statement for the page's unchanged SKUs, not one per SKU.
@@ -62,6 +69,8 @@ class SQLiteRecords(SQLiteBase):
                     "(SELECT value FROM json_each(:skus)) AND seen_scan < :scan",
                     {"scan": scan, "skus": json.dumps(seen)},
                 )
+            if page is not None:
+                self._record_page(page, rev)
         return changed
 
     @in_thread

@@ -159,12 +159,31 @@ def _step_5_lookup_queue(db: sqlite3.Connection) -> None:
     )
 
 
+def _step_6_scan_pages(db: sqlite3.Connection) -> None:
+    """Each page a scan parsed, so a rescan that gets the same bytes skips it
+    (`daemon.store.pages`): its digest, paging and SKUs, the scan that last saw it, and the
+    revision it was recorded at (one row a page number: a skip moves its `scan` in place).
+    Every record carries the revision of its last stock write (`rev`, from the one-row
+    `records_rev` counter); a page whose records are all no newer is still what they hold."""
+    db.execute("ALTER TABLE records ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE TABLE records_rev (n INTEGER NOT NULL)")
+    db.execute("INSERT INTO records_rev (n) VALUES (0)")
+    db.execute(
+        "CREATE TABLE scan_pages (scan INTEGER NOT NULL, number INTEGER NOT NULL, "
+        "digest BLOB NOT NULL, size INTEGER NOT NULL, total INTEGER, current_page INTEGER, "
+        "last_page INTEGER, next_url INTEGER NOT NULL, has_next INTEGER NOT NULL, "
+        "no_sku INTEGER NOT NULL, skus TEXT NOT NULL, offer_ids TEXT NOT NULL, "
+        "rev INTEGER NOT NULL, PRIMARY KEY (number))"
+    )
+
+
 _STEPS = (
     _step_1_base,
     _step_2_work_queue,
     _step_3_counters,
     _step_4_record_digests,
     _step_5_lookup_queue,
+    _step_6_scan_pages,
 )
 
 
