@@ -13,6 +13,7 @@ from psycopg import sql
 
 from bench.pgserver import THROWAWAY, running_server
 from daemon.store.pg.connect import Pool, open_pool
+from daemon.store.pg.merchants import DEFAULT_MERCHANT, prepare
 from daemon.store.pg.migrate import migrate
 from tests.pg import PostgresServer, find_bindir, pg_dsn, postgres_server
 
@@ -34,10 +35,12 @@ def own_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[Pool]:
-    """A pool on a fresh, migrated database."""
+    """A pool on a fresh database, migrated and with merchant `default`'s schema prepared, as
+    the daemon opens it (`migrate` alone leaves that schema at the steps database step 7 made)."""
     pool = await open_pool(pg_dsn, max_size=6)
     async with pool.connection() as conn:
         await migrate(conn)
+        await prepare(conn, DEFAULT_MERCHANT)
     try:
         yield pool
     finally:
