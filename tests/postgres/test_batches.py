@@ -13,6 +13,7 @@ from typing import Any, LiteralString
 
 import anyio
 import orjson
+import psycopg
 import pytest
 
 from daemon.core.models import Outcome, StockLevel, Value, Verdict
@@ -25,7 +26,8 @@ from daemon.store.pg.base import channel_class
 from daemon.store.pg.connect import Pool, open_pool
 from daemon.store.pg.merchants import DEFAULT_MERCHANT, scope
 from daemon.store.pg.migrate import MIGRATIONS, migrate
-from daemon.store.pg.queue import _ACKNOWLEDGE, _CLAIM
+from daemon.store.pg.queue import _ACKNOWLEDGE, _CLAIM, _COUNT_DUE, _NEXT_DUE
+from daemon.store.pg.reading import _OLDEST_PENDING
 
 pytestmark = pytest.mark.anyio
 
@@ -144,6 +146,44 @@ async def _plan(
     assert row is not None
     document = row[0] if isinstance(row[0], list) else orjson.loads(row[0])
     return _scans(document[0]["Plan"])
+
+
+async def test_the_queue_indexes_hold_only_what_their_reads_look_for(
+    pool: Pool, pg_dsn: str
+) -> None:
+    """Merchant step 5: `items_due` holds the pending items, `items_lag` the diverged ones, so
+    an acknowledged item leaves both (two index entries fewer per claim and per acknowledgement);
+    and each read names the predicate, so it still probes its index instead of reading them all."""
+    store = PostgresStore(pool)
+    keys = [f"k{n:04d}" for n in range(3000)]
+    await store.set_desired("c", {k: ON_HAND for k in keys}, 1.0, T)
+    sent = await store.claim("c", 2.0, 2900)
+    await store.settle("c", [Verdict(i.key, i.value, Outcome.ACKNOWLEDGED) for i in sent], 3.0, T,
+                       backoff)  # fmt: skip
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as conn:
+        await scope(conn, DEFAULT_MERCHANT)
+        await conn.execute("SET search_path = stocksync_default")
+        await conn.execute("VACUUM ANALYZE items")  # exact entry counts in reltuples
+        cursor = await conn.execute(
+            "SELECT relname, reltuples FROM pg_class WHERE relname IN ('items_due', 'items_lag')"
+            " AND relnamespace = 'stocksync_default'::regnamespace"
+        )
+        entries = {name: int(n) for name, n in await cursor.fetchall()}
+    assert entries == {"items_due": 100, "items_lag": 100}
+    params = {"c": "c", "channel": "c", "now": 9.0, "limit": 100}
+    reads: list[tuple[LiteralString, str]] = [
+        (_CLAIM, "items_due"),
+        ("SELECT " + _NEXT_DUE, "items_due"),
+        (_COUNT_DUE, "items_due"),
+        (_OLDEST_PENDING, "items_lag"),
+    ]
+    for query, index in reads:
+        plan = await _plan(pool, query, params)
+        on_items = [
+            n for n in plan if n.get("Relation Name") == "items" and n["Node Type"] != "ModifyTable"
+        ]
+        assert any(n.get("Index Name") == index for n in on_items), (query, on_items)
+        assert not [n for n in on_items if n["Node Type"] == "Seq Scan"], (query, on_items)
 
 
 async def test_writes_probe_indexes_before_the_tables_have_statistics(pool: Pool) -> None:

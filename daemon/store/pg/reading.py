@@ -13,6 +13,16 @@ from daemon.store.protocol import HistoryRow, ItemRow
 __all__ = ["PostgresReading"]
 
 
+#: The oldest divergence per channel and status with items waiting: one index seek each.
+#: `diverged_at IS NOT NULL` changes nothing MIN returns, and names the predicate of the
+#: partial index `items_lag` (merchant step 5).
+_OLDEST_PENDING: LiteralString = (
+    "SELECT c.channel, (SELECT MIN(i.diverged_at) FROM items i"
+    "  WHERE i.channel = c.channel AND i.status = c.status AND i.diverged_at IS NOT NULL)"
+    " FROM item_counts c WHERE c.status IN ('pending', 'sending') AND c.n > 0"
+)
+
+
 class PostgresReading(PostgresBase):
     """Reads, pruning and meta (see the module docstring)."""
 
@@ -51,11 +61,7 @@ class PostgresReading(PostgresBase):
     async def oldest_pending(self) -> dict[str, float]:
         """One index seek per channel and status that has items waiting: no scan of the items."""
         async with self._read() as conn:
-            cursor = await conn.execute(
-                "SELECT c.channel, (SELECT MIN(i.diverged_at) FROM items i"
-                "  WHERE i.channel = c.channel AND i.status = c.status)"
-                " FROM item_counts c WHERE c.status IN ('pending', 'sending') AND c.n > 0"
-            )
+            cursor = await conn.execute(_OLDEST_PENDING)
             rows = await cursor.fetchall()
         return shared.oldest(rows)
 

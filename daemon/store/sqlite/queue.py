@@ -58,6 +58,20 @@ _TRIM = (
     "CROSS JOIN history AS h ON h.channel = :channel AND h.key = c.key AND h.at < c.cut)"
 )
 _RANGE = "rowid > :first AND rowid <= :last"
+#: How many of a channel's items are due, up to a limit; the earliest due time of one priority.
+#: Both name `status = 'pending'`, the predicate of the partial index `items_due` (schema step 7).
+_COUNT_DUE = (
+    "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = ? AND status = 'pending' "
+    "AND due_at <= ? LIMIT ?)"
+)
+_NEXT_DUE = (
+    "SELECT MIN(due_at) FROM items WHERE channel = ? AND status = 'pending' AND priority = ?"
+)
+#: A channel's debounced items due now (their retry times kept).
+_FLUSH = (
+    "UPDATE items SET due_at = MAX(?, next_attempt) WHERE channel = ? "
+    "AND status = 'pending' AND due_at > MAX(?, next_attempt)"
+)
 
 __all__ = ["SQLiteQueue"]
 
@@ -100,11 +114,7 @@ class SQLiteQueue(SQLiteBase):
 
     @in_thread
     def count_due(self, channel: str, now: float, limit: int) -> int:
-        (count,) = self._db.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE channel = ? AND status = 'pending' "
-            "AND due_at <= ? LIMIT ?)",
-            (channel, now, limit),
-        ).fetchone()
+        (count,) = self._db.execute(_COUNT_DUE, (channel, now, limit)).fetchone()
         return int(count)
 
     @in_thread
@@ -112,11 +122,7 @@ class SQLiteQueue(SQLiteBase):
         due = [
             row[0]
             for priority in (lifecycle.FRESH, lifecycle.BACKLOG)
-            for row in self._db.execute(
-                "SELECT MIN(due_at) FROM items WHERE channel = ? AND status = 'pending' "
-                "AND priority = ?",
-                (channel, priority),
-            )
+            for row in self._db.execute(_NEXT_DUE, (channel, priority))
             if row[0] is not None
         ]
         return min(due) if due else None
@@ -204,11 +210,7 @@ class SQLiteQueue(SQLiteBase):
     @in_thread
     def flush(self, channel: str, now: float) -> None:
         with self._tx():
-            self._db.execute(
-                "UPDATE items SET due_at = MAX(?, next_attempt) WHERE channel = ? "
-                "AND status = 'pending' AND due_at > MAX(?, next_attempt)",
-                (now, channel, now),
-            )
+            self._db.execute(_FLUSH, (now, channel, now))
 
     async def force_all(self, now: float) -> int:
         top = await self._run(self._max_rowid)

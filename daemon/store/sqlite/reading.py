@@ -11,6 +11,13 @@ from daemon.store.sqlite.base import PAGE, SQLiteBase, in_thread
 
 __all__ = ["SQLiteReading"]
 
+#: The oldest divergence of a channel's items in one status: `diverged_at IS NOT NULL` changes
+#: nothing MIN returns, and names the predicate of the partial index `items_lag` (schema step 7).
+_OLDEST_DIVERGED = (
+    "SELECT MIN(diverged_at) FROM items WHERE channel = ? AND status = ? "
+    "AND diverged_at IS NOT NULL"
+)
+
 
 class SQLiteReading(SQLiteBase):
     """Reads, pruning and meta (see the module docstring)."""
@@ -54,10 +61,7 @@ class SQLiteReading(SQLiteBase):
         firsts = [  # one index seek each: no scan of the items
             (
                 channel,
-                self._db.execute(
-                    "SELECT MIN(diverged_at) FROM items WHERE channel = ? AND status = ?",
-                    (channel, status),
-                ).fetchone()[0],
+                self._db.execute(_OLDEST_DIVERGED, (channel, status)).fetchone()[0],
             )
             for channel, status in waiting
         ]

@@ -177,6 +177,24 @@ def _step_6_scan_pages(db: sqlite3.Connection) -> None:
     )
 
 
+def _step_7_partial_queue_indexes(db: sqlite3.Connection) -> None:
+    """The queue's indexes hold only the rows their reads look for: `items_due` the pending
+    items (claims, the next due time), `items_lag` the diverged ones (the oldest divergence).
+    An item acknowledged, most of them most of the time, then leaves both: each claim and
+    acknowledgement writes two index entries fewer (measured: 24 to 19-22 µs of CPU an item).
+    The reads name the predicates (`status = 'pending'`, `diverged_at IS NOT NULL`), so they
+    still probe these indexes (tests/unit/test_queue_indexes.py)."""
+    db.execute("DROP INDEX IF EXISTS items_due")
+    db.execute(
+        "CREATE INDEX items_due ON items (channel, priority, due_at) WHERE status = 'pending'"
+    )
+    db.execute("DROP INDEX IF EXISTS items_lag")
+    db.execute(
+        "CREATE INDEX items_lag ON items (channel, status, diverged_at)"
+        " WHERE diverged_at IS NOT NULL"
+    )
+
+
 _STEPS = (
     _step_1_base,
     _step_2_work_queue,
@@ -184,6 +202,7 @@ _STEPS = (
     _step_4_record_digests,
     _step_5_lookup_queue,
     _step_6_scan_pages,
+    _step_7_partial_queue_indexes,
 )
 
 
