@@ -182,18 +182,34 @@ class Dispatcher:
                     continue
                 await self._slots.acquire()
                 limit = 1 if self.health.down else self.config.batch_size
+                slots = 1 if self.health.down else 1 + self._spare_slots()
                 try:
-                    items = await self._store.claim(self.name, self._clock(), limit)
+                    items = await self._store.claim(self.name, self._clock(), limit * slots)
                 except StoreUnavailable:
                     items = []
                     await anyio.sleep(STORE_RETRY)
-                if not items:
+                batches = [items[start : start + limit] for start in range(0, len(items), limit)]
+                for _ in range(slots - len(batches)):
                     self._slots.release()
-                    continue
                 # Not while down: a probe's claim of one is full, yet the channel may be failing.
-                self._full = len(items) == limit and not self.health.down
-                self.in_flight += len(items)
-                group.start_soon(self._send, items)
+                self._full = len(items) == limit * slots and not self.health.down
+                for batch in batches:
+                    self.in_flight += len(batch)
+                    group.start_soon(self._send, batch)
+
+    def _spare_slots(self) -> int:
+        """Take every other request slot free now: one claim fills them all. Claims are one at
+        a time, so a store whose claim takes a round trip (PostgreSQL: ~2-8 ms under load)
+        would otherwise cap a channel at a batch per round trip, whatever its concurrency; a
+        slot freed while a claim was under way is filled by the next one with the others.
+        The requests still go one per slot, each through the pacer."""
+        taken = 0
+        while True:
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                return taken
+            taken += 1
 
     async def _fill_batch(self) -> None:
         """A batching channel waits `batch_window` for a batch to fill before sending a few:

@@ -10,6 +10,7 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daemon.core.models import ItemValue
 from daemon.core.telemetry import Metrics
 from daemon.send.dispatch import Dispatcher
 from daemon.shell.daemon import Daemon
@@ -119,3 +120,53 @@ async def test_a_dispatcher_that_may_not_push_sends_nothing(
         await eventually(settled)
         group.cancel_scope.cancel()
     await store.close()
+
+
+class _CountedClaims(SQLiteStore):
+    """The real store, noting each claim's limit and what it returned."""
+
+    claims: list[tuple[int, int]]
+
+    async def claim(self, channel: str, now: float, limit: int) -> list[ItemValue]:
+        items = await super().claim(channel, now, limit)
+        self.claims.append((limit, len(items)))
+        return items
+
+
+@pytest.mark.parametrize(
+    "rig", [h for h in HARNESSES if h.id == "marketplacer-graphql"], ids=lambda h: h.id,
+    indirect=True,
+)  # fmt: skip
+async def test_one_claim_fills_every_free_request_slot(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Claims go one at a time: a claim per batch capped a channel at a batch per store round
+    trip, whatever its concurrency. Every slot free at a claim is filled by it, still one
+    request per slot and `batch_size` items per request."""
+    store = _CountedClaims(tmp_path / "state.db")
+    store.claims = []
+    timing = Timing(0.0, 0.0)
+    items = rig.harness.items  # three: two requests of up to two
+    size = 2
+    config = SimpleNamespace(
+        name="c", type=rig.harness.type, rate=1000.0, concurrency=2, batch_size=size, timeout=5.0
+    )
+    metrics = Metrics(CollectorRegistry(), "test").for_merchant("default", ["c"])
+    dispatcher = Dispatcher(config, rig.channel, store, timing, metrics)  # type: ignore[arg-type]
+    await store.set_desired("c", {i.key: i.value for i in items}, time.time(), timing)
+    async with anyio.create_task_group() as group:
+        group.start_soon(dispatcher.run)
+        dispatcher.notify()
+
+        async def settled() -> bool:
+            return (await store.counts())["c"].get("ok", 0) == len(items)
+
+        await eventually(settled)
+        group.cancel_scope.cancel()
+    await store.close()
+    assert store.claims[0] == (2 * size, len(items)), store.claims
+    requests = metrics.registry.get_sample_value(
+        "stocksync_push_requests_total", {"merchant": "default", "channel": "c", "outcome": "ok"}
+    )
+    assert requests == -(-len(items) // size), f"{requests} requests of up to {size} items"
