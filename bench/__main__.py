@@ -1,6 +1,6 @@
 """Benchmarks: each figure of issue 9 measured on this machine, printed beside its target.
 
-    python -m bench [--only NAME,...] [--skus N] [--big] [--json FILE]
+    python -m bench [--only NAME,...] [--skus N] [--big] [--repeat N] [--json FILE]
 
 Benchmarks (`--only` takes a comma-separated list of these names):
 - ingest    in process: records/s planned and stored, paged vs one at a time; CPU per SKU of a
@@ -30,8 +30,9 @@ Benchmarks (`--only` takes a comma-separated list of these names):
             only when named
 
 `--skus` sets every benchmark's size (default: each its own, 20,000 for resync); `--big` runs the
-million-SKU sizes (ingest, memory, resync), which take many minutes. The real daemon runs as
-`python -m daemon run` against the fakes of daemon/simulator/ on loopback. The PostgreSQL
+million-SKU sizes (ingest, memory, resync), which take many minutes. `--repeat N` runs each
+benchmark N times and prints the median of each figure, every run's value in its note. The real
+daemon runs as `python -m daemon run` against the fakes of daemon/simulator/ on loopback. The PostgreSQL
 figures run on a throwaway cluster (bench/pgserver.py) and are skipped, with the reason, when no
 PostgreSQL server binaries are found.
 """
@@ -65,7 +66,7 @@ from bench import (
     throughput,
 )
 from bench.options import Options
-from bench.report import Figure, Skipped, table
+from bench.report import Figure, Skipped, median_of, table
 from daemon.shell.logs import configure_logging
 
 Benchmark = Callable[[Options], Awaitable[list[Figure]]]
@@ -102,15 +103,21 @@ async def main(names: list[str], options: Options) -> Outcome:
     for name in names:
         print(f"… {name}", file=sys.stderr, flush=True)
         begun = time.monotonic()
-        try:
-            figures += await BENCHMARKS[name](options)
-        except Skipped as skip:
-            figures += skip.figures
-            skipped[name] = skip.reason
-            print(f"  {name} skipped: {skip.reason}", file=sys.stderr, flush=True)
-        except Exception as exc:  # one broken benchmark must not hide the others' figures
-            failed[name] = _reason(exc)
-            print(f"  {name} failed: {failed[name]}", file=sys.stderr, flush=True)
+        runs: list[list[Figure]] = []
+        for _ in range(options.repeat):
+            try:
+                runs.append(await BENCHMARKS[name](options))
+            except Skipped as skip:
+                runs.append(skip.figures)
+                skipped[name] = skip.reason
+                print(f"  {name} skipped: {skip.reason}", file=sys.stderr, flush=True)
+                break
+            except Exception as exc:  # one broken benchmark must not hide the others' figures
+                failed[name] = _reason(exc)
+                print(f"  {name} failed: {failed[name]}", file=sys.stderr, flush=True)
+                break
+        if runs:
+            figures += median_of(runs)
         print(f"  {name}: {time.monotonic() - begun:.0f} s", file=sys.stderr, flush=True)
     return Outcome(figures, failed, skipped, time.monotonic() - started)
 
@@ -139,6 +146,7 @@ def report(names: list[str], options: Options, outcome: Outcome) -> bytes:
                 "lease_ttl": options.lease_ttl,
                 "feed_interval": options.feed_interval,
                 "merchants": options.merchants,
+                "repeat": options.repeat,
             },
             "benchmarks": names,
             "seconds": round(outcome.seconds, 1),
@@ -158,6 +166,13 @@ def _names(text: str) -> list[str]:
             f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
         )
     return names
+
+
+def _runs(text: str) -> int:
+    runs = int(text)
+    if runs < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return runs
 
 
 def _lease_ttl(text: str) -> float:
@@ -194,6 +209,13 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--merchants", type=int, default=200, help="merchants: how many (each of --skus SKUs)"
     )
+    parser.add_argument(
+        "--repeat",
+        type=_runs,
+        default=1,
+        help="run each benchmark N times and print each figure's median (CPU figures on a "
+        "shared machine move by a third between runs)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument("--child", choices=("idle", "stocksync", "naive"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -213,6 +235,7 @@ def cli(argv: list[str] | None = None) -> int:
             lease_ttl=args.lease_ttl,
             feed_interval=args.feed_interval,
             merchants=args.merchants,
+            repeat=args.repeat,
         )
         outcome = anyio.run(main, args.only, options)
     print(table(outcome.figures))

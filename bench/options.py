@@ -24,6 +24,8 @@ class Options:
     #: orderfeed: the daemon's `order_feed_interval`, in seconds
     feed_interval: float = 15.0
     merchants: int = 200
+    #: runs of each benchmark; each figure printed is their median (`report.median_of`)
+    repeat: int = 1
 
     def size(self, default: int, big: int | None = None) -> int:
         if self.skus is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-__all__ = ["Figure", "Skipped", "table"]
+__all__ = ["Figure", "Skipped", "median_of", "table"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,36 @@ class Skipped(Exception):
         super().__init__(reason)
         self.reason = reason
         self.figures = figures or []
+
+
+def median_of(runs: list[list[Figure]]) -> list[Figure]:
+    """One figure per name from the same benchmark run `len(runs)` times (`--repeat`): the
+    median value, judged against the target, with every run's value in the note. On a shared
+    machine CPU figures move by a third between runs of the same code; a verdict on the median
+    of several is one a single unlucky run cannot flip."""
+    if len(runs) == 1:
+        return runs[0]
+    values: dict[str, list[float]] = {}
+    for figures in runs:
+        for figure in figures:
+            if figure.value is not None:
+                values.setdefault(figure.name, []).append(figure.value)
+    combined = []
+    for figure in runs[0]:
+        measured = values.get(figure.name, [])
+        if not measured:
+            combined.append(figure)
+            continue
+        each = ", ".join(number(v, figure.unit) for v in measured)
+        note = f"median of {len(measured)}: {each}"
+        combined.append(
+            replace(
+                figure,
+                value=statistics.median(measured),
+                note=f"{figure.note}; {note}" if figure.note else note,
+            )
+        )
+    return combined
 
 
 def number(value: float | None, unit: str) -> str:

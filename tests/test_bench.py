@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from bench.pgserver import NO_BINARIES, find_bindir
+from bench.report import Figure, median_of
 from bench.throughput import steady_rate
 
 FIELDS = {"benchmark", "name", "what", "value", "unit", "target", "better", "note", "ratio", "met"}
@@ -160,6 +161,27 @@ def test_store_throughput_keeps_the_sqlite_figure_without_a_postgresql_server(
     assert "store: skipped (PostgreSQL figure: no PostgreSQL server binaries" in printed
     assert [f["name"] for f in report["figures"]] == ["store.throughput_sqlite"]
     assert report["figures"][0]["value"] > 0
+
+
+def test_repeat_prints_the_median_of_the_runs(tmp_path: Path) -> None:
+    report = run_bench(tmp_path, "--only", "memory", "--skus", "300", "--repeat", "3")
+    assert report["options"]["repeat"] == 3
+    names = [f["name"] for f in report["figures"]]
+    assert len(names) == len(set(names))  # one figure per name, not one per run
+    for figure in report["figures"]:
+        assert "median of 3: " in figure["note"]
+
+
+def test_the_median_is_judged_against_the_target() -> None:
+    def cpu(value: float | None) -> Figure:
+        return Figure("resync", "resync.ack_cpu", "CPU", value, "µs", 40.0, "lower", "20k")
+
+    runs = [[cpu(52.0)], [cpu(35.0)], [cpu(38.0)], [cpu(None)]]
+    (figure,) = median_of(runs)
+    assert figure.value == 38.0
+    assert figure.met is True  # one slow run of three does not flip the verdict
+    assert figure.note == "20k; median of 3: 52.0 µs, 35.0 µs, 38.0 µs"
+    assert median_of([[cpu(52.0)]]) == [cpu(52.0)]  # one run: as measured
 
 
 def test_steady_rate_leaves_out_the_start_and_the_tail() -> None:
