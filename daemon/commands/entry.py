@@ -1,15 +1,21 @@
 """The `stocksync` program's first lines: Ctrl-C at any moment of start-up is one line.
 
 Importing the command line (aiohttp, pydantic, psycopg...) takes a second or more on a busy
-machine, and a Ctrl-C there would print Python's traceback of whichever import it hit; so would
-one that lands after the command has returned. Here both are one line and exit 130, as a shell
-reports an interrupted program. Once the daemon runs, SIGINT is its graceful stop (exit 0).
+machine. A KeyboardInterrupt raised inside an import is not reliably one: Python 3.11 wraps one
+raised in a `__set_name__` (pydantic's model classes) in a RuntimeError with its traceback, and
+one unwound through the import machinery can make the interpreter end by SIGINT (-2) after our
+message. So while importing, Ctrl-C raises nothing: nothing has started, so the process prints
+the line and exits 130 on the spot. After that a KeyboardInterrupt (the command's own, or one
+that lands after the command has returned) is one line and 130 too, as a shell reports an
+interrupted program. Once the daemon runs, SIGINT is its graceful stop (exit 0).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from types import FrameType
 
 __all__ = ["INTERRUPTED", "main"]
 
@@ -19,9 +25,13 @@ INTERRUPTED = "stocksync: interrupted"
 
 def main() -> int:
     """Import and run the command line; an interrupt anywhere in it is one line and 130."""
-    try:
-        from daemon.commands.cli import main as command  # noqa: PLC0415 (an interrupt may land in it)
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.default_int_handler:  # not when started with SIGINT ignored (nohup, &)
+        signal.signal(signal.SIGINT, _interrupted_while_importing)
+    from daemon.commands.cli import main as command  # noqa: PLC0415 (the slow part, see above)
 
+    signal.signal(signal.SIGINT, before)
+    try:
         code = command()
     except KeyboardInterrupt:
         code = 130
@@ -31,3 +41,9 @@ def main() -> int:
     if code == 130:  # the command line's own exit for an interrupt
         print(INTERRUPTED, file=sys.stderr)
     return code
+
+
+def _interrupted_while_importing(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C before the command line has been imported: the line, and exit at once."""
+    os.write(sys.stderr.fileno(), f"{INTERRUPTED}\n".encode())
+    os._exit(130)

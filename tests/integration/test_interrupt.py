@@ -74,3 +74,53 @@ async def test_ctrl_c_during_start_up_is_one_line(
     else:  # it had: a graceful stop
         assert code == 0, err
         assert '"event":"daemon.stopped"' in err
+
+
+# A command line whose import is slow where a Ctrl-C hurts most: inside a `__set_name__`, as in
+# pydantic's model classes, where Python 3.11 turns a KeyboardInterrupt into a RuntimeError.
+SLOW_IMPORT = """
+import importlib.abc, importlib.util, sys, time
+
+class Slow(importlib.abc.Loader):
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        class Field:
+            def __set_name__(self, owner, name):
+                print("importing", flush=True)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    pass
+
+        class Settings:
+            check = Field()
+
+        module.main = lambda: 0
+
+class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "daemon.commands.cli":
+            return importlib.util.spec_from_loader(name, Slow())
+        return None
+
+sys.meta_path.insert(0, Finder())
+from daemon.commands.entry import main
+raise SystemExit(main())
+"""
+
+
+async def test_ctrl_c_inside_an_import_is_one_line_and_130() -> None:
+    process = await anyio.open_process([sys.executable, "-c", SLOW_IMPORT])
+    assert process.stdout is not None
+    assert process.stderr is not None
+    async with process:
+        with anyio.fail_after(20):
+            assert b"importing" in await process.stdout.receive()
+        process.send_signal(signal.SIGINT)
+        err = b""
+        with anyio.fail_after(20):
+            async for chunk in process.stderr:
+                err += chunk
+            code = await process.wait()
+    assert (code, err.decode().strip()) == (130, INTERRUPTED)
