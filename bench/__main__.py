@@ -32,9 +32,9 @@ Benchmarks (`--only` takes a comma-separated list of these names):
 `--skus` sets every benchmark's size (default: each its own, 20,000 for resync); `--big` runs the
 million-SKU sizes (ingest, memory, resync), which take many minutes. `--repeat N` runs each
 benchmark N times and prints the median of each figure, every run's value in its note. The real
-daemon runs as `python -m daemon run` against the fakes of daemon/simulator/ on loopback. The PostgreSQL
-figures run on a throwaway cluster (bench/pgserver.py) and are skipped, with the reason, when no
-PostgreSQL server binaries are found.
+daemon runs as `python -m daemon run` against the fakes of daemon/simulator/ on loopback. The
+PostgreSQL figures run on a throwaway cluster (bench/pgserver.py) and are skipped, with the
+reason, when no PostgreSQL server binaries are found.
 """
 
 from __future__ import annotations
