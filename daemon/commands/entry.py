@@ -25,12 +25,15 @@ INTERRUPTED = "stocksync: interrupted"
 
 def main() -> int:
     """Import and run the command line; an interrupt anywhere in it is one line and 130."""
-    before = signal.getsignal(signal.SIGINT)
-    if before is signal.default_int_handler:  # not when started with SIGINT ignored (nohup, &)
+    # Not when started with SIGINT ignored (nohup, `&` in a script): that stays as it is.
+    importing = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if importing:
         signal.signal(signal.SIGINT, _interrupted_while_importing)
-    from daemon.commands.cli import main as command  # noqa: PLC0415 (the slow part, see above)
-
-    signal.signal(signal.SIGINT, before)
+    try:
+        from daemon.commands.cli import main as command  # noqa: PLC0415 (the slow part, above)
+    finally:
+        if importing:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = command()
     except KeyboardInterrupt:
