@@ -50,7 +50,8 @@ class Skipped(Exception):
 
 def median_of(runs: list[list[Figure]]) -> list[Figure]:
     """One figure per name from the same benchmark run `len(runs)` times (`--repeat`): the
-    median value, judged against the target, with every run's value in the note. On a shared
+    median value, judged against the target, with every run's value added to its note (the
+    rest of the note, details such as each failover's seconds, is the first run's). On a shared
     machine CPU figures move by a third between runs of the same code; a verdict on the median
     of several is one a single unlucky run cannot flip."""
     if len(runs) == 1:
