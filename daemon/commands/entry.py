@@ -30,11 +30,11 @@ def main() -> int:
     if importing:
         signal.signal(signal.SIGINT, _interrupted_while_importing)
     try:
-        from daemon.commands.cli import main as command  # noqa: PLC0415 (the slow part, above)
-    finally:
-        if importing:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+        try:
+            from daemon.commands.cli import main as command  # noqa: PLC0415 (the slow part)
+        finally:
+            if importing:  # from here on a Ctrl-C is a KeyboardInterrupt again, caught below
+                signal.signal(signal.SIGINT, signal.default_int_handler)
         code = command()
     except KeyboardInterrupt:
         code = 130
